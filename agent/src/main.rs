@@ -1,1 +1,102 @@
-fn main() {}
+//! `driftwatch-agent`: parse flags, set up logging, run until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use driftwatch_agent::config::WatchEntry;
+use driftwatch_agent::{AgentConfig, AgentFile};
+
+/// driftwatch agent: watch this host's config files and resources and stream
+/// parsed, secret-masked snapshots to the driftwatch server.
+///
+/// Settings come from flags, then DRIFTWATCH_* environment variables, then the
+/// config file, then defaults.
+#[derive(Debug, Parser)]
+#[command(name = "driftwatch-agent", version)]
+struct Args {
+    /// TOML config file whose keys mirror these flags.
+    #[arg(long, env = "DRIFTWATCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Server URL [default: http://127.0.0.1:50051].
+    #[arg(long, env = "DRIFTWATCH_SERVER")]
+    server: Option<String>,
+    /// This host's id [default: the host name].
+    #[arg(long, env = "DRIFTWATCH_HOST_ID")]
+    host_id: Option<String>,
+    /// A label, K=V; repeatable (e.g. --label env=production --label service=web2img).
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    /// A file path or glob to watch; repeatable. Prefix with a format to override
+    /// detection by name: ini:/etc/app/legacy.conf.
+    #[arg(long = "watch", value_name = "PATH_OR_GLOB")]
+    watch: Vec<String>,
+    /// How often to sample CPU, memory, disk and process groups (0 turns it off) [default: 10s].
+    #[arg(long, env = "DRIFTWATCH_RESOURCE_INTERVAL", value_name = "DURATION")]
+    resource_interval: Option<String>,
+    /// Where the spool and the local key live [default: ./driftwatch-agent-state].
+    #[arg(long, env = "DRIFTWATCH_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Plaintext gRPC. Loopback development only.
+    #[arg(long, env = "DRIFTWATCH_INSECURE")]
+    insecure: bool,
+    /// Log filter, e.g. info or driftwatch_agent=debug.
+    #[arg(long, env = "DRIFTWATCH_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .init();
+    let config = resolve(args)?;
+    // One thread is plenty for a watcher and a stream; blocking work (file reads,
+    // hashing, sysinfo, spool fsync) goes to the small blocking pool.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()?;
+    rt.block_on(async move {
+        let agent = driftwatch_agent::start(config).await?;
+        let token = agent.shutdown_token();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested");
+            token.cancel();
+        });
+        agent.wait().await?;
+        Ok(())
+    })
+}
+
+fn resolve(args: Args) -> anyhow::Result<AgentConfig> {
+    let (mut file, source) = match &args.config {
+        Some(p) => (AgentConfig::load_file(p)?, p.display().to_string()),
+        None => (AgentFile::default(), "flags".to_string()),
+    };
+    file.server = args.server.or(file.server);
+    file.host_id = args.host_id.or(file.host_id);
+    for l in &args.labels {
+        let (k, v) = l.split_once('=').with_context(|| format!("--label {l}: expected K=V"))?;
+        file.labels.insert(k.to_string(), v.to_string());
+    }
+    if !args.watch.is_empty() {
+        file.watch = args.watch.into_iter().map(WatchEntry::Plain).collect();
+    }
+    file.resource_interval = args.resource_interval.or(file.resource_interval);
+    file.state_dir = args.state_dir.or(file.state_dir);
+    if args.insecure {
+        file.insecure = Some(true);
+    }
+    Ok(AgentConfig::resolve(file, &source)?)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

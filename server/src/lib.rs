@@ -1,1 +1,179 @@
+//! driftwatch server: holds every agent's stream, keeps the fleet's current state
+//! in memory with SQLite as its durable copy, and answers queries over gRPC.
+//!
+//! Entry point: [`start`] (used by `main.rs`, `driftwatch up` and the tests).
 
+pub mod config;
+pub mod error;
+pub mod fleet;
+pub mod gateway;
+pub mod metrics;
+pub mod selector;
+pub mod state;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use driftwatch_proto::v1::{agent_gateway_server::AgentGatewayServer, fleet_server::FleetServer};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ServerConfig, ServerFile, StorageConfig};
+pub use error::{Result, ServerError};
+
+/// How long shutdown waits for streams and the store writer to drain.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A started server. Dropping it does not stop it: call [`RunningServer::stop`].
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state: Arc<state::FleetState>,
+    pub metrics: Arc<metrics::Metrics>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl RunningServer {
+    /// Ask the server to stop (idempotent).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Wait until the server has stopped (after `shutdown`, or on a fatal error).
+    pub async fn wait(self) -> Result<()> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Unavailable(format!("server task failed: {e}"))),
+        }
+    }
+
+    /// Stop and wait for the drain.
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown();
+        self.wait().await
+    }
+}
+
+/// Open storage, load the last known state, bind the listeners and start serving.
+pub async fn start(config: ServerConfig) -> Result<RunningServer> {
+    let db_path = config.sqlite_path();
+    let (store, hosts, files, resources) = tokio::task::spawn_blocking(move || {
+        let store = driftwatch_store::Store::open(&db_path)?;
+        let hosts = store.load_hosts()?;
+        let files = store.load_files()?;
+        let resources = store.latest_resources()?;
+        Ok::<_, ServerError>((store, hosts, files, resources))
+    })
+    .await
+    .map_err(|e| ServerError::Unavailable(format!("store open task failed: {e}")))??;
+
+    let state = state::FleetState::new();
+    let (n_hosts, n_files) = (hosts.len(), files.len());
+    let skipped = state.load(hosts, files, resources);
+    tracing::info!(hosts = n_hosts, files = n_files, skipped, db = %config.sqlite_path().display(), "state loaded; every host offline until it reconnects");
+
+    let metrics = metrics::Metrics::new();
+    let (writer_tx, writer_thread) = writer::spawn(store, state.clone(), metrics.clone(), config.max_batch);
+
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let grpc_addr = listener.local_addr()?;
+    let metrics_listener = match config.metrics_listen {
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(metrics::local_addr);
+    if config.insecure {
+        tracing::warn!(%grpc_addr, "INSECURE: plaintext gRPC without authentication (loopback development only)");
+    }
+
+    let shutdown = CancellationToken::new();
+    let gateway = gateway::Gateway {
+        state: state.clone(),
+        writer: writer_tx,
+        metrics: metrics.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        max_agents: config.max_agents,
+        max_files_per_host: config.max_files_per_host,
+        shutdown: shutdown.clone(),
+    };
+    let fleet = fleet::FleetService { state: state.clone() };
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<AgentGatewayServer<gateway::Gateway>>().await;
+    health_reporter.set_serving::<FleetServer<fleet::FleetService>>().await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(driftwatch_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| ServerError::Unavailable(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServerError::Unavailable(format!("reflection: {e}")))?;
+
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(
+            AgentGatewayServer::new(gateway).max_decoding_message_size(config.max_message_bytes),
+        )
+        .add_service(FleetServer::new(fleet))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let metrics_task = metrics_listener.map(|l| {
+        let token = shutdown.clone();
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(l, m, async move { token.cancelled().await }).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        })
+    });
+
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let serve = router.serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
+        tokio::pin!(serve);
+        // Serve until told to stop; then give streams and the writer a deadline.
+        let result = tokio::select! {
+            r = &mut serve => r,
+            _ = token.cancelled() => match tokio::time::timeout(DRAIN_DEADLINE, &mut serve).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("streams did not drain within the deadline; closing");
+                    Ok(())
+                }
+            },
+        };
+        drop(serve);
+        health_reporter.set_not_serving::<FleetServer<fleet::FleetService>>().await;
+        if let Some(t) = metrics_task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        // The router (and every writer sender it held) is gone: the writer flushes and exits.
+        let joined = tokio::task::spawn_blocking(move || writer_thread.join());
+        if tokio::time::timeout(DRAIN_DEADLINE, joined).await.is_err() {
+            tracing::warn!("store writer did not finish within the deadline");
+        }
+        tracing::info!("server stopped");
+        result.map_err(ServerError::from)
+    });
+
+    Ok(RunningServer { grpc_addr, metrics_addr, state, metrics, shutdown, task })
+}

@@ -1,1 +1,88 @@
-fn main() {}
+//! `driftwatch-server`: parse flags, set up logging, run until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use driftwatch_server::{ServerConfig, ServerFile};
+
+/// driftwatch server: ingest agent streams, keep the fleet's state, answer queries.
+///
+/// Settings come from flags, then DRIFTWATCH_* environment variables, then the
+/// config file, then defaults.
+#[derive(Debug, Parser)]
+#[command(name = "driftwatch-server", version)]
+struct Args {
+    /// TOML config file whose keys mirror these flags.
+    #[arg(long, env = "DRIFTWATCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long, env = "DRIFTWATCH_LISTEN")]
+    listen: Option<String>,
+    /// Data directory; the SQLite database lives inside [default: ./driftwatch-data].
+    #[arg(long, env = "DRIFTWATCH_DATA", conflicts_with = "database")]
+    data: Option<PathBuf>,
+    /// Database URL instead of --data: sqlite:///path/to/driftwatch.db.
+    #[arg(long, env = "DRIFTWATCH_DATABASE")]
+    database: Option<String>,
+    /// Rules directory [default: ./rules if present].
+    #[arg(long, env = "DRIFTWATCH_RULES")]
+    rules: Option<PathBuf>,
+    /// Prometheus /metrics and /healthz address ("off" disables) [default: 127.0.0.1:9464].
+    #[arg(long, env = "DRIFTWATCH_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Plaintext gRPC without authentication. Loopback development only; refused on other addresses.
+    #[arg(long, env = "DRIFTWATCH_INSECURE")]
+    insecure: bool,
+    /// Log filter, e.g. info or driftwatch_server=debug.
+    #[arg(long, env = "DRIFTWATCH_LOG", default_value = "info")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .init();
+    let (mut file, source) = match &args.config {
+        Some(p) => (ServerConfig::load_file(p)?, p.display().to_string()),
+        None => (ServerFile::default(), "flags".to_string()),
+    };
+    file.listen = args.listen.or(file.listen);
+    if args.data.is_some() || args.database.is_some() {
+        file.data = args.data;
+        file.database = args.database;
+    }
+    file.rules = args.rules.or(file.rules);
+    file.metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    if args.insecure {
+        file.insecure = Some(true);
+    }
+    let config = ServerConfig::resolve(file, &source)?;
+    let server = driftwatch_server::start(config).await?;
+    tracing::info!(grpc = %server.grpc_addr, metrics = ?server.metrics_addr, "driftwatch-server listening");
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested; draining");
+        token.cancel();
+    });
+    server.wait().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

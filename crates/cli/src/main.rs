@@ -1,1 +1,322 @@
-fn main() {}
+//! `driftwatch`: the operator CLI, and `driftwatch up` (the one-command tour).
+
+mod output;
+mod up;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use driftwatch_proto::v1::{self, fleet_client::FleetClient};
+use output::{Output, bytes, table, to_json, ts};
+
+/// driftwatch: keep a fleet's configuration and resource use from regressing.
+///
+/// Query commands talk to a driftwatch server over gRPC (the same API grpcurl uses).
+#[derive(Debug, Parser)]
+#[command(name = "driftwatch", version)]
+struct Cli {
+    /// Server URL.
+    #[arg(long, global = true, env = "DRIFTWATCH_SERVER", default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// Output format: an aligned table for people, or proto3 JSON (as grpcurl prints) for scripts.
+    #[arg(long, short, global = true, value_enum, default_value = "table")]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start an embedded server (SQLite) and a local agent on the example configs.
+    Up(up::UpArgs),
+    /// List hosts (optionally filtered by labels), or show one host in detail.
+    Hosts {
+        /// Show this host: labels, agent, resources and every watched file.
+        host_id: Option<String>,
+        /// Label selector, e.g. env=production,service=web2img (also: k!=v, k, !k).
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+    },
+    /// Show one watched file of a host: metadata, parse status and every key (secrets masked).
+    File {
+        /// Host id, as `driftwatch hosts` lists it.
+        host_id: String,
+        /// Absolute path of the file on that host.
+        path: String,
+    },
+    /// Compare one file between two hosts: added, removed and changed keys.
+    Diff {
+        /// Left host.
+        host_id: String,
+        /// File path on the left host (and on the right unless --other-path is given).
+        path: String,
+        /// Right host.
+        other_host_id: String,
+        /// File path on the right host, when it differs.
+        #[arg(long)]
+        other_path: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            cmd => query(&cli.server, cli.output, cmd).await,
+        }
+    })
+}
+
+async fn fleet(server: &str) -> anyhow::Result<FleetClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(server.to_string())
+        .with_context(|| format!("bad --server URL '{server}'"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the driftwatch server at {server}"))?;
+    Ok(FleetClient::new(channel))
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", code_name(s.code()), s.message())
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    match c {
+        tonic::Code::NotFound => "not found",
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        _ => "error",
+    }
+}
+
+async fn query(server: &str, out: Output, cmd: Command) -> anyhow::Result<()> {
+    let mut c = fleet(server).await?;
+    match cmd {
+        Command::Up(_) => unreachable!("handled in main"),
+        Command::Hosts { host_id: None, selector } => {
+            let r = c
+                .list_hosts(v1::ListHostsRequest { selector: selector.unwrap_or_default() })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match out {
+                Output::Json => println!("{}", to_json(&r, "ListHostsResponse")?),
+                Output::Table => print!("{}", hosts_table(&r.hosts)),
+            }
+        }
+        Command::Hosts { host_id: Some(id), .. } => {
+            let h = c.get_host(v1::GetHostRequest { host_id: id }).await.map_err(status_err)?.into_inner();
+            match out {
+                Output::Json => println!("{}", to_json(&h, "Host")?),
+                Output::Table => print!("{}", host_detail(&h)),
+            }
+        }
+        Command::File { host_id, path } => {
+            let f = c.get_file(v1::GetFileRequest { host_id, path }).await.map_err(status_err)?.into_inner();
+            match out {
+                Output::Json => println!("{}", to_json(&f, "File")?),
+                Output::Table => print!("{}", file_detail(&f)),
+            }
+        }
+        Command::Diff { host_id, path, other_host_id, other_path } => {
+            let d = c
+                .diff(v1::DiffRequest { host_id, path, other_host_id, other_path: other_path.unwrap_or_default() })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match out {
+                Output::Json => println!("{}", to_json(&d, "DiffResponse")?),
+                Output::Table => print!("{}", diff_table(&d)),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn labels(l: &std::collections::BTreeMap<String, String>) -> String {
+    l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+fn state_name(s: i32) -> &'static str {
+    match v1::ConnectionState::try_from(s) {
+        Ok(v1::ConnectionState::Online) => "online",
+        Ok(v1::ConnectionState::Offline) => "offline",
+        _ => "unknown",
+    }
+}
+
+fn hosts_table(hosts: &[v1::HostSummary]) -> String {
+    let rows: Vec<Vec<String>> = hosts
+        .iter()
+        .map(|h| {
+            let r = h.resources.clone().unwrap_or_default();
+            vec![
+                h.host_id.clone(),
+                state_name(h.state).into(),
+                ts(&h.last_seen),
+                labels(&h.labels),
+                format!("{}", h.file_count),
+                format!("{}", h.files_with_problems),
+                if h.resources.is_some() { format!("{:.1}", r.cpu_cores_used) } else { "-".into() },
+                if h.resources.is_some() { bytes(r.memory_used_bytes) } else { "-".into() },
+            ]
+        })
+        .collect();
+    table(&["HOST", "STATE", "LAST SEEN", "LABELS", "FILES", "PROBLEMS", "CPU CORES", "MEMORY"], &rows)
+}
+
+fn status_name(s: i32) -> &'static str {
+    match v1::FileStatus::try_from(s) {
+        Ok(v1::FileStatus::Ok) => "ok",
+        Ok(v1::FileStatus::ParseError) => "parse error",
+        Ok(v1::FileStatus::TooLarge) => "too large",
+        Ok(v1::FileStatus::Binary) => "binary",
+        Ok(v1::FileStatus::HashOnly) => "hash only",
+        Ok(v1::FileStatus::Missing) => "missing",
+        Ok(v1::FileStatus::Unreadable) => "unreadable",
+        _ => "unknown",
+    }
+}
+
+fn format_name(f: i32) -> &'static str {
+    match v1::Format::try_from(f) {
+        Ok(v1::Format::Env) => "env",
+        Ok(v1::Format::Ini) => "ini",
+        Ok(v1::Format::Yaml) => "yaml",
+        Ok(v1::Format::Json) => "json",
+        Ok(v1::Format::Toml) => "toml",
+        Ok(v1::Format::Text) => "text",
+        _ => "-",
+    }
+}
+
+fn error_text(e: &Option<v1::FileError>) -> String {
+    match e {
+        None => String::new(),
+        Some(e) if e.line > 0 => format!("{}:{}: {}", e.line, e.column, e.message),
+        Some(e) => e.message.clone(),
+    }
+}
+
+fn host_detail(h: &v1::Host) -> String {
+    let s = h.summary.clone().unwrap_or_default();
+    let mut out = format!(
+        "host:     {}\nstate:    {} (last seen {})\nlabels:   {}\nagent:    {}\nlast seq: {}  dropped by agent: {}\n",
+        s.host_id,
+        state_name(s.state),
+        ts(&s.last_seen),
+        labels(&s.labels),
+        s.agent_version,
+        s.last_seq,
+        s.dropped_snapshots
+    );
+    if let Some(r) = &s.resources {
+        out.push_str(&format!(
+            "cpu:      {:.1}% ({:.2} of {} cores)  load {:.2} {:.2} {:.2}\nmemory:   {} of {}  swap {} of {}\nagent:    rss {}  cpu {:.1}%\n",
+            r.cpu_percent,
+            r.cpu_cores_used,
+            r.cpu_count,
+            r.load_1,
+            r.load_5,
+            r.load_15,
+            bytes(r.memory_used_bytes),
+            bytes(r.memory_total_bytes),
+            bytes(r.swap_used_bytes),
+            bytes(r.swap_total_bytes),
+            bytes(r.agent_rss_bytes),
+            r.agent_cpu_percent
+        ));
+        for d in &r.disks {
+            out.push_str(&format!("disk:     {} {} used of {}\n", d.mount_point, bytes(d.used_bytes), bytes(d.total_bytes)));
+        }
+        for g in &r.process_groups {
+            out.push_str(&format!(
+                "group:    {} ({}) {} processes, rss {}, cpu {:.1}%\n",
+                g.name,
+                g.pattern,
+                g.count,
+                bytes(g.rss_bytes),
+                g.cpu_percent
+            ));
+        }
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = h
+        .files
+        .iter()
+        .map(|f| {
+            vec![
+                f.path.clone(),
+                format_name(f.format).into(),
+                status_name(f.status).into(),
+                f.key_count.to_string(),
+                bytes(f.size),
+                ts(&f.updated_at),
+                error_text(&f.error),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["PATH", "FORMAT", "STATUS", "KEYS", "SIZE", "CHANGED", "ERROR"], &rows));
+    out
+}
+
+fn file_detail(f: &v1::File) -> String {
+    let s = f.state.clone().unwrap_or_default();
+    let mut out = format!(
+        "host:    {}\npath:    {}\nformat:  {}\nstatus:  {}\nsize:    {}  mode {:o}  uid {}  gid {}\nhash:    {}\nchanged: {} (seq {})\n",
+        f.host_id,
+        s.path,
+        format_name(s.format),
+        status_name(s.status),
+        bytes(s.size),
+        s.mode & 0o7777,
+        s.uid,
+        s.gid,
+        s.content_hash.get(..16).unwrap_or(&s.content_hash),
+        ts(&f.updated_at),
+        f.seq
+    );
+    if let Some(e) = &s.error {
+        out.push_str(&format!("error:   {}\n", error_text(&Some(e.clone()))));
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = s
+        .keys
+        .iter()
+        .map(|kv| {
+            let v = kv.value.clone().unwrap_or_default();
+            vec![kv.key.clone(), v.type_name().into(), v.display()]
+        })
+        .collect();
+    out.push_str(&table(&["KEY", "TYPE", "VALUE"], &rows));
+    out
+}
+
+fn diff_table(d: &v1::DiffResponse) -> String {
+    let show = |v: &Option<v1::Value>| v.as_ref().map(|v| v.display()).unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = d
+        .differences
+        .iter()
+        .map(|k| {
+            let kind = match v1::DiffKind::try_from(k.kind) {
+                Ok(v1::DiffKind::Added) => "added",
+                Ok(v1::DiffKind::Removed) => "removed",
+                Ok(v1::DiffKind::Changed) => "changed",
+                _ => "?",
+            };
+            vec![kind.into(), k.key.clone(), show(&k.left), show(&k.right)]
+        })
+        .collect();
+    let mut out = table(&["CHANGE", "KEY", "LEFT", "RIGHT"], &rows);
+    out.push_str(&format!(
+        "\n{} added, {} removed, {} changed, {} unchanged\n",
+        d.added, d.removed, d.changed, d.unchanged
+    ));
+    out
+}

@@ -1,0 +1,139 @@
+//! `driftwatch up`: an embedded server (SQLite) plus one local agent watching the
+//! example configs, in one process, with grpcurl lines to try.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use driftwatch_agent::config::WatchEntry;
+use driftwatch_agent::{AgentConfig, AgentFile};
+use driftwatch_server::{ServerConfig, ServerFile};
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Data directory for the server's SQLite database and the agent's state
+    /// [default: a new temporary directory, removed on exit].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// gRPC listen address (loopback only: `up` runs without TLS).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// Prometheus /metrics and /healthz address ("off" disables).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_listen: String,
+    /// Directory of config files for the local agent to watch (every file below it).
+    #[arg(long, default_value = "deploy/examples/configs")]
+    configs: PathBuf,
+    /// Rules directory for the server [default: deploy/examples/rules if present].
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Host id of the local agent [default: this machine's host name].
+    #[arg(long)]
+    host_id: Option<String>,
+    /// Labels of the local agent, K=V; repeatable [default: env=production, role=demo].
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    /// Resource sampling interval of the local agent.
+    #[arg(long, default_value = "10s")]
+    resource_interval: String,
+    /// Log filter.
+    #[arg(long, env = "DRIFTWATCH_LOG", default_value = "warn,driftwatch_server=info,driftwatch_agent=info")]
+    log: String,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .init();
+    if !args.configs.is_dir() {
+        anyhow::bail!(
+            "{} is not a directory: run `driftwatch up` from the repository root, or pass --configs DIR",
+            args.configs.display()
+        );
+    }
+    let configs = args.configs.canonicalize()?;
+    let (_temp, data) = match args.data {
+        Some(d) => (None, d),
+        None => {
+            let t = tempfile::Builder::new().prefix("driftwatch-up-").tempdir()?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+    std::fs::create_dir_all(&data)?;
+    let rules = args.rules.or_else(|| {
+        let p = PathBuf::from("deploy/examples/rules");
+        p.is_dir().then_some(p)
+    });
+
+    let server_cfg = ServerConfig::resolve(
+        ServerFile {
+            listen: Some(args.listen.clone()),
+            data: Some(data.join("server")),
+            rules,
+            metrics_listen: Some(args.metrics_listen.clone()),
+            insecure: Some(true),
+            ..Default::default()
+        },
+        "driftwatch up",
+    )?;
+    let server = driftwatch_server::start(server_cfg).await?;
+    let url = format!("http://{}", server.grpc_addr);
+
+    let mut labels = std::collections::BTreeMap::new();
+    for l in &args.labels {
+        let (k, v) = l.split_once('=').with_context(|| format!("--label {l}: expected K=V"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    if labels.is_empty() {
+        labels.insert("env".into(), "production".into());
+        labels.insert("role".into(), "demo".into());
+    }
+    let agent_cfg = AgentConfig::resolve(
+        AgentFile {
+            server: Some(url.clone()),
+            host_id: args.host_id.clone(),
+            labels,
+            watch: vec![WatchEntry::Plain(format!("{}/**", configs.display()))],
+            resource_interval: Some(args.resource_interval.clone()),
+            state_dir: Some(data.join("agent")),
+            insecure: Some(true),
+            ..Default::default()
+        },
+        "driftwatch up",
+    )?;
+    let host_id = agent_cfg.host_id.clone();
+    let agent = driftwatch_agent::start(agent_cfg).await?;
+
+    let addr = server.grpc_addr;
+    let example = std::fs::read_dir(&configs)
+        .ok()
+        .and_then(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.is_file()))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| format!("{}/FILE", configs.display()));
+    println!(
+        "\ndriftwatch is up.\n\
+         \n  server   {url}   (data in {data})\
+         \n  metrics  {metrics}\
+         \n  agent    host '{host_id}' watching {configs}/**\
+         \n\nTry, in another terminal:\n\
+         \n  grpcurl -plaintext {addr} list\
+         \n  grpcurl -plaintext {addr} driftwatch.v1.Fleet/ListHosts\
+         \n  grpcurl -plaintext -d '{{\"host_id\":\"{host_id}\"}}' {addr} driftwatch.v1.Fleet/GetHost\
+         \n  grpcurl -plaintext -d '{{\"host_id\":\"{host_id}\",\"path\":\"{example}\"}}' {addr} driftwatch.v1.Fleet/GetFile\
+         \n  driftwatch hosts\
+         \n  driftwatch file {host_id} {example}\
+         \n\nEdit a file under {configs} and query again. Ctrl-C stops.\n",
+        data = data.display(),
+        metrics = server
+            .metrics_addr
+            .map(|a| format!("http://{a}/metrics"))
+            .unwrap_or_else(|| "off".into()),
+        configs = configs.display(),
+    );
+
+    tokio::signal::ctrl_c().await?;
+    println!("stopping…");
+    agent.stop().await?;
+    server.stop().await?;
+    Ok(())
+}

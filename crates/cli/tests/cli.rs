@@ -1,0 +1,130 @@
+//! The `driftwatch` binary against a real server with a real agent.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use driftwatch_agent::config::WatchEntry;
+use driftwatch_proto::v1;
+
+fn cli(server: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .output()
+        .expect("run driftwatch");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_file_diff_in_table_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.env");
+    let b = dir.path().join("b.env");
+    std::fs::write(&a, "WORKERS=8\nAPI_TOKEN=sk_live_abcdefghijklmnopqrstuvwx\nNAME=web\n").unwrap();
+    std::fs::write(&b, "WORKERS=16\nNAME=web\nEXTRA=1\n").unwrap();
+    std::fs::write(dir.path().join("fleet.key"), "cli-test-fleet-key-0123").unwrap();
+    let server = driftwatch_server::start(driftwatch_server::ServerConfig::for_tests(dir.path().join("srv")))
+        .await
+        .unwrap();
+    let url = format!("http://{}", server.grpc_addr);
+    let agent_cfg = driftwatch_agent::AgentConfig::resolve(
+        driftwatch_agent::AgentFile {
+            server: Some(url.clone()),
+            host_id: Some("cli-host".into()),
+            labels: [("env".to_string(), "production".to_string())].into(),
+            watch: vec![WatchEntry::Plain(format!("{}/*.env", dir.path().display()))],
+            resource_interval: Some("200ms".into()),
+            state_dir: Some(dir.path().join("agent")),
+            insecure: Some(true),
+            fleet_key_file: Some(dir.path().join("fleet.key")),
+            ..Default::default()
+        },
+        "test",
+    )
+    .unwrap();
+    let agent = driftwatch_agent::start(agent_cfg).await.unwrap();
+    // Wait (with a deadline) until both files and a resource sample are in.
+    let ch = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
+    let mut fleet = v1::fleet_client::FleetClient::new(ch);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(h) = fleet.get_host(v1::GetHostRequest { host_id: "cli-host".into() }).await {
+            let h = h.into_inner();
+            if h.files.len() == 2 && h.summary.as_ref().is_some_and(|s| s.resources.is_some()) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "agent never reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let u = url.clone();
+    let (a_s, b_s) = (a.display().to_string(), b.display().to_string());
+    let results = tokio::task::spawn_blocking(move || {
+        vec![
+            cli(&u, &["hosts"]),
+            cli(&u, &["hosts", "--selector", "env=production", "--output", "json"]),
+            cli(&u, &["hosts", "cli-host"]),
+            cli(&u, &["file", "cli-host", &a_s]),
+            cli(&u, &["--output", "json", "file", "cli-host", &a_s]),
+            cli(&u, &["diff", "cli-host", &a_s, "cli-host", "--other-path", &b_s]),
+            cli(&u, &["file", "nope", "/x"]),
+            cli(&u, &["hosts", "--selector", "a=b=c"]),
+        ]
+    })
+    .await
+    .unwrap();
+    let (ok, out, _) = &results[0];
+    assert!(ok && out.starts_with("HOST") && out.contains("cli-host") && out.contains("online"), "{out}");
+    let (ok, out, _) = &results[1];
+    let j: serde_json::Value = serde_json::from_str(out).unwrap();
+    assert!(ok);
+    assert_eq!(j["hosts"][0]["hostId"], "cli-host");
+    assert_eq!(j["hosts"][0]["state"], "CONNECTION_STATE_ONLINE");
+    let (ok, out, _) = &results[2];
+    assert!(ok && out.contains("memory:") && out.contains(&a.display().to_string()), "{out}");
+    let (ok, out, _) = &results[3];
+    assert!(ok && out.contains("WORKERS") && out.contains("int") && out.contains("masked:"), "{out}");
+    assert!(!out.contains("sk_live_abcdefghijklmnopqrstuvwx"), "{out}");
+    let (ok, out, _) = &results[4];
+    let j: serde_json::Value = serde_json::from_str(out).unwrap();
+    assert!(ok);
+    assert_eq!(j["state"]["keys"][0]["key"], "WORKERS");
+    assert_eq!(j["state"]["keys"][0]["value"]["intValue"], "8");
+    assert!(j["state"]["keys"][1]["value"]["masked"]["fingerprint"].is_string());
+    let (ok, out, _) = &results[5];
+    assert!(ok && out.contains("changed  WORKERS") && out.contains("1 added, 1 removed, 1 changed, 1 unchanged"), "{out}");
+    let (ok, _, err) = &results[6];
+    assert!(!ok && err.contains("not found") && err.contains("nope"), "{err}");
+    let (ok, _, err) = &results[7];
+    assert!(!ok && err.contains("invalid argument"), "{err}");
+
+    agent.stop().await.unwrap();
+    server.stop().await.unwrap();
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error() {
+    let (ok, _, err) = cli("http://127.0.0.1:1", &["hosts"]);
+    assert!(!ok);
+    assert!(err.contains("cannot reach the driftwatch server at http://127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(["up", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--data", "--listen", "--metrics-listen", "--configs", "--rules", "--host-id", "--label", "--resource-interval"] {
+        assert!(text.contains(flag), "up --help lacks {flag}:\n{text}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_driftwatch")).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["up", "hosts", "file", "diff", "--server", "--output"] {
+        assert!(text.contains(word), "--help lacks {word}:\n{text}");
+    }
+}

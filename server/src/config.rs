@@ -1,0 +1,261 @@
+//! Server configuration: a TOML file that mirrors the flags. Flags win over
+//! `DRIFTWATCH_*` environment variables, which win over the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ServerError;
+
+/// Where the server keeps its state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StorageConfig {
+    /// SQLite file `driftwatch.db` inside this directory.
+    DataDir(PathBuf),
+    /// `sqlite:///abs/path.db` or `sqlite://relative.db`.
+    SqliteFile(PathBuf),
+}
+
+/// The on-disk/TOML shape. Every field optional so a file can set only what it needs.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<String>,
+    pub data: Option<PathBuf>,
+    pub database: Option<String>,
+    pub rules: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
+    pub insecure: Option<bool>,
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Largest message an agent may send, in bytes.
+    pub max_message_bytes: Option<usize>,
+    /// Most agent streams held at once.
+    pub max_agents: Option<usize>,
+    /// Seconds between agent heartbeats (pushed to agents in Welcome).
+    pub heartbeat_interval_seconds: Option<u32>,
+    /// Most files one host may report.
+    pub max_files_per_host: Option<usize>,
+    /// Snapshots coalesced into one store transaction at most.
+    pub max_batch: Option<usize>,
+}
+
+/// Resolved, validated configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub storage: StorageConfig,
+    pub rules: Option<PathBuf>,
+    /// None disables the metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    pub insecure: bool,
+    pub max_message_bytes: usize,
+    pub max_agents: usize,
+    pub heartbeat_interval: Duration,
+    pub max_files_per_host: usize,
+    pub max_batch: usize,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+pub const DEFAULT_DATA_DIR: &str = "./driftwatch-data";
+
+impl ServerConfig {
+    /// A loopback development config storing under `data`; ports chosen by the OS.
+    pub fn for_tests(data: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: "127.0.0.1:0".parse().expect("literal"),
+            storage: StorageConfig::DataDir(data.into()),
+            rules: None,
+            metrics_listen: Some("127.0.0.1:0".parse().expect("literal")),
+            insecure: true,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_agents: 10_000,
+            heartbeat_interval: Duration::from_secs(15),
+            max_files_per_host: 10_000,
+            max_batch: 2_000,
+        }
+    }
+
+    /// Path of the SQLite database file.
+    pub fn sqlite_path(&self) -> PathBuf {
+        match &self.storage {
+            StorageConfig::DataDir(d) => d.join("driftwatch.db"),
+            StorageConfig::SqliteFile(p) => p.clone(),
+        }
+    }
+
+    /// Merge a parsed file (lowest precedence) under explicit overrides, then validate,
+    /// reporting every problem at once as `source: field: message`.
+    pub fn resolve(file: ServerFile, source: &str) -> Result<Self, ServerError> {
+        let mut errors = Vec::new();
+        let mut field_err = |field: &str, msg: String| errors.push(format!("{source}: {field}: {msg}"));
+
+        let listen = parse_addr(file.listen.as_deref().unwrap_or(DEFAULT_LISTEN))
+            .map_err(|e| field_err("listen", e))
+            .ok();
+        let metrics_listen = match file.metrics_listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN) {
+            "" | "off" | "none" => Some(None),
+            s => parse_addr(s).map(Some).map_err(|e| field_err("metrics_listen", e)).ok(),
+        };
+        let storage = match (&file.data, &file.database) {
+            (Some(_), Some(_)) => {
+                field_err("database", "give either data (a directory) or database (a URL), not both".into());
+                None
+            }
+            (_, Some(url)) => parse_database_url(url).map_err(|e| field_err("database", e)).ok(),
+            (Some(d), None) => Some(StorageConfig::DataDir(d.clone())),
+            (None, None) => Some(StorageConfig::DataDir(PathBuf::from(DEFAULT_DATA_DIR))),
+        };
+        let rules = match file.rules {
+            Some(r) => {
+                if !r.is_dir() {
+                    field_err("rules", format!("{} is not a directory", r.display()));
+                }
+                Some(r)
+            }
+            None => Some(PathBuf::from("./rules")).filter(|p| p.is_dir()),
+        };
+        let insecure = file.insecure.unwrap_or(false);
+        let l = &file.limits;
+        let max_message_bytes = l.max_message_bytes.unwrap_or(4 * 1024 * 1024);
+        if !(1024..=256 * 1024 * 1024).contains(&max_message_bytes) {
+            field_err("limits.max_message_bytes", "must be between 1024 and 268435456".into());
+        }
+        let max_agents = l.max_agents.unwrap_or(10_000);
+        if max_agents == 0 {
+            field_err("limits.max_agents", "must be at least 1".into());
+        }
+        let hb = l.heartbeat_interval_seconds.unwrap_or(15);
+        if !(1..=3600).contains(&hb) {
+            field_err("limits.heartbeat_interval_seconds", "must be between 1 and 3600".into());
+        }
+        let max_files_per_host = l.max_files_per_host.unwrap_or(10_000);
+        if max_files_per_host == 0 {
+            field_err("limits.max_files_per_host", "must be at least 1".into());
+        }
+        let max_batch = l.max_batch.unwrap_or(2_000);
+        if max_batch == 0 {
+            field_err("limits.max_batch", "must be at least 1".into());
+        }
+        if let Some(addr) = listen {
+            if !insecure {
+                field_err(
+                    "insecure",
+                    "TLS is not configured: pass --insecure (loopback development only)".into(),
+                );
+            } else if !addr.ip().is_loopback() {
+                field_err(
+                    "listen",
+                    format!("--insecure is for loopback development only; refusing to serve plaintext on {addr}"),
+                );
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ServerError::Config(errors));
+        }
+        Ok(Self {
+            listen: listen.expect("checked"),
+            storage: storage.expect("checked"),
+            rules,
+            metrics_listen: metrics_listen.expect("checked"),
+            insecure,
+            max_message_bytes,
+            max_agents,
+            heartbeat_interval: Duration::from_secs(u64::from(hb)),
+            max_files_per_host,
+            max_batch,
+        })
+    }
+
+    /// Read and parse a TOML config file.
+    pub fn load_file(path: &Path) -> Result<ServerFile, ServerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ServerError::Config(vec![format!("{}: {e}", path.display())]))?;
+        toml::from_str(&text).map_err(|e| ServerError::Config(vec![format!("{}: {}", path.display(), e.message())]))
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("'{s}' is not an address like 127.0.0.1:50051"))
+}
+
+fn parse_database_url(url: &str) -> Result<StorageConfig, String> {
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        if rest.is_empty() {
+            return Err("sqlite:// needs a file path, e.g. sqlite:///var/lib/driftwatch/driftwatch.db".into());
+        }
+        return Ok(StorageConfig::SqliteFile(PathBuf::from(rest)));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err("PostgreSQL storage is not available in this build; use --data DIR (SQLite)".into());
+    }
+    Err(format!("unsupported database URL scheme in '{}'", url.split("://").next().unwrap_or(url)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ServerFile {
+        ServerFile { insecure: Some(true), ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let c = ServerConfig::resolve(base(), "flags").unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.metrics_listen.unwrap().to_string(), DEFAULT_METRICS_LISTEN);
+        assert_eq!(c.storage, StorageConfig::DataDir(PathBuf::from(DEFAULT_DATA_DIR)));
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let f = ServerFile {
+            listen: Some("nonsense".into()),
+            metrics_listen: Some("also:bad:x".into()),
+            database: Some("mysql://x".into()),
+            limits: LimitsFile { max_message_bytes: Some(1), max_agents: Some(0), ..Default::default() },
+            ..base()
+        };
+        let Err(ServerError::Config(errs)) = ServerConfig::resolve(f, "server.toml") else { panic!() };
+        assert_eq!(errs.len(), 5, "{errs:#?}");
+        assert!(errs.iter().all(|e| e.starts_with("server.toml: ")));
+        assert!(errs.iter().any(|e| e.contains("listen: 'nonsense'")));
+        assert!(errs.iter().any(|e| e.contains("limits.max_agents")));
+    }
+
+    #[test]
+    fn plaintext_refused_off_loopback_and_without_insecure() {
+        let f = ServerFile { listen: Some("0.0.0.0:50051".into()), ..base() };
+        let err = ServerConfig::resolve(f, "flags").unwrap_err().to_string();
+        assert!(err.contains("loopback development only"), "{err}");
+        let f = ServerFile { insecure: Some(false), ..Default::default() };
+        let err = ServerConfig::resolve(f, "flags").unwrap_err().to_string();
+        assert!(err.contains("TLS is not configured"), "{err}");
+    }
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            parse_database_url("sqlite:///var/x.db").unwrap(),
+            StorageConfig::SqliteFile("/var/x.db".into())
+        );
+        assert!(parse_database_url("postgres://h/db").unwrap_err().contains("not available"));
+        assert!(parse_database_url("sqlite://").is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = toml::from_str::<ServerFile>("listn = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

@@ -1,0 +1,213 @@
+//! `Fleet` query service: reads the in-memory state only, never the store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use driftwatch_proto::v1::{self, fleet_server::Fleet, value::Kind};
+use tonic::{Request, Response, Status};
+
+use crate::error::ServerError;
+use crate::selector::Selector;
+use crate::state::FleetState;
+
+/// Query APIs show this many hex digits of a masked value's fingerprint.
+pub const SHORT_FINGERPRINT: usize = 16;
+
+#[derive(Clone)]
+pub struct FleetService {
+    pub state: Arc<FleetState>,
+}
+
+#[tonic::async_trait]
+impl Fleet for FleetService {
+    async fn list_hosts(
+        &self,
+        request: Request<v1::ListHostsRequest>,
+    ) -> Result<Response<v1::ListHostsResponse>, Status> {
+        let selector = Selector::parse(&request.get_ref().selector).map_err(ServerError::InvalidArgument)?;
+        let mut hosts: Vec<v1::HostSummary> = self
+            .state
+            .hosts
+            .iter()
+            .filter(|h| selector.matches(&h.labels))
+            .map(|h| h.summary(h.key()))
+            .collect();
+        hosts.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+        Ok(Response::new(v1::ListHostsResponse { hosts }))
+    }
+
+    async fn get_host(&self, request: Request<v1::GetHostRequest>) -> Result<Response<v1::Host>, Status> {
+        let id = required(&request.get_ref().host_id, "host_id")?;
+        let h = self.state.hosts.get(id).ok_or_else(|| unknown_host(id))?;
+        let files = h
+            .files
+            .iter()
+            .map(|(path, f)| v1::FileSummary {
+                path: path.clone(),
+                format: f.state.format,
+                status: f.state.status,
+                size: f.state.size,
+                content_hash: f.state.content_hash.clone(),
+                modified_at: f.state.modified_at,
+                key_count: f.state.keys.len() as u32,
+                error: f.state.error.clone(),
+                updated_at: Some(driftwatch_proto::timestamp_from_millis(f.updated_ms)),
+            })
+            .collect();
+        Ok(Response::new(v1::Host { summary: Some(h.summary(id)), files }))
+    }
+
+    async fn get_file(&self, request: Request<v1::GetFileRequest>) -> Result<Response<v1::File>, Status> {
+        let r = request.get_ref();
+        let id = required(&r.host_id, "host_id")?;
+        let path = required(&r.path, "path")?;
+        let h = self.state.hosts.get(id).ok_or_else(|| unknown_host(id))?;
+        let f = h.files.get(path).ok_or_else(|| unknown_file(id, path))?;
+        let mut state = f.state.clone();
+        for kv in &mut state.keys {
+            shorten(kv.value.as_mut());
+        }
+        Ok(Response::new(v1::File {
+            host_id: id.to_string(),
+            state: Some(state),
+            updated_at: Some(driftwatch_proto::timestamp_from_millis(f.updated_ms)),
+            seq: f.seq,
+        }))
+    }
+
+    async fn diff(&self, request: Request<v1::DiffRequest>) -> Result<Response<v1::DiffResponse>, Status> {
+        let r = request.get_ref();
+        let left_host = required(&r.host_id, "host_id")?;
+        let path = required(&r.path, "path")?;
+        let right_host = required(&r.other_host_id, "other_host_id")?;
+        let right_path = if r.other_path.is_empty() { path } else { r.other_path.as_str() };
+        let (left, left_hash) = self.file_keys(left_host, path)?;
+        let (right, right_hash) = self.file_keys(right_host, right_path)?;
+        let mut out = diff_keys(&left, &right);
+        out.left_content_hash = left_hash;
+        out.right_content_hash = right_hash;
+        Ok(Response::new(out))
+    }
+}
+
+impl FleetService {
+    fn file_keys(&self, host: &str, path: &str) -> Result<(Vec<v1::KeyValue>, String), ServerError> {
+        let h = self.state.hosts.get(host).ok_or_else(|| unknown_host(host))?;
+        let f = h.files.get(path).ok_or_else(|| unknown_file(host, path))?;
+        Ok((f.state.keys.clone(), f.state.content_hash.clone()))
+    }
+}
+
+fn required<'a>(v: &'a str, field: &str) -> Result<&'a str, ServerError> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Err(ServerError::InvalidArgument(format!("{field} is required")));
+    }
+    Ok(v)
+}
+
+fn unknown_host(id: &str) -> ServerError {
+    ServerError::NotFound(format!("no host '{id}' (ListHosts shows the known hosts)"))
+}
+
+fn unknown_file(host: &str, path: &str) -> ServerError {
+    ServerError::NotFound(format!("host '{host}' does not watch '{path}' (GetHost lists its files)"))
+}
+
+fn shorten(v: Option<&mut v1::Value>) {
+    if let Some(v1::Value { kind: Some(Kind::Masked(m)) }) = v {
+        m.fingerprint.truncate(SHORT_FINGERPRINT);
+    }
+}
+
+/// Values equal for diff purposes: masked values compare by full fingerprint,
+/// floats by bits (so NaN equals itself and a change 1.0 → 1.0 is none).
+fn same(a: &Option<v1::Value>, b: &Option<v1::Value>) -> bool {
+    match (a.as_ref().and_then(|v| v.kind.as_ref()), b.as_ref().and_then(|v| v.kind.as_ref())) {
+        (Some(Kind::FloatValue(x)), Some(Kind::FloatValue(y))) => x.to_bits() == y.to_bits(),
+        (Some(Kind::Masked(x)), Some(Kind::Masked(y))) => x.fingerprint == y.fingerprint,
+        (x, y) => x == y,
+    }
+}
+
+/// Key-by-key difference, in the left file's order then keys only on the right.
+pub fn diff_keys(left: &[v1::KeyValue], right: &[v1::KeyValue]) -> v1::DiffResponse {
+    let r: BTreeMap<&str, &v1::KeyValue> = right.iter().map(|kv| (kv.key.as_str(), kv)).collect();
+    let l: BTreeMap<&str, &v1::KeyValue> = left.iter().map(|kv| (kv.key.as_str(), kv)).collect();
+    let mut out = v1::DiffResponse::default();
+    for kv in left {
+        match r.get(kv.key.as_str()) {
+            None => {
+                out.removed += 1;
+                out.differences.push(entry(&kv.key, v1::DiffKind::Removed, kv.value.clone(), None));
+            }
+            Some(o) if !same(&kv.value, &o.value) => {
+                out.changed += 1;
+                out.differences.push(entry(&kv.key, v1::DiffKind::Changed, kv.value.clone(), o.value.clone()));
+            }
+            Some(_) => out.unchanged += 1,
+        }
+    }
+    for kv in right {
+        if !l.contains_key(kv.key.as_str()) {
+            out.added += 1;
+            out.differences.push(entry(&kv.key, v1::DiffKind::Added, None, kv.value.clone()));
+        }
+    }
+    out
+}
+
+fn entry(key: &str, kind: v1::DiffKind, mut left: Option<v1::Value>, mut right: Option<v1::Value>) -> v1::KeyDiff {
+    shorten(left.as_mut());
+    shorten(right.as_mut());
+    v1::KeyDiff { key: key.to_string(), kind: kind as i32, left, right }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use driftwatch_proto::v1::Value;
+
+    fn kv(k: &str, v: Value) -> v1::KeyValue {
+        v1::KeyValue { key: k.into(), value: Some(v) }
+    }
+
+    #[test]
+    fn diff_added_removed_changed() {
+        let left = vec![
+            kv("A", Value::int(1)),
+            kv("B", Value::string("x")),
+            kv("S", Value::masked("aa".repeat(32), "key name")),
+            kv("F", Value::float(0.5)),
+        ];
+        let right = vec![
+            kv("A", Value::int(2)),
+            kv("C", Value::bool(true)),
+            kv("S", Value::masked("aa".repeat(32), "key name")),
+            kv("F", Value::float(0.5)),
+        ];
+        let d = diff_keys(&left, &right);
+        assert_eq!((d.added, d.removed, d.changed, d.unchanged), (1, 1, 1, 2));
+        let kinds: Vec<(&str, i32)> = d.differences.iter().map(|x| (x.key.as_str(), x.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![("A", v1::DiffKind::Changed as i32), ("B", v1::DiffKind::Removed as i32), ("C", v1::DiffKind::Added as i32)]
+        );
+    }
+
+    #[test]
+    fn masked_values_differ_by_fingerprint_and_show_short() {
+        let left = vec![kv("S", Value::masked("ab".repeat(32), "key name"))];
+        let right = vec![kv("S", Value::masked("cd".repeat(32), "key name"))];
+        let d = diff_keys(&left, &right);
+        assert_eq!(d.changed, 1);
+        let Some(Kind::Masked(m)) = d.differences[0].left.as_ref().and_then(|v| v.kind.clone()) else { panic!() };
+        assert_eq!(m.fingerprint.len(), SHORT_FINGERPRINT);
+    }
+
+    #[test]
+    fn type_change_is_a_change() {
+        let d = diff_keys(&[kv("A", Value::int(1))], &[kv("A", Value::string("1"))]);
+        assert_eq!(d.changed, 1);
+    }
+}

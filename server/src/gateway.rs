@@ -1,0 +1,336 @@
+//! `AgentGateway.Connect`: one long-lived stream per agent.
+//!
+//! Per stream: read Hello (refuse a host id that is connected already), answer
+//! Welcome with the durably stored seq, then apply snapshots to the in-memory
+//! state and hand them to the group-commit writer; Acks go out only when the
+//! writer has committed. Duplicates (seq already applied for this spool) are not
+//! applied again, only acknowledged once stored.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use driftwatch_proto::v1::{
+    self, AgentMessage, FileState, ServerMessage, Snapshot, agent_gateway_server::AgentGateway,
+    agent_message, server_message,
+};
+use driftwatch_store::{FileRecord, ResourceRecord};
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::ServerError;
+use crate::metrics::Metrics;
+use crate::state::{Connection, FileEntry, FleetState, HostEntry};
+use crate::writer::{AckTarget, WriteItem, WriteSender};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HOST_ID_LEN: usize = 253;
+const MAX_LABELS: usize = 64;
+const MAX_PATH_LEN: usize = 4096;
+
+#[derive(Clone)]
+pub struct Gateway {
+    pub state: Arc<FleetState>,
+    pub writer: WriteSender,
+    pub metrics: Arc<Metrics>,
+    pub heartbeat_interval: Duration,
+    pub max_agents: usize,
+    pub max_files_per_host: usize,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentGateway for Gateway {
+    type ConnectStream = OutStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
+            Ok(Some(Ok(AgentMessage { kind: Some(agent_message::Kind::Hello(h)) }))) => h,
+            Ok(Some(Ok(_))) => return Err(self.refuse(&peer, ServerError::InvalidArgument("the first message must be hello".into()))),
+            Ok(Some(Err(status))) => return Err(status),
+            Ok(None) => return Err(Status::cancelled("stream closed before hello")),
+            Err(_) => return Err(self.refuse(&peer, ServerError::InvalidArgument("no hello within 10 s".into()))),
+        };
+        let (host_id, conn_id, acks_rx, welcome) = self.register(&hello, &peer).map_err(|e| self.refuse(&peer, e))?;
+        tracing::info!(host = %host_id, %peer, agent_version = %hello.agent_version, acked_seq = welcome.acked_seq, "agent connected");
+        self.metrics.connected_agents.inc();
+
+        // Small outbound buffer: Acks coalesce in the watch channel, so a stalled
+        // agent holds at most a few messages here.
+        let (tx, rx) = mpsc::channel(8);
+        let _ = tx.try_send(Ok(ServerMessage { kind: Some(server_message::Kind::Welcome(welcome)) }));
+        let conn = ConnTask {
+            gw: self.clone(),
+            host_id,
+            spool_id: hello.spool_id.clone(),
+            conn_id,
+            inbound,
+            tx,
+            acks: acks_rx,
+        };
+        tokio::spawn(conn.run());
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl Gateway {
+    fn refuse(&self, peer: &str, e: ServerError) -> Status {
+        self.metrics.connections_refused.inc();
+        tracing::warn!(%peer, error = %e, "agent stream refused");
+        e.into()
+    }
+
+    /// Validate the Hello and claim the host id for this connection.
+    fn register(
+        &self,
+        hello: &v1::Hello,
+        peer: &str,
+    ) -> Result<(String, u64, watch::Receiver<u64>, v1::Welcome), ServerError> {
+        let id = hello.host_id.trim();
+        if id.is_empty()
+            || id.len() > MAX_HOST_ID_LEN
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
+        {
+            return Err(ServerError::InvalidArgument(format!(
+                "host_id must be 1-{MAX_HOST_ID_LEN} characters of A-Z a-z 0-9 . _ - :"
+            )));
+        }
+        if hello.labels.len() > MAX_LABELS {
+            return Err(ServerError::InvalidArgument(format!("at most {MAX_LABELS} labels")));
+        }
+        if hello.spool_id.is_empty() || hello.spool_id.len() > 64 {
+            return Err(ServerError::InvalidArgument("spool_id must be 1-64 characters".into()));
+        }
+        if self.metrics.connected_agents.get() >= self.max_agents as i64 {
+            return Err(ServerError::ResourceExhausted(format!(
+                "server holds its maximum of {} agent streams",
+                self.max_agents
+            )));
+        }
+        let now = driftwatch_proto::now_millis();
+        let conn_id = self.state.next_connection_id();
+        let mut entry = self.state.hosts.entry(id.to_string()).or_insert_with(|| HostEntry::new(now));
+        if let Some(c) = &entry.connection {
+            return Err(ServerError::AlreadyExists(format!(
+                "host '{id}' is already connected (from {}); a second agent may not claim its id",
+                c.peer
+            )));
+        }
+        if entry.spool_id != hello.spool_id {
+            // A new spool (fresh install or wiped state dir) numbers from 1 again.
+            if !entry.spool_id.is_empty() {
+                tracing::info!(host = %id, old = %entry.spool_id, new = %hello.spool_id, "agent has a new spool; sequence restarts");
+            }
+            entry.spool_id = hello.spool_id.clone();
+            entry.applied_seq = 0;
+            entry.stored_seq = 0;
+        }
+        entry.labels = hello.labels.clone();
+        entry.agent_version = hello.agent_version.clone();
+        entry.fleet_key_id = hello.fleet_key_id.clone();
+        entry.dropped_snapshots = entry.dropped_snapshots.max(hello.dropped_snapshots);
+        entry.last_seen_ms = now;
+        let (acks, acks_rx) = watch::channel(entry.stored_seq);
+        entry.connection = Some(Connection { id: conn_id, since_ms: now, peer: peer.to_string(), acks });
+        let welcome = v1::Welcome {
+            acked_seq: entry.stored_seq,
+            settings: Some(v1::AgentSettings {
+                heartbeat_interval_seconds: self.heartbeat_interval.as_secs() as u32,
+            }),
+        };
+        let record = entry.record(id);
+        drop(entry);
+        // Persist labels/version now; no ack rides on it.
+        let _ = self.writer.try_send(WriteItem { host: Some(record), ..Default::default() });
+        Ok((id.to_string(), conn_id, acks_rx, welcome))
+    }
+}
+
+struct ConnTask {
+    gw: Gateway,
+    host_id: String,
+    spool_id: String,
+    conn_id: u64,
+    inbound: Streaming<AgentMessage>,
+    tx: mpsc::Sender<Result<ServerMessage, Status>>,
+    acks: watch::Receiver<u64>,
+}
+
+impl ConnTask {
+    async fn run(mut self) {
+        // An agent that says nothing for three heartbeat intervals is gone.
+        let idle_limit = self.gw.heartbeat_interval * 3 + Duration::from_secs(5);
+        let mut last_acked = *self.acks.borrow();
+        let reason: String = loop {
+            tokio::select! {
+                biased;
+                _ = self.gw.shutdown.cancelled() => break "server shutting down".into(),
+                changed = self.acks.changed() => {
+                    if changed.is_err() { break "replaced".into(); }
+                    let seq = *self.acks.borrow_and_update();
+                    if seq > last_acked {
+                        last_acked = seq;
+                        let ack = ServerMessage { kind: Some(server_message::Kind::Ack(v1::Ack { seq })) };
+                        if self.tx.send(Ok(ack)).await.is_err() { break "agent went away".into(); }
+                    }
+                }
+                msg = tokio::time::timeout(idle_limit, self.inbound.next()) => match msg {
+                    Err(_) => break format!("no message for {} s", idle_limit.as_secs()),
+                    Ok(None) => break "agent closed the stream".into(),
+                    Ok(Some(Err(status))) => {
+                        // Oversized or malformed message: tell the agent why, then close.
+                        let _ = self.tx.send(Err(status.clone())).await;
+                        break format!("stream error: {}", status.message());
+                    }
+                    Ok(Some(Ok(m))) => {
+                        if let Err(e) = self.handle(m).await {
+                            let status: Status = e.into();
+                            let _ = self.tx.send(Err(status.clone())).await;
+                            break format!("refused message: {}", status.message());
+                        }
+                    }
+                },
+            }
+        };
+        self.disconnect(&reason);
+    }
+
+    async fn handle(&mut self, m: AgentMessage) -> Result<(), ServerError> {
+        match m.kind {
+            Some(agent_message::Kind::Snapshot(s)) => self.snapshot(s).await,
+            Some(agent_message::Kind::Heartbeat(hb)) => {
+                let record = {
+                    let Some(mut h) = self.gw.state.hosts.get_mut(&self.host_id) else { return Ok(()) };
+                    h.last_seen_ms = driftwatch_proto::now_millis();
+                    h.dropped_snapshots = h.dropped_snapshots.max(hb.dropped_snapshots);
+                    h.record(&self.host_id)
+                };
+                let _ = self.gw.writer.try_send(WriteItem { host: Some(record), ..Default::default() });
+                Ok(())
+            }
+            Some(agent_message::Kind::ChangeResult(r)) => {
+                tracing::info!(host = %self.host_id, change = %r.change_id, outcome = r.outcome, "change result");
+                Ok(())
+            }
+            Some(agent_message::Kind::Hello(_)) => Err(ServerError::InvalidArgument("hello sent twice".into())),
+            None => Err(ServerError::InvalidArgument("empty agent message".into())),
+        }
+    }
+
+    async fn snapshot(&mut self, s: Snapshot) -> Result<(), ServerError> {
+        let received = Instant::now();
+        if s.seq == 0 {
+            self.gw.metrics.snapshots_rejected.inc();
+            return Err(ServerError::InvalidArgument("snapshot seq must be at least 1".into()));
+        }
+        validate_files(&s.files)?;
+        let now = driftwatch_proto::now_millis();
+        let item = {
+            let Some(mut h) = self.gw.state.hosts.get_mut(&self.host_id) else {
+                return Err(ServerError::Unavailable("host entry vanished".into()));
+            };
+            h.last_seen_ms = now;
+            if s.seq <= h.applied_seq {
+                // A resend after reconnect: already applied. If it is stored, ack at
+                // once; if its write is in flight, that commit acks it.
+                self.gw.metrics.snapshots_duplicate.inc();
+                let stored = h.stored_seq;
+                drop(h);
+                if stored >= s.seq && stored > *self.acks.borrow() {
+                    let ack = ServerMessage { kind: Some(server_message::Kind::Ack(v1::Ack { seq: stored })) };
+                    let _ = self.tx.send(Ok(ack)).await;
+                }
+                return Ok(());
+            }
+            let projected = if s.full {
+                s.files.len()
+            } else {
+                h.files.len() + s.files.iter().filter(|f| !h.files.contains_key(&f.path)).count()
+            };
+            if projected > self.gw.max_files_per_host {
+                self.gw.metrics.snapshots_rejected.inc();
+                return Err(ServerError::ResourceExhausted(format!(
+                    "host would watch {projected} files; the server allows {}",
+                    self.gw.max_files_per_host
+                )));
+            }
+            let mut item = WriteItem {
+                ack: Some(AckTarget { host_id: self.host_id.clone(), spool_id: self.spool_id.clone(), seq: s.seq }),
+                received: Some(received),
+                ..Default::default()
+            };
+            if s.full {
+                let listed: std::collections::HashSet<&str> = s.files.iter().map(|f| f.path.as_str()).collect();
+                let gone: Vec<String> = h.files.keys().filter(|p| !listed.contains(p.as_str())).cloned().collect();
+                for p in gone {
+                    h.files.remove(&p);
+                    item.removed_files.push((self.host_id.clone(), p));
+                }
+            }
+            for f in s.files {
+                item.files.push(FileRecord {
+                    host_id: self.host_id.clone(),
+                    path: f.path.clone(),
+                    seq: s.seq,
+                    updated_ms: now,
+                    state: f.encode_to_vec(),
+                });
+                h.files.insert(f.path.clone(), FileEntry { state: f, seq: s.seq, updated_ms: now });
+            }
+            if let Some(r) = s.resources {
+                let sampled_ms = r.sampled_at.as_ref().map(driftwatch_proto::timestamp_millis).unwrap_or(now);
+                item.resources = Some(ResourceRecord {
+                    host_id: self.host_id.clone(),
+                    seq: s.seq,
+                    sampled_ms,
+                    sample: r.encode_to_vec(),
+                });
+                h.resources = Some(r);
+            }
+            h.applied_seq = s.seq;
+            item.host = Some(h.record(&self.host_id));
+            item
+        };
+        self.gw
+            .writer
+            .send(item)
+            .await
+            .map_err(|_| ServerError::Unavailable("server is shutting down".into()))
+    }
+
+    fn disconnect(&self, reason: &str) {
+        self.gw.metrics.connected_agents.dec();
+        let record = {
+            let Some(mut h) = self.gw.state.hosts.get_mut(&self.host_id) else { return };
+            // Only clear our own claim: a newer connection may already own the id.
+            if h.connection.as_ref().is_some_and(|c| c.id == self.conn_id) {
+                h.connection = None;
+            }
+            h.last_seen_ms = driftwatch_proto::now_millis();
+            h.record(&self.host_id)
+        };
+        let _ = self.gw.writer.try_send(WriteItem { host: Some(record), ..Default::default() });
+        tracing::info!(host = %self.host_id, reason, "agent disconnected");
+    }
+}
+
+fn validate_files(files: &[FileState]) -> Result<(), ServerError> {
+    for f in files {
+        if f.path.is_empty() || f.path.len() > MAX_PATH_LEN || !f.path.starts_with('/') {
+            return Err(ServerError::InvalidArgument(format!(
+                "file path must be absolute and at most {MAX_PATH_LEN} bytes (got {:?})",
+                f.path.chars().take(80).collect::<String>()
+            )));
+        }
+    }
+    Ok(())
+}

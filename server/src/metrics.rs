@@ -1,0 +1,130 @@
+//! Prometheus metrics and the `/metrics` + `/healthz` endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub connected_agents: Gauge,
+    pub snapshots_ingested: Counter,
+    pub snapshots_duplicate: Counter,
+    pub snapshots_rejected: Counter,
+    pub connections_refused: Counter,
+    pub ingest_ack_seconds: Histogram,
+    pub store_commit_seconds: Histogram,
+    pub store_batch_items: Histogram,
+    pub store_errors: Counter,
+    /// False once the store writer has failed its last commit.
+    pub healthy: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("driftwatch");
+        let connected_agents = Gauge::default();
+        registry.register("connected_agents", "Agent streams currently connected", connected_agents.clone());
+        let snapshots_ingested = Counter::default();
+        registry.register(
+            "snapshots_ingested",
+            "Snapshots durably stored and acknowledged",
+            snapshots_ingested.clone(),
+        );
+        let snapshots_duplicate = Counter::default();
+        registry.register(
+            "snapshots_duplicate",
+            "Resent snapshots already stored (deduplicated by host and seq)",
+            snapshots_duplicate.clone(),
+        );
+        let snapshots_rejected = Counter::default();
+        registry.register("snapshots_rejected", "Snapshots refused as invalid", snapshots_rejected.clone());
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Agent streams refused (bad hello, duplicate host id, limits)",
+            connections_refused.clone(),
+        );
+        let ingest_ack_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        registry.register(
+            "ingest_ack_seconds",
+            "Time from receiving a snapshot to it being durably stored (ack published)",
+            ingest_ack_seconds.clone(),
+        );
+        let store_commit_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        registry.register("store_commit_seconds", "Store transaction commit latency", store_commit_seconds.clone());
+        let store_batch_items = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register("store_batch_items", "Items per store transaction", store_batch_items.clone());
+        let store_errors = Counter::default();
+        registry.register("store_errors", "Failed store commits (retried)", store_errors.clone());
+        Arc::new(Self {
+            registry,
+            connected_agents,
+            snapshots_ingested,
+            snapshots_duplicate,
+            snapshots_rejected,
+            connections_refused,
+            ingest_ack_seconds,
+            store_commit_seconds,
+            store_batch_items,
+            store_errors,
+            healthy: AtomicBool::new(true),
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serve `/metrics` and `/healthz` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    let m = metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    if m.healthy.load(Ordering::Relaxed) {
+                        (StatusCode::OK, "ok\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "store failing\n")
+                    }
+                }
+            }),
+        );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+pub fn local_addr(l: &tokio::net::TcpListener) -> SocketAddr {
+    l.local_addr().expect("bound listener has an address")
+}

