@@ -132,7 +132,8 @@ impl AgentConfig {
                 default
             }),
         };
-        let resource_interval = duration("resource_interval", file.resource_interval.as_deref(), Duration::from_secs(10));
+        let resource_interval =
+            duration("resource_interval", file.resource_interval.as_deref(), Duration::from_secs(10));
         let debounce = duration("debounce", file.debounce.as_deref(), Duration::from_millis(5));
         let rescan_interval = duration("rescan_interval", file.rescan_interval.as_deref(), Duration::from_secs(60));
         if !resource_interval.is_zero() && resource_interval < Duration::from_millis(100) {
@@ -258,11 +259,7 @@ mod tests {
     use super::*;
 
     fn base() -> AgentFile {
-        AgentFile {
-            insecure: Some(true),
-            watch: vec![WatchEntry::Plain("/etc/app/.env".into())],
-            ..Default::default()
-        }
+        AgentFile { insecure: Some(true), watch: vec![WatchEntry::Plain("/etc/app/.env".into())], ..Default::default() }
     }
 
     #[test]

@@ -53,10 +53,7 @@ fn main() -> anyhow::Result<()> {
     let config = resolve(args)?;
     // One thread is plenty for a watcher and a stream; blocking work (file reads,
     // hashing, sysinfo, spool fsync) goes to the small blocking pool.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .max_blocking_threads(4)
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(4).build()?;
     rt.block_on(async move {
         let agent = driftwatch_agent::start(config).await?;
         let token = agent.shutdown_token();
@@ -93,8 +90,8 @@ fn resolve(args: Args) -> anyhow::Result<AgentConfig> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

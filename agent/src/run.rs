@@ -292,7 +292,9 @@ async fn stream_loop(shared: Arc<Shared>, token: CancellationToken) {
         let delay = backoff.next_delay(rand::random::<f64>());
         match result {
             Ok(()) => tracing::info!(retry_in_ms = delay.as_millis() as u64, "stream ended; reconnecting"),
-            Err(e) => tracing::warn!(error = %e, up_for_ms = started.elapsed().as_millis() as u64, retry_in_ms = delay.as_millis() as u64, "stream failed; reconnecting"),
+            Err(e) => {
+                tracing::warn!(error = %e, up_for_ms = started.elapsed().as_millis() as u64, retry_in_ms = delay.as_millis() as u64, "stream failed; reconnecting")
+            }
         }
         tokio::select! {
             _ = token.cancelled() => return,
@@ -352,10 +354,8 @@ async fn one_stream(shared: &Arc<Shared>, token: &CancellationToken, backoff: &m
     tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) })
         .await
         .map_err(|_| AgentError::Watch("outbound channel closed".into()))?;
-    let response = client
-        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(AgentError::Rejected)?;
+    let response =
+        client.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(AgentError::Rejected)?;
     let mut inbound = response.into_inner();
     let welcome = match inbound.next().await {
         Some(Ok(ServerMessage { kind: Some(server_message::Kind::Welcome(w)) })) => w,

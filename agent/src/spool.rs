@@ -153,7 +153,11 @@ impl Spool {
         if seq < self.acked {
             // The server knows less than it once acknowledged (its data was lost or
             // restored): what we deleted cannot be resent, so heal with a full snapshot.
-            tracing::warn!(server_acked = seq, agent_acked = self.acked, "server acknowledged less than before; next snapshot is full");
+            tracing::warn!(
+                server_acked = seq,
+                agent_acked = self.acked,
+                "server acknowledged less than before; next snapshot is full"
+            );
             self.need_full = true;
             return Ok(());
         }
@@ -171,12 +175,8 @@ impl Spool {
         // Delete segments with no pending entries left (never the active one).
         let first_live = self.entries.front().map(|e| e.segment);
         let active = self.active.as_ref().map(|(f, _)| *f);
-        let dead: Vec<u64> = self
-            .segments
-            .keys()
-            .copied()
-            .filter(|s| Some(*s) != active && first_live.is_none_or(|l| *s < l))
-            .collect();
+        let dead: Vec<u64> =
+            self.segments.keys().copied().filter(|s| Some(*s) != active && first_live.is_none_or(|l| *s < l)).collect();
         for s in dead {
             self.remove_segment(s)?;
         }
@@ -251,7 +251,11 @@ impl Spool {
             let lost = (before - self.entries.len()) as u64;
             self.dropped += lost;
             self.need_full = true;
-            tracing::warn!(dropped = lost, total_dropped = self.dropped, "spool full: dropped the oldest unacknowledged snapshots");
+            tracing::warn!(
+                dropped = lost,
+                total_dropped = self.dropped,
+                "spool full: dropped the oldest unacknowledged snapshots"
+            );
             self.remove_segment(oldest)?;
             self.write_meta()?;
         }
@@ -273,9 +277,7 @@ impl Spool {
         let mut last_seq = self.acked;
         for (first, path) in segs {
             let mut data = Vec::new();
-            File::open(&path)
-                .and_then(|mut f| f.read_to_end(&mut data))
-                .map_err(|e| AgentError::io(&path, e))?;
+            File::open(&path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| AgentError::io(&path, e))?;
             let mut off = 0usize;
             let mut live = 0;
             while off + HEADER <= data.len() {
@@ -404,9 +406,9 @@ mod tests {
         s.ack(6).unwrap();
         assert_eq!(s.pending(), 0);
         assert_eq!(s.bytes(), 0);
-        let segs = std::fs::read_dir(dir.path()).unwrap().filter(|e| {
-            e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".seg")
-        });
+        let segs = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".seg"));
         assert_eq!(segs.count(), 0, "fully acked segments are deleted");
     }
 

@@ -98,9 +98,8 @@ impl ServerConfig {
         let mut errors = Vec::new();
         let mut field_err = |field: &str, msg: String| errors.push(format!("{source}: {field}: {msg}"));
 
-        let listen = parse_addr(file.listen.as_deref().unwrap_or(DEFAULT_LISTEN))
-            .map_err(|e| field_err("listen", e))
-            .ok();
+        let listen =
+            parse_addr(file.listen.as_deref().unwrap_or(DEFAULT_LISTEN)).map_err(|e| field_err("listen", e)).ok();
         let metrics_listen = match file.metrics_listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN) {
             "" | "off" | "none" => Some(None),
             s => parse_addr(s).map(Some).map_err(|e| field_err("metrics_listen", e)).ok(),
@@ -147,10 +146,7 @@ impl ServerConfig {
         }
         if let Some(addr) = listen {
             if !insecure {
-                field_err(
-                    "insecure",
-                    "TLS is not configured: pass --insecure (loopback development only)".into(),
-                );
+                field_err("insecure", "TLS is not configured: pass --insecure (loopback development only)".into());
             } else if !addr.ip().is_loopback() {
                 field_err(
                     "listen",
@@ -177,15 +173,14 @@ impl ServerConfig {
 
     /// Read and parse a TOML config file.
     pub fn load_file(path: &Path) -> Result<ServerFile, ServerError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ServerError::Config(vec![format!("{}: {e}", path.display())]))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ServerError::Config(vec![format!("{}: {e}", path.display())]))?;
         toml::from_str(&text).map_err(|e| ServerError::Config(vec![format!("{}: {}", path.display(), e.message())]))
     }
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>()
-        .map_err(|_| format!("'{s}' is not an address like 127.0.0.1:50051"))
+    s.parse::<SocketAddr>().map_err(|_| format!("'{s}' is not an address like 127.0.0.1:50051"))
 }
 
 fn parse_database_url(url: &str) -> Result<StorageConfig, String> {
@@ -245,10 +240,7 @@ mod tests {
 
     #[test]
     fn database_urls() {
-        assert_eq!(
-            parse_database_url("sqlite:///var/x.db").unwrap(),
-            StorageConfig::SqliteFile("/var/x.db".into())
-        );
+        assert_eq!(parse_database_url("sqlite:///var/x.db").unwrap(), StorageConfig::SqliteFile("/var/x.db".into()));
         assert!(parse_database_url("postgres://h/db").unwrap_err().contains("not available"));
         assert!(parse_database_url("sqlite://").is_err());
     }

@@ -38,10 +38,7 @@ impl From<ServerError> for tonic::Status {
             ServerError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ServerError::Unavailable(m) => Status::unavailable(m),
             // Internal details stay in the server log; the client gets a stable message.
-            e @ (ServerError::Store(_)
-            | ServerError::Io(_)
-            | ServerError::Transport(_)
-            | ServerError::Config(_)) => {
+            e @ (ServerError::Store(_) | ServerError::Io(_) | ServerError::Transport(_) | ServerError::Config(_)) => {
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error; see the server log")
             }

@@ -25,13 +25,8 @@ impl Fleet for FleetService {
         request: Request<v1::ListHostsRequest>,
     ) -> Result<Response<v1::ListHostsResponse>, Status> {
         let selector = Selector::parse(&request.get_ref().selector).map_err(ServerError::InvalidArgument)?;
-        let mut hosts: Vec<v1::HostSummary> = self
-            .state
-            .hosts
-            .iter()
-            .filter(|h| selector.matches(&h.labels))
-            .map(|h| h.summary(h.key()))
-            .collect();
+        let mut hosts: Vec<v1::HostSummary> =
+            self.state.hosts.iter().filter(|h| selector.matches(&h.labels)).map(|h| h.summary(h.key())).collect();
         hosts.sort_by(|a, b| a.host_id.cmp(&b.host_id));
         Ok(Response::new(v1::ListHostsResponse { hosts }))
     }
@@ -191,7 +186,11 @@ mod tests {
         let kinds: Vec<(&str, i32)> = d.differences.iter().map(|x| (x.key.as_str(), x.kind)).collect();
         assert_eq!(
             kinds,
-            vec![("A", v1::DiffKind::Changed as i32), ("B", v1::DiffKind::Removed as i32), ("C", v1::DiffKind::Added as i32)]
+            vec![
+                ("A", v1::DiffKind::Changed as i32),
+                ("B", v1::DiffKind::Removed as i32),
+                ("C", v1::DiffKind::Added as i32)
+            ]
         );
     }
 

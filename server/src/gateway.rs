@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driftwatch_proto::v1::{
-    self, AgentMessage, FileState, ServerMessage, Snapshot, agent_gateway_server::AgentGateway,
-    agent_message, server_message,
+    self, AgentMessage, FileState, ServerMessage, Snapshot, agent_gateway_server::AgentGateway, agent_message,
+    server_message,
 };
 use driftwatch_store::{FileRecord, ResourceRecord};
 use prost::Message;
@@ -55,7 +55,9 @@ impl AgentGateway for Gateway {
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
             Ok(Some(Ok(AgentMessage { kind: Some(agent_message::Kind::Hello(h)) }))) => h,
-            Ok(Some(Ok(_))) => return Err(self.refuse(&peer, ServerError::InvalidArgument("the first message must be hello".into()))),
+            Ok(Some(Ok(_))) => {
+                return Err(self.refuse(&peer, ServerError::InvalidArgument("the first message must be hello".into())));
+            }
             Ok(Some(Err(status))) => return Err(status),
             Ok(None) => return Err(Status::cancelled("stream closed before hello")),
             Err(_) => return Err(self.refuse(&peer, ServerError::InvalidArgument("no hello within 10 s".into()))),
@@ -143,9 +145,7 @@ impl Gateway {
         entry.connection = Some(Connection { id: conn_id, since_ms: now, peer: peer.to_string(), acks });
         let welcome = v1::Welcome {
             acked_seq: entry.stored_seq,
-            settings: Some(v1::AgentSettings {
-                heartbeat_interval_seconds: self.heartbeat_interval.as_secs() as u32,
-            }),
+            settings: Some(v1::AgentSettings { heartbeat_interval_seconds: self.heartbeat_interval.as_secs() as u32 }),
         };
         let record = entry.record(id);
         drop(entry);
@@ -300,11 +300,7 @@ impl ConnTask {
             item.host = Some(h.record(&self.host_id));
             item
         };
-        self.gw
-            .writer
-            .send(item)
-            .await
-            .map_err(|_| ServerError::Unavailable("server is shutting down".into()))
+        self.gw.writer.send(item).await.map_err(|_| ServerError::Unavailable("server is shutting down".into()))
     }
 
     fn disconnect(&self, reason: &str) {

@@ -116,20 +116,15 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .map_err(|e| ServerError::Unavailable(format!("reflection: {e}")))?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| ServerError::Unavailable(format!("reflection: {e}")))?;
+    let reflection_v1 = reflection().build_v1().map_err(|e| ServerError::Unavailable(format!("reflection: {e}")))?;
+    let reflection_v1alpha =
+        reflection().build_v1alpha().map_err(|e| ServerError::Unavailable(format!("reflection: {e}")))?;
 
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(
-            AgentGatewayServer::new(gateway).max_decoding_message_size(config.max_message_bytes),
-        )
+        .add_service(AgentGatewayServer::new(gateway).max_decoding_message_size(config.max_message_bytes))
         .add_service(FleetServer::new(fleet))
         .add_service(health_service)
         .add_service(reflection_v1)

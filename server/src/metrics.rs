@@ -102,10 +102,7 @@ pub async fn serve(
             get(move || {
                 let m = m.clone();
                 async move {
-                    (
-                        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-                        m.render(),
-                    )
+                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.render())
                 }
             }),
         )

@@ -77,25 +77,15 @@ impl HostEntry {
     }
 
     pub fn summary(&self, host_id: &str) -> v1::HostSummary {
-        let problems = self
-            .files
-            .values()
-            .filter(|f| f.state.status != v1::FileStatus::Ok as i32)
-            .count();
+        let problems = self.files.values().filter(|f| f.state.status != v1::FileStatus::Ok as i32).count();
         v1::HostSummary {
             host_id: host_id.to_string(),
             labels: self.labels.clone(),
             agent_version: self.agent_version.clone(),
-            state: if self.connection.is_some() {
-                v1::ConnectionState::Online
-            } else {
-                v1::ConnectionState::Offline
-            } as i32,
+            state: if self.connection.is_some() { v1::ConnectionState::Online } else { v1::ConnectionState::Offline }
+                as i32,
             last_seen: Some(driftwatch_proto::timestamp_from_millis(self.last_seen_ms)),
-            connected_since: self
-                .connection
-                .as_ref()
-                .map(|c| driftwatch_proto::timestamp_from_millis(c.since_ms)),
+            connected_since: self.connection.as_ref().map(|c| driftwatch_proto::timestamp_from_millis(c.since_ms)),
             file_count: self.files.len() as u32,
             files_with_problems: problems as u32,
             resources: self.resources.clone(),

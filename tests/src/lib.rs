@@ -94,11 +94,7 @@ pub async fn fleet_client(server: &RunningServer) -> FleetClient<Channel> {
 }
 
 pub async fn fleet_client_addr(url: &str) -> FleetClient<Channel> {
-    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string()).expect("url").connect().await.expect("connect");
     FleetClient::new(ch)
 }
 

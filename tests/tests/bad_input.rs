@@ -101,14 +101,20 @@ async fn scenarios(can_test_permissions: bool) {
     }
     let f = wait_file(&mut c, "bad-1", &get("blob.json"), "binary", |s| s.status == FileStatus::Binary as i32).await;
     assert!(f.state.unwrap().keys.is_empty());
-    let f = wait_file(&mut c, "bad-1", &get("huge.json"), "too large", |s| s.status == FileStatus::TooLarge as i32).await;
+    let f =
+        wait_file(&mut c, "bad-1", &get("huge.json"), "too large", |s| s.status == FileStatus::TooLarge as i32).await;
     let s = f.state.unwrap();
     assert_eq!(s.size, 50 * 1024 * 1024);
     assert_eq!(s.content_hash.len(), 64);
-    let f = wait_file(&mut c, "bad-1", &get("loop-a.yaml"), "symlink loop", |s| s.status == FileStatus::Unreadable as i32).await;
+    let f =
+        wait_file(&mut c, "bad-1", &get("loop-a.yaml"), "symlink loop", |s| s.status == FileStatus::Unreadable as i32)
+            .await;
     assert!(f.state.unwrap().error.is_some());
     if can_test_permissions {
-        let f = wait_file(&mut c, "bad-1", &get("secret.env"), "permission denied", |s| s.status == FileStatus::Unreadable as i32).await;
+        let f = wait_file(&mut c, "bad-1", &get("secret.env"), "permission denied", |s| {
+            s.status == FileStatus::Unreadable as i32
+        })
+        .await;
         let msg = f.state.unwrap().error.unwrap().message.to_lowercase();
         assert!(msg.contains("permission denied"), "{msg}");
     } else {

@@ -1,8 +1,8 @@
 //! The README's grpcurl tour, run with the real grpcurl (1.8.6 speaks reflection
 //! v1alpha only). Skipped, with the reason printed, when grpcurl is not installed.
 
-use std::process::Command;
 use driftwatch_tests::*;
+use std::process::Command;
 
 fn grpcurl() -> Option<String> {
     let out = Command::new("grpcurl").arg("-version").output().ok()?;
@@ -31,7 +31,9 @@ async fn readme_grpcurl_tour_works() {
     let configs = dir.path().join("configs");
     copy_fixtures(&configs);
     let server = start_server(&dir.path().join("server")).await;
-    let agent = start_agent(agent_config(&server, "web-1", &dir.path().join("agent"), &[format!("{}/**", configs.display())])).await;
+    let agent =
+        start_agent(agent_config(&server, "web-1", &dir.path().join("agent"), &[format!("{}/**", configs.display())]))
+            .await;
     let env = configs.join("web2img/.env.production");
     let mut c = fleet_client(&server).await;
     wait_file(&mut c, "web-1", &env, "parsed", |s| !s.keys.is_empty()).await;

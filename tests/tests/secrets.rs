@@ -34,10 +34,7 @@ const CANARIES: [&str; 7] = [
 
 fn scan(what: &str, haystack: &[u8]) {
     for c in CANARIES {
-        assert!(
-            !haystack.windows(c.len()).any(|w| w == c.as_bytes()),
-            "canary {c} leaked into {what}"
-        );
+        assert!(!haystack.windows(c.len()).any(|w| w == c.as_bytes()), "canary {c} leaked into {what}");
     }
 }
 
@@ -70,7 +67,11 @@ async fn canary_secrets_never_leave_the_parser() {
     std::fs::create_dir_all(&cfg).unwrap();
     let [env, yaml, ini, json, toml, token, broken] = CANARIES;
     std::fs::write(cfg.join(".env"), format!("DB_PASSWORD={env}\nPORT=8080\n")).unwrap();
-    std::fs::write(cfg.join("app.yaml"), format!("db:\n  url: postgresql://app:{yaml}@db.internal:5432/app\n  pool: 5\nhf: {token}\n")).unwrap();
+    std::fs::write(
+        cfg.join("app.yaml"),
+        format!("db:\n  url: postgresql://app:{yaml}@db.internal:5432/app\n  pool: 5\nhf: {token}\n"),
+    )
+    .unwrap();
     std::fs::write(cfg.join("legacy.ini"), format!("[database]\nhost = db\npassword = {ini}\n")).unwrap();
     std::fs::write(cfg.join("svc.json"), format!("{{\"service\": {{\"api_key\": \"{json}\", \"port\": 1}}}}")).unwrap();
     std::fs::write(cfg.join("m.toml"), format!("[auth]\ntoken = \"{toml}\"\n")).unwrap();
@@ -78,7 +79,9 @@ async fn canary_secrets_never_leave_the_parser() {
     std::fs::write(cfg.join("broken.yaml"), format!("ok: 1\npassword: \"{broken}\n  - : [\n")).unwrap();
 
     let server = start_server(&dir.path().join("server")).await;
-    let agent = start_agent(agent_config(&server, "canary-host", &dir.path().join("agent"), &[format!("{}/*", cfg.display())])).await;
+    let agent =
+        start_agent(agent_config(&server, "canary-host", &dir.path().join("agent"), &[format!("{}/*", cfg.display())]))
+            .await;
     let mut c = fleet_client(&server).await;
 
     let f = wait_file(&mut c, "canary-host", &cfg.join(".env"), ".env", |s| !s.keys.is_empty()).await;

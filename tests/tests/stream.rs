@@ -15,13 +15,9 @@ async fn agent_streams_fixtures_and_edits_show_up() {
     let configs = dir.path().join("configs");
     let files = copy_fixtures(&configs);
     let server = start_server(&dir.path().join("server")).await;
-    let agent = start_agent(agent_config(
-        &server,
-        "web-1",
-        &dir.path().join("agent"),
-        &[format!("{}/**", configs.display())],
-    ))
-    .await;
+    let agent =
+        start_agent(agent_config(&server, "web-1", &dir.path().join("agent"), &[format!("{}/**", configs.display())]))
+            .await;
     let mut c = fleet_client(&server).await;
 
     let env = configs.join("web2img/.env.production");
@@ -52,7 +48,8 @@ async fn agent_streams_fixtures_and_edits_show_up() {
     // Edit in place, then by rename (as editors do): both show up.
     let text = std::fs::read_to_string(&env).unwrap();
     std::fs::write(&env, text.replace("BROWSER_POOL_MAX_SIZE=12", "BROWSER_POOL_MAX_SIZE=30")).unwrap();
-    wait_file(&mut c, "web-1", &env, "in-place edit", |s| key(s, "BROWSER_POOL_MAX_SIZE") == Some(&v1::Value::int(30))).await;
+    wait_file(&mut c, "web-1", &env, "in-place edit", |s| key(s, "BROWSER_POOL_MAX_SIZE") == Some(&v1::Value::int(30)))
+        .await;
     replace_file(&env, &text.replace("WORKERS=8", "WORKERS=16"));
     wait_file(&mut c, "web-1", &env, "rename-over edit", |s| key(s, "WORKERS") == Some(&v1::Value::int(16))).await;
 
@@ -67,8 +64,10 @@ async fn agent_streams_fixtures_and_edits_show_up() {
     let dir2 = dir.path().join("configs2");
     std::fs::create_dir_all(&dir2).unwrap();
     let env2 = dir2.join(".env.production");
-    std::fs::write(&env2, text.replace("WORKERS=8", "WORKERS=9").replace("CACHE_MAX_ITEMS=300\n", "NEW_KEY=1\n")).unwrap();
-    let agent2 = start_agent(agent_config(&server, "web-2", &dir.path().join("agent2"), &[env2.display().to_string()])).await;
+    std::fs::write(&env2, text.replace("WORKERS=8", "WORKERS=9").replace("CACHE_MAX_ITEMS=300\n", "NEW_KEY=1\n"))
+        .unwrap();
+    let agent2 =
+        start_agent(agent_config(&server, "web-2", &dir.path().join("agent2"), &[env2.display().to_string()])).await;
     wait_file(&mut c, "web-2", &env2, "second host", |s| !s.keys.is_empty()).await;
     // Restore the first file so the diff is exactly WORKERS, CACHE_MAX_ITEMS and NEW_KEY.
     replace_file(&env, &text);
@@ -127,7 +126,8 @@ async fn nothing_is_lost_while_the_server_is_down_and_state_survives_restart() {
     let server = start_server_with(cfg.clone()).await;
     let file = dir.path().join("app.toml");
     std::fs::write(&file, "[pool]\nsize = 1\n").unwrap();
-    let agent = start_agent(agent_config(&server, "h1", &dir.path().join("agent"), &[file.display().to_string()])).await;
+    let agent =
+        start_agent(agent_config(&server, "h1", &dir.path().join("agent"), &[file.display().to_string()])).await;
     let mut c = fleet_client(&server).await;
     wait_file(&mut c, "h1", &file, "first version", |s| key(s, "pool.size") == Some(&v1::Value::int(1))).await;
     server.stop().await.unwrap();
@@ -152,7 +152,8 @@ async fn nothing_is_lost_while_the_server_is_down_and_state_survives_restart() {
     assert_eq!(summary.labels.get("env").map(String::as_str), Some("test"));
     assert_eq!(h.files.len(), 1);
     // The agent reconnects (backoff starts at 1 s) and its spool drains.
-    wait_file(&mut c, "h1", &file, "last edit made while down", |s| key(s, "pool.size") == Some(&v1::Value::int(4))).await;
+    wait_file(&mut c, "h1", &file, "last edit made while down", |s| key(s, "pool.size") == Some(&v1::Value::int(4)))
+        .await;
     wait_for("spool drained", Duration::from_secs(15), || {
         let st = agent.status.clone();
         async move { (st.pending.load(std::sync::atomic::Ordering::Relaxed) == 0).then_some(()) }
@@ -184,7 +185,11 @@ async fn second_agent_claiming_a_connected_host_id_is_refused() {
     wait_file(&mut c, "dup", &file, "first agent", |s| !s.keys.is_empty()).await;
 
     // A raw stream with the same host id is refused with ALREADY_EXISTS.
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr)).unwrap().connect().await.unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut gw = v1::agent_gateway_client::AgentGatewayClient::new(ch);
     let hello = v1::AgentMessage {
         kind: Some(v1::agent_message::Kind::Hello(v1::Hello {
@@ -210,10 +215,18 @@ async fn oversized_and_malformed_agent_messages_get_an_error_and_the_server_keep
     let mut cfg = driftwatch_server::ServerConfig::for_tests(dir.path());
     cfg.max_message_bytes = 64 * 1024;
     let server = start_server_with(cfg).await;
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr)).unwrap().connect().await.unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
 
     let hello = |id: &str| v1::AgentMessage {
-        kind: Some(v1::agent_message::Kind::Hello(v1::Hello { host_id: id.into(), spool_id: "s1".into(), ..Default::default() })),
+        kind: Some(v1::agent_message::Kind::Hello(v1::Hello {
+            host_id: id.into(),
+            spool_id: "s1".into(),
+            ..Default::default()
+        })),
     };
     let snapshot = |seq: u64, path: &str, pad: usize| v1::AgentMessage {
         kind: Some(v1::agent_message::Kind::Snapshot(v1::Snapshot {
@@ -228,7 +241,10 @@ async fn oversized_and_malformed_agent_messages_get_an_error_and_the_server_keep
     tx.send(hello("big")).await.unwrap();
     let mut inbound = gw.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     use tokio_stream::StreamExt;
-    assert!(matches!(inbound.next().await, Some(Ok(v1::ServerMessage { kind: Some(v1::server_message::Kind::Welcome(_)) }))));
+    assert!(matches!(
+        inbound.next().await,
+        Some(Ok(v1::ServerMessage { kind: Some(v1::server_message::Kind::Welcome(_)) }))
+    ));
     tx.send(snapshot(1, "/etc/big", 200 * 1024)).await.unwrap();
     let err = loop {
         match inbound.next().await {

@@ -233,7 +233,12 @@ fn host_detail(h: &v1::Host) -> String {
             r.agent_cpu_percent
         ));
         for d in &r.disks {
-            out.push_str(&format!("disk:     {} {} used of {}\n", d.mount_point, bytes(d.used_bytes), bytes(d.total_bytes)));
+            out.push_str(&format!(
+                "disk:     {} {} used of {}\n",
+                d.mount_point,
+                bytes(d.used_bytes),
+                bytes(d.total_bytes)
+            ));
         }
         for g in &r.process_groups {
             out.push_str(&format!(

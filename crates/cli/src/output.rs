@@ -22,9 +22,7 @@ fn pool() -> &'static DescriptorPool {
 /// `name` is the message's short name in package driftwatch.v1, e.g. "HostSummary".
 pub fn to_json(msg: &impl prost::Message, name: &str) -> anyhow::Result<String> {
     let full = format!("driftwatch.v1.{name}");
-    let desc = pool()
-        .get_message_by_name(&full)
-        .ok_or_else(|| anyhow::anyhow!("no descriptor for {full}"))?;
+    let desc = pool().get_message_by_name(&full).ok_or_else(|| anyhow::anyhow!("no descriptor for {full}"))?;
     let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())?;
     let mut out = Vec::new();
     let mut ser = serde_json::Serializer::pretty(&mut out);

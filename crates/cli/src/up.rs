@@ -124,10 +124,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
          \n  driftwatch file {host_id} {example}\
          \n\nEdit a file under {configs} and query again. Ctrl-C stops.\n",
         data = data.display(),
-        metrics = server
-            .metrics_addr
-            .map(|a| format!("http://{a}/metrics"))
-            .unwrap_or_else(|| "off".into()),
+        metrics = server.metrics_addr.map(|a| format!("http://{a}/metrics")).unwrap_or_else(|| "off".into()),
         configs = configs.display(),
     );
 

@@ -28,9 +28,8 @@ async fn hosts_file_diff_in_table_and_json() {
     std::fs::write(&a, "WORKERS=8\nAPI_TOKEN=sk_live_abcdefghijklmnopqrstuvwx\nNAME=web\n").unwrap();
     std::fs::write(&b, "WORKERS=16\nNAME=web\nEXTRA=1\n").unwrap();
     std::fs::write(dir.path().join("fleet.key"), "cli-test-fleet-key-0123").unwrap();
-    let server = driftwatch_server::start(driftwatch_server::ServerConfig::for_tests(dir.path().join("srv")))
-        .await
-        .unwrap();
+    let server =
+        driftwatch_server::start(driftwatch_server::ServerConfig::for_tests(dir.path().join("srv"))).await.unwrap();
     let url = format!("http://{}", server.grpc_addr);
     let agent_cfg = driftwatch_agent::AgentConfig::resolve(
         driftwatch_agent::AgentFile {
@@ -98,7 +97,10 @@ async fn hosts_file_diff_in_table_and_json() {
     assert_eq!(j["state"]["keys"][0]["value"]["intValue"], "8");
     assert!(j["state"]["keys"][1]["value"]["masked"]["fingerprint"].is_string());
     let (ok, out, _) = &results[5];
-    assert!(ok && out.contains("changed  WORKERS") && out.contains("1 added, 1 removed, 1 changed, 1 unchanged"), "{out}");
+    assert!(
+        ok && out.contains("changed  WORKERS") && out.contains("1 added, 1 removed, 1 changed, 1 unchanged"),
+        "{out}"
+    );
     let (ok, _, err) = &results[6];
     assert!(!ok && err.contains("not found") && err.contains("nope"), "{err}");
     let (ok, _, err) = &results[7];
@@ -119,7 +121,16 @@ fn unreachable_server_is_a_clear_error() {
 fn help_explains_every_flag() {
     let out = Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(["up", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--data", "--listen", "--metrics-listen", "--configs", "--rules", "--host-id", "--label", "--resource-interval"] {
+    for flag in [
+        "--data",
+        "--listen",
+        "--metrics-listen",
+        "--configs",
+        "--rules",
+        "--host-id",
+        "--label",
+        "--resource-interval",
+    ] {
         assert!(text.contains(flag), "up --help lacks {flag}:\n{text}");
     }
     let out = Command::new(env!("CARGO_BIN_EXE_driftwatch")).arg("--help").output().unwrap();

@@ -100,10 +100,5 @@ pub struct Analysis {
 /// Analyse a whole file's content (the caller has already checked the size cap).
 pub fn analyze(content: &[u8], format: Format, masker: &Masker, limits: &Limits) -> Analysis {
     let _ = (format, limits);
-    Analysis {
-        status: FileStatus::HashOnly,
-        error: None,
-        keys: Vec::new(),
-        content_hash: masker.fingerprint(content),
-    }
+    Analysis { status: FileStatus::HashOnly, error: None, keys: Vec::new(), content_hash: masker.fingerprint(content) }
 }

@@ -10,28 +10,19 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every driftwatch proto (with imports), for reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/driftwatch_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/driftwatch_descriptor.bin"));
 
 pub use prost_types::Timestamp;
 
 /// `SystemTime` → protobuf `Timestamp`.
 pub fn timestamp(t: std::time::SystemTime) -> Timestamp {
-    let d = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
 /// Milliseconds since the Unix epoch → protobuf `Timestamp`.
 pub fn timestamp_from_millis(ms: i64) -> Timestamp {
-    Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 /// protobuf `Timestamp` → milliseconds since the Unix epoch.
@@ -41,10 +32,7 @@ pub fn timestamp_millis(t: &Timestamp) -> i64 {
 
 /// Now, as milliseconds since the Unix epoch.
 pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl v1::Value {
