@@ -24,7 +24,7 @@ use crate::config::AgentConfig;
 use crate::error::{AgentError, Result};
 use crate::resources::ResourceSampler;
 use crate::spool::Spool;
-use crate::watch::{FileWatcher, WatchConfig};
+use crate::watch::{ChangeBatch, FileWatcher, WatchConfig};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Unacknowledged snapshots sent per burst before looking at the spool again.
@@ -190,7 +190,7 @@ async fn spool_append(shared: &Arc<Shared>, mut snapshot: Snapshot) -> Result<u6
 async fn produce(
     shared: Arc<Shared>,
     watcher: Arc<FileWatcher>,
-    mut changes: mpsc::Receiver<Vec<v1::FileState>>,
+    mut changes: mpsc::Receiver<ChangeBatch>,
     sampler: Option<ResourceSampler>,
     token: CancellationToken,
 ) -> Result<()> {
@@ -209,13 +209,16 @@ async fn produce(
 
     // Every start begins with a full snapshot, so the server's view is whole.
     let mut full_pending = true;
+    // Batches computed before the latest full scan are older than it: dropped.
+    let mut scan_generation = 0;
     loop {
         if full_pending {
             full_pending = false;
             let w = watcher.clone();
-            let files = tokio::task::spawn_blocking(move || w.full_scan())
+            let (generation, files) = tokio::task::spawn_blocking(move || w.full_scan())
                 .await
                 .map_err(|e| AgentError::Watch(format!("scan task failed: {e}")))?;
+            scan_generation = generation;
             let resources = sample(&sampler).await;
             let n = files.len();
             let snap = Snapshot {
@@ -241,11 +244,11 @@ async fn produce(
             _ = token.cancelled() => return Ok(()),
             _ = shared.want_full.notified() => full_pending = true,
             batch = changes.recv() => {
-                let Some(files) = batch else {
+                let Some(ChangeBatch { generation, files }) = batch else {
                     tracing::error!("file watcher stopped");
                     return Err(AgentError::Watch("file watcher stopped".into()));
                 };
-                if files.is_empty() { continue; }
+                if files.is_empty() || generation < scan_generation { continue; }
                 let n = files.len();
                 let snap = Snapshot {
                     taken_at: Some(driftwatch_proto::timestamp(std::time::SystemTime::now())),

@@ -143,20 +143,23 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let serve = router.serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
-        tokio::pin!(serve);
-        // Serve until told to stop; then give streams and the writer a deadline.
-        let result = tokio::select! {
-            r = &mut serve => r,
-            _ = token.cancelled() => match tokio::time::timeout(DRAIN_DEADLINE, &mut serve).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!("streams did not drain within the deadline; closing");
-                    Ok(())
-                }
-            },
+        // The router future owns every service (and with them every writer sender);
+        // it must be gone, not just finished, before the writer can drain.
+        let result = {
+            let serve = router.serve_with_incoming_shutdown(incoming, token.clone().cancelled_owned());
+            tokio::pin!(serve);
+            // Serve until told to stop; then give streams and the writer a deadline.
+            tokio::select! {
+                r = &mut serve => r,
+                _ = token.cancelled() => match tokio::time::timeout(DRAIN_DEADLINE, &mut serve).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!("streams did not drain within the deadline; closing");
+                        Ok(())
+                    }
+                },
+            }
         };
-        drop(serve);
         health_reporter.set_not_serving::<FleetServer<fleet::FleetService>>().await;
         if let Some(t) = metrics_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use driftwatch_store::{Batch, FileRecord, HostRecord, ResourceRecord, Store};
+use driftwatch_store::{Batch, FileRecord, HostRecord, Op, ResourceRecord, Store};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -71,12 +71,14 @@ pub fn spawn(
 }
 
 fn commit(store: &mut Store, state: &FleetState, metrics: &Metrics, items: &mut [WriteItem]) {
+    // Each item's operations in arrival order: a file removed by one full
+    // snapshot and re-added by the next must end up present.
     let mut batch = Batch::default();
     for i in items.iter_mut() {
-        batch.hosts.extend(i.host.take());
-        batch.files.append(&mut i.files);
-        batch.removed_files.append(&mut i.removed_files);
-        batch.resources.extend(i.resources.take());
+        batch.ops.extend(i.removed_files.drain(..).map(|(host_id, path)| Op::RemoveFile { host_id, path }));
+        batch.ops.extend(i.files.drain(..).map(Op::File));
+        batch.ops.extend(i.resources.take().map(Op::Resource));
+        batch.ops.extend(i.host.take().map(Op::Host));
     }
     let mut backoff = Duration::from_millis(50);
     loop {

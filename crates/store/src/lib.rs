@@ -1,1 +1,517 @@
-//! Placeholder.
+//! driftwatch server storage: SQLite (WAL) as the embedded default.
+//!
+//! The store is the durable copy of the server's in-memory state. It is
+//! synchronous and owned by one writer thread (group commit): callers hand it a
+//! [`Batch`] of operations, applied in order in one transaction; when
+//! [`Store::write_batch`] returns `Ok`, everything in it is on disk (WAL with
+//! `synchronous = FULL`: the commit is fsynced), so acknowledgements may go out.
+//!
+//! Payloads (file states, resource samples) are stored as opaque encoded
+//! protobuf bytes: this crate knows nothing of the wire types, and never sees a
+//! secret in clear because the agent masked it before it was sent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, params};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("{path}: database schema version {found} is newer than this build understands ({supported})")]
+    TooNew { path: PathBuf, found: i64, supported: i64 },
+    #[error("{path}: stored host '{host}' has unreadable labels: {message}")]
+    Corrupt { path: PathBuf, host: String, message: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A host as last known.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostRecord {
+    pub host_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub agent_version: String,
+    /// The agent spool whose sequence numbers `last_seq` counts.
+    pub spool_id: String,
+    /// Highest snapshot seq of that spool stored.
+    pub last_seq: u64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub dropped_snapshots: u64,
+}
+
+/// One version of one watched file (`state` is an encoded `FileState`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FileRecord {
+    pub host_id: String,
+    pub path: String,
+    pub seq: u64,
+    pub updated_ms: i64,
+    pub state: Vec<u8>,
+}
+
+/// One resource sample (`sample` is an encoded `ResourceSample`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResourceRecord {
+    pub host_id: String,
+    pub seq: u64,
+    pub sampled_ms: i64,
+    pub sample: Vec<u8>,
+}
+
+/// One write, applied in order within a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Insert or replace the host row.
+    Host(HostRecord),
+    /// Make this the file's current version and append it to the file's history.
+    File(FileRecord),
+    /// The file is no longer watched: drop its current version (history stays).
+    RemoveFile { host_id: String, path: String },
+    /// Append a resource sample.
+    Resource(ResourceRecord),
+}
+
+/// Operations committed together in one transaction.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Schema migrations, in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: hosts, current files, file history, resource samples.
+    "CREATE TABLE hosts (
+        host_id TEXT PRIMARY KEY,
+        labels TEXT NOT NULL,
+        agent_version TEXT NOT NULL,
+        spool_id TEXT NOT NULL,
+        last_seq INTEGER NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        dropped_snapshots INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE files (
+        host_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        PRIMARY KEY (host_id, path)
+     ) STRICT, WITHOUT ROWID;
+     CREATE TABLE file_history (
+        id INTEGER PRIMARY KEY,
+        host_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        state BLOB NOT NULL
+     ) STRICT;
+     CREATE INDEX file_history_by_file ON file_history (host_id, path, id);
+     CREATE TABLE resources (
+        id INTEGER PRIMARY KEY,
+        host_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        sampled_ms INTEGER NOT NULL,
+        sample BLOB NOT NULL
+     ) STRICT;
+     CREATE INDEX resources_by_host_time ON resources (host_id, sampled_ms);",
+];
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Open (creating if needed) the database at `path` and bring its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Io { path: dir.to_path_buf(), message: e.to_string() })?;
+        }
+        let conn = Connection::open(path).map_err(|e| sqlite(path, e))?;
+        let mut store = Self { conn, path: path.to_path_buf() };
+        store.configure()?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: rusqlite::Error) -> StoreError {
+        sqlite(&self.path, e)
+    }
+
+    fn configure(&mut self) -> Result<()> {
+        // WAL: readers never block the writer. synchronous=FULL: a returned commit
+        // is fsynced, which is what makes an Ack honest.
+        self.conn
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA foreign_keys = ON;
+                 PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(|e| self.err(e))?;
+        self.conn.set_prepared_statement_cache_capacity(32);
+        Ok(())
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| self.err(e))?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(StoreError::TooNew { path: self.path.clone(), found: version, supported });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction().map_err(|e| sqlite(&self.path, e))?;
+            tx.execute_batch(sql).map_err(|e| sqlite(&self.path, e))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(|e| sqlite(&self.path, e))?;
+            tx.commit().map_err(|e| sqlite(&self.path, e))?;
+            tracing::info!(db = %self.path.display(), version = i + 1, "database schema migrated");
+        }
+        Ok(())
+    }
+
+    /// Apply every operation in order, in one transaction. On error nothing is applied.
+    pub fn write_batch(&mut self, batch: &Batch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Only the last version of a host row in a batch needs writing.
+        let mut last_host: HashMap<&str, usize> = HashMap::new();
+        for (i, op) in batch.ops.iter().enumerate() {
+            if let Op::Host(h) = op {
+                last_host.insert(h.host_id.as_str(), i);
+            }
+        }
+        let path = self.path.clone();
+        let e = |e| sqlite(&path, e);
+        let tx = self.conn.transaction().map_err(e)?;
+        {
+            let mut host = tx
+                .prepare_cached(
+                    "INSERT INTO hosts (host_id, labels, agent_version, spool_id, last_seq, first_seen_ms, last_seen_ms, dropped_snapshots)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (host_id) DO UPDATE SET labels = ?2, agent_version = ?3, spool_id = ?4,
+                        last_seq = ?5, first_seen_ms = ?6, last_seen_ms = ?7, dropped_snapshots = ?8",
+                )
+                .map_err(e)?;
+            let mut file = tx
+                .prepare_cached(
+                    "INSERT INTO files (host_id, path, seq, updated_ms, state) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (host_id, path) DO UPDATE SET seq = ?3, updated_ms = ?4, state = ?5",
+                )
+                .map_err(e)?;
+            let mut history = tx
+                .prepare_cached(
+                    "INSERT INTO file_history (host_id, path, seq, updated_ms, state) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(e)?;
+            let mut remove = tx.prepare_cached("DELETE FROM files WHERE host_id = ?1 AND path = ?2").map_err(e)?;
+            let mut resource = tx
+                .prepare_cached("INSERT INTO resources (host_id, seq, sampled_ms, sample) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(e)?;
+            for (i, op) in batch.ops.iter().enumerate() {
+                match op {
+                    Op::Host(h) => {
+                        if last_host.get(h.host_id.as_str()) != Some(&i) {
+                            continue;
+                        }
+                        let labels = serde_json::to_string(&h.labels).expect("string map serializes");
+                        host.execute(params![
+                            h.host_id,
+                            labels,
+                            h.agent_version,
+                            h.spool_id,
+                            h.last_seq as i64,
+                            h.first_seen_ms,
+                            h.last_seen_ms,
+                            h.dropped_snapshots as i64
+                        ])
+                        .map_err(e)?;
+                    }
+                    Op::File(f) => {
+                        let p = params![f.host_id, f.path, f.seq as i64, f.updated_ms, f.state];
+                        file.execute(p).map_err(e)?;
+                        history.execute(p).map_err(e)?;
+                    }
+                    Op::RemoveFile { host_id, path } => {
+                        remove.execute(params![host_id, path]).map_err(e)?;
+                    }
+                    Op::Resource(r) => {
+                        resource.execute(params![r.host_id, r.seq as i64, r.sampled_ms, r.sample]).map_err(e)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(e)
+    }
+
+    /// Every host, ordered by id.
+    pub fn load_hosts(&self) -> Result<Vec<HostRecord>> {
+        self.load_hosts_where(None)
+    }
+
+    fn load_hosts_where(&self, host_id: Option<&str>) -> Result<Vec<HostRecord>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT host_id, labels, agent_version, spool_id, last_seq, first_seen_ms, last_seen_ms, dropped_snapshots
+                 FROM hosts WHERE ?1 IS NULL OR host_id = ?1 ORDER BY host_id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([host_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    HostRecord {
+                        agent_version: r.get(2)?,
+                        spool_id: r.get(3)?,
+                        last_seq: r.get::<_, i64>(4)? as u64,
+                        first_seen_ms: r.get(5)?,
+                        last_seen_ms: r.get(6)?,
+                        dropped_snapshots: r.get::<_, i64>(7)? as u64,
+                        ..Default::default()
+                    },
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (host_id, labels, mut rec) = row.map_err(|e| self.err(e))?;
+            rec.labels = serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                host: host_id.clone(),
+                message: e.to_string(),
+            })?;
+            rec.host_id = host_id;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// The current version of every watched file of every host.
+    pub fn load_files(&self) -> Result<Vec<FileRecord>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT host_id, path, seq, updated_ms, state FROM files ORDER BY host_id, path")
+            .map_err(|e| self.err(e))?;
+        let rows = st.query_map([], file_row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Every stored version of one file, oldest first (at most `limit`, the newest ones).
+    pub fn file_history(&self, host_id: &str, path: &str, limit: usize) -> Result<Vec<FileRecord>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT host_id, path, seq, updated_ms, state FROM
+                   (SELECT * FROM file_history WHERE host_id = ?1 AND path = ?2 ORDER BY id DESC LIMIT ?3)
+                 ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st.query_map(params![host_id, path, limit as i64], file_row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The newest resource sample of every host.
+    pub fn latest_resources(&self) -> Result<Vec<ResourceRecord>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT r.host_id, r.seq, r.sampled_ms, r.sample FROM resources r
+                 JOIN (SELECT host_id, MAX(id) AS id FROM resources GROUP BY host_id) m ON r.id = m.id
+                 ORDER BY r.host_id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st.query_map([], resource_row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// One host's samples with `from_ms <= sampled_ms < to_ms`, oldest first.
+    pub fn resource_history(&self, host_id: &str, from_ms: i64, to_ms: i64) -> Result<Vec<ResourceRecord>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT host_id, seq, sampled_ms, sample FROM resources
+                 WHERE host_id = ?1 AND sampled_ms >= ?2 AND sampled_ms < ?3 ORDER BY sampled_ms, id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st.query_map(params![host_id, from_ms, to_ms], resource_row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The stored host row, if any.
+    pub fn host(&self, host_id: &str) -> Result<Option<HostRecord>> {
+        Ok(self.load_hosts_where(Some(host_id))?.pop())
+    }
+}
+
+fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRecord> {
+    Ok(FileRecord {
+        host_id: r.get(0)?,
+        path: r.get(1)?,
+        seq: r.get::<_, i64>(2)? as u64,
+        updated_ms: r.get(3)?,
+        state: r.get(4)?,
+    })
+}
+
+fn resource_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResourceRecord> {
+    Ok(ResourceRecord {
+        host_id: r.get(0)?,
+        seq: r.get::<_, i64>(1)? as u64,
+        sampled_ms: r.get(2)?,
+        sample: r.get(3)?,
+    })
+}
+
+fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite { path: path.to_path_buf(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(id: &str, seq: u64) -> HostRecord {
+        HostRecord {
+            host_id: id.into(),
+            labels: [("env".to_string(), "production".to_string())].into(),
+            agent_version: "0.1.0".into(),
+            spool_id: "s1".into(),
+            last_seq: seq,
+            first_seen_ms: 1,
+            last_seen_ms: 2 + seq as i64,
+            dropped_snapshots: 0,
+        }
+    }
+
+    fn file(host: &str, path: &str, seq: u64, state: &[u8]) -> Op {
+        Op::File(FileRecord { host_id: host.into(), path: path.into(), seq, updated_ms: seq as i64, state: state.into() })
+    }
+
+    #[test]
+    fn batch_round_trips_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/driftwatch.db");
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.write_batch(&Batch {
+                ops: vec![
+                    Op::Host(host("a", 1)),
+                    file("a", "/etc/x", 1, b"v1"),
+                    file("a", "/etc/y", 1, b"y1"),
+                    Op::Resource(ResourceRecord { host_id: "a".into(), seq: 1, sampled_ms: 100, sample: b"r1".into() }),
+                    Op::Host(host("a", 2)),
+                    file("a", "/etc/x", 2, b"v2"),
+                    Op::Resource(ResourceRecord { host_id: "a".into(), seq: 2, sampled_ms: 200, sample: b"r2".into() }),
+                    Op::Host(host("b", 5)),
+                ],
+            })
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let hosts = s.load_hosts().unwrap();
+        assert_eq!(hosts, vec![host("a", 2), host("b", 5)]);
+        let files = s.load_files().unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0].state, b"v2");
+        assert_eq!(files[0].seq, 2);
+        let hist = s.file_history("a", "/etc/x", 10).unwrap();
+        assert_eq!(hist.iter().map(|f| f.state.clone()).collect::<Vec<_>>(), vec![b"v1".to_vec(), b"v2".to_vec()]);
+        assert_eq!(s.file_history("a", "/etc/x", 1).unwrap()[0].state, b"v2");
+        let latest = s.latest_resources().unwrap();
+        assert_eq!(latest.len(), 1);
+        assert_eq!(latest[0].sample, b"r2");
+        assert_eq!(s.resource_history("a", 0, 150).unwrap().len(), 1);
+        assert_eq!(s.resource_history("a", 0, 1000).unwrap().len(), 2);
+        assert_eq!(s.host("b").unwrap().unwrap().last_seq, 5);
+        assert!(s.host("zzz").unwrap().is_none());
+    }
+
+    #[test]
+    fn operations_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("d.db")).unwrap();
+        // Added then removed in the same batch: gone. Removed then added back: present.
+        s.write_batch(&Batch {
+            ops: vec![
+                file("h", "/a", 1, b"a"),
+                Op::RemoveFile { host_id: "h".into(), path: "/a".into() },
+                Op::RemoveFile { host_id: "h".into(), path: "/b".into() },
+                file("h", "/b", 2, b"b"),
+            ],
+        })
+        .unwrap();
+        let paths: Vec<String> = s.load_files().unwrap().into_iter().map(|f| f.path).collect();
+        assert_eq!(paths, vec!["/b".to_string()]);
+        // History keeps what was removed.
+        assert_eq!(s.file_history("h", "/a", 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn uses_wal_and_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("d.db")).unwrap();
+        let mode: String = s.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = s.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(sync, 2, "FULL");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        drop(Store::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        let err = Store::open(&path).unwrap_err().to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        std::fs::write(&path, vec![b'x'; 8192]).unwrap();
+        let err = Store::open(&path).unwrap_err().to_string();
+        assert!(err.contains("d.db"), "{err}");
+        assert!(err.to_lowercase().contains("not a database"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_batch_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("d.db")).unwrap();
+        s.write_batch(&Batch::default()).unwrap();
+        assert!(s.load_hosts().unwrap().is_empty());
+    }
+}
