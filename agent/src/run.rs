@@ -4,6 +4,7 @@
 //! - stream: keeps one gRPC stream to the server (with connection backoff),
 //!   resends the spool's unacknowledged snapshots, sends new ones as they land,
 //!   heartbeats, and drops what the server acknowledges.
+//!
 //! One `CancellationToken` stops both.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
