@@ -76,12 +76,7 @@ impl ResourceSampler {
         }
         let mut system = System::new();
         system.refresh_cpu_list(CpuRefreshKind::nothing().with_cpu_usage());
-        Ok(Self {
-            system,
-            disks: Disks::new(),
-            groups: matchers,
-            own_pid: sysinfo::get_current_pid().ok(),
-        })
+        Ok(Self { system, disks: Disks::new(), groups: matchers, own_pid: sysinfo::get_current_pid().ok() })
     }
 
     /// Take one sample (blocking: reads /proc and statfs).

@@ -91,7 +91,7 @@ async fn scenarios(can_test_permissions: bool) {
     let mut c = fleet_client(&server).await;
     let get = |name: &str| etc.join(name);
 
-    for (name, line) in [("bad.yaml", 2), ("bad.json", 3), ("bad.toml", 3), ("bad.ini", 3), ("bad.env", 2)] {
+    for (name, line) in [("bad.yaml", 3), ("bad.json", 3), ("bad.toml", 3), ("bad.ini", 3), ("bad.env", 2)] {
         let f = wait_file(&mut c, "bad-1", &get(name), "parse error", |s| s.error.is_some()).await;
         assert_eq!(status(&f), FileStatus::ParseError, "{name}");
         let e = f.state.as_ref().unwrap().error.clone().unwrap();

@@ -79,31 +79,39 @@ async fn hosts_file_diff_in_table_and_json() {
     .await
     .unwrap();
     let (ok, out, _) = &results[0];
+    let ok = *ok;
     assert!(ok && out.starts_with("HOST") && out.contains("cli-host") && out.contains("online"), "{out}");
     let (ok, out, _) = &results[1];
+    let ok = *ok;
     let j: serde_json::Value = serde_json::from_str(out).unwrap();
     assert!(ok);
     assert_eq!(j["hosts"][0]["hostId"], "cli-host");
     assert_eq!(j["hosts"][0]["state"], "CONNECTION_STATE_ONLINE");
     let (ok, out, _) = &results[2];
+    let ok = *ok;
     assert!(ok && out.contains("memory:") && out.contains(&a.display().to_string()), "{out}");
     let (ok, out, _) = &results[3];
+    let ok = *ok;
     assert!(ok && out.contains("WORKERS") && out.contains("int") && out.contains("masked:"), "{out}");
     assert!(!out.contains("sk_live_abcdefghijklmnopqrstuvwx"), "{out}");
     let (ok, out, _) = &results[4];
+    let ok = *ok;
     let j: serde_json::Value = serde_json::from_str(out).unwrap();
     assert!(ok);
     assert_eq!(j["state"]["keys"][0]["key"], "WORKERS");
     assert_eq!(j["state"]["keys"][0]["value"]["intValue"], "8");
     assert!(j["state"]["keys"][1]["value"]["masked"]["fingerprint"].is_string());
     let (ok, out, _) = &results[5];
+    let ok = *ok;
     assert!(
         ok && out.contains("changed  WORKERS") && out.contains("1 added, 1 removed, 1 changed, 1 unchanged"),
         "{out}"
     );
     let (ok, _, err) = &results[6];
+    let ok = *ok;
     assert!(!ok && err.contains("not found") && err.contains("nope"), "{err}");
     let (ok, _, err) = &results[7];
+    let ok = *ok;
     assert!(!ok && err.contains("invalid argument"), "{err}");
 
     agent.stop().await.unwrap();

@@ -1,14 +1,48 @@
 //! Parse config files into flat, typed key paths and mask secrets.
 //!
-//! Pure: no I/O beyond the bytes it is given. Everything that leaves this crate
-//! has already been masked — the raw value of a secret never does.
+//! Pure: bytes in, values out — no file system, no network, and never the process
+//! environment (`.env` files are parsed by hand, without `$VAR` expansion).
 //!
-//! SKELETON: signatures are the contract other crates code against; bodies are
-//! being filled in.
+//! # Invariant
+//!
+//! **Nothing that leaves this crate contains a secret in clear.** Every scalar is checked
+//! by [`secret_reason`] inside [`analyze`] and a secret is replaced by
+//! `Value::masked(HMAC-SHA256(fleet key, value), reason)` before it is returned; the content
+//! hash is keyed too. **Error messages never quote file content**: they are built from the
+//! parser's own description, with quoted text and any word found in the file removed, and
+//! positions travel as numbers (1-based line and column).
+//!
+//! # Output
+//!
+//! [`analyze`] returns the keys in file order as flattened paths (`a.b`, `list[0]`,
+//! `section.key`), typed null / bool / int / float / string / masked. Key names are
+//! configuration, not data, and are kept — except a key segment that itself looks like a
+//! secret (a token, a URL with credentials, a random string), which becomes
+//! `<masked:16 hex>`.
+//!
+//! See the `flatten` module for the exact choices (empty containers emit nothing;
+//! duplicate key paths are reported once, last value wins; big integers become floats in
+//! JSON/YAML/TOML and strings in .env/INI; several YAML documents are prefixed `[i]`), and
+//! `env` / `ini` for the text dialects.
 
 use std::path::Path;
 
 pub use driftwatch_proto::v1::{FileError, FileStatus, Format, KeyValue, Value};
+
+mod env;
+mod errors;
+mod flatten;
+mod ini;
+mod mask;
+mod secrets;
+mod structured;
+
+pub use mask::{ContentHasher, KEY_ID_HEX_LEN, Masker};
+pub use secrets::{
+    REASON_HIGH_ENTROPY, REASON_KEY_NAME, REASON_TOKEN_SHAPE, REASON_URL_CREDENTIALS, is_secret_key_name, secret_reason,
+};
+
+use flatten::{Scalar, Sink, Walker, infer_text};
 
 /// Bounds on what one file may cost.
 #[derive(Debug, Clone)]
@@ -30,60 +64,41 @@ impl Default for Limits {
 
 /// Choose a format from a path's name: `.env`, `.env.production`, `x.env` → Env; `.ini`,
 /// `.cfg`, `.conf` → Ini; `.yaml`/`.yml` → Yaml; `.json` → Json; `.toml` → Toml; else Text.
+///
+/// Case-insensitive. A structured extension wins over the `.env.` prefix
+/// (`.env.yaml` is YAML); any other `.env.<suffix>` (`.env.local`, `.env.example`) is Env.
 pub fn detect_format(path: &Path) -> Format {
-    let _ = path;
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Format::Text;
+    };
+    let name = name.to_ascii_lowercase();
+    if let Some((_, ext)) = name.rsplit_once('.') {
+        match ext {
+            "yaml" | "yml" => return Format::Yaml,
+            "json" => return Format::Json,
+            "toml" => return Format::Toml,
+            "ini" | "cfg" | "conf" => return Format::Ini,
+            _ => {}
+        }
+    }
+    if name == ".env" || name.starts_with(".env.") || name.ends_with(".env") {
+        return Format::Env;
+    }
     Format::Text
 }
 
-/// Parse a format name as written in config/flags: env, ini, yaml, json, toml, text.
+/// Parse a format name as written in config/flags: env, ini, yaml (or yml), json, toml,
+/// text. Case-insensitive, surrounding blanks ignored.
 pub fn parse_format_name(name: &str) -> Option<Format> {
-    let _ = name;
-    None
-}
-
-/// Keyed fingerprints (HMAC-SHA256 with the per-fleet key).
-#[derive(Clone)]
-pub struct Masker {
-    key: Vec<u8>,
-}
-
-impl Masker {
-    pub fn new(fleet_key: &[u8]) -> Self {
-        Self { key: fleet_key.to_vec() }
+    match name.trim().to_ascii_lowercase().as_str() {
+        "env" => Some(Format::Env),
+        "ini" => Some(Format::Ini),
+        "yaml" | "yml" => Some(Format::Yaml),
+        "json" => Some(Format::Json),
+        "toml" => Some(Format::Toml),
+        "text" => Some(Format::Text),
+        _ => None,
     }
-    /// A short public id of the key (hex), so server and agents can tell they share one.
-    pub fn key_id(&self) -> String {
-        String::new()
-    }
-    /// Lower-case hex HMAC-SHA256 of `data`.
-    pub fn fingerprint(&self, data: &[u8]) -> String {
-        let _ = (&self.key, data);
-        String::new()
-    }
-    /// Incremental keyed hash for content too large to hold in memory.
-    pub fn content_hasher(&self) -> ContentHasher {
-        ContentHasher { _p: () }
-    }
-}
-
-/// Incremental HMAC-SHA256 over a file's content; `finish()` gives lower-case hex.
-pub struct ContentHasher {
-    _p: (),
-}
-
-impl ContentHasher {
-    pub fn update(&mut self, data: &[u8]) {
-        let _ = data;
-    }
-    pub fn finish(self) -> String {
-        String::new()
-    }
-}
-
-/// Why a key/value pair looks secret, or None.
-pub fn secret_reason(key_path: &str, value: &str) -> Option<&'static str> {
-    let _ = (key_path, value);
-    None
 }
 
 /// The result of looking at one file's content.
@@ -98,7 +113,88 @@ pub struct Analysis {
 }
 
 /// Analyse a whole file's content (the caller has already checked the size cap).
+///
+/// - `content_hash` is always `masker.fingerprint(content)` (over the raw bytes, BOM
+///   included).
+/// - Longer than `limits.max_file_bytes` → `TooLarge` (defensive; the caller checks first).
+/// - A NUL byte or invalid UTF-8 → `Binary`, whatever the format.
+/// - `Text` (or `Unspecified`) → `HashOnly`.
+/// - Otherwise parsed (a leading UTF-8 BOM is skipped): `Ok` with the keys, or
+///   `ParseError` with a position and no keys. Hitting `max_keys` or `max_depth` is a
+///   `ParseError` too (position unknown, 0/0), but the keys found within the limits are
+///   kept: the first `max_keys` keys, and everything not nested deeper than `max_depth`
+///   (depth counts containers: in `{"a": {"b": 1}}` the key `a.b` sits at depth 2; .env and
+///   INI have no nesting).
+///
+/// Never panics.
 pub fn analyze(content: &[u8], format: Format, masker: &Masker, limits: &Limits) -> Analysis {
-    let _ = (format, limits);
-    Analysis { status: FileStatus::HashOnly, error: None, keys: Vec::new(), content_hash: masker.fingerprint(content) }
+    let content_hash = masker.fingerprint(content);
+    let only =
+        |status: FileStatus| Analysis { status, error: None, keys: Vec::new(), content_hash: content_hash.clone() };
+    if u64::try_from(content.len()).unwrap_or(u64::MAX) > limits.max_file_bytes {
+        return only(FileStatus::TooLarge);
+    }
+    if content.contains(&0) {
+        return only(FileStatus::Binary);
+    }
+    let Ok(text) = std::str::from_utf8(content) else {
+        return only(FileStatus::Binary);
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+
+    let mut sink = Sink::new(masker, limits.max_keys);
+    let parsed = match format {
+        Format::Text | Format::Unspecified => return only(FileStatus::HashOnly),
+        Format::Env => env::parse_env(text).map(|entries| push_text_entries(&mut sink, entries)),
+        Format::Ini => ini::parse_ini(text).map(|entries| push_text_entries(&mut sink, entries)),
+        Format::Json => {
+            structured::parse_json(text).map(|root| Walker::new(&mut sink, limits.max_depth, false).document(&root))
+        }
+        Format::Toml => {
+            structured::parse_toml(text).map(|root| Walker::new(&mut sink, limits.max_depth, false).document(&root))
+        }
+        Format::Yaml => structured::parse_yaml(text).map(|docs| {
+            let mut walker = Walker::new(&mut sink, limits.max_depth, true);
+            let non_null = docs.iter().filter(|d| !matches!(d, flatten::Node::Null)).count();
+            if non_null <= 1 {
+                // One document (possibly with `---` markers or empty ones around it): no prefix.
+                if let Some(doc) = docs.iter().find(|d| !matches!(d, flatten::Node::Null)) {
+                    walker.document(doc);
+                }
+            } else {
+                for (i, doc) in docs.iter().enumerate() {
+                    walker.document_at(i, doc);
+                }
+            }
+        }),
+    };
+    match parsed {
+        Err(e) => Analysis {
+            status: FileStatus::ParseError,
+            error: Some(e.into_file_error()),
+            keys: Vec::new(),
+            content_hash,
+        },
+        Ok(()) => {
+            let (keys, limit_error) = sink.finish();
+            match limit_error {
+                Some(message) => Analysis {
+                    status: FileStatus::ParseError,
+                    error: Some(FileError { message, line: 0, column: 0 }),
+                    keys,
+                    content_hash,
+                },
+                None => Analysis { status: FileStatus::Ok, error: None, keys, content_hash },
+            }
+        }
+    }
+}
+
+/// .env / INI entries: quoted values stay strings, unquoted ones get their type inferred.
+fn push_text_entries(sink: &mut Sink<'_>, entries: Vec<env::TextEntry>) {
+    for entry in entries {
+        let scalar = if entry.literal { Scalar::Str(entry.value.clone()) } else { infer_text(&entry.value) };
+        let key = flatten::safe_key_path(sink.masker(), entry.key);
+        sink.push(key, scalar, Some(&entry.value));
+    }
 }

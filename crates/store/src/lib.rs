@@ -383,12 +383,7 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRecord> {
 }
 
 fn resource_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResourceRecord> {
-    Ok(ResourceRecord {
-        host_id: r.get(0)?,
-        seq: r.get::<_, i64>(1)? as u64,
-        sampled_ms: r.get(2)?,
-        sample: r.get(3)?,
-    })
+    Ok(ResourceRecord { host_id: r.get(0)?, seq: r.get::<_, i64>(1)? as u64, sampled_ms: r.get(2)?, sample: r.get(3)? })
 }
 
 fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
@@ -413,7 +408,13 @@ mod tests {
     }
 
     fn file(host: &str, path: &str, seq: u64, state: &[u8]) -> Op {
-        Op::File(FileRecord { host_id: host.into(), path: path.into(), seq, updated_ms: seq as i64, state: state.into() })
+        Op::File(FileRecord {
+            host_id: host.into(),
+            path: path.into(),
+            seq,
+            updated_ms: seq as i64,
+            state: state.into(),
+        })
     }
 
     #[test]

@@ -1,0 +1,198 @@
+//! The file watcher: turns changes to the watched config files into batches of
+//! parsed, secret-masked `FileState`s.
+//!
+//! Design:
+//! - inotify watches the *directories* that hold watched files (never the files:
+//!   editors and package managers replace files by rename), the nearest existing
+//!   ancestor of directories that do not exist yet, every relevant directory below a
+//!   glob's literal base (all of them for `**`), and the real directory of files
+//!   reached through a symlink into another directory.
+//! - Any event in a directory re-checks every tracked file in it: a `stat` whose
+//!   signature (dev, inode, size, mtime, ctime, mode, owner) decides whether to read
+//!   the file again. That catches in-place writes, truncation, rename-over, delete and
+//!   recreate, chmod/chown and Kubernetes-style `..data` symlink swaps alike.
+//! - Events are debounced (`debounce` of quiet, at most ~100 ms after the first one)
+//!   and a file is sent only when what would be sent (status, existence, content hash,
+//!   size, mode, owner, error) differs from what was last sent.
+//! - A periodic rescan (stat only; read only on a changed signature) is the safety net
+//!   for anything inotify cannot see (queue overflow, watch limits, moved ancestors).
+//! - One thread owns the event loop; the state sits behind a mutex shared with
+//!   [`FileWatcher::full_scan`]. Dropping the [`FileWatcher`] stops the thread.
+
+mod inotify;
+mod pattern;
+mod read;
+mod tracker;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::{PipeReader, PipeWriter};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use driftwatch_formats::{Limits, Masker};
+use driftwatch_proto::v1::FileState;
+use tokio::sync::mpsc;
+
+use crate::error::{AgentError, Result};
+
+pub use pattern::WatchPattern;
+
+// `inotify` is our module below; `::inotify` is the crate.
+use self::inotify::Wake;
+use ::inotify::Inotify;
+use pattern::Compiled;
+use tracker::{Pending, Tracker};
+
+/// Longest wait between the first event of a burst and processing it (unless the
+/// configured debounce is longer).
+const MAX_COALESCE: Duration = Duration::from_millis(100);
+/// Batches waiting for the consumer.
+const CHANNEL_CAPACITY: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub patterns: Vec<WatchPattern>,
+    /// Quiet time that ends a burst of events (default 5 ms).
+    pub debounce: Duration,
+    /// Safety-net rescan period (default 60 s).
+    pub rescan_interval: Duration,
+    pub limits: Limits,
+}
+
+/// A batch of real changes, stamped with the scan generation it was computed in.
+/// Batches older than the last [`FileWatcher::full_scan`] must be discarded.
+#[derive(Debug)]
+pub struct ChangeBatch {
+    pub generation: u64,
+    pub files: Vec<FileState>,
+}
+
+/// Watches the configured paths; changes arrive on the receiver from [`FileWatcher::start`].
+pub struct FileWatcher {
+    tracker: Arc<Mutex<Tracker>>,
+    /// Closing this (on drop) wakes and stops the watcher thread.
+    _stop: PipeWriter,
+}
+
+impl std::fmt::Debug for FileWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWatcher").finish_non_exhaustive()
+    }
+}
+
+fn lock(t: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {
+    t.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl FileWatcher {
+    /// Set up inotify and start the watcher thread (which arms the watches). Does not
+    /// read any file: call [`FileWatcher::full_scan`] for the initial state.
+    pub fn start(config: WatchConfig, masker: Arc<Masker>) -> Result<(FileWatcher, mpsc::Receiver<ChangeBatch>)> {
+        let patterns = config
+            .patterns
+            .iter()
+            .map(Compiled::new)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(AgentError::Watch)?;
+        let ino = Inotify::init().map_err(|e| {
+            AgentError::Watch(format!("cannot start inotify: {e} (is fs.inotify.max_user_instances exhausted?)"))
+        })?;
+        // Closing the write end (dropping the `FileWatcher`) wakes the thread's `poll`.
+        let (stop_rx, stop_tx) =
+            std::io::pipe().map_err(|e| AgentError::Watch(format!("cannot create the watcher's pipe: {e}")))?;
+        // The tracker adds and removes watches; the thread alone reads events.
+        let tracker = Arc::new(Mutex::new(Tracker::new(patterns, config.limits.clone(), masker, ino.watches())));
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let t = tracker.clone();
+        let (debounce, rescan) = (config.debounce, config.rescan_interval.max(Duration::from_millis(10)));
+        std::thread::Builder::new()
+            .name("driftwatch-watch".into())
+            .spawn(move || event_loop(t, ino, stop_rx, tx, debounce, rescan))
+            .map_err(|e| AgentError::Watch(format!("cannot start the watcher thread: {e}")))?;
+        Ok((FileWatcher { tracker, _stop: stop_tx }, rx))
+    }
+
+    /// Blocking. Re-read every matching file (and report every explicit path, present
+    /// or not), record them as sent, and start a new generation: batches stamped with
+    /// an older generation were computed before this scan and are stale.
+    pub fn full_scan(&self) -> (u64, Vec<FileState>) {
+        lock(&self.tracker).full_scan()
+    }
+}
+
+fn event_loop(
+    tracker: Arc<Mutex<Tracker>>,
+    mut ino: Inotify,
+    stop: PipeReader,
+    tx: mpsc::Sender<ChangeBatch>,
+    debounce: Duration,
+    rescan_every: Duration,
+) {
+    {
+        let mut t = lock(&tracker);
+        if t.generation() == 0 {
+            t.discover();
+        }
+        tracing::info!(watches = t.watch_count(), files = t.file_count(), "file watcher started");
+    }
+    let max_wait = MAX_COALESCE.max(debounce);
+    let mut pending = Pending::default();
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    let mut next_rescan = Instant::now() + rescan_every;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let deadline = match first {
+            Some(f) => (last + debounce).min(f + max_wait).min(next_rescan),
+            None => next_rescan,
+        };
+        match inotify::wait(ino.as_fd(), stop.as_fd(), deadline.saturating_duration_since(Instant::now())) {
+            Wake::Stop => break,
+            Wake::Timeout => {}
+            Wake::Ready => match inotify::drain(&mut ino, &mut buf, |ev| pending.push(ev.wd, ev.mask, ev.name)) {
+                Ok(0) => {}
+                Ok(_) => {
+                    let now = Instant::now();
+                    first.get_or_insert(now);
+                    last = now;
+                }
+                Err(e) => {
+                    // Not expected; do not spin on it.
+                    tracing::error!(error = %e, "cannot read inotify events; relying on the periodic rescan");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            },
+        }
+        if tx.is_closed() {
+            break;
+        }
+        let now = Instant::now();
+        let due = first.is_some_and(|f| now >= last + debounce || now >= f + max_wait);
+        let rescan_due = now >= next_rescan;
+        if !due && !rescan_due {
+            continue;
+        }
+        let (generation, files) = {
+            let mut t = lock(&tracker);
+            let mut files = Vec::new();
+            if due {
+                first = None;
+                if !pending.is_empty() {
+                    files = t.apply(std::mem::take(&mut pending));
+                }
+            }
+            if rescan_due {
+                next_rescan = now + rescan_every;
+                files.extend(t.rescan());
+            }
+            (t.generation(), files)
+        };
+        if !files.is_empty() && tx.blocking_send(ChangeBatch { generation, files }).is_err() {
+            break;
+        }
+    }
+    tracing::debug!("file watcher stopped");
+}
