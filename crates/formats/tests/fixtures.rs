@@ -8,17 +8,16 @@ use driftwatch_formats::{FileStatus, Format, Value, detect_format};
 use std::path::Path;
 
 const ENV_PRODUCTION: &str = include_str!("../../../deploy/examples/configs/web2img/.env.production");
-const ENV_PRODUCTION_COPY: &str = include_str!("fixtures/web2img/.env.production");
-const ENV_REGRESSED: &str = include_str!("fixtures/web2img/.env.regressed");
-const SYNC_PRODUCTION: &str = include_str!("fixtures/gguf-sync/sync-config-production.yaml");
-const SYNC_STAGING: &str = include_str!("fixtures/gguf-sync/sync-config-staging.yaml");
-const SYNC_DEVELOPMENT: &str = include_str!("fixtures/gguf-sync/sync-config-development.yaml");
-const SYNC_BROKEN: &str = include_str!("fixtures/gguf-sync/sync-config-broken.yaml");
-const LEGACY_INI: &str = include_str!("fixtures/swarm/legacy.ini");
-const MESSAGING_TOML: &str = include_str!("fixtures/swarm/messaging.toml");
-const COORDINATES_JSON: &str = include_str!("fixtures/swarm/coordinates.json");
-const UNIFIED_YAML: &str = include_str!("fixtures/swarm/unified_config.yaml");
-const UNIFIED_SCHEMA: &str = include_str!("fixtures/swarm/unified_config.schema.json");
+const ENV_REGRESSED: &str = include_str!("../../../deploy/examples/scenarios/web2img.env.regressed");
+const SYNC_PRODUCTION: &str = include_str!("../../../deploy/examples/configs/gguf-sync/sync-config-production.yaml");
+const SYNC_STAGING: &str = include_str!("../../../deploy/examples/configs/gguf-sync/sync-config-staging.yaml");
+const SYNC_DEVELOPMENT: &str = include_str!("../../../deploy/examples/configs/gguf-sync/sync-config-development.yaml");
+const SYNC_BROKEN: &str = include_str!("../../../deploy/examples/scenarios/sync-config-broken.yaml");
+const LEGACY_INI: &str = include_str!("../../../deploy/examples/configs/swarm/legacy.ini");
+const MESSAGING_TOML: &str = include_str!("../../../deploy/examples/configs/swarm/messaging.toml");
+const COORDINATES_JSON: &str = include_str!("../../../deploy/examples/configs/swarm/coordinates.json");
+const UNIFIED_YAML: &str = include_str!("../../../deploy/examples/configs/swarm/unified_config.yaml");
+const UNIFIED_SCHEMA: &str = include_str!("../../../deploy/examples/configs/swarm/unified_config.schema.json");
 
 #[test]
 fn fixture_formats_are_detected() {
@@ -32,7 +31,6 @@ fn fixture_formats_are_detected() {
 
 #[test]
 fn web2img_env_production() {
-    assert_eq!(ENV_PRODUCTION, ENV_PRODUCTION_COPY, "fixture copy is out of date");
     let a = ok(ENV_PRODUCTION, Format::Env);
     assert_eq!(
         keys(&a),
