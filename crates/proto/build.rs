@@ -29,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .btree_map(".")
+        // Small per-RPC buffers: see src/codec.rs.
+        .codec_path("crate::codec::CompactCodec")
         // `rpc Connect` would clash with the generated `Client::connect(dst)`
         // constructor; clients are built from a `Channel` with `::new` instead.
         .build_transport(false)

@@ -37,16 +37,19 @@ impl Fleet for FleetService {
         let files = h
             .files
             .iter()
-            .map(|(path, f)| v1::FileSummary {
-                path: path.clone(),
-                format: f.state.format,
-                status: f.state.status,
-                size: f.state.size,
-                content_hash: f.state.content_hash.clone(),
-                modified_at: f.state.modified_at,
-                key_count: f.state.keys.len() as u32,
-                error: f.state.error.clone(),
-                updated_at: Some(driftwatch_proto::timestamp_from_millis(f.updated_ms)),
+            .map(|(path, f)| {
+                let s = f.state();
+                v1::FileSummary {
+                    path: path.clone(),
+                    format: s.format,
+                    status: s.status,
+                    size: s.size,
+                    key_count: s.keys.len() as u32,
+                    content_hash: s.content_hash,
+                    modified_at: s.modified_at,
+                    error: s.error,
+                    updated_at: Some(driftwatch_proto::timestamp_from_millis(f.updated_ms)),
+                }
             })
             .collect();
         Ok(Response::new(v1::Host { summary: Some(h.summary(id)), files }))
@@ -58,7 +61,7 @@ impl Fleet for FleetService {
         let path = required(&r.path, "path")?;
         let h = self.state.hosts.get(id).ok_or_else(|| unknown_host(id))?;
         let f = h.files.get(path).ok_or_else(|| unknown_file(id, path))?;
-        let mut state = f.state.clone();
+        let mut state = f.state();
         for kv in &mut state.keys {
             shorten(kv.value.as_mut());
         }
@@ -89,7 +92,8 @@ impl FleetService {
     fn file_keys(&self, host: &str, path: &str) -> Result<(Vec<v1::KeyValue>, String), ServerError> {
         let h = self.state.hosts.get(host).ok_or_else(|| unknown_host(host))?;
         let f = h.files.get(path).ok_or_else(|| unknown_file(host, path))?;
-        Ok((f.state.keys.clone(), f.state.content_hash.clone()))
+        let s = f.state();
+        Ok((s.keys, s.content_hash))
     }
 }
 

@@ -277,14 +277,15 @@ impl ConnTask {
                 }
             }
             for f in s.files {
+                let entry = FileEntry::new(&f, s.seq, now);
                 item.files.push(FileRecord {
                     host_id: self.host_id.clone(),
                     path: f.path.clone(),
                     seq: s.seq,
                     updated_ms: now,
-                    state: f.encode_to_vec(),
+                    state: entry.encoded().to_vec(),
                 });
-                h.files.insert(f.path.clone(), FileEntry { state: f, seq: s.seq, updated_ms: now });
+                h.files.insert(f.path, entry);
             }
             if let Some(r) = s.resources {
                 let sampled_ms = r.sampled_at.as_ref().map(driftwatch_proto::timestamp_millis).unwrap_or(now);

@@ -20,11 +20,43 @@ pub struct Connection {
     pub acks: watch::Sender<u64>,
 }
 
+/// The current version of one watched file.
+///
+/// Held encoded: a decoded `FileState` (a `String` and a 56-byte enum per key)
+/// is several times larger than its protobuf bytes, and the fleet's files are
+/// most of the server's memory. Queries decode the few files they return.
 #[derive(Debug, Clone)]
 pub struct FileEntry {
-    pub state: FileState,
+    encoded: Box<[u8]>,
+    /// `FileStatus` as i32, kept decoded for host summaries.
+    pub status: i32,
     pub seq: u64,
     pub updated_ms: i64,
+}
+
+impl FileEntry {
+    pub fn new(state: &FileState, seq: u64, updated_ms: i64) -> Self {
+        use prost::Message;
+        Self { encoded: state.encode_to_vec().into_boxed_slice(), status: state.status, seq, updated_ms }
+    }
+
+    /// From stored bytes; None when they do not decode.
+    pub fn from_encoded(bytes: Vec<u8>, seq: u64, updated_ms: i64) -> Option<Self> {
+        use prost::Message;
+        let state = FileState::decode(bytes.as_slice()).ok()?;
+        Some(Self { encoded: bytes.into_boxed_slice(), status: state.status, seq, updated_ms })
+    }
+
+    /// The encoded `FileState`, as stored.
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
+    }
+
+    pub fn state(&self) -> FileState {
+        use prost::Message;
+        // Only bytes that decoded (or that we encoded) are ever held.
+        FileState::decode(&*self.encoded).expect("held file state decodes")
+    }
 }
 
 #[derive(Debug)]
@@ -77,7 +109,7 @@ impl HostEntry {
     }
 
     pub fn summary(&self, host_id: &str) -> v1::HostSummary {
-        let problems = self.files.values().filter(|f| f.state.status != v1::FileStatus::Ok as i32).count();
+        let problems = self.files.values().filter(|f| f.status != v1::FileStatus::Ok as i32).count();
         v1::HostSummary {
             host_id: host_id.to_string(),
             labels: self.labels.clone(),
@@ -136,13 +168,13 @@ impl FleetState {
             self.hosts.insert(h.host_id, e);
         }
         for f in files {
-            let Ok(state) = FileState::decode(f.state.as_slice()) else {
+            let Some(entry) = FileEntry::from_encoded(f.state, f.seq, f.updated_ms) else {
                 tracing::warn!(host = %f.host_id, path = %f.path, "stored file state does not decode; skipped");
                 skipped += 1;
                 continue;
             };
             if let Some(mut h) = self.hosts.get_mut(&f.host_id) {
-                h.files.insert(f.path, FileEntry { state, seq: f.seq, updated_ms: f.updated_ms });
+                h.files.insert(f.path, entry);
             }
         }
         for r in latest_resources {
