@@ -5,6 +5,8 @@
 pub mod backoff;
 pub mod config;
 pub mod error;
+pub mod memory;
+pub mod parts;
 pub mod resources;
 pub mod run;
 pub mod spool;

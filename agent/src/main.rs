@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .init();
     let config = resolve(args)?;
+    driftwatch_agent::memory::single_arena();
     // One thread is plenty for a watcher and a stream; blocking work (file reads,
     // hashing, sysinfo, spool fsync) goes to the small blocking pool.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(4).build()?;

@@ -220,24 +220,43 @@ async fn produce(
                 .await
                 .map_err(|e| AgentError::Watch(format!("scan task failed: {e}")))?;
             scan_generation = generation;
-            let resources = sample(&sampler).await;
+            let mut resources = sample(&sampler).await;
             let n = files.len();
-            let snap = Snapshot {
-                full: true,
-                taken_at: Some(driftwatch_proto::timestamp(std::time::SystemTime::now())),
-                files,
-                resources,
-                ..Default::default()
-            };
-            match spool_append(&shared, snap).await {
-                Ok(seq) => tracing::info!(seq, files = n, "full snapshot spooled"),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot spool the full snapshot; retrying");
-                    full_pending = true;
-                    tokio::select! {
-                        _ = token.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            // One listing, in parts of bounded size; the last part tells the server
+            // that anything not listed since the first part is gone.
+            let parts = crate::parts::split(files, crate::parts::PART_BYTES);
+            let last = parts.len() - 1;
+            let mut first_seq = 0;
+            for (i, files) in parts.into_iter().enumerate() {
+                let snap = Snapshot {
+                    full: true,
+                    full_first_seq: first_seq,
+                    full_last: i == last,
+                    taken_at: Some(driftwatch_proto::timestamp(std::time::SystemTime::now())),
+                    files,
+                    resources: resources.take(),
+                    ..Default::default()
+                };
+                match spool_append(&shared, snap).await {
+                    Ok(seq) => {
+                        if i == 0 {
+                            first_seq = seq;
+                        }
+                        if i == last {
+                            tracing::info!(first_seq, last_seq = seq, files = n, "full snapshot spooled");
+                        }
                     }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot spool the full snapshot; retrying");
+                        full_pending = true;
+                        break;
+                    }
+                }
+            }
+            if full_pending {
+                tokio::select! {
+                    _ = token.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
         }
@@ -250,18 +269,21 @@ async fn produce(
                     return Err(AgentError::Watch("file watcher stopped".into()));
                 };
                 if files.is_empty() || generation < scan_generation { continue; }
-                let n = files.len();
-                let snap = Snapshot {
-                    taken_at: Some(driftwatch_proto::timestamp(std::time::SystemTime::now())),
-                    files,
-                    ..Default::default()
-                };
-                match spool_append(&shared, snap).await {
-                    Ok(seq) => tracing::debug!(seq, files = n, "change spooled"),
-                    Err(e) => {
-                        // Disk trouble: the next full snapshot will carry these changes.
-                        tracing::error!(error = %e, "cannot spool a change; a full snapshot follows");
-                        full_pending = true;
+                for files in crate::parts::split(files, crate::parts::PART_BYTES) {
+                    let n = files.len();
+                    let snap = Snapshot {
+                        taken_at: Some(driftwatch_proto::timestamp(std::time::SystemTime::now())),
+                        files,
+                        ..Default::default()
+                    };
+                    match spool_append(&shared, snap).await {
+                        Ok(seq) => tracing::debug!(seq, files = n, "change spooled"),
+                        Err(e) => {
+                            // Disk trouble: the next full snapshot will carry these changes.
+                            tracing::error!(error = %e, "cannot spool a change; a full snapshot follows");
+                            full_pending = true;
+                            break;
+                        }
                     }
                 }
             }
@@ -434,6 +456,9 @@ async fn one_stream(shared: &Arc<Shared>, token: &CancellationToken, backoff: &m
             }
             _ = shared.spooled.notified() => {}
             _ = heartbeat.tick() => {
+                // Bursts (a full snapshot is read back, encoded and buffered by the
+                // transport) leave freed pages behind: hand them back while idle.
+                tokio::task::spawn_blocking(crate::memory::release_free_pages);
                 let (pending, dropped) = {
                     let s = shared.spool.lock().expect("spool lock");
                     (s.pending(), s.dropped())

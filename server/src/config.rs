@@ -125,8 +125,13 @@ impl ServerConfig {
         let insecure = file.insecure.unwrap_or(false);
         let l = &file.limits;
         let max_message_bytes = l.max_message_bytes.unwrap_or(4 * 1024 * 1024);
-        if !(1024..=256 * 1024 * 1024).contains(&max_message_bytes) {
-            field_err("limits.max_message_bytes", "must be between 1024 and 268435456".into());
+        // Agents send file states of up to 1 MiB each (larger ones lose their keys)
+        // in snapshot parts of 256 KiB, so 2 MiB always fits one.
+        if !(2 * 1024 * 1024..=256 * 1024 * 1024).contains(&max_message_bytes) {
+            field_err(
+                "limits.max_message_bytes",
+                "must be between 2097152 (one agent message part) and 268435456".into(),
+            );
         }
         let max_agents = l.max_agents.unwrap_or(10_000);
         if max_agents == 0 {

@@ -127,6 +127,7 @@ impl Gateway {
                 c.peer
             )));
         }
+        let mut reset_seqs = false;
         if entry.spool_id != hello.spool_id {
             // A new spool (fresh install or wiped state dir) numbers from 1 again.
             if !entry.spool_id.is_empty() {
@@ -135,6 +136,12 @@ impl Gateway {
             entry.spool_id = hello.spool_id.clone();
             entry.applied_seq = 0;
             entry.stored_seq = 0;
+            // Held files carry seqs of the old numbering; the new spool's first full
+            // listing must see them as older than itself.
+            for f in entry.files.values_mut() {
+                f.seq = 0;
+            }
+            reset_seqs = true;
         }
         entry.labels = hello.labels.clone();
         entry.agent_version = hello.agent_version.clone();
@@ -149,8 +156,9 @@ impl Gateway {
         };
         let record = entry.record(id);
         drop(entry);
-        // Persist labels/version now; no ack rides on it.
-        let _ = self.writer.try_send(WriteItem { host: Some(record), ..Default::default() });
+        // Persist labels/version (and a spool change) now; no ack rides on it.
+        let _ =
+            self.writer.try_send(WriteItem { host: Some(record), reset_file_seqs: reset_seqs, ..Default::default() });
         Ok((id.to_string(), conn_id, acks_rx, welcome))
     }
 }
@@ -251,7 +259,8 @@ impl ConnTask {
                 }
                 return Ok(());
             }
-            let projected = if s.full {
+            let whole_listing = s.full && s.full_last && s.full_first_seq == 0;
+            let projected = if whole_listing {
                 s.files.len()
             } else {
                 h.files.len() + s.files.iter().filter(|f| !h.files.contains_key(&f.path)).count()
@@ -268,14 +277,6 @@ impl ConnTask {
                 received: Some(received),
                 ..Default::default()
             };
-            if s.full {
-                let listed: std::collections::HashSet<&str> = s.files.iter().map(|f| f.path.as_str()).collect();
-                let gone: Vec<String> = h.files.keys().filter(|p| !listed.contains(p.as_str())).cloned().collect();
-                for p in gone {
-                    h.files.remove(&p);
-                    item.removed_files.push((self.host_id.clone(), p));
-                }
-            }
             for f in s.files {
                 let entry = FileEntry::new(&f, s.seq, now);
                 item.files.push(FileRecord {
@@ -286,6 +287,16 @@ impl ConnTask {
                     state: entry.encoded().to_vec(),
                 });
                 h.files.insert(f.path, entry);
+            }
+            if s.full && s.full_last {
+                // The listing that started at `first` is complete: what it did not
+                // list (last updated before it began) is gone.
+                let first = if s.full_first_seq == 0 { s.seq } else { s.full_first_seq };
+                let gone: Vec<String> = h.files.iter().filter(|(_, f)| f.seq < first).map(|(p, _)| p.clone()).collect();
+                for p in gone {
+                    h.files.remove(&p);
+                    item.removed_files.push((self.host_id.clone(), p));
+                }
             }
             if let Some(r) = s.resources {
                 let sampled_ms = r.sampled_at.as_ref().map(driftwatch_proto::timestamp_millis).unwrap_or(now);

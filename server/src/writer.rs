@@ -20,6 +20,8 @@ pub struct WriteItem {
     pub files: Vec<FileRecord>,
     pub removed_files: Vec<(String, String)>,
     pub resources: Option<ResourceRecord>,
+    /// The host's agent has a new spool: its files' seqs restart (stored as 0).
+    pub reset_file_seqs: bool,
     /// What to acknowledge once this item is durable.
     pub ack: Option<AckTarget>,
     pub received: Option<Instant>,
@@ -75,6 +77,11 @@ fn commit(store: &mut Store, state: &FleetState, metrics: &Metrics, items: &mut 
     // snapshot and re-added by the next must end up present.
     let mut batch = Batch::default();
     for i in items.iter_mut() {
+        if i.reset_file_seqs
+            && let Some(h) = &i.host
+        {
+            batch.ops.push(Op::ResetFileSeqs { host_id: h.host_id.clone() });
+        }
         batch.ops.extend(i.removed_files.drain(..).map(|(host_id, path)| Op::RemoveFile { host_id, path }));
         batch.ops.extend(i.files.drain(..).map(Op::File));
         batch.ops.extend(i.resources.take().map(Op::Resource));

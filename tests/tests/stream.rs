@@ -335,3 +335,48 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_listing_larger_than_one_message_arrives_in_parts_and_prunes_what_vanished() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    // ~3,000 files of 20 keys: several 256 KiB parts, above what one small message holds.
+    let n = 3000;
+    for i in 0..n {
+        let sub = etc.join(format!("svc{:02}", i % 30));
+        std::fs::create_dir_all(&sub).unwrap();
+        let body: String = (0..20).map(|k| format!("SETTING_NUMBER_{k}={}\n", k * i)).collect();
+        std::fs::write(sub.join(format!("app{i}.env")), body).unwrap();
+    }
+    let server = start_server(&dir.path().join("server")).await;
+    let cfg = agent_config(&server, "big", &dir.path().join("agent"), &[format!("{}/**/*.env", etc.display())]);
+    let agent = start_agent(cfg.clone()).await;
+    let mut c = fleet_client(&server).await;
+    let count = |c: &mut v1::fleet_client::FleetClient<tonic::transport::Channel>| {
+        let mut c = c.clone();
+        async move { c.get_host(v1::GetHostRequest { host_id: "big".into() }).await.ok().map(|h| h.into_inner()) }
+    };
+    wait_for("every file of the listing", Duration::from_secs(30), || {
+        let f = count(&mut c);
+        async move { f.await.filter(|h| h.files.len() == n).map(|_| ()) }
+    })
+    .await;
+    let sent = agent.status.last_seq.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent >= 4, "a listing of {n} files should take several parts, took {sent}");
+    agent.stop().await.unwrap();
+
+    // While the agent is down, 100 files vanish; its next listing (in parts) prunes exactly them.
+    for i in 0..100 {
+        std::fs::remove_file(etc.join(format!("svc{:02}/app{i}.env", i % 30))).unwrap();
+    }
+    let agent = start_agent(cfg).await;
+    let h = wait_for("vanished files pruned", Duration::from_secs(30), || {
+        let f = count(&mut c);
+        async move { f.await.filter(|h| h.files.len() == n - 100) }
+    })
+    .await;
+    assert!(!h.files.iter().any(|f| f.path.ends_with("/app5.env")));
+    assert!(h.files.iter().any(|f| f.path.ends_with("/app100.env")));
+    agent.stop().await.unwrap();
+    server.stop().await.unwrap();
+}

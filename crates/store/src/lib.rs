@@ -78,6 +78,9 @@ pub enum Op {
     RemoveFile { host_id: String, path: String },
     /// Append a resource sample.
     Resource(ResourceRecord),
+    /// The host's agent started a new spool (sequence numbers restart): every
+    /// current file's seq becomes 0, older than anything the new spool sends.
+    ResetFileSeqs { host_id: String },
 }
 
 /// Operations committed together in one transaction.
@@ -232,6 +235,7 @@ impl Store {
                 )
                 .map_err(e)?;
             let mut remove = tx.prepare_cached("DELETE FROM files WHERE host_id = ?1 AND path = ?2").map_err(e)?;
+            let mut reset = tx.prepare_cached("UPDATE files SET seq = 0 WHERE host_id = ?1").map_err(e)?;
             let mut resource = tx
                 .prepare_cached("INSERT INTO resources (host_id, seq, sampled_ms, sample) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(e)?;
@@ -261,6 +265,9 @@ impl Store {
                     }
                     Op::RemoveFile { host_id, path } => {
                         remove.execute(params![host_id, path]).map_err(e)?;
+                    }
+                    Op::ResetFileSeqs { host_id } => {
+                        reset.execute(params![host_id]).map_err(e)?;
                     }
                     Op::Resource(r) => {
                         resource.execute(params![r.host_id, r.seq as i64, r.sampled_ms, r.sample]).map_err(e)?;
@@ -474,6 +481,8 @@ mod tests {
         assert_eq!(paths, vec!["/b".to_string()]);
         // History keeps what was removed.
         assert_eq!(s.file_history("h", "/a", 10).unwrap().len(), 1);
+        s.write_batch(&Batch { ops: vec![Op::ResetFileSeqs { host_id: "h".into() }] }).unwrap();
+        assert_eq!(s.load_files().unwrap()[0].seq, 0);
     }
 
     #[test]
