@@ -147,3 +147,69 @@ fn help_explains_every_flag() {
         assert!(text.contains(word), "--help lacks {word}:\n{text}");
     }
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The README's first command: `driftwatch up` from the repository root serves the
+/// example configs (secrets masked), answers the CLI, and stops cleanly on Ctrl-C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_the_example_configs_and_stops_on_ctrl_c() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let (port, metrics) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .current_dir(&root)
+        .args(["up", "--host-id", "up-test", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}"), "--log", "warn"])
+        .arg("--data")
+        .arg(data.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let env = root.join("deploy/examples/configs/web2img/.env.production").display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let file = loop {
+        if let Ok(ch) = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await {
+            let mut fleet = v1::fleet_client::FleetClient::new(ch);
+            let req = v1::GetFileRequest { host_id: "up-test".into(), path: env.clone() };
+            if let Ok(f) = fleet.get_file(req).await {
+                break f.into_inner();
+            }
+        }
+        assert!(Instant::now() < deadline, "driftwatch up never served {env}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let state = file.state.unwrap();
+    let masked = |k: &str| {
+        state.keys.iter().any(|kv| {
+            kv.key == k && matches!(kv.value.as_ref().and_then(|v| v.kind.as_ref()), Some(v1::value::Kind::Masked(_)))
+        })
+    };
+    assert!(masked("DATABASE_URL") && masked("STORAGE_API_KEY"), "{state:#?}");
+    let u = url.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || cli(&u, &["hosts"])).await.unwrap();
+    assert!(ok && out.contains("up-test") && out.contains("online"), "{out}{err}");
+
+    // Ctrl-C: both halves drain and the process exits 0.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                child.kill().ok();
+                panic!("driftwatch up did not stop within 20 s of Ctrl-C");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+}
