@@ -105,9 +105,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let agent = driftwatch_agent::start(agent_cfg).await?;
 
     let addr = server.grpc_addr;
-    let example = std::fs::read_dir(&configs)
-        .ok()
-        .and_then(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| p.is_file()))
+    let example = example_file(&configs)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| format!("{}/FILE", configs.display()));
     println!(
@@ -133,4 +131,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     agent.stop().await?;
     server.stop().await?;
     Ok(())
+}
+
+/// A file to show in the banner: the web2img `.env.production` the README uses
+/// when present, else the first file found (depth first, by name).
+fn example_file(dir: &std::path::Path) -> Option<PathBuf> {
+    let preferred = dir.join("web2img/.env.production");
+    if preferred.is_file() {
+        return Some(preferred);
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    entries
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .or_else(|| entries.iter().filter(|p| p.is_dir()).find_map(|d| example_file(d)))
 }
