@@ -380,6 +380,14 @@ mod tests {
         }
     }
 
+    fn segment_file(dir: &Path) -> PathBuf {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .expect("a segment file")
+    }
+
     fn tags(s: &Spool) -> Vec<u64> {
         s.read_after(0, usize::MAX).unwrap().iter().map(|x| x.files[0].size).collect()
     }
@@ -421,11 +429,7 @@ mod tests {
                 s.append(&mut snap(i)).unwrap();
             }
         }
-        let seg = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "seg"))
-            .unwrap();
+        let seg = segment_file(dir.path());
         let len = std::fs::metadata(&seg).unwrap().len();
         // Simulate a crash mid-write: half of the last record.
         OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 5).unwrap();
@@ -444,11 +448,7 @@ mod tests {
                 s.append(&mut snap(i)).unwrap();
             }
         }
-        let seg = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "seg"))
-            .unwrap();
+        let seg = segment_file(dir.path());
         let mut data = std::fs::read(&seg).unwrap();
         let n = data.len();
         data[n - 2] ^= 0xff;
