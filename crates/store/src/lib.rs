@@ -67,6 +67,43 @@ pub struct ResourceRecord {
     pub sample: Vec<u8>,
 }
 
+/// One version of a named baseline (`content` is an encoded baseline payload).
+/// Versions of a name count from 1; every change (pin, edit, delete) is a new
+/// version with who, when and why, and old versions stay readable.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BaselineRecord {
+    pub name: String,
+    pub version: u64,
+    /// The host it applies to, or empty when `selector` is used.
+    pub host_id: String,
+    /// A label selector (`env=production,service=web2img`), or empty.
+    pub selector: String,
+    pub content: Vec<u8>,
+    pub author: String,
+    pub reason: String,
+    pub created_ms: i64,
+    /// This version records the baseline's deletion.
+    pub deleted: bool,
+}
+
+/// One entry of the event log. Ids are assigned by the caller, strictly
+/// increasing (see [`Store::max_event_id`]), so subscribers can resume from one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventRecord {
+    pub id: u64,
+    pub kind: String,
+    pub at_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+/// The current state of one alert, by fingerprint (`payload` is encoded).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AlertRecord {
+    pub fingerprint: String,
+    pub updated_ms: i64,
+    pub payload: Vec<u8>,
+}
+
 /// One write, applied in order within a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -81,6 +118,14 @@ pub enum Op {
     /// The host's agent started a new spool (sequence numbers restart): every
     /// current file's seq becomes 0, older than anything the new spool sends.
     ResetFileSeqs { host_id: String },
+    /// Append a baseline version (its `version` must be the next for its name).
+    Baseline(BaselineRecord),
+    /// Append an event.
+    Event(EventRecord),
+    /// Insert or replace an alert's current state.
+    Alert(AlertRecord),
+    /// Forget an alert (pruned after retention).
+    RemoveAlert { fingerprint: String },
 }
 
 /// Operations committed together in one transaction.
@@ -133,6 +178,36 @@ const MIGRATIONS: &[&str] = &[
         sample BLOB NOT NULL
      ) STRICT;
      CREATE INDEX resources_by_host_time ON resources (host_id, sampled_ms);",
+    // 2: versioned baselines, the event log, alert states.
+    "CREATE TABLE baselines (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        host_id TEXT NOT NULL,
+        selector TEXT NOT NULL,
+        content BLOB NOT NULL,
+        author TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        deleted INTEGER NOT NULL,
+        PRIMARY KEY (name, version)
+     ) STRICT, WITHOUT ROWID;
+     CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        payload BLOB NOT NULL
+     ) STRICT;
+     CREATE INDEX events_by_time ON events (at_ms);
+     -- High-water marks that must survive pruning (the event id).
+     CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+     ) STRICT, WITHOUT ROWID;
+     CREATE TABLE alerts (
+        fingerprint TEXT PRIMARY KEY,
+        updated_ms INTEGER NOT NULL,
+        payload BLOB NOT NULL
+     ) STRICT, WITHOUT ROWID;",
 ];
 
 pub struct Store {
@@ -236,6 +311,28 @@ impl Store {
                 .map_err(e)?;
             let mut remove = tx.prepare_cached("DELETE FROM files WHERE host_id = ?1 AND path = ?2").map_err(e)?;
             let mut reset = tx.prepare_cached("UPDATE files SET seq = 0 WHERE host_id = ?1").map_err(e)?;
+            let mut baseline = tx
+                .prepare_cached(
+                    "INSERT INTO baselines (name, version, host_id, selector, content, author, reason, created_ms, deleted)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .map_err(e)?;
+            let mut event = tx
+                .prepare_cached("INSERT INTO events (id, kind, at_ms, payload) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(e)?;
+            let mut event_mark = tx
+                .prepare_cached(
+                    "INSERT INTO counters (name, value) VALUES ('event_id', ?1)
+                     ON CONFLICT (name) DO UPDATE SET value = MAX(value, ?1)",
+                )
+                .map_err(e)?;
+            let mut alert = tx
+                .prepare_cached(
+                    "INSERT INTO alerts (fingerprint, updated_ms, payload) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (fingerprint) DO UPDATE SET updated_ms = ?2, payload = ?3",
+                )
+                .map_err(e)?;
+            let mut remove_alert = tx.prepare_cached("DELETE FROM alerts WHERE fingerprint = ?1").map_err(e)?;
             let mut resource = tx
                 .prepare_cached("INSERT INTO resources (host_id, seq, sampled_ms, sample) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(e)?;
@@ -268,6 +365,31 @@ impl Store {
                     }
                     Op::ResetFileSeqs { host_id } => {
                         reset.execute(params![host_id]).map_err(e)?;
+                    }
+                    Op::Baseline(b) => {
+                        baseline
+                            .execute(params![
+                                b.name,
+                                b.version as i64,
+                                b.host_id,
+                                b.selector,
+                                b.content,
+                                b.author,
+                                b.reason,
+                                b.created_ms,
+                                b.deleted
+                            ])
+                            .map_err(e)?;
+                    }
+                    Op::Event(ev) => {
+                        event.execute(params![ev.id as i64, ev.kind, ev.at_ms, ev.payload]).map_err(e)?;
+                        event_mark.execute(params![ev.id as i64]).map_err(e)?;
+                    }
+                    Op::Alert(a) => {
+                        alert.execute(params![a.fingerprint, a.updated_ms, a.payload]).map_err(e)?;
+                    }
+                    Op::RemoveAlert { fingerprint } => {
+                        remove_alert.execute(params![fingerprint]).map_err(e)?;
                     }
                     Op::Resource(r) => {
                         resource.execute(params![r.host_id, r.seq as i64, r.sampled_ms, r.sample]).map_err(e)?;
@@ -371,6 +493,99 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let rows = st.query_map(params![host_id, from_ms, to_ms], resource_row).map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The newest version of every baseline name (including deletion markers), by name.
+    pub fn latest_baselines(&self) -> Result<Vec<BaselineRecord>> {
+        self.baselines_where(
+            "WHERE version = (SELECT MAX(version) FROM baselines b2 WHERE b2.name = baselines.name) ORDER BY name",
+            params![],
+        )
+    }
+
+    /// Every version of one baseline, oldest first.
+    pub fn baseline_versions(&self, name: &str) -> Result<Vec<BaselineRecord>> {
+        self.baselines_where("WHERE name = ?1 ORDER BY version", params![name])
+    }
+
+    fn baselines_where(&self, clause: &str, p: &[&dyn rusqlite::ToSql]) -> Result<Vec<BaselineRecord>> {
+        let sql = format!(
+            "SELECT name, version, host_id, selector, content, author, reason, created_ms, deleted FROM baselines {clause}"
+        );
+        let mut st = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(p, |r| {
+                Ok(BaselineRecord {
+                    name: r.get(0)?,
+                    version: r.get::<_, i64>(1)? as u64,
+                    host_id: r.get(2)?,
+                    selector: r.get(3)?,
+                    content: r.get(4)?,
+                    author: r.get(5)?,
+                    reason: r.get(6)?,
+                    created_ms: r.get(7)?,
+                    deleted: r.get(8)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The highest event id ever stored (0 when none), even if retention has
+    /// pruned it since: new ids continue above it, so ids never repeat.
+    pub fn max_event_id(&self) -> Result<u64> {
+        let id: Option<i64> = self
+            .conn
+            .query_row("SELECT MAX(value) FROM counters WHERE name = 'event_id'", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok(id.unwrap_or(0) as u64)
+    }
+
+    /// Up to `limit` events with id > `after`, in id order.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<EventRecord>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, kind, at_ms, payload FROM events WHERE id > ?1 ORDER BY id LIMIT ?2")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(params![after as i64, limit as i64], |r| {
+                Ok(EventRecord {
+                    id: r.get::<_, i64>(0)? as u64,
+                    kind: r.get(1)?,
+                    at_ms: r.get(2)?,
+                    payload: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Every stored alert state.
+    pub fn load_alerts(&self) -> Result<Vec<AlertRecord>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT fingerprint, updated_ms, payload FROM alerts ORDER BY fingerprint")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| Ok(AlertRecord { fingerprint: r.get(0)?, updated_ms: r.get(1)?, payload: r.get(2)? }))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Retention: delete resource samples older than `resources_before_ms` and
+    /// events older than `events_before_ms`. Returns (samples, events) deleted.
+    /// Alerts are pruned by the caller (it knows which are resolved and acknowledged).
+    pub fn prune(&mut self, resources_before_ms: i64, events_before_ms: i64) -> Result<(usize, usize)> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| sqlite(&path, e))?;
+        let samples = tx
+            .execute("DELETE FROM resources WHERE sampled_ms < ?1", params![resources_before_ms])
+            .map_err(|e| sqlite(&path, e))?;
+        let events = tx
+            .execute("DELETE FROM events WHERE at_ms < ?1", params![events_before_ms])
+            .map_err(|e| sqlite(&path, e))?;
+        tx.commit().map_err(|e| sqlite(&path, e))?;
+        Ok((samples, events))
     }
 
     /// The stored host row, if any.
@@ -483,6 +698,85 @@ mod tests {
         assert_eq!(s.file_history("h", "/a", 10).unwrap().len(), 1);
         s.write_batch(&Batch { ops: vec![Op::ResetFileSeqs { host_id: "h".into() }] }).unwrap();
         assert_eq!(s.load_files().unwrap()[0].seq, 0);
+    }
+
+    fn baseline(name: &str, version: u64, deleted: bool) -> Op {
+        Op::Baseline(BaselineRecord {
+            name: name.into(),
+            version,
+            host_id: "web-1".into(),
+            content: format!("v{version}").into_bytes(),
+            author: "ops".into(),
+            reason: format!("change {version}"),
+            created_ms: version as i64,
+            deleted,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn baselines_are_versioned_and_old_versions_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("d.db")).unwrap();
+        s.write_batch(&Batch { ops: vec![baseline("tuned", 1, false), baseline("other", 1, false)] }).unwrap();
+        s.write_batch(&Batch { ops: vec![baseline("tuned", 2, false), baseline("other", 2, true)] }).unwrap();
+        let latest = s.latest_baselines().unwrap();
+        assert_eq!(
+            latest.iter().map(|b| (b.name.as_str(), b.version, b.deleted)).collect::<Vec<_>>(),
+            vec![("other", 2, true), ("tuned", 2, false)]
+        );
+        let versions = s.baseline_versions("tuned").unwrap();
+        assert_eq!(versions.len(), 2);
+        assert_eq!(versions[0].content, b"v1");
+        assert_eq!(versions[0].reason, "change 1");
+        // A version is written once: a second writer of the same version fails, and
+        // the whole batch with it.
+        let err = s.write_batch(&Batch { ops: vec![baseline("new", 1, false), baseline("tuned", 2, false)] });
+        assert!(err.is_err());
+        assert!(s.baseline_versions("new").unwrap().is_empty(), "a failed batch applies nothing");
+    }
+
+    #[test]
+    fn events_resume_after_an_id_and_alerts_upsert() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        {
+            let mut s = Store::open(&path).unwrap();
+            assert_eq!(s.max_event_id().unwrap(), 0);
+            let ev = |id: u64, at: i64| {
+                Op::Event(EventRecord { id, kind: "alert".into(), at_ms: at, payload: id.to_le_bytes().to_vec() })
+            };
+            s.write_batch(&Batch {
+                ops: vec![
+                    ev(1, 10),
+                    ev(2, 20),
+                    ev(3, 30),
+                    Op::Alert(AlertRecord { fingerprint: "f1".into(), updated_ms: 1, payload: b"pending".into() }),
+                    Op::Alert(AlertRecord { fingerprint: "f1".into(), updated_ms: 2, payload: b"firing".into() }),
+                    Op::Alert(AlertRecord { fingerprint: "f2".into(), updated_ms: 2, payload: b"x".into() }),
+                    Op::RemoveAlert { fingerprint: "f2".into() },
+                ],
+            })
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.max_event_id().unwrap(), 3);
+        assert_eq!(s.events_after(1, 10).unwrap().iter().map(|e| e.id).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(s.events_after(0, 1).unwrap().len(), 1);
+        let alerts = s.load_alerts().unwrap();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].payload, b"firing");
+        // Retention by time.
+        s.write_batch(&Batch {
+            ops: vec![Op::Resource(ResourceRecord { host_id: "a".into(), seq: 1, sampled_ms: 5, sample: vec![] })],
+        })
+        .unwrap();
+        assert_eq!(s.prune(6, 25).unwrap(), (1, 2));
+        assert_eq!(s.events_after(0, 10).unwrap().iter().map(|e| e.id).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(s.max_event_id().unwrap(), 3, "ids never go back");
+        s.prune(6, 1000).unwrap();
+        assert!(s.events_after(0, 10).unwrap().is_empty());
+        assert_eq!(s.max_event_id().unwrap(), 3, "ids never go back, even with every event pruned");
     }
 
     #[test]
