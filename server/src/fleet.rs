@@ -16,6 +16,7 @@ pub const SHORT_FINGERPRINT: usize = 16;
 #[derive(Clone)]
 pub struct FleetService {
     pub state: Arc<FleetState>,
+    pub baselines: Arc<tokio::sync::Mutex<crate::baselines::BaselineSet>>,
 }
 
 #[tonic::async_trait]
@@ -77,6 +78,9 @@ impl Fleet for FleetService {
         let r = request.get_ref();
         let left_host = required(&r.host_id, "host_id")?;
         let path = required(&r.path, "path")?;
+        if r.against_baseline {
+            return Ok(Response::new(self.diff_baseline(left_host, path).await?));
+        }
         let right_host = required(&r.other_host_id, "other_host_id")?;
         let right_path = if r.other_path.is_empty() { path } else { r.other_path.as_str() };
         let (left, left_hash) = self.file_keys(left_host, path)?;
@@ -89,6 +93,24 @@ impl Fleet for FleetService {
 }
 
 impl FleetService {
+    /// The host's effective baseline (left) against its current file (right).
+    async fn diff_baseline(&self, host: &str, path: &str) -> Result<v1::DiffResponse, ServerError> {
+        let labels = self.state.hosts.get(host).ok_or_else(|| unknown_host(host))?.labels.clone();
+        let (right, right_hash) = self.file_keys(host, path)?;
+        let set = self.baselines.lock().await;
+        let b = set.effective(host, &labels).ok_or_else(|| {
+            ServerError::NotFound(format!("no baseline applies to host '{host}' (PinBaseline makes one)"))
+        })?;
+        let expected = b.files.iter().find(|f| f.path == path).ok_or_else(|| {
+            ServerError::NotFound(format!("baseline '{}' (version {}) has no file '{path}'", b.name, b.version))
+        })?;
+        let mut out = diff_keys(&expected.keys, &right);
+        out.right_content_hash = right_hash;
+        out.baseline_name = b.name.clone();
+        out.baseline_version = b.version;
+        Ok(out)
+    }
+
     fn file_keys(&self, host: &str, path: &str) -> Result<(Vec<v1::KeyValue>, String), ServerError> {
         let h = self.state.hosts.get(host).ok_or_else(|| unknown_host(host))?;
         let f = h.files.get(path).ok_or_else(|| unknown_file(host, path))?;
@@ -113,7 +135,8 @@ fn unknown_file(host: &str, path: &str) -> ServerError {
     ServerError::NotFound(format!("host '{host}' does not watch '{path}' (GetHost lists its files)"))
 }
 
-fn shorten(v: Option<&mut v1::Value>) {
+/// Query APIs show a masked value's fingerprint prefix only.
+pub(crate) fn shorten(v: Option<&mut v1::Value>) {
     if let Some(v1::Value { kind: Some(Kind::Masked(m)) }) = v {
         m.fingerprint.truncate(SHORT_FINGERPRINT);
     }

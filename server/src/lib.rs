@@ -3,6 +3,7 @@
 //!
 //! Entry point: [`start`] (used by `main.rs`, `driftwatch up` and the tests).
 
+pub mod baselines;
 pub mod config;
 pub mod error;
 pub mod fleet;
@@ -16,7 +17,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use driftwatch_proto::v1::{agent_gateway_server::AgentGatewayServer, fleet_server::FleetServer};
+use driftwatch_proto::v1::{
+    agent_gateway_server::AgentGatewayServer, baselines_server::BaselinesServer, fleet_server::FleetServer,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ServerConfig, ServerFile, StorageConfig};
@@ -64,12 +67,13 @@ impl RunningServer {
 /// Open storage, load the last known state, bind the listeners and start serving.
 pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let db_path = config.sqlite_path();
-    let (store, hosts, files, resources) = tokio::task::spawn_blocking(move || {
+    let (store, hosts, files, resources, baseline_records) = tokio::task::spawn_blocking(move || {
         let store = driftwatch_store::Store::open(&db_path)?;
         let hosts = store.load_hosts()?;
         let files = store.load_files()?;
         let resources = store.latest_resources()?;
-        Ok::<_, ServerError>((store, hosts, files, resources))
+        let baselines = store.load_baselines()?;
+        Ok::<_, ServerError>((store, hosts, files, resources, baselines))
     })
     .await
     .map_err(|e| ServerError::Unavailable(format!("store open task failed: {e}")))??;
@@ -78,6 +82,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let (n_hosts, n_files) = (hosts.len(), files.len());
     let skipped = state.load(hosts, files, resources);
     tracing::info!(hosts = n_hosts, files = n_files, skipped, db = %config.sqlite_path().display(), "state loaded; every host offline until it reconnects");
+
+    let (baseline_set, skipped_baselines) = baselines::BaselineSet::load(baseline_records);
+    if skipped_baselines > 0 {
+        tracing::warn!(skipped = skipped_baselines, "some stored baseline versions do not decode");
+    }
+    let baseline_set = Arc::new(tokio::sync::Mutex::new(baseline_set));
 
     let metrics = metrics::Metrics::new();
     let (writer_tx, writer_thread) = writer::spawn(store, state.clone(), metrics.clone(), config.max_batch);
@@ -103,11 +113,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         max_files_per_host: config.max_files_per_host,
         shutdown: shutdown.clone(),
     };
-    let fleet = fleet::FleetService { state: state.clone() };
+    let fleet = fleet::FleetService { state: state.clone(), baselines: baseline_set.clone() };
+    let baselines =
+        baselines::BaselinesService { state: state.clone(), baselines: baseline_set, writer: gateway.writer.clone() };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AgentGatewayServer<gateway::Gateway>>().await;
     health_reporter.set_serving::<FleetServer<fleet::FleetService>>().await;
+    health_reporter.set_serving::<BaselinesServer<baselines::BaselinesService>>().await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -126,6 +139,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(AgentGatewayServer::new(gateway).max_decoding_message_size(config.max_message_bytes))
         .add_service(FleetServer::new(fleet))
+        .add_service(BaselinesServer::new(baselines))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

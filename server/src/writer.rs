@@ -25,6 +25,10 @@ pub struct WriteItem {
     /// What to acknowledge once this item is durable.
     pub ack: Option<AckTarget>,
     pub received: Option<Instant>,
+    /// Further operations (baseline versions, events), applied after the above.
+    pub ops: Vec<Op>,
+    /// Told once this item is durable (control-plane writes wait on it).
+    pub done: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +90,7 @@ fn commit(store: &mut Store, state: &FleetState, metrics: &Metrics, items: &mut 
         batch.ops.extend(i.files.drain(..).map(Op::File));
         batch.ops.extend(i.resources.take().map(Op::Resource));
         batch.ops.extend(i.host.take().map(Op::Host));
+        batch.ops.append(&mut i.ops);
     }
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -109,7 +114,10 @@ fn commit(store: &mut Store, state: &FleetState, metrics: &Metrics, items: &mut 
     // Durable: publish stored seqs; the host's current connection (whichever it is
     // now, even after a reconnect) turns them into Acks.
     let now = Instant::now();
-    for i in items.iter() {
+    for i in items.iter_mut() {
+        if let Some(done) = i.done.take() {
+            let _ = done.send(());
+        }
         if let Some(received) = i.received {
             metrics.ingest_ack_seconds.observe(now.duration_since(received).as_secs_f64());
         }

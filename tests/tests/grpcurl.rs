@@ -45,6 +45,7 @@ async fn readme_grpcurl_tour_works() {
     for svc in [
         "driftwatch.v1.AgentGateway",
         "driftwatch.v1.Fleet",
+        "driftwatch.v1.Baselines",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     ] {
@@ -63,6 +64,14 @@ async fn readme_grpcurl_tour_works() {
     assert!(ok, "{out}");
     assert!(out.contains("BROWSER_POOL_MAX_SIZE") && out.contains("\"masked\""), "{out}");
     assert!(!out.contains("s3cr3t-Pa55word") && !out.contains("wk_9f8e7d6c5b4a39281706f5e4d3c2b1a0"), "{out}");
+
+    // Pin a baseline (the one-liner from the docs), then diff against it.
+    let pin = "{\"host_id\":\"web-1\",\"name\":\"tuned\"}";
+    let (ok, out) = run(a(&["-plaintext", "-d", pin, &addr, "driftwatch.v1.Baselines/PinBaseline"])).await;
+    assert!(ok && out.contains("\"version\": \"1\""), "{out}");
+    let body = format!("{{\"host_id\":\"web-1\",\"path\":\"{}\",\"against_baseline\":true}}", env.display());
+    let (ok, out) = run(a(&["-plaintext", "-d", &body, &addr, "driftwatch.v1.Fleet/Diff"])).await;
+    assert!(ok && out.contains("\"baselineName\": \"tuned\""), "{out}");
 
     let (ok, out) = run(a(&["-plaintext", &addr, "grpc.health.v1.Health/Check"])).await;
     assert!(ok && out.contains("SERVING"), "{out}");

@@ -78,6 +78,7 @@ async fn agent_streams_fixtures_and_edits_show_up() {
             path: env.display().to_string(),
             other_host_id: "web-2".into(),
             other_path: env2.display().to_string(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -45,14 +45,19 @@ enum Command {
         /// Absolute path of the file on that host.
         path: String,
     },
-    /// Compare one file between two hosts: added, removed and changed keys.
+    /// Compare one file between two hosts, or a host's file with its baseline
+    /// (--baseline): added, removed and changed keys.
     Diff {
         /// Left host.
         host_id: String,
         /// File path on the left host (and on the right unless --other-path is given).
         path: String,
-        /// Right host.
-        other_host_id: String,
+        /// Right host (not with --baseline).
+        #[arg(required_unless_present = "baseline", conflicts_with = "baseline")]
+        other_host_id: Option<String>,
+        /// Compare with the host's effective baseline (left) instead of another host.
+        #[arg(long)]
+        baseline: bool,
         /// File path on the right host, when it differs.
         #[arg(long)]
         other_path: Option<String>,
@@ -124,9 +129,15 @@ async fn query(server: &str, out: Output, cmd: Command) -> anyhow::Result<()> {
                 Output::Table => print!("{}", file_detail(&f)),
             }
         }
-        Command::Diff { host_id, path, other_host_id, other_path } => {
+        Command::Diff { host_id, path, other_host_id, other_path, baseline } => {
             let d = c
-                .diff(v1::DiffRequest { host_id, path, other_host_id, other_path: other_path.unwrap_or_default() })
+                .diff(v1::DiffRequest {
+                    host_id,
+                    path,
+                    other_host_id: other_host_id.unwrap_or_default(),
+                    other_path: other_path.unwrap_or_default(),
+                    against_baseline: baseline,
+                })
                 .await
                 .map_err(status_err)?
                 .into_inner();
@@ -323,5 +334,8 @@ fn diff_table(d: &v1::DiffResponse) -> String {
         "\n{} added, {} removed, {} changed, {} unchanged\n",
         d.added, d.removed, d.changed, d.unchanged
     ));
+    if !d.baseline_name.is_empty() {
+        out.push_str(&format!("left: baseline {} version {}\n", d.baseline_name, d.baseline_version));
+    }
     out
 }

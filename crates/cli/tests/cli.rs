@@ -62,6 +62,18 @@ async fn hosts_file_diff_in_table_and_json() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // A baseline pinned from b.env, so a.env differs from it by WORKERS.
+    let ch = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
+    v1::baselines_client::BaselinesClient::new(ch)
+        .pin_baseline(v1::PinBaselineRequest {
+            host_id: "cli-host".into(),
+            name: "cli".into(),
+            path: b.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
     let u = url.clone();
     let (a_s, b_s) = (a.display().to_string(), b.display().to_string());
     let results = tokio::task::spawn_blocking(move || {
@@ -74,6 +86,8 @@ async fn hosts_file_diff_in_table_and_json() {
             cli(&u, &["diff", "cli-host", &a_s, "cli-host", "--other-path", &b_s]),
             cli(&u, &["file", "nope", "/x"]),
             cli(&u, &["hosts", "--selector", "a=b=c"]),
+            cli(&u, &["diff", "cli-host", &b_s, "--baseline"]),
+            cli(&u, &["diff", "cli-host", &a_s, "--baseline"]),
         ]
     })
     .await
@@ -113,6 +127,11 @@ async fn hosts_file_diff_in_table_and_json() {
     let (ok, _, err) = &results[7];
     let ok = *ok;
     assert!(!ok && err.contains("invalid argument"), "{err}");
+    let (ok, out, _) = &results[8];
+    assert!(*ok && out.contains("0 added, 0 removed, 0 changed") && out.contains("baseline cli version 1"), "{out}");
+    // The baseline holds b.env's keys only; a.env is not in it: a clear error.
+    let (ok, _, err) = &results[9];
+    assert!(!*ok && err.contains("not found") && err.contains("has no file"), "{err}");
 
     agent.stop().await.unwrap();
     server.stop().await.unwrap();

@@ -503,6 +503,11 @@ impl Store {
         )
     }
 
+    /// Every version of every baseline, by name then version.
+    pub fn load_baselines(&self) -> Result<Vec<BaselineRecord>> {
+        self.baselines_where("ORDER BY name, version", params![])
+    }
+
     /// Every version of one baseline, oldest first.
     pub fn baseline_versions(&self, name: &str) -> Result<Vec<BaselineRecord>> {
         self.baselines_where("WHERE name = ?1 ORDER BY version", params![name])
