@@ -1,5 +1,6 @@
 //! `driftwatch`: the operator CLI, and `driftwatch up` (the one-command tour).
 
+mod baseline;
 mod output;
 mod up;
 
@@ -30,6 +31,9 @@ struct Cli {
 enum Command {
     /// Start an embedded server (SQLite) and a local agent on the example configs.
     Up(up::UpArgs),
+    /// Baselines: pin a host's state, show, list, edit, diff against, delete.
+    #[command(subcommand)]
+    Baseline(baseline::BaselineCmd),
     /// List hosts (optionally filtered by labels), or show one host in detail.
     Hosts {
         /// Show this host: labels, agent, resources and every watched file.
@@ -75,17 +79,16 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn fleet(server: &str) -> anyhow::Result<FleetClient<tonic::transport::Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(server.to_string())
+async fn channel(server: &str) -> anyhow::Result<tonic::transport::Channel> {
+    tonic::transport::Endpoint::from_shared(server.to_string())
         .with_context(|| format!("bad --server URL '{server}'"))?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .with_context(|| format!("cannot reach the driftwatch server at {server}"))?;
-    Ok(FleetClient::new(channel))
+        .with_context(|| format!("cannot reach the driftwatch server at {server}"))
 }
 
-fn status_err(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", code_name(s.code()), s.message())
 }
 
@@ -101,9 +104,11 @@ fn code_name(c: tonic::Code) -> &'static str {
 }
 
 async fn query(server: &str, out: Output, cmd: Command) -> anyhow::Result<()> {
-    let mut c = fleet(server).await?;
+    let ch = channel(server).await?;
+    let mut c = FleetClient::new(ch.clone());
     match cmd {
         Command::Up(_) => unreachable!("handled in main"),
+        Command::Baseline(b) => baseline::run(ch, out, b).await?,
         Command::Hosts { host_id: None, selector } => {
             let r = c
                 .list_hosts(v1::ListHostsRequest { selector: selector.unwrap_or_default() })
@@ -314,7 +319,7 @@ fn file_detail(f: &v1::File) -> String {
     out
 }
 
-fn diff_table(d: &v1::DiffResponse) -> String {
+pub(crate) fn diff_table(d: &v1::DiffResponse) -> String {
     let show = |v: &Option<v1::Value>| v.as_ref().map(|v| v.display()).unwrap_or_else(|| "-".into());
     let rows: Vec<Vec<String>> = d
         .differences

@@ -88,6 +88,11 @@ async fn hosts_file_diff_in_table_and_json() {
             cli(&u, &["hosts", "--selector", "a=b=c"]),
             cli(&u, &["diff", "cli-host", &b_s, "--baseline"]),
             cli(&u, &["diff", "cli-host", &a_s, "--baseline"]),
+            cli(&u, &["baseline", "set", "cli", &b_s, "WORKERS=20", "--reason", "launch", "--author", "bob"]),
+            cli(&u, &["baseline", "diff", "cli-host", &b_s]),
+            cli(&u, &["baseline", "list"]),
+            cli(&u, &["--output", "json", "baseline", "show", "cli", "--version", "1"]),
+            cli(&u, &["baseline", "set", "cli", &b_s, "--remove", "NOPE"]),
         ]
     })
     .await
@@ -132,6 +137,17 @@ async fn hosts_file_diff_in_table_and_json() {
     // The baseline holds b.env's keys only; a.env is not in it: a clear error.
     let (ok, _, err) = &results[9];
     assert!(!*ok && err.contains("not found") && err.contains("has no file"), "{err}");
+    let (ok, out, err) = &results[10];
+    assert!(*ok && out.contains("version 2") && out.contains("by bob") && out.contains("launch"), "{out}{err}");
+    let (ok, out, _) = &results[11];
+    assert!(*ok && out.contains("changed  WORKERS") && out.contains("20") && out.contains("16"), "{out}");
+    let (ok, out, _) = &results[12];
+    assert!(*ok && out.starts_with("NAME") && out.contains("cli ") && out.contains("host cli-host"), "{out}");
+    let (ok, out, _) = &results[13];
+    let j: serde_json::Value = serde_json::from_str(out).unwrap();
+    assert!(*ok && j["version"] == "1" && j["files"][0]["keys"].is_array(), "{out}");
+    let (ok, _, err) = &results[14];
+    assert!(!*ok && err.contains("not found") && err.contains("NOPE"), "{err}");
 
     agent.stop().await.unwrap();
     server.stop().await.unwrap();
