@@ -1,0 +1,384 @@
+//! Rule files: YAML documents with `groups`, each with `rules`; loading and checking.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::alert::{Severity, Timing};
+use crate::duration::parse_duration_ms;
+use crate::expr::{self, ExprKind};
+use crate::{KeyPattern, Rule, RuleError, RuleSet, Target};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDoc {
+    groups: Vec<GroupDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupDoc {
+    name: String,
+    #[serde(default)]
+    rules: Vec<RuleDoc>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleDoc {
+    name: String,
+    #[serde(default)]
+    selector: BTreeMap<String, String>,
+    target: TargetDoc,
+    expr: String,
+    #[serde(default, rename = "for")]
+    for_: Option<String>,
+    #[serde(default)]
+    keep_firing_for: Option<String>,
+    #[serde(default)]
+    severity: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetDoc {
+    file: Option<String>,
+    key: Option<String>,
+    resource: Option<String>,
+    agent: Option<String>,
+}
+
+/// Resource metrics a rule may name (besides `process_group.<name>.{count,rss_bytes,cpu_percent}`
+/// and `disk.<mount>.used_percent`).
+pub const RESOURCE_METRICS: &[&str] = &[
+    "cpu_percent",
+    "cpu_cores_used",
+    "load_1",
+    "load_5",
+    "load_15",
+    "memory_used_bytes",
+    "memory_total_bytes",
+    "swap_used_bytes",
+    "disk_used_percent",
+];
+
+pub(crate) fn valid_metric(m: &str) -> bool {
+    if RESOURCE_METRICS.contains(&m) {
+        return true;
+    }
+    if let Some(rest) = m.strip_prefix("process_group.")
+        && let Some((name, field)) = rest.rsplit_once('.')
+    {
+        return !name.is_empty() && matches!(field, "count" | "rss_bytes" | "cpu_percent");
+    }
+    if let Some(rest) = m.strip_prefix("disk.")
+        && let Some(mount) = rest.strip_suffix(".used_percent")
+    {
+        return !mount.is_empty();
+    }
+    false
+}
+
+/// Lines (0-based index) where a YAML key `key:` starts (after optional `- `), with the
+/// column (0-based) of the key.
+fn key_lines<'a>(lines: &'a [&'a str], key: &'a str) -> impl Iterator<Item = (usize, usize)> + 'a {
+    lines.iter().enumerate().filter_map(move |(i, l)| {
+        let trimmed = l.trim_start();
+        let mut col = l.len() - trimmed.len();
+        let mut t = trimmed;
+        while let Some(r) = t.strip_prefix("- ") {
+            let r2 = r.trim_start();
+            col += t.len() - r2.len();
+            t = r2;
+        }
+        let rest = t.strip_prefix(key)?;
+        let rest = rest.strip_prefix(':')?;
+        (rest.is_empty() || rest.starts_with([' ', '\t'])).then_some((i, col))
+    })
+}
+
+/// Where one rule's parts are in the file text (1-based line, column).
+struct RulePos {
+    rule: (usize, usize),
+    /// Start of the expression text: line, column, and whether it is a block scalar
+    /// (then CEL lines map onto following file lines at the block's indentation).
+    expr: (usize, usize),
+    fields: BTreeMap<&'static str, (usize, usize)>,
+}
+
+fn locate_rules(text: &str) -> Vec<RulePos> {
+    let lines: Vec<&str> = text.lines().collect();
+    let exprs: Vec<(usize, usize)> = key_lines(&lines, "expr").collect();
+    let mut out = Vec::with_capacity(exprs.len());
+    for (k, &(eline, ecol)) in exprs.iter().enumerate() {
+        let lo = if k == 0 { 0 } else { exprs[k - 1].0 + 1 };
+        let hi = exprs.get(k + 1).map(|e| e.0).unwrap_or(lines.len());
+        let in_block = |key: &'static str| {
+            // The nearest `key:` at the expr's indentation within (previous expr, next expr),
+            // preferring lines before the expr for `name`.
+            let mut best: Option<(usize, usize)> = None;
+            for (i, c) in key_lines(&lines, key) {
+                if i >= lo && i < hi && c == ecol {
+                    let closer = match best {
+                        None => true,
+                        Some((b, _)) => (i as isize - eline as isize).abs() < (b as isize - eline as isize).abs(),
+                    };
+                    if closer && !(key == "name" && i > eline && best.is_some()) {
+                        best = Some((i, c));
+                    }
+                }
+            }
+            best.map(|(i, c)| (i + 1, c + 1))
+        };
+        let mut fields = BTreeMap::new();
+        for key in ["name", "selector", "target", "for", "keep_firing_for", "severity", "labels", "annotations"] {
+            if let Some(p) = in_block(key) {
+                fields.insert(key, p);
+            }
+        }
+        // Expression start.
+        let line = lines[eline];
+        let after = ecol + "expr:".len();
+        let rest = &line[after.min(line.len())..];
+        let value = rest.trim_start();
+        let mut vcol = after + (rest.len() - value.len());
+        let expr_pos = if value.starts_with('|') || value.starts_with('>') {
+            let next = lines.get(eline + 1).copied().unwrap_or("");
+            (eline + 2, next.len() - next.trim_start().len() + 1)
+        } else {
+            if value.starts_with('"') || value.starts_with('\'') {
+                vcol += 1;
+            }
+            (eline + 1, vcol + 1)
+        };
+        let rule = fields.get("name").copied().unwrap_or((eline + 1, ecol + 1));
+        out.push(RulePos { rule, expr: expr_pos, fields });
+    }
+    out
+}
+
+pub(crate) fn load_text(path: &Path, text: &str, groups_seen: &mut HashSet<String>) -> (Vec<Rule>, Vec<RuleError>) {
+    let err =
+        |line: usize, column: usize, message: String| RuleError { file: path.to_path_buf(), line, column, message };
+    let doc: FileDoc = match serde_yaml_ng::from_str(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            return (Vec::new(), vec![err(line, col, e.to_string())]);
+        }
+    };
+    let positions = locate_rules(text);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut rules = Vec::new();
+    let mut errors = Vec::new();
+    let mut k = 0usize;
+    for group in doc.groups {
+        let gpos = key_lines(&lines, "name")
+            .find(|&(i, c)| {
+                let v = lines[i][c + "name:".len()..].split(" #").next().unwrap_or("").trim();
+                v.trim_matches(|q| q == '"' || q == '\'') == group.name
+                    && !positions.iter().any(|p| p.rule == (i + 1, c + 1))
+            })
+            .map(|(i, c)| (i + 1, c + 1))
+            .unwrap_or((1, 1));
+        if !groups_seen.insert(group.name.clone()) {
+            errors.push(err(gpos.0, gpos.1, format!("duplicate group name '{}'", group.name)));
+        }
+        let mut names = HashSet::new();
+        for rd in group.rules {
+            let pos = positions.get(k).map(|p| (p.rule, p.expr, p.fields.clone()));
+            k += 1;
+            let (rpos, epos, fields) = pos.unwrap_or(((0, 0), (0, 0), BTreeMap::new()));
+            let at = |f: &'static str| fields.get(f).copied().unwrap_or(rpos);
+            let before = errors.len();
+            if rd.name.trim().is_empty() {
+                errors.push(err(rpos.0, rpos.1, "rule name is empty".to_string()));
+            }
+            if !names.insert(rd.name.clone()) {
+                errors.push(err(
+                    rpos.0,
+                    rpos.1,
+                    format!("duplicate rule name '{}' in group '{}'", rd.name, group.name),
+                ));
+            }
+            let mut duration = |field: &'static str, v: &Option<String>| -> i64 {
+                match v.as_deref().map(parse_duration_ms) {
+                    None => 0,
+                    Some(Ok(ms)) => ms,
+                    Some(Err(msg)) => {
+                        let p = at(field);
+                        errors.push(err(p.0, p.1, format!("{field}: {msg}")));
+                        0
+                    }
+                }
+            };
+            let timing = Timing {
+                for_ms: duration("for", &rd.for_),
+                keep_firing_for_ms: duration("keep_firing_for", &rd.keep_firing_for),
+            };
+            let severity = match rd.severity.as_deref() {
+                None => Severity::default(),
+                Some(s) => Severity::parse(s).unwrap_or_else(|| {
+                    let p = at("severity");
+                    errors.push(err(p.0, p.1, format!("severity: unknown {s:?} (info, low, medium, high, critical)")));
+                    Severity::default()
+                }),
+            };
+            let tpos = at("target");
+            let t = rd.target;
+            let target = match (&t.file, &t.key, &t.resource, &t.agent) {
+                (Some(glob), key, None, None) => {
+                    let file = match crate::FileGlob::new(glob) {
+                        Ok(g) => Some(g),
+                        Err(msg) => {
+                            errors.push(err(tpos.0, tpos.1, format!("target.file: {msg}")));
+                            None
+                        }
+                    };
+                    let key = match key.as_deref().map(KeyPattern::new) {
+                        None => None,
+                        Some(Ok(k)) => Some(k),
+                        Some(Err(msg)) => {
+                            errors.push(err(tpos.0, tpos.1, format!("target.key: {msg}")));
+                            None
+                        }
+                    };
+                    file.map(|file| Target::File { file, key })
+                }
+                (None, None, Some(metric), None) => {
+                    if valid_metric(metric) {
+                        Some(Target::Resource { metric: metric.clone() })
+                    } else {
+                        errors.push(err(
+                            tpos.0,
+                            tpos.1,
+                            format!(
+                                "target.resource: unknown metric {metric:?} (known: {}, process_group.<name>.count|rss_bytes|cpu_percent, disk.<mount>.used_percent)",
+                                RESOURCE_METRICS.join(", ")
+                            ),
+                        ));
+                        None
+                    }
+                }
+                (None, None, None, Some(a)) => {
+                    if a == "offline" {
+                        Some(Target::AgentOffline)
+                    } else {
+                        errors.push(err(tpos.0, tpos.1, format!("target.agent: unknown {a:?} (only \"offline\")")));
+                        None
+                    }
+                }
+                _ => {
+                    errors.push(err(
+                        tpos.0,
+                        tpos.1,
+                        "target: give exactly one of {file (+ optional key)}, {resource}, {agent: offline}".to_string(),
+                    ));
+                    None
+                }
+            };
+            let kind = match &target {
+                Some(Target::Resource { .. }) => ExprKind::Resource,
+                Some(Target::AgentOffline) => ExprKind::Agent,
+                _ => ExprKind::File,
+            };
+            let compiled = match expr::compile(&rd.expr, kind) {
+                Ok(c) => Some(c),
+                Err(errs) => {
+                    for e in errs {
+                        let (line, col) = match e.pos {
+                            None => epos,
+                            Some((1, c)) => (epos.0, epos.1 + c - 1),
+                            Some((l, c)) => (epos.0 + l - 1, epos.1 + c - 1),
+                        };
+                        errors.push(err(line, col, format!("expr: {}", e.message)));
+                    }
+                    None
+                }
+            };
+            let known: BTreeSet<&str> = [
+                "value", "baseline", "previous", "host", "key", "file", "path", "metric", "labels", "rule", "severity",
+            ]
+            .into_iter()
+            .collect();
+            for (name, tmpl) in &rd.annotations {
+                for msg in expr::unknown_placeholders(tmpl, &known) {
+                    let p = at("annotations");
+                    errors.push(err(p.0, p.1, format!("annotations.{name}: {msg}")));
+                }
+            }
+            if errors.len() == before
+                && let (Some(target), Some(compiled)) = (target, compiled)
+            {
+                rules.push(Rule {
+                    group: group.name.clone(),
+                    name: rd.name,
+                    selector: rd.selector,
+                    target,
+                    expr: rd.expr,
+                    compiled,
+                    timing,
+                    severity,
+                    labels: rd.labels,
+                    annotations: rd.annotations,
+                    source: path.to_path_buf(),
+                });
+            }
+        }
+    }
+    errors.sort_by_key(|e| (e.line, e.column));
+    (rules, errors)
+}
+
+/// Rule files in a directory: `*.yaml` / `*.yml`, sorted by name, not recursive.
+pub(crate) fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RuleError> {
+    let read = std::fs::read_dir(dir).map_err(|e| RuleError {
+        file: dir.to_path_buf(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read rules directory: {e}"),
+    })?;
+    let mut files: Vec<PathBuf> = read
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+impl RuleSet {
+    /// Parse rule-file text as if it were the file `path` (no I/O).
+    pub fn from_text(path: &Path, text: &str) -> Result<RuleSet, Vec<RuleError>> {
+        let (rules, errors) = load_text(path, text, &mut HashSet::new());
+        if errors.is_empty() { Ok(RuleSet { rules }) } else { Err(errors) }
+    }
+
+    /// Load every `*.yaml`/`*.yml` file in `dir`. All errors of all files are returned.
+    pub fn load_dir(dir: &Path) -> Result<RuleSet, Vec<RuleError>> {
+        let files = rule_files(dir).map_err(|e| vec![e])?;
+        let mut rules = Vec::new();
+        let mut errors = Vec::new();
+        let mut groups = HashSet::new();
+        for f in files {
+            match std::fs::read_to_string(&f) {
+                Ok(text) => {
+                    let (r, e) = load_text(&f, &text, &mut groups);
+                    rules.extend(r);
+                    errors.extend(e);
+                }
+                Err(e) => errors.push(RuleError { file: f, line: 0, column: 0, message: format!("cannot read: {e}") }),
+            }
+        }
+        if errors.is_empty() { Ok(RuleSet { rules }) } else { Err(errors) }
+    }
+
+    /// Every error in `dir`'s rule files (empty when all is well).
+    pub fn check_dir(dir: &Path) -> Vec<RuleError> {
+        RuleSet::load_dir(dir).err().unwrap_or_default()
+    }
+}
