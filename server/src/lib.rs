@@ -31,6 +31,8 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// A started server. Dropping it does not stop it: call [`RunningServer::stop`].
 pub struct RunningServer {
     pub grpc_addr: SocketAddr,
+    /// The rules loaded from `--rules`, checked at start.
+    pub rules: Option<Arc<driftwatch_rules::RuleSet>>,
     pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<state::FleetState>,
     pub metrics: Arc<metrics::Metrics>,
@@ -83,6 +85,19 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let skipped = state.load(hosts, files, resources);
     tracing::info!(hosts = n_hosts, files = n_files, skipped, db = %config.sqlite_path().display(), "state loaded; every host offline until it reconnects");
 
+    // Rules are checked before anything is served: a broken rules directory is a
+    // configuration error listing every problem, as `driftwatch rules check` does.
+    let rules = match config.rules.clone() {
+        None => None,
+        Some(dir) => {
+            let set = tokio::task::spawn_blocking(move || driftwatch_rules::RuleSet::load_dir(&dir))
+                .await
+                .map_err(|e| ServerError::Unavailable(format!("rules task failed: {e}")))?
+                .map_err(|errs| ServerError::Config(errs.iter().map(ToString::to_string).collect()))?;
+            tracing::info!(rules = set.rules().len(), dir = %config.rules.as_ref().map(|d| d.display().to_string()).unwrap_or_default(), "rules loaded");
+            Some(Arc::new(set))
+        }
+    };
     let (baseline_set, skipped_baselines) = baselines::BaselineSet::load(baseline_records);
     if skipped_baselines > 0 {
         tracing::warn!(skipped = skipped_baselines, "some stored baseline versions do not decode");
@@ -187,5 +202,5 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         result.map_err(ServerError::from)
     });
 
-    Ok(RunningServer { grpc_addr, metrics_addr, state, metrics, shutdown, task })
+    Ok(RunningServer { grpc_addr, rules, metrics_addr, state, metrics, shutdown, task })
 }

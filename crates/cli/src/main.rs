@@ -31,6 +31,9 @@ struct Cli {
 enum Command {
     /// Start an embedded server (SQLite) and a local agent on the example configs.
     Up(up::UpArgs),
+    /// Rule files: check a directory before deploying it.
+    #[command(subcommand)]
+    Rules(RulesCmd),
     /// Baselines: pin a host's state, show, list, edit, diff against, delete.
     #[command(subcommand)]
     Baseline(baseline::BaselineCmd),
@@ -68,12 +71,53 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum RulesCmd {
+    /// Load every rule file in DIR and print `file:line:col: message` for each
+    /// problem (exit code 1), or a summary when all is well. Needs no server.
+    Check {
+        /// The rules directory (*.yaml, *.yml).
+        dir: std::path::PathBuf,
+    },
+}
+
+fn rules_check(dir: &std::path::Path, out: Output) -> anyhow::Result<bool> {
+    if !dir.is_dir() {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
+    let errors = driftwatch_rules::RuleSet::check_dir(dir);
+    match out {
+        Output::Json => {
+            let list: Vec<serde_json::Value> = errors
+                .iter()
+                .map(|e| {
+                    serde_json::json!({"file": e.file.display().to_string(), "line": e.line, "column": e.column, "message": e.message})
+                })
+                .collect();
+            println!("{}", serde_json::json!({ "errors": list }));
+        }
+        Output::Table if errors.is_empty() => {
+            let set = driftwatch_rules::RuleSet::load_dir(dir)
+                .map_err(|_| anyhow::anyhow!("rules changed while checking"))?;
+            println!("{}: {} rules OK", dir.display(), set.rules().len());
+        }
+        Output::Table => errors.iter().for_each(|e| println!("{e}")),
+    }
+    Ok(errors.is_empty())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await,
+            Command::Rules(RulesCmd::Check { dir }) => {
+                if !rules_check(&dir, cli.output)? {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
             cmd => query(&cli.server, cli.output, cmd).await,
         }
     })
@@ -107,7 +151,7 @@ async fn query(server: &str, out: Output, cmd: Command) -> anyhow::Result<()> {
     let ch = channel(server).await?;
     let mut c = FleetClient::new(ch.clone());
     match cmd {
-        Command::Up(_) => unreachable!("handled in main"),
+        Command::Up(_) | Command::Rules(_) => unreachable!("handled in main"),
         Command::Baseline(b) => baseline::run(ch, out, b).await?,
         Command::Hosts { host_id: None, selector } => {
             let r = c

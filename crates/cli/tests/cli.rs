@@ -248,3 +248,29 @@ async fn up_serves_the_example_configs_and_stops_on_ctrl_c() {
     .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn rules_check_reports_every_error_with_position_and_exit_code() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let ok = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["rules", "check"])
+        .arg(root.join("deploy/examples/rules"))
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("rules OK"));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "groups:\n  - name: g\n    rules:\n      - name: r\n        target: {file: \"*.env\", key: A}\n        expr: \"value > \"\n        severity: huge\n",
+    )
+    .unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_driftwatch")).args(["rules", "check"]).arg(dir.path()).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&bad.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].contains("bad.yaml:6:") && lines[0].contains("syntax error"), "{text}");
+    assert!(lines[1].contains("bad.yaml:7:9: severity"), "{text}");
+}
