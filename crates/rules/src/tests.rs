@@ -497,6 +497,7 @@ fn numeric_comparisons_across_int_and_double() {
 /// Rough timing, printed (run with --nocapture): 200 file rules on a 50-key file, 50
 /// resource rules on 1 h of 10 s samples.
 #[test]
+#[ignore = "benchmark: prints timings (cargo test -p driftwatch-rules --release -- --ignored --nocapture)"]
 fn rough_evaluation_cost() {
     let mut text = String::from("groups:\n  - name: g\n    rules:\n");
     for i in 0..200 {
@@ -529,6 +530,7 @@ fn rough_evaluation_cost() {
 }
 
 #[test]
+#[ignore = "benchmark: prints timings (cargo test -p driftwatch-rules --release -- --ignored --nocapture)"]
 fn rough_floor_cost() {
     for e in ["true", "value > 1.0", "avg('1h') > 0.0"] {
         let rs = load(&one_rule("{resource: memory_used_bytes}", &format!("\"{e}\""))).unwrap();
