@@ -192,15 +192,7 @@ fn detail(b: &v1::Baseline) -> String {
     );
     for f in &b.files {
         out.push_str(&format!("\n{}\n", f.path));
-        let rows: Vec<Vec<String>> = f
-            .keys
-            .iter()
-            .map(|kv| {
-                let v = kv.value.clone().unwrap_or_default();
-                vec![kv.key.clone(), v.type_name().into(), v.display()]
-            })
-            .collect();
-        out.push_str(&table(&["KEY", "TYPE", "EXPECTED"], &rows));
+        out.push_str(&crate::keys_table(&f.keys, "EXPECTED"));
     }
     out
 }

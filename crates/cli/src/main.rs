@@ -351,16 +351,20 @@ fn file_detail(f: &v1::File) -> String {
         out.push_str(&format!("error:   {}\n", error_text(&Some(e.clone()))));
     }
     out.push('\n');
-    let rows: Vec<Vec<String>> = s
-        .keys
+    out.push_str(&keys_table(&s.keys, "VALUE"));
+    out
+}
+
+/// Keys with their type and value (masked values as `masked:<prefix>`).
+pub(crate) fn keys_table(keys: &[v1::KeyValue], value_header: &str) -> String {
+    let rows: Vec<Vec<String>> = keys
         .iter()
         .map(|kv| {
             let v = kv.value.clone().unwrap_or_default();
             vec![kv.key.clone(), v.type_name().into(), v.display()]
         })
         .collect();
-    out.push_str(&table(&["KEY", "TYPE", "VALUE"], &rows));
-    out
+    table(&["KEY", "TYPE", value_header], &rows)
 }
 
 pub(crate) fn diff_table(d: &v1::DiffResponse) -> String {

@@ -194,6 +194,14 @@ pub struct Rule {
 
 impl Rule {
     /// Whether the rule applies to a host with these labels.
+    /// Run the compiled expression: (matched, evaluation error). An error never matches.
+    fn run(&self, vars: &[(&str, cel::Value)]) -> (bool, Option<String>) {
+        match expr::execute(&self.compiled, vars) {
+            Ok(m) => (m, None),
+            Err(e) => (false, Some(e)),
+        }
+    }
+
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
         self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
@@ -317,6 +325,28 @@ pub struct Outcome {
 
 impl Outcome {
     /// The alert identity of this outcome.
+    /// An outcome about the host itself (a resource metric, the agent): no file, no key.
+    fn of_host(
+        rule: usize,
+        host: &HostInfo,
+        (matched, error): (bool, Option<String>),
+        value: f64,
+        baseline: Option<f64>,
+        previous: Option<f64>,
+    ) -> Self {
+        Self {
+            rule,
+            host: host.id.clone(),
+            file: None,
+            key: None,
+            matched,
+            value: Value::float(value),
+            baseline: baseline.map(Value::float).unwrap_or_else(Value::null),
+            previous: previous.map(Value::float).unwrap_or_else(Value::null),
+            error,
+        }
+    }
+
     pub fn fingerprint(&self, rules: &RuleSet) -> String {
         let r = &rules.rules[self.rule];
         let metric = match &r.target {
@@ -411,10 +441,7 @@ impl RuleSet {
                     ("meta", meta_v.clone()),
                     ("host", host_v.clone()),
                 ];
-                let (matched, error) = match expr::execute(&rule.compiled, &vars) {
-                    Ok(m) => (m, None),
-                    Err(e) => (false, Some(e)),
-                };
+                let (matched, error) = rule.run(&vars);
                 out.push(Outcome {
                     rule: idx,
                     host: host.id.clone(),
@@ -465,21 +492,8 @@ impl RuleSet {
                 ("metric", expr::string_value(metric)),
                 ("host", host_v.clone()),
             ];
-            let (matched, error) = match expr::execute(&rule.compiled, &vars) {
-                Ok(m) => (m, None),
-                Err(e) => (false, Some(e)),
-            };
-            out.push(Outcome {
-                rule: idx,
-                host: host.id.clone(),
-                file: None,
-                key: None,
-                matched,
-                value: Value::float(current),
-                baseline: input.baseline.map(Value::float).unwrap_or_else(Value::null),
-                previous: previous.map(Value::float).unwrap_or_else(Value::null),
-                error,
-            });
+            let (matched, error) = rule.run(&vars);
+            out.push(Outcome::of_host(idx, host, (matched, error), current, input.baseline, previous));
         }
     }
 
@@ -502,21 +516,8 @@ impl RuleSet {
                 ("last_seen", cel::Value::Int(input.last_seen_ms)),
                 ("host", host_v.clone()),
             ];
-            let (matched, error) = match expr::execute(&rule.compiled, &vars) {
-                Ok(m) => (m, None),
-                Err(e) => (false, Some(e)),
-            };
-            out.push(Outcome {
-                rule: idx,
-                host: host.id.clone(),
-                file: None,
-                key: None,
-                matched,
-                value: Value::float(offline_s),
-                baseline: Value::null(),
-                previous: Value::null(),
-                error,
-            });
+            let (matched, error) = rule.run(&vars);
+            out.push(Outcome::of_host(idx, host, (matched, error), offline_s, None, None));
         }
         out
     }
