@@ -112,11 +112,40 @@ pub fn edit_file(
     Ok(())
 }
 
+/// Set (in place, or appended) then remove resource expectations.
+pub fn edit_resources(
+    resources: &mut Vec<v1::ResourceExpectation>,
+    set: Vec<v1::ResourceExpectation>,
+    remove: &[String],
+) -> Result<(), ServerError> {
+    for e in set {
+        if e.metric.trim().is_empty() || !e.value.is_finite() {
+            return Err(ServerError::InvalidArgument(format!(
+                "resource expectation needs a metric name and a finite value (got {:?} = {})",
+                e.metric, e.value
+            )));
+        }
+        match resources.iter_mut().find(|r| r.metric == e.metric) {
+            Some(r) => r.value = e.value,
+            None => resources.push(e),
+        }
+    }
+    for m in remove {
+        let idx = resources
+            .iter()
+            .position(|r| &r.metric == m)
+            .ok_or_else(|| ServerError::NotFound(format!("the baseline has no resource expectation '{m}'")))?;
+        resources.remove(idx);
+    }
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct BaselinesService {
     pub state: Arc<FleetState>,
     pub baselines: Arc<Mutex<BaselineSet>>,
     pub writer: WriteSender,
+    pub engine: crate::engine::EngineHandle,
 }
 
 impl BaselinesService {
@@ -147,6 +176,9 @@ impl BaselinesService {
         durable.await.map_err(|_| gone())?;
         tracing::info!(baseline = %b.name, version = b.version, author = %b.author, deleted = b.deleted, "baseline version stored");
         set.versions.entry(b.name.clone()).or_default().push(b.clone());
+        // Rules compare against baselines: what drifts from them just changed.
+        let host = (!b.host_id.is_empty()).then(|| b.host_id.clone());
+        self.engine.send(crate::engine::EvalMsg::Reevaluate { host });
         Ok(b)
     }
 
@@ -217,12 +249,31 @@ impl Baselines for BaselinesService {
             let path = r.path.trim();
             vec![v1::BaselineFile { path: path.to_string(), keys: self.host_file(host_id, path)?.keys }]
         };
+        let resources = if r.include_resources {
+            let h = self.state.hosts.get(host_id).ok_or_else(|| unknown_host(host_id))?;
+            let sample = h.resources.as_ref().ok_or_else(|| {
+                ServerError::FailedPrecondition(format!("host '{host_id}' has sent no resource sample yet"))
+            })?;
+            let all = driftwatch_rules::resource_metrics(sample);
+            for m in &r.resource_metrics {
+                if !all.iter().any(|(n, _)| n == m) {
+                    return Err(ServerError::NotFound(format!("host '{host_id}' has no resource metric '{m}'")).into());
+                }
+            }
+            all.into_iter()
+                .filter(|(m, _)| r.resource_metrics.is_empty() || r.resource_metrics.contains(m))
+                .map(|(metric, value)| v1::ResourceExpectation { metric, value })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut set = self.baselines.lock().await;
         let b = v1::Baseline {
             name,
             host_id: if selector.is_empty() { host_id.to_string() } else { String::new() },
             selector: selector.to_string(),
             files,
+            resources,
             author: r.author,
             reason: r.reason,
             ..Default::default()
@@ -267,7 +318,8 @@ impl Baselines for BaselinesService {
         let r = request.into_inner();
         let name = valid_name(&r.name)?;
         let path = r.path.trim();
-        if path.is_empty() {
+        let resources_only = path.is_empty() && (!r.set_resources.is_empty() || !r.remove_resources.is_empty());
+        if path.is_empty() && !resources_only {
             return Err(ServerError::InvalidArgument("path is required: the file whose keys change".into()).into());
         }
         let mut set_keys = r.set;
@@ -288,7 +340,10 @@ impl Baselines for BaselinesService {
         }
         let mut set = self.baselines.lock().await;
         let mut b = live_or_not_found(&set, name)?.clone();
-        edit_file(&mut b.files, path, set_keys, &r.remove)?;
+        if !resources_only {
+            edit_file(&mut b.files, path, set_keys, &r.remove)?;
+        }
+        edit_resources(&mut b.resources, r.set_resources, &r.remove_resources)?;
         b.author = r.author;
         b.reason = r.reason;
         Ok(Response::new(for_query(self.commit(&mut set, b).await?)))
@@ -389,6 +444,18 @@ mod tests {
         assert!(matches!(edit_file(&mut files, "/a", vec![], &["Z".into()]), Err(ServerError::NotFound(_))));
         let no_value = v1::KeyValue { key: "A".into(), value: None };
         assert!(matches!(edit_file(&mut files, "/a", vec![no_value], &[]), Err(ServerError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn resource_expectations_edit() {
+        let e = |m: &str, v: f64| v1::ResourceExpectation { metric: m.into(), value: v };
+        let mut r = vec![e("memory_used_bytes", 1.0)];
+        edit_resources(&mut r, vec![e("memory_used_bytes", 2.0), e("cpu_cores_used", 10.4)], &[]).unwrap();
+        assert_eq!(r, vec![e("memory_used_bytes", 2.0), e("cpu_cores_used", 10.4)]);
+        edit_resources(&mut r, vec![], &["memory_used_bytes".into()]).unwrap();
+        assert_eq!(r, vec![e("cpu_cores_used", 10.4)]);
+        assert!(matches!(edit_resources(&mut r, vec![], &["nope".into()]), Err(ServerError::NotFound(_))));
+        assert!(matches!(edit_resources(&mut r, vec![e("x", f64::NAN)], &[]), Err(ServerError::InvalidArgument(_))));
     }
 
     #[test]

@@ -30,6 +30,22 @@ pub struct ServerFile {
     pub insecure: Option<bool>,
     #[serde(default)]
     pub limits: LimitsFile,
+    #[serde(default)]
+    pub retention: RetentionFile,
+}
+
+/// `[retention]`: durations as "72h", "30d".
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    /// Resolved alerts and alert events (default 72h). Firing alerts are never pruned.
+    pub alerts: Option<String>,
+    /// Raw resource samples before they are rolled up into 5-minute buckets (default 24h).
+    pub raw_resources: Option<String>,
+    /// Resource rollups (default 30d).
+    pub rollups: Option<String>,
+    /// How often retention runs (default 10m).
+    pub interval: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -61,6 +77,7 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     pub max_files_per_host: usize,
     pub max_batch: usize,
+    pub retention: crate::engine::Retention,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -81,6 +98,7 @@ impl ServerConfig {
             heartbeat_interval: Duration::from_secs(15),
             max_files_per_host: 10_000,
             max_batch: 2_000,
+            retention: crate::engine::Retention::default(),
         }
     }
 
@@ -149,6 +167,22 @@ impl ServerConfig {
         if max_batch == 0 {
             field_err("limits.max_batch", "must be at least 1".into());
         }
+        let mut retention = crate::engine::Retention::default();
+        let r = &file.retention;
+        for (field, value, slot, min) in [
+            ("retention.alerts", &r.alerts, &mut retention.alerts, Duration::from_secs(60)),
+            ("retention.raw_resources", &r.raw_resources, &mut retention.raw_resources, Duration::from_secs(3600)),
+            ("retention.rollups", &r.rollups, &mut retention.rollups, Duration::from_secs(3600)),
+            ("retention.interval", &r.interval, &mut retention.interval, Duration::from_secs(1)),
+        ] {
+            if let Some(v) = value {
+                match driftwatch_rules::parse_duration_ms(v) {
+                    Ok(ms) if ms >= min.as_millis() as i64 => *slot = Duration::from_millis(ms as u64),
+                    Ok(_) => field_err(field, format!("must be at least {}s", min.as_secs())),
+                    Err(e) => field_err(field, e),
+                }
+            }
+        }
         if let Some(addr) = listen {
             if !insecure {
                 field_err("insecure", "TLS is not configured: pass --insecure (loopback development only)".into());
@@ -173,6 +207,7 @@ impl ServerConfig {
             heartbeat_interval: Duration::from_secs(u64::from(hb)),
             max_files_per_host,
             max_batch,
+            retention,
         })
     }
 
@@ -248,6 +283,30 @@ mod tests {
         assert_eq!(parse_database_url("sqlite:///var/x.db").unwrap(), StorageConfig::SqliteFile("/var/x.db".into()));
         assert!(parse_database_url("postgres://h/db").unwrap_err().contains("not available"));
         assert!(parse_database_url("sqlite://").is_err());
+    }
+
+    #[test]
+    fn retention_durations() {
+        let f: ServerFile =
+            toml::from_str("insecure = true\n[retention]\nalerts = \"7d\"\ninterval = \"30s\"").unwrap();
+        let c = ServerConfig::resolve(f, "server.toml").unwrap();
+        assert_eq!(c.retention.alerts, Duration::from_secs(7 * 86400));
+        assert_eq!(c.retention.interval, Duration::from_secs(30));
+        assert_eq!(c.retention.raw_resources, Duration::from_secs(86400));
+        let f: ServerFile =
+            toml::from_str("insecure = true\n[retention]\nalerts = \"soon\"\nrollups = \"1s\"").unwrap();
+        let Err(ServerError::Config(errs)) = ServerConfig::resolve(f, "server.toml") else { panic!() };
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs.iter().any(|e| e.starts_with("server.toml: retention.alerts:")));
+        assert!(errs.iter().any(|e| e.contains("retention.rollups: must be at least 3600s")));
+    }
+
+    #[test]
+    fn example_config_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/server.toml");
+        let f = ServerConfig::load_file(&path).unwrap();
+        let c = ServerConfig::resolve(f, "server.toml").unwrap();
+        assert_eq!(c.retention.alerts, Duration::from_secs(72 * 3600));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `Fleet` query service: reads the in-memory state only, never the store.
+//! `Fleet` query service: reads the in-memory state; only resource summaries
+//! (history) read the store, through the read connection, off the async workers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +18,39 @@ pub const SHORT_FINGERPRINT: usize = 16;
 pub struct FleetService {
     pub state: Arc<FleetState>,
     pub baselines: Arc<tokio::sync::Mutex<crate::baselines::BaselineSet>>,
+    pub reader: Arc<std::sync::Mutex<driftwatch_store::Store>>,
+}
+
+/// Longest window a resource summary may cover.
+const MAX_SUMMARY_WINDOW_MS: i64 = 400 * 24 * 3600 * 1000;
+
+#[derive(Default)]
+struct Agg {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    last: (i64, f64),
+}
+
+impl Agg {
+    fn add(&mut self, count: u64, sum: f64, min: f64, max: f64, last: (i64, f64)) {
+        if count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            self.min = min;
+            self.max = max;
+        } else {
+            self.min = self.min.min(min);
+            self.max = self.max.max(max);
+        }
+        self.count += count;
+        self.sum += sum;
+        if last.0 >= self.last.0 {
+            self.last = last;
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -74,6 +108,13 @@ impl Fleet for FleetService {
         }))
     }
 
+    async fn get_resource_summary(
+        &self,
+        request: Request<v1::GetResourceSummaryRequest>,
+    ) -> Result<Response<v1::GetResourceSummaryResponse>, Status> {
+        Ok(Response::new(self.resource_summary(request.into_inner()).await?))
+    }
+
     async fn diff(&self, request: Request<v1::DiffRequest>) -> Result<Response<v1::DiffResponse>, Status> {
         let r = request.get_ref();
         let left_host = required(&r.host_id, "host_id")?;
@@ -93,6 +134,73 @@ impl Fleet for FleetService {
 }
 
 impl FleetService {
+    async fn resource_summary(
+        &self,
+        r: v1::GetResourceSummaryRequest,
+    ) -> Result<v1::GetResourceSummaryResponse, ServerError> {
+        let host = required(&r.host_id, "host_id")?.to_string();
+        if !self.state.hosts.contains_key(&host) {
+            return Err(unknown_host(&host));
+        }
+        let window = if r.window.trim().is_empty() { "1h" } else { r.window.trim() };
+        let window_ms = driftwatch_rules::parse_duration_ms(window)
+            .map_err(|e| ServerError::InvalidArgument(format!("window: {e}")))?;
+        if !(1..=MAX_SUMMARY_WINDOW_MS).contains(&window_ms) {
+            return Err(ServerError::InvalidArgument("window must be between 1ms and 400d".into()));
+        }
+        let to = driftwatch_proto::now_millis();
+        let from = to - window_ms;
+        let reader = self.reader.clone();
+        let h = host.clone();
+        let (raw, rollups) = tokio::task::spawn_blocking(move || {
+            let store = reader.lock().expect("reader lock");
+            Ok::<_, driftwatch_store::StoreError>((
+                store.resource_history(&h, from, to + 1)?,
+                store.resource_rollups(&h, from, to + 1)?,
+            ))
+        })
+        .await
+        .map_err(|e| ServerError::Unavailable(format!("summary task: {e}")))??;
+        let wanted = |m: &str| r.metrics.is_empty() || r.metrics.iter().any(|w| w == m);
+        let mut aggs: BTreeMap<String, Agg> = BTreeMap::new();
+        for roll in rollups.iter().filter(|x| wanted(&x.metric)) {
+            let mid = roll.bucket_ms;
+            aggs.entry(roll.metric.clone()).or_default().add(
+                roll.count,
+                roll.sum,
+                roll.min,
+                roll.max,
+                (mid, roll.mean()),
+            );
+        }
+        for rec in &raw {
+            use prost::Message;
+            let Ok(sample) = v1::ResourceSample::decode(rec.sample.as_slice()) else { continue };
+            for (m, v) in driftwatch_rules::resource_metrics(&sample) {
+                if v.is_finite() && wanted(&m) {
+                    aggs.entry(m).or_default().add(1, v, v, v, (rec.sampled_ms, v));
+                }
+            }
+        }
+        let metrics = aggs
+            .into_iter()
+            .map(|(metric, a)| v1::MetricSummary {
+                metric,
+                count: a.count,
+                avg: a.sum / a.count as f64,
+                min: a.min,
+                max: a.max,
+                last: a.last.1,
+            })
+            .collect();
+        Ok(v1::GetResourceSummaryResponse {
+            host_id: host,
+            from: Some(driftwatch_proto::timestamp_from_millis(from)),
+            to: Some(driftwatch_proto::timestamp_from_millis(to)),
+            metrics,
+        })
+    }
+
     /// The host's effective baseline (left) against its current file (right).
     async fn diff_baseline(&self, host: &str, path: &str) -> Result<v1::DiffResponse, ServerError> {
         let labels = self.state.hosts.get(host).ok_or_else(|| unknown_host(host))?.labels.clone();

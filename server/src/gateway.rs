@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::engine::EvalMsg;
 use crate::error::ServerError;
 use crate::metrics::Metrics;
 use crate::state::{Connection, FileEntry, FleetState, HostEntry};
@@ -39,6 +40,7 @@ pub struct Gateway {
     pub max_agents: usize,
     pub max_files_per_host: usize,
     pub shutdown: tokio_util::sync::CancellationToken,
+    pub engine: crate::engine::EngineHandle,
 }
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
@@ -143,6 +145,7 @@ impl Gateway {
             }
             reset_seqs = true;
         }
+        let relabelled = entry.labels != hello.labels && !entry.files.is_empty();
         entry.labels = hello.labels.clone();
         entry.agent_version = hello.agent_version.clone();
         entry.fleet_key_id = hello.fleet_key_id.clone();
@@ -159,6 +162,10 @@ impl Gateway {
         // Persist labels/version (and a spool change) now; no ack rides on it.
         let _ =
             self.writer.try_send(WriteItem { host: Some(record), reset_file_seqs: reset_seqs, ..Default::default() });
+        if relabelled {
+            // Which rules select the host may have changed.
+            self.engine.send(EvalMsg::Reevaluate { host: Some(id.to_string()) });
+        }
         Ok((id.to_string(), conn_id, acks_rx, welcome))
     }
 }
@@ -242,6 +249,8 @@ impl ConnTask {
         }
         validate_files(&s.files)?;
         let now = driftwatch_proto::now_millis();
+        let mut evals = Vec::new();
+        let mut changed = Vec::new();
         let item = {
             let Some(mut h) = self.gw.state.hosts.get_mut(&self.host_id) else {
                 return Err(ServerError::Unavailable("host entry vanished".into()));
@@ -286,7 +295,9 @@ impl ConnTask {
                     updated_ms: now,
                     state: entry.encoded().to_vec(),
                 });
-                h.files.insert(f.path, entry);
+                let current = entry.shared();
+                let previous = h.files.insert(f.path.clone(), entry).map(|old| old.shared());
+                changed.push((f.path, previous, Some(current)));
             }
             if s.full && s.full_last {
                 // The listing that started at `first` is complete: what it did not
@@ -295,6 +306,7 @@ impl ConnTask {
                 let gone: Vec<String> = h.files.iter().filter(|(_, f)| f.seq < first).map(|(p, _)| p.clone()).collect();
                 for p in gone {
                     h.files.remove(&p);
+                    changed.push((p.clone(), None, None));
                     item.removed_files.push((self.host_id.clone(), p));
                 }
             }
@@ -306,12 +318,20 @@ impl ConnTask {
                     sampled_ms,
                     sample: r.encode_to_vec(),
                 });
+                evals.push(EvalMsg::Resource { host: self.host_id.clone(), sample: Box::new(r.clone()) });
                 h.resources = Some(r);
             }
             h.applied_seq = s.seq;
             item.host = Some(h.record(&self.host_id));
             item
         };
+        // Rules see the change now; the engine never makes ingest wait.
+        for (path, previous, current) in changed {
+            self.gw.engine.file_changed(&self.host_id, &path, previous, current);
+        }
+        for m in evals {
+            self.gw.engine.send(m);
+        }
         self.gw.writer.send(item).await.map_err(|_| ServerError::Unavailable("server is shutting down".into()))
     }
 

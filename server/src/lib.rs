@@ -3,13 +3,17 @@
 //!
 //! Entry point: [`start`] (used by `main.rs`, `driftwatch up` and the tests).
 
+pub mod alerts;
 pub mod baselines;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod fleet;
 pub mod gateway;
 pub mod metrics;
+pub mod rules_service;
 pub mod selector;
+pub mod silences;
 pub mod state;
 pub mod writer;
 
@@ -18,7 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use driftwatch_proto::v1::{
-    agent_gateway_server::AgentGatewayServer, baselines_server::BaselinesServer, fleet_server::FleetServer,
+    agent_gateway_server::AgentGatewayServer, alerts_server::AlertsServer, baselines_server::BaselinesServer,
+    fleet_server::FleetServer, rules_server::RulesServer,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -31,11 +36,14 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// A started server. Dropping it does not stop it: call [`RunningServer::stop`].
 pub struct RunningServer {
     pub grpc_addr: SocketAddr,
-    /// The rules loaded from `--rules`, checked at start.
+    /// The rules loaded from `--rules`, checked at start (reloads replace them in
+    /// the engine; `Rules.ListRules` shows the running set).
     pub rules: Option<Arc<driftwatch_rules::RuleSet>>,
     pub metrics_addr: Option<SocketAddr>,
     pub state: Arc<state::FleetState>,
     pub metrics: Arc<metrics::Metrics>,
+    /// The rule engine (tests use `flush` to wait for evaluation).
+    pub engine: engine::EngineHandle,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -53,7 +61,10 @@ impl RunningServer {
 
     /// Wait until the server has stopped (after `shutdown`, or on a fatal error).
     pub async fn wait(self) -> Result<()> {
-        match self.task.await {
+        // Our engine handle would keep the engine (and so the writer) running.
+        let Self { task, engine, .. } = self;
+        drop(engine);
+        match task.await {
             Ok(r) => r,
             Err(e) => Err(ServerError::Unavailable(format!("server task failed: {e}"))),
         }
@@ -69,16 +80,25 @@ impl RunningServer {
 /// Open storage, load the last known state, bind the listeners and start serving.
 pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let db_path = config.sqlite_path();
-    let (store, hosts, files, resources, baseline_records) = tokio::task::spawn_blocking(move || {
+    let (store, reader, loaded) = tokio::task::spawn_blocking(move || {
         let store = driftwatch_store::Store::open(&db_path)?;
-        let hosts = store.load_hosts()?;
-        let files = store.load_files()?;
-        let resources = store.latest_resources()?;
-        let baselines = store.load_baselines()?;
-        Ok::<_, ServerError>((store, hosts, files, resources, baselines))
+        // A second connection for reads (history, events): WAL lets it read while the writer commits.
+        let reader = driftwatch_store::Store::open(&db_path)?;
+        let loaded = Loaded {
+            hosts: store.load_hosts()?,
+            files: store.load_files()?,
+            resources: store.latest_resources()?,
+            baselines: store.load_baselines()?,
+            alerts: store.load_alerts()?,
+            silences: store.load_silences()?,
+            max_event_id: store.max_event_id()?,
+        };
+        Ok::<_, ServerError>((store, reader, loaded))
     })
     .await
     .map_err(|e| ServerError::Unavailable(format!("store open task failed: {e}")))??;
+    let reader = Arc::new(std::sync::Mutex::new(reader));
+    let Loaded { hosts, files, resources, baselines: baseline_records, alerts, silences, max_event_id } = loaded;
 
     let state = state::FleetState::new();
     let (n_hosts, n_files) = (hosts.len(), files.len());
@@ -106,6 +126,21 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
 
     let metrics = metrics::Metrics::new();
     let (writer_tx, writer_thread) = writer::spawn(store, state.clone(), metrics.clone(), config.max_batch);
+    tracing::info!(alerts = alerts.len(), silences = silences.len(), last_event = max_event_id, "alert state loaded");
+    let (engine, engine_thread) = engine::spawn(engine::EngineInit {
+        rules: rules.clone(),
+        state: state.clone(),
+        baselines: baseline_set.clone(),
+        writer: writer_tx.clone(),
+        metrics: metrics.clone(),
+        reader: Some(reader.clone()),
+        alerts,
+        silences,
+        max_event_id,
+        retention: config.retention,
+    });
+    let rules_handle =
+        rules_service::RulesHandle::new(config.rules.clone(), rules.clone(), engine.clone(), metrics.clone());
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let grpc_addr = listener.local_addr()?;
@@ -127,15 +162,25 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         max_agents: config.max_agents,
         max_files_per_host: config.max_files_per_host,
         shutdown: shutdown.clone(),
+        engine: engine.clone(),
     };
-    let fleet = fleet::FleetService { state: state.clone(), baselines: baseline_set.clone() };
-    let baselines =
-        baselines::BaselinesService { state: state.clone(), baselines: baseline_set, writer: gateway.writer.clone() };
+    let fleet = fleet::FleetService { state: state.clone(), baselines: baseline_set.clone(), reader: reader.clone() };
+    let baselines = baselines::BaselinesService {
+        state: state.clone(),
+        baselines: baseline_set,
+        writer: gateway.writer.clone(),
+        engine: engine.clone(),
+    };
+    let alerts_service = alerts::AlertsService { engine: engine.clone(), state: state.clone(), reader };
+    let rules_watcher = rules_handle.watch(shutdown.clone());
+    let rules_grpc = rules_service::RulesService { rules: rules_handle, state: state.clone() };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AgentGatewayServer<gateway::Gateway>>().await;
     health_reporter.set_serving::<FleetServer<fleet::FleetService>>().await;
     health_reporter.set_serving::<BaselinesServer<baselines::BaselinesService>>().await;
+    health_reporter.set_serving::<AlertsServer<alerts::AlertsService>>().await;
+    health_reporter.set_serving::<RulesServer<rules_service::RulesService>>().await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -155,6 +200,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         .add_service(AgentGatewayServer::new(gateway).max_decoding_message_size(config.max_message_bytes))
         .add_service(FleetServer::new(fleet))
         .add_service(BaselinesServer::new(baselines))
+        .add_service(AlertsServer::new(alerts_service))
+        .add_service(RulesServer::new(rules_grpc))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -193,7 +240,15 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         if let Some(t) = metrics_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
-        // The router (and every writer sender it held) is gone: the writer flushes and exits.
+        // The router (and every engine handle it held) is gone; with the rules watcher
+        // stopped, the engine drains its queue and exits, then the writer flushes and exits.
+        if let Some(w) = rules_watcher {
+            let _ = w.await;
+        }
+        let joined = tokio::task::spawn_blocking(move || engine_thread.join());
+        if tokio::time::timeout(DRAIN_DEADLINE, joined).await.is_err() {
+            tracing::warn!("rule engine did not finish within the deadline");
+        }
         let joined = tokio::task::spawn_blocking(move || writer_thread.join());
         if tokio::time::timeout(DRAIN_DEADLINE, joined).await.is_err() {
             tracing::warn!("store writer did not finish within the deadline");
@@ -202,5 +257,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         result.map_err(ServerError::from)
     });
 
-    Ok(RunningServer { grpc_addr, rules, metrics_addr, state, metrics, shutdown, task })
+    Ok(RunningServer { grpc_addr, rules, metrics_addr, state, metrics, engine, shutdown, task })
+}
+
+/// What the server reads back from the store at start.
+struct Loaded {
+    hosts: Vec<driftwatch_store::HostRecord>,
+    files: Vec<driftwatch_store::FileRecord>,
+    resources: Vec<driftwatch_store::ResourceRecord>,
+    baselines: Vec<driftwatch_store::BaselineRecord>,
+    alerts: Vec<driftwatch_store::AlertRecord>,
+    silences: Vec<driftwatch_store::SilenceRecord>,
+    max_event_id: u64,
 }

@@ -22,6 +22,15 @@ pub struct Metrics {
     pub store_commit_seconds: Histogram,
     pub store_batch_items: Histogram,
     pub store_errors: Counter,
+    pub rule_evaluations: Counter,
+    pub rule_evaluation_errors: Counter,
+    pub rule_queue_overflows: Counter,
+    pub rule_eval_seconds: Histogram,
+    pub alert_events: Counter,
+    pub rules_loaded: Gauge,
+    pub rules_last_reload_success: Gauge,
+    pub rules_reloads: Counter,
+    pub rules_reload_failures: Counter,
     /// False once the store writer has failed its last commit.
     pub healthy: AtomicBool,
 }
@@ -63,8 +72,55 @@ impl Metrics {
         registry.register("store_batch_items", "Items per store transaction", store_batch_items.clone());
         let store_errors = Counter::default();
         registry.register("store_errors", "Failed store commits (retried)", store_errors.clone());
+        let rule_evaluations = Counter::default();
+        registry.register("rule_evaluations", "Rule outcomes computed (rule x subject)", rule_evaluations.clone());
+        let rule_evaluation_errors = Counter::default();
+        registry.register(
+            "rule_evaluation_errors",
+            "Rule evaluations that failed (wrong value type, missing history); the alert state is held",
+            rule_evaluation_errors.clone(),
+        );
+        let rule_queue_overflows = Counter::default();
+        registry.register(
+            "rule_queue_overflows",
+            "Changes not queued for evaluation because the engine was behind (the fleet is re-evaluated instead)",
+            rule_queue_overflows.clone(),
+        );
+        let rule_eval_seconds = Histogram::new(exponential_buckets(0.000_001, 4.0, 14));
+        registry.register(
+            "rule_eval_seconds",
+            "Time to evaluate one change against the rules",
+            rule_eval_seconds.clone(),
+        );
+        let alert_events = Counter::default();
+        registry.register("alert_events", "Alert events recorded (transitions, acks, silences)", alert_events.clone());
+        let rules_loaded = Gauge::default();
+        registry.register("rules_loaded", "Rules currently evaluated", rules_loaded.clone());
+        let rules_last_reload_success = Gauge::default();
+        registry.register(
+            "rules_last_reload_success",
+            "1 when the last rules (re)load succeeded, 0 when it failed and the previous rules run",
+            rules_last_reload_success.clone(),
+        );
+        let rules_reloads = Counter::default();
+        registry.register("rules_reloads", "Rules directory reload attempts", rules_reloads.clone());
+        let rules_reload_failures = Counter::default();
+        registry.register(
+            "rules_reload_failures",
+            "Rules directory reloads refused (errors)",
+            rules_reload_failures.clone(),
+        );
         Arc::new(Self {
             registry,
+            rule_evaluations,
+            rule_evaluation_errors,
+            rule_queue_overflows,
+            rule_eval_seconds,
+            alert_events,
+            rules_loaded,
+            rules_last_reload_success,
+            rules_reloads,
+            rules_reload_failures,
             connected_agents,
             snapshots_ingested,
             snapshots_duplicate,

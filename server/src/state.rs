@@ -27,7 +27,8 @@ pub struct Connection {
 /// most of the server's memory. Queries decode the few files they return.
 #[derive(Debug, Clone)]
 pub struct FileEntry {
-    encoded: Box<[u8]>,
+    /// Shared so the rule engine can take a version without copying it.
+    encoded: Arc<[u8]>,
     /// `FileStatus` as i32, kept decoded for host summaries.
     pub status: i32,
     pub seq: u64,
@@ -37,19 +38,24 @@ pub struct FileEntry {
 impl FileEntry {
     pub fn new(state: &FileState, seq: u64, updated_ms: i64) -> Self {
         use prost::Message;
-        Self { encoded: state.encode_to_vec().into_boxed_slice(), status: state.status, seq, updated_ms }
+        Self { encoded: state.encode_to_vec().into(), status: state.status, seq, updated_ms }
     }
 
     /// From stored bytes; None when they do not decode.
     pub fn from_encoded(bytes: Vec<u8>, seq: u64, updated_ms: i64) -> Option<Self> {
         use prost::Message;
         let state = FileState::decode(bytes.as_slice()).ok()?;
-        Some(Self { encoded: bytes.into_boxed_slice(), status: state.status, seq, updated_ms })
+        Some(Self { encoded: bytes.into(), status: state.status, seq, updated_ms })
     }
 
     /// The encoded `FileState`, as stored.
     pub fn encoded(&self) -> &[u8] {
         &self.encoded
+    }
+
+    /// The encoded `FileState`, shared.
+    pub fn shared(&self) -> Arc<[u8]> {
+        self.encoded.clone()
     }
 
     pub fn state(&self) -> FileState {

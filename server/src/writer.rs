@@ -29,6 +29,23 @@ pub struct WriteItem {
     pub ops: Vec<Op>,
     /// Told once this item is durable (control-plane writes wait on it).
     pub done: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Store housekeeping (retention) run on the writer thread after this item's commit.
+    pub maintenance: Option<Maintenance>,
+}
+
+/// Work that needs the writer's connection but is not a batch (retention passes).
+pub struct Maintenance(Box<dyn FnOnce(&mut Store) + Send>);
+
+impl Maintenance {
+    pub fn new(f: impl FnOnce(&mut Store) + Send + 'static) -> Self {
+        Self(Box::new(f))
+    }
+}
+
+impl std::fmt::Debug for Maintenance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Maintenance")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +153,11 @@ fn commit(store: &mut Store, state: &FleetState, metrics: &Metrics, items: &mut 
                     changed
                 });
             }
+        }
+    }
+    for i in items.iter_mut() {
+        if let Some(m) = i.maintenance.take() {
+            (m.0)(store);
         }
     }
     if items.iter().any(|i| i.ack.is_some()) {

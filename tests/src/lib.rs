@@ -167,3 +167,61 @@ pub fn replace_file(path: &Path, content: &str) {
     std::fs::write(&tmp, content).expect("write temp");
     std::fs::rename(&tmp, path).expect("rename");
 }
+
+/// A protocol-level agent: Hello, then snapshots carrying resource samples (for
+/// resource levels a test machine cannot reach: 6 GiB used, 12 cores busy).
+pub struct SampleAgent {
+    tx: tokio::sync::mpsc::Sender<v1::AgentMessage>,
+    inbound: tonic::Streaming<v1::ServerMessage>,
+    seq: u64,
+}
+
+impl SampleAgent {
+    pub async fn connect(url: &str, host: &str, labels: &[(&str, &str)]) -> Self {
+        let ch =
+            tonic::transport::Endpoint::from_shared(url.to_string()).expect("url").connect().await.expect("connect");
+        let mut gw = v1::agent_gateway_client::AgentGatewayClient::new(ch);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let labels: std::collections::BTreeMap<String, String> =
+            labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        tx.send(v1::AgentMessage {
+            kind: Some(v1::agent_message::Kind::Hello(v1::Hello {
+                host_id: host.into(),
+                labels,
+                agent_version: "test".into(),
+                spool_id: "samples".into(),
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let mut inbound = gw.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let welcome = tokio_stream::StreamExt::next(&mut inbound).await.unwrap().unwrap();
+        assert!(matches!(welcome.kind, Some(v1::server_message::Kind::Welcome(_))));
+        Self { tx, inbound, seq: 0 }
+    }
+
+    /// Send samples `(time_ms, memory_used_bytes, cpu_cores_used)` and wait for their ack.
+    pub async fn send(&mut self, samples: &[(i64, f64, f64)]) {
+        for &(t, mem, cores) in samples {
+            self.seq += 1;
+            let r = v1::ResourceSample {
+                sampled_at: Some(driftwatch_proto::timestamp_from_millis(t)),
+                cpu_cores_used: cores,
+                cpu_percent: cores / 16.0 * 100.0,
+                cpu_count: 16,
+                memory_total_bytes: 64 << 30,
+                memory_used_bytes: mem as u64,
+                ..Default::default()
+            };
+            let snap = v1::Snapshot { seq: self.seq, resources: Some(r), ..Default::default() };
+            self.tx.send(v1::AgentMessage { kind: Some(v1::agent_message::Kind::Snapshot(snap)) }).await.unwrap();
+        }
+        loop {
+            match tokio_stream::StreamExt::next(&mut self.inbound).await.unwrap().unwrap().kind {
+                Some(v1::server_message::Kind::Ack(a)) if a.seq >= self.seq => break,
+                _ => {}
+            }
+        }
+    }
+}

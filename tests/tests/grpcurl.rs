@@ -30,10 +30,13 @@ async fn readme_grpcurl_tour_works() {
     let dir = tempfile::tempdir().unwrap();
     let configs = dir.path().join("configs");
     copy_fixtures(&configs);
-    let server = start_server(&dir.path().join("server")).await;
-    let agent =
-        start_agent(agent_config(&server, "web-1", &dir.path().join("agent"), &[format!("{}/**", configs.display())]))
-            .await;
+    let mut cfg = driftwatch_server::ServerConfig::for_tests(dir.path().join("server"));
+    cfg.rules = Some(example_configs().join("../rules"));
+    let server = start_server_with(cfg).await;
+    let mut acfg = agent_config(&server, "web-1", &dir.path().join("agent"), &[format!("{}/**", configs.display())]);
+    acfg.labels =
+        [("env".to_string(), "production".to_string()), ("service".to_string(), "web2img".to_string())].into();
+    let agent = start_agent(acfg).await;
     let env = configs.join("web2img/.env.production");
     let mut c = fleet_client(&server).await;
     wait_file(&mut c, "web-1", &env, "parsed", |s| !s.keys.is_empty()).await;
@@ -46,6 +49,8 @@ async fn readme_grpcurl_tour_works() {
         "driftwatch.v1.AgentGateway",
         "driftwatch.v1.Fleet",
         "driftwatch.v1.Baselines",
+        "driftwatch.v1.Alerts",
+        "driftwatch.v1.Rules",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     ] {
@@ -72,6 +77,44 @@ async fn readme_grpcurl_tour_works() {
     let body = format!("{{\"host_id\":\"web-1\",\"path\":\"{}\",\"against_baseline\":true}}", env.display());
     let (ok, out) = run(a(&["-plaintext", "-d", &body, &addr, "driftwatch.v1.Fleet/Diff"])).await;
     assert!(ok && out.contains("\"baselineName\": \"tuned\""), "{out}");
+
+    // The README's alert tour: a regression fires, is silenced, resolves; events and rules.
+    let text = std::fs::read_to_string(&env).unwrap();
+    replace_file(&env, &text.replace("WORKERS=8", "WORKERS=16"));
+    let firing = wait_for("workers alert via grpcurl", std::time::Duration::from_secs(20), || {
+        let addr = addr.clone();
+        async move {
+            let (ok, out) = run(vec!["-plaintext".into(), addr, "driftwatch.v1.Alerts/ListAlerts".into()]).await;
+            (ok && out.contains("\"rule\": \"workers-above-12\"") && out.contains("ALERT_STATE_FIRING")).then_some(out)
+        }
+    })
+    .await;
+    assert!(firing.contains("SEVERITY_HIGH"), "{firing}");
+    let silence = r#"{"matchers":[{"name":"alertname","value":"workers-above-12"}],"duration":"1h","created_by":"me","comment":"tuning"}"#;
+    let (ok, out) = run(a(&["-plaintext", "-d", silence, &addr, "driftwatch.v1.Alerts/CreateSilence"])).await;
+    assert!(ok && out.contains("SILENCE_STATE_ACTIVE"), "{out}");
+    let (ok, out) = run(a(&["-plaintext", &addr, "driftwatch.v1.Alerts/ListSilences"])).await;
+    assert!(ok && out.contains("workers-above-12"), "{out}");
+    replace_file(&env, &text);
+    let resolved = r#"{"states":["ALERT_STATE_RESOLVED"]}"#;
+    wait_for("resolved via grpcurl", std::time::Duration::from_secs(20), || {
+        let a = a(&["-plaintext", "-d", resolved, &addr, "driftwatch.v1.Alerts/ListAlerts"]);
+        async move {
+            let (ok, out) = run(a).await;
+            (ok && out.contains("workers-above-12")).then_some(())
+        }
+    })
+    .await;
+    let (ok, out) = run(a(&["-plaintext", "-d", r#"{"after_id":0}"#, &addr, "driftwatch.v1.Alerts/ListEvents"])).await;
+    assert!(ok && out.contains("ALERT_EVENT_KIND_FIRED") && out.contains("ALERT_EVENT_KIND_SILENCED"), "{out}");
+    assert!(out.contains("ALERT_EVENT_KIND_RESOLVED"), "{out}");
+    let (ok, out) = run(a(&["-plaintext", &addr, "driftwatch.v1.Rules/ListRules"])).await;
+    assert!(ok && out.contains("browser-pool-max-size-above-20") && out.contains("\"ok\": true"), "{out}");
+    let (ok, out) = run(a(&["-plaintext", &addr, "driftwatch.v1.Rules/CheckRules"])).await;
+    assert!(ok && out.contains("\"ok\": true"), "{out}");
+    let body = r#"{"host_id":"web-1","window":"1h"}"#;
+    let (ok, out) = run(a(&["-plaintext", "-d", body, &addr, "driftwatch.v1.Fleet/GetResourceSummary"])).await;
+    assert!(ok && out.contains("\"hostId\": \"web-1\""), "{out}");
 
     let (ok, out) = run(a(&["-plaintext", &addr, "grpc.health.v1.Health/Check"])).await;
     assert!(ok && out.contains("SERVING"), "{out}");

@@ -20,6 +20,10 @@ pub enum BaselineCmd {
         /// Apply to every host this label selector matches (e.g. service=web2img,env=production).
         #[arg(long)]
         selector: Option<String>,
+        /// Also capture the host's latest resource sample as expectations (resource rules see
+        /// them as `baseline`); optionally only these metrics (comma separated).
+        #[arg(long, value_name = "METRICS", num_args = 0..=1, default_missing_value = "")]
+        resources: Option<String>,
         /// Why (recorded with the version).
         #[arg(long, default_value = "")]
         reason: String,
@@ -56,6 +60,12 @@ pub enum BaselineCmd {
         /// The host to promote values from.
         #[arg(long)]
         from_host: Option<String>,
+        /// METRIC=VALUE resource expectation to set (PATH may then be `-`); repeatable.
+        #[arg(long = "resource", value_name = "METRIC=VALUE")]
+        resources: Vec<String>,
+        /// A resource expectation to drop; repeatable.
+        #[arg(long = "remove-resource", value_name = "METRIC")]
+        remove_resources: Vec<String>,
         #[arg(long, default_value = "")]
         reason: String,
         #[arg(long, env = "USER", default_value = "")]
@@ -95,7 +105,7 @@ fn key_value(s: &str) -> anyhow::Result<v1::KeyValue> {
 pub async fn run(channel: Channel, out: Output, cmd: BaselineCmd) -> anyhow::Result<()> {
     let mut c = BaselinesClient::new(channel.clone());
     let b = match cmd {
-        BaselineCmd::Pin { host_id, name, path, selector, reason, author } => {
+        BaselineCmd::Pin { host_id, name, path, selector, resources, reason, author } => {
             let r = v1::PinBaselineRequest {
                 host_id,
                 name,
@@ -103,6 +113,14 @@ pub async fn run(channel: Channel, out: Output, cmd: BaselineCmd) -> anyhow::Res
                 selector: selector.unwrap_or_default(),
                 author,
                 reason,
+                include_resources: resources.is_some(),
+                resource_metrics: resources
+                    .iter()
+                    .flat_map(|m| m.split(','))
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .map(String::from)
+                    .collect(),
             };
             c.pin_baseline(r).await.map_err(crate::status_err)?.into_inner()
         }
@@ -121,11 +139,32 @@ pub async fn run(channel: Channel, out: Output, cmd: BaselineCmd) -> anyhow::Res
             }
             return Ok(());
         }
-        BaselineCmd::Set { name, path, set, remove, promote, from_host, reason, author } => {
+        BaselineCmd::Set {
+            name,
+            path,
+            set,
+            remove,
+            promote,
+            from_host,
+            resources,
+            remove_resources,
+            reason,
+            author,
+        } => {
             let set = set.iter().map(|s| key_value(s)).collect::<anyhow::Result<Vec<_>>>()?;
+            let set_resources = resources
+                .iter()
+                .map(|s| {
+                    let (m, v) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("{s:?} is not METRIC=VALUE"))?;
+                    let value: f64 = v.trim().parse().map_err(|_| anyhow::anyhow!("{s:?}: {v:?} is not a number"))?;
+                    Ok(v1::ResourceExpectation { metric: m.trim().to_string(), value })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let r = v1::SetBaselineKeysRequest {
                 name,
-                path,
+                path: if path == "-" { String::new() } else { path },
+                set_resources,
+                remove_resources,
                 set,
                 remove,
                 promote_from_host_id: from_host.unwrap_or_default(),
@@ -193,6 +232,12 @@ fn detail(b: &v1::Baseline) -> String {
     for f in &b.files {
         out.push_str(&format!("\n{}\n", f.path));
         out.push_str(&crate::keys_table(&f.keys, "EXPECTED"));
+    }
+    if !b.resources.is_empty() {
+        let rows: Vec<Vec<String>> =
+            b.resources.iter().map(|r| vec![r.metric.clone(), format!("{}", r.value)]).collect();
+        out.push_str("\nresources\n");
+        out.push_str(&table(&["METRIC", "EXPECTED"], &rows));
     }
     out
 }

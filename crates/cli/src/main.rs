@@ -1,7 +1,9 @@
 //! `driftwatch`: the operator CLI, and `driftwatch up` (the one-command tour).
 
+mod alerts;
 mod baseline;
 mod output;
+mod rules_test;
 mod up;
 
 use std::time::Duration;
@@ -37,6 +39,19 @@ enum Command {
     /// Baselines: pin a host's state, show, list, edit, diff against, delete.
     #[command(subcommand)]
     Baseline(baseline::BaselineCmd),
+    /// List alerts (default: pending and firing), or show one with --show ID.
+    Alerts(alerts::AlertsArgs),
+    /// Acknowledge an alert's current episode (ID: as `driftwatch alerts` shows it).
+    Ack {
+        id: String,
+        #[arg(long, short = 'c', default_value = "")]
+        comment: String,
+        #[arg(long, env = "USER", default_value = "")]
+        by: String,
+    },
+    /// Silences: mute alerts matching labels for a while.
+    #[command(subcommand)]
+    Silence(alerts::SilenceCmd),
     /// List hosts (optionally filtered by labels), or show one host in detail.
     Hosts {
         /// Show this host: labels, agent, resources and every watched file.
@@ -79,6 +94,15 @@ enum RulesCmd {
         /// The rules directory (*.yaml, *.yml).
         dir: std::path::PathBuf,
     },
+    /// Run rule unit tests (YAML test files, as `promtool test rules`): replay file
+    /// snapshots, resource series and agent connectivity through the rules and check the
+    /// alerts at given times. Prints `PASS name` / `FAIL name` with what differed; exit code
+    /// 1 on any failure or error. Needs no server.
+    Test {
+        /// Test files.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
 }
 
 fn rules_check(dir: &std::path::Path, out: Output) -> anyhow::Result<bool> {
@@ -118,6 +142,12 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            Command::Rules(RulesCmd::Test { files }) => {
+                if !rules_test::run(&files, cli.output) {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
             cmd => query(&cli.server, cli.output, cmd).await,
         }
     })
@@ -153,6 +183,9 @@ async fn query(server: &str, out: Output, cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Up(_) | Command::Rules(_) => unreachable!("handled in main"),
         Command::Baseline(b) => baseline::run(ch, out, b).await?,
+        Command::Alerts(a) => alerts::list(ch, out, a).await?,
+        Command::Ack { id, comment, by } => alerts::ack(ch, out, id, by, comment).await?,
+        Command::Silence(cmd) => alerts::silence(ch, out, cmd).await?,
         Command::Hosts { host_id: None, selector } => {
             let r = c
                 .list_hosts(v1::ListHostsRequest { selector: selector.unwrap_or_default() })

@@ -67,6 +67,15 @@ pub fn ts(t: &Option<prost_types::Timestamp>) -> String {
     }
 }
 
+/// `in 2h` for a time in the future (`3s ago` once past).
+pub fn until(t: &prost_types::Timestamp) -> String {
+    let ahead = driftwatch_proto::timestamp_millis(t) - driftwatch_proto::now_millis();
+    if ahead <= 0 {
+        return human_age(-ahead);
+    }
+    format!("in {}", human_age(ahead).trim_end_matches(" ago"))
+}
+
 /// `3s ago`, `5m ago`, `2h ago`, `4d ago`.
 pub fn human_age(ms: i64) -> String {
     let s = ms.max(0) / 1000;

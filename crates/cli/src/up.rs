@@ -29,7 +29,8 @@ pub struct UpArgs {
     /// Host id of the local agent [default: this machine's host name].
     #[arg(long)]
     host_id: Option<String>,
-    /// Labels of the local agent, K=V; repeatable [default: env=production, role=demo].
+    /// Labels of the local agent, K=V; repeatable [default: env=production, service=web2img, so the
+    /// example web2img rules apply; `--label env=production --label service=gguf-sync` for the others].
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
     /// Resource sampling interval of the local agent.
@@ -86,7 +87,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     if labels.is_empty() {
         labels.insert("env".into(), "production".into());
-        labels.insert("role".into(), "demo".into());
+        labels.insert("service".into(), "web2img".into());
     }
     let agent_cfg = AgentConfig::resolve(
         AgentFile {

@@ -153,6 +153,109 @@ async fn hosts_file_diff_in_table_and_json() {
     server.stop().await.unwrap();
 }
 
+/// `driftwatch alerts`, `ack`, `silence add|list|expire` and `baseline pin --resources`
+/// against a server evaluating a rule on a real agent's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_ack_and_silences() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("r.yaml"),
+        "groups:\n  - name: app\n    rules:\n      - name: workers-high\n        target: {file: \"*.env\", key: WORKERS}\n        expr: \"is_number(value) && double(value) > 10.0\"\n        severity: high\n",
+    )
+    .unwrap();
+    let env = dir.path().join("app.env");
+    std::fs::write(&env, "WORKERS=16\n").unwrap();
+    let mut cfg = driftwatch_server::ServerConfig::for_tests(dir.path().join("srv"));
+    cfg.rules = Some(rules);
+    let server = driftwatch_server::start(cfg).await.unwrap();
+    let url = format!("http://{}", server.grpc_addr);
+    let agent_cfg = driftwatch_agent::AgentConfig::resolve(
+        driftwatch_agent::AgentFile {
+            server: Some(url.clone()),
+            host_id: Some("cli-host".into()),
+            watch: vec![WatchEntry::Plain(env.display().to_string())],
+            resource_interval: Some("200ms".into()),
+            state_dir: Some(dir.path().join("agent")),
+            insecure: Some(true),
+            ..Default::default()
+        },
+        "test",
+    )
+    .unwrap();
+    let agent = driftwatch_agent::start(agent_cfg).await.unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
+    let mut alerts = v1::alerts_client::AlertsClient::new(ch.clone());
+    let mut fleet = v1::fleet_client::FleetClient::new(ch);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let fp = loop {
+        let l = alerts.list_alerts(v1::ListAlertsRequest::default()).await.unwrap().into_inner().alerts;
+        let resources = fleet
+            .get_host(v1::GetHostRequest { host_id: "cli-host".into() })
+            .await
+            .is_ok_and(|h| h.into_inner().summary.is_some_and(|s| s.resources.is_some()));
+        if let Some(a) = l.iter().find(|a| a.state == v1::AlertState::Firing as i32)
+            && resources
+        {
+            break a.fingerprint.clone();
+        }
+        assert!(Instant::now() < deadline, "alert never fired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let u = url.clone();
+    let short = fp[..8].to_string();
+    let results = tokio::task::spawn_blocking(move || {
+        let list = cli(&u, &["alerts"]);
+        let show = cli(&u, &["alerts", "--show", &short]);
+        let ack = cli(&u, &["ack", &short, "--comment", "looking", "--by", "alice"]);
+        let acked = cli(&u, &["--output", "json", "alerts", "--severity", "high"]);
+        let bad_sev = cli(&u, &["alerts", "--severity", "urgent"]);
+        let silence = cli(&u, &["silence", "add", "alertname=workers-high", "host=~cli-.*", "-d", "1h", "--by", "bob"]);
+        let silences = cli(&u, &["silence", "list"]);
+        let bad_silence = cli(&u, &["silence", "add", "host=~(", "--by", "bob"]);
+        let id = silence.1.trim().to_string();
+        let expire = cli(&u, &["silence", "expire", &id]);
+        let expire_again = cli(&u, &["silence", "expire", &id]);
+        let unknown = cli(&u, &["ack", "ffffffff"]);
+        let pin = cli(&u, &["baseline", "pin", "cli-host", "res", "--resources", "memory_used_bytes,cpu_cores_used"]);
+        vec![list, show, ack, acked, bad_sev, silence, silences, bad_silence, expire, expire_again, unknown, pin]
+    })
+    .await
+    .unwrap();
+    let (ok, out, err) = &results[0];
+    assert!(*ok && out.starts_with("ID") && out.contains("workers-high") && out.contains("firing"), "{out}{err}");
+    assert!(out.contains(&format!("{} WORKERS", env.display())) && out.contains("high"), "{out}");
+    let (ok, out, _) = &results[1];
+    assert!(*ok && out.contains(&fp) && out.contains("rule") && out.contains("app/workers-high"), "{out}");
+    let (ok, out, err) = &results[2];
+    assert!(*ok && out.starts_with("acknowledged"), "{out}{err}");
+    let (ok, out, _) = &results[3];
+    let j: serde_json::Value = serde_json::from_str(out).unwrap();
+    assert!(*ok && j["alerts"][0]["acknowledged"]["by"] == "alice", "{out}");
+    let (ok, _, err) = &results[4];
+    assert!(!*ok && err.contains("unknown severity"), "{err}");
+    let (ok, out, err) = &results[5];
+    assert!(*ok && out.trim().len() == 32, "{out}{err}");
+    let (ok, out, _) = &results[6];
+    assert!(*ok && out.contains("active") && out.contains("alertname=workers-high,host=~cli-.*"), "{out}");
+    let (ok, _, err) = &results[7];
+    assert!(!*ok && err.contains("invalid argument") && err.contains("invalid regex"), "{err}");
+    let (ok, out, _) = &results[8];
+    assert!(*ok && out.starts_with("expired"), "{out}");
+    let (ok, _, err) = &results[9];
+    assert!(!*ok && err.contains("already expired"), "{err}");
+    let (ok, _, err) = &results[10];
+    assert!(!*ok && err.contains("not found"), "{err}");
+    let (ok, out, err) = &results[11];
+    assert!(
+        *ok && out.contains("resources") && out.contains("memory_used_bytes") && out.contains("cpu_cores_used"),
+        "{out}{err}"
+    );
+    agent.stop().await.unwrap();
+    server.stop().await.unwrap();
+}
+
 #[test]
 fn unreachable_server_is_a_clear_error() {
     let (ok, _, err) = cli("http://127.0.0.1:1", &["hosts"]);

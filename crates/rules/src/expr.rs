@@ -14,17 +14,17 @@
 //!   rate/trend) is an evaluation error.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use cel::common::ast::{EntryExpr, Expr, LiteralValue};
-use cel::objects::{Key, Map};
+use cel::context::VariableResolver;
+use cel::objects::Key;
 use cel::{Context, ExecutionError, FunctionContext, IdedExpr, Program};
-use driftwatch_proto::v1::value::Kind;
 
 use crate::duration::parse_duration_ms;
 
-pub(crate) const HISTORY_FUNCTIONS: [&str; 7] = ["avg", "min_over", "max_over", "rate", "trend", "zscore", "samples"];
+const HISTORY_FUNCTIONS: [&str; 7] = ["avg", "min_over", "max_over", "rate", "trend", "zscore", "samples"];
 const CUSTOM_FUNCTIONS: [&str; 4] = ["is_masked", "is_number", "seconds", "octal"];
 /// Operators and standard functions of the `cel` crate's standard environment (as far as
 /// this crate enables it: no chrono, no extensions).
@@ -75,6 +75,8 @@ const STD_FUNCTIONS: &[&str] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ExprKind {
     File,
+    /// A file rule with `target.schema`: the file variables plus `schema_errors`.
+    Schema,
     Resource,
     Agent,
 }
@@ -83,10 +85,33 @@ impl ExprKind {
     fn variables(self) -> &'static [&'static str] {
         match self {
             ExprKind::File => &["value", "baseline", "previous", "file", "meta", "host", "key", "path"],
+            ExprKind::Schema => {
+                &["value", "baseline", "previous", "file", "meta", "host", "key", "path", "schema_errors"]
+            }
             ExprKind::Resource => &["value", "baseline", "previous", "host", "metric"],
             ExprKind::Agent => &["value", "host", "connected", "last_seen"],
         }
     }
+}
+
+/// Every variable any rule kind has; [`Compiled::uses`] is a bit set over this list.
+pub(crate) const VARIABLES: [&str; 12] = [
+    "value",
+    "baseline",
+    "previous",
+    "key",
+    "path",
+    "file",
+    "meta",
+    "host",
+    "metric",
+    "connected",
+    "last_seen",
+    "schema_errors",
+];
+
+pub(crate) fn var_bit(name: &str) -> u16 {
+    VARIABLES.iter().position(|v| *v == name).map(|i| 1 << i).unwrap_or(0)
 }
 
 /// A problem found at compile time, with a 1-based (line, column) inside the expression
@@ -101,9 +126,13 @@ pub(crate) struct ExprError {
 #[derive(Debug)]
 pub(crate) struct Compiled {
     pub program: Program,
-    /// The context variables the expression reads: only these are built per evaluation
-    /// (turning a large map into a CEL value is the expensive part of an evaluation).
-    pub uses: Vec<String>,
+    /// The variables the expression reads (bits over [`VARIABLES`]): only these are built
+    /// for CEL (turning the file into a CEL map is the expensive part of an evaluation).
+    pub uses: u16,
+    /// Whether it calls a history function (CEL then needs the history in scope).
+    pub history: bool,
+    /// The same expression for the fast path, when it is within its subset.
+    pub fast: Option<crate::fast::Node>,
 }
 
 pub(crate) fn compile(source: &str, kind: ExprKind) -> Result<Compiled, Vec<ExprError>> {
@@ -120,11 +149,23 @@ pub(crate) fn compile(source: &str, kind: ExprKind) -> Result<Compiled, Vec<Expr
                 .collect());
         }
     };
-    let mut checker =
-        Checker { kind, program: &program, source, errors: Vec::new(), bound: Vec::new(), uses: Vec::new() };
+    let mut checker = Checker {
+        kind,
+        program: &program,
+        source,
+        errors: Vec::new(),
+        bound: Vec::new(),
+        uses: Vec::new(),
+        history: false,
+    };
     checker.walk(program.expression());
-    let uses = std::mem::take(&mut checker.uses);
-    if checker.errors.is_empty() { Ok(Compiled { program, uses }) } else { Err(checker.errors) }
+    let uses = checker.uses.iter().fold(0, |acc, name| acc | var_bit(name));
+    let history = checker.history;
+    if !checker.errors.is_empty() {
+        return Err(checker.errors);
+    }
+    let fast = crate::fast::compile(program.expression());
+    Ok(Compiled { program, uses, history, fast })
 }
 
 /// Static types the checker can be sure of.
@@ -159,6 +200,7 @@ struct Checker<'a> {
     errors: Vec<ExprError>,
     bound: Vec<String>,
     uses: Vec<String>,
+    history: bool,
 }
 
 impl Checker<'_> {
@@ -213,6 +255,7 @@ impl Checker<'_> {
             Expr::Call(call) => {
                 let name = call.func_name.as_str();
                 let history = HISTORY_FUNCTIONS.contains(&name);
+                self.history |= history;
                 if !(STD_FUNCTIONS.contains(&name) || CUSTOM_FUNCTIONS.contains(&name) || history) {
                     let pos = self.call_pos(e.id, name);
                     self.errors.push(ExprError { pos, message: format!("unknown function '{name}'") });
@@ -312,7 +355,7 @@ impl Checker<'_> {
             },
             Expr::Ident(name) if !self.bound.iter().any(|b| b == name) => match (self.kind, name.as_str()) {
                 (ExprKind::Resource | ExprKind::Agent, "value") => Some(Ty::Double),
-                (ExprKind::File | ExprKind::Resource, "key" | "path" | "metric") => Some(Ty::String),
+                (ExprKind::File | ExprKind::Schema | ExprKind::Resource, "key" | "path" | "metric") => Some(Ty::String),
                 _ => None,
             },
             Expr::Select(sel) if matches!(&sel.operand.expr, Expr::Ident(n) if n == "meta") && !sel.test => {
@@ -361,35 +404,124 @@ fn string_literal(e: &IdedExpr) -> Option<&str> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Values
+// History
 
-/// A proto value as CEL sees it. Masked values are maps
-/// `{"masked": true, "fingerprint": "...", "reason": "..."}`.
-pub(crate) fn to_cel(v: &driftwatch_proto::v1::Value) -> cel::Value {
-    match &v.kind {
-        None | Some(Kind::NullValue(_)) => cel::Value::Null,
-        Some(Kind::BoolValue(b)) => cel::Value::Bool(*b),
-        Some(Kind::IntValue(i)) => cel::Value::Int(*i),
-        Some(Kind::FloatValue(f)) => cel::Value::Float(*f),
-        Some(Kind::StringValue(s)) => cel::Value::String(Arc::new(s.clone())),
-        Some(Kind::Masked(m)) => {
-            let mut map: HashMap<Key, cel::Value> = HashMap::with_capacity(3);
-            map.insert(Key::from("masked"), cel::Value::Bool(true));
-            map.insert(Key::from("fingerprint"), cel::Value::String(Arc::new(m.fingerprint.clone())));
-            map.insert(Key::from("reason"), cel::Value::String(Arc::new(m.reason.clone())));
-            cel::Value::Map(Map { map: Arc::new(map) })
+/// The history functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HistoryFn {
+    Avg,
+    MinOver,
+    MaxOver,
+    Rate,
+    Trend,
+    Zscore,
+    Samples,
+}
+
+impl HistoryFn {
+    const ALL: [HistoryFn; 7] = [
+        HistoryFn::Avg,
+        HistoryFn::MinOver,
+        HistoryFn::MaxOver,
+        HistoryFn::Rate,
+        HistoryFn::Trend,
+        HistoryFn::Zscore,
+        HistoryFn::Samples,
+    ];
+
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        HistoryFn::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            HistoryFn::Avg => "avg",
+            HistoryFn::MinOver => "min_over",
+            HistoryFn::MaxOver => "max_over",
+            HistoryFn::Rate => "rate",
+            HistoryFn::Trend => "trend",
+            HistoryFn::Zscore => "zscore",
+            HistoryFn::Samples => "samples",
         }
     }
 }
 
-pub(crate) fn map_value(entries: impl IntoIterator<Item = (String, cel::Value)>) -> cel::Value {
-    let map: HashMap<Key, cel::Value> = entries.into_iter().map(|(k, v)| (Key::from(k), v)).collect();
-    cel::Value::Map(Map { map: Arc::new(map) })
+/// A history function's result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Stat {
+    Double(f64),
+    Int(i64),
 }
 
-pub(crate) fn string_value(s: &str) -> cel::Value {
-    cel::Value::String(Arc::new(s.to_string()))
+fn mean(pts: &[(i64, f64)]) -> f64 {
+    pts.iter().map(|p| p.1).sum::<f64>() / pts.len() as f64
 }
+
+fn secs(t: i64) -> f64 {
+    t as f64 / 1000.0
+}
+
+/// `f` over the window `(now - window_ms, now]` of `samples` (time order). The one
+/// implementation behind both CEL and the fast path. Err((samples in the window, needed)).
+pub(crate) fn history_stat(
+    f: HistoryFn,
+    window_ms: i64,
+    now_ms: i64,
+    samples: &[(i64, f64)],
+) -> Result<Stat, (usize, usize)> {
+    let from = now_ms.saturating_sub(window_ms);
+    let end = samples.partition_point(|(t, _)| *t <= now_ms);
+    let start = samples[..end].partition_point(|(t, _)| *t <= from);
+    let current = if end > 0 { samples[end - 1].1 } else { f64::NAN };
+    let pts = &samples[start..end];
+    let need = |n: usize| if pts.len() < n { Err((pts.len(), n)) } else { Ok(()) };
+    let v = match f {
+        HistoryFn::Samples => return Ok(Stat::Int(pts.len() as i64)),
+        HistoryFn::Avg => {
+            need(1)?;
+            mean(pts)
+        }
+        HistoryFn::MinOver => {
+            need(1)?;
+            pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min)
+        }
+        HistoryFn::MaxOver => {
+            need(1)?;
+            pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max)
+        }
+        HistoryFn::Rate => {
+            need(2)?;
+            let (a, b) = (pts[0], pts[pts.len() - 1]);
+            if b.0 <= a.0 { 0.0 } else { (b.1 - a.1) / (secs(b.0) - secs(a.0)) }
+        }
+        HistoryFn::Trend => {
+            need(2)?;
+            // Times relative to the first sample keep the sums well conditioned.
+            let t0 = pts[0].0;
+            let n = pts.len() as f64;
+            let mt = pts.iter().map(|p| secs(p.0 - t0)).sum::<f64>() / n;
+            let mv = mean(pts);
+            let (mut num, mut den) = (0.0, 0.0);
+            for (t, v) in pts {
+                let dt = secs(t - t0) - mt;
+                num += dt * (v - mv);
+                den += dt * dt;
+            }
+            if den == 0.0 { 0.0 } else { num / den }
+        }
+        HistoryFn::Zscore => {
+            need(1)?;
+            let m = mean(pts);
+            let var = pts.iter().map(|p| (p.1 - m) * (p.1 - m)).sum::<f64>() / pts.len() as f64;
+            let sd = var.sqrt();
+            if sd == 0.0 { 0.0 } else { (current - m) / sd }
+        }
+    };
+    Ok(Stat::Double(v))
+}
+
+// ---------------------------------------------------------------------------------------
+// Execution
 
 fn is_masked(v: &cel::Value) -> bool {
     match v {
@@ -397,9 +529,6 @@ fn is_masked(v: &cel::Value) -> bool {
         _ => false,
     }
 }
-
-// ---------------------------------------------------------------------------------------
-// Execution
 
 /// The resource history visible to the history functions during one evaluation.
 #[derive(Default)]
@@ -418,89 +547,22 @@ fn fn_err(name: &str, msg: impl ToString) -> ExecutionError {
     ExecutionError::function_error(name, msg)
 }
 
-/// Run `f` on the window `(now - d, now]` of the current history (samples in time order)
-/// and the current value; errors when no history is in scope.
-fn with_window<R>(
-    name: &str,
-    d: &str,
-    f: impl FnOnce(f64, &[(i64, f64)]) -> Result<R, ExecutionError>,
-) -> Result<R, ExecutionError> {
-    let ms = parse_duration_ms(d).map_err(|e| fn_err(name, e))?;
-    HISTORY.with(|h| {
-        let h = h.borrow();
-        if !h.active {
-            return Err(fn_err(name, "no resource history here (only in rules with target.resource)"));
-        }
-        let from = h.now_ms.saturating_sub(ms);
-        let end = h.samples.partition_point(|(t, _)| *t <= h.now_ms);
-        let start = h.samples[..end].partition_point(|(t, _)| *t <= from);
-        let current = if end > 0 { h.samples[end - 1].1 } else { f64::NAN };
-        f(current, &h.samples[start..end])
-    })
-}
-
-fn need(name: &str, d: &str, pts: &[(i64, f64)], n: usize) -> Result<(), ExecutionError> {
-    if pts.len() < n {
-        return Err(fn_err(name, format!("{} sample(s) in the last {d}, need at least {n}", pts.len())));
-    }
-    Ok(())
-}
-
-fn mean(pts: &[(i64, f64)]) -> f64 {
-    pts.iter().map(|p| p.1).sum::<f64>() / pts.len() as f64
-}
-
-fn secs(t: i64) -> f64 {
-    t as f64 / 1000.0
-}
-
-fn history_fn(name: &'static str) -> impl Fn(Arc<String>) -> Result<cel::Value, ExecutionError> + Send + Sync {
+fn history_fn(f: HistoryFn) -> impl Fn(Arc<String>) -> Result<cel::Value, ExecutionError> + Send + Sync {
     move |d: Arc<String>| {
-        with_window(name, &d, |current, pts| {
-            let v = match name {
-                "samples" => return Ok(cel::Value::Int(pts.len() as i64)),
-                "avg" => {
-                    need(name, &d, pts, 1)?;
-                    mean(pts)
+        let name = f.name();
+        let ms = parse_duration_ms(&d).map_err(|e| fn_err(name, e))?;
+        HISTORY.with(|h| {
+            let h = h.borrow();
+            if !h.active {
+                return Err(fn_err(name, "no resource history here (only in rules with target.resource)"));
+            }
+            match history_stat(f, ms, h.now_ms, &h.samples) {
+                Ok(Stat::Double(v)) => Ok(cel::Value::Float(v)),
+                Ok(Stat::Int(i)) => Ok(cel::Value::Int(i)),
+                Err((have, need)) => {
+                    Err(fn_err(name, format!("{have} sample(s) in the last {d}, need at least {need}")))
                 }
-                "min_over" => {
-                    need(name, &d, pts, 1)?;
-                    pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min)
-                }
-                "max_over" => {
-                    need(name, &d, pts, 1)?;
-                    pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max)
-                }
-                "rate" => {
-                    need(name, &d, pts, 2)?;
-                    let (a, b) = (pts[0], pts[pts.len() - 1]);
-                    if b.0 <= a.0 { 0.0 } else { (b.1 - a.1) / (secs(b.0) - secs(a.0)) }
-                }
-                "trend" => {
-                    need(name, &d, pts, 2)?;
-                    // Times relative to the first sample keep the sums well conditioned.
-                    let t0 = pts[0].0;
-                    let n = pts.len() as f64;
-                    let mt = pts.iter().map(|p| secs(p.0 - t0)).sum::<f64>() / n;
-                    let mv = mean(pts);
-                    let (mut num, mut den) = (0.0, 0.0);
-                    for (t, v) in pts {
-                        let dt = secs(t - t0) - mt;
-                        num += dt * (v - mv);
-                        den += dt * dt;
-                    }
-                    if den == 0.0 { 0.0 } else { num / den }
-                }
-                "zscore" => {
-                    need(name, &d, pts, 1)?;
-                    let m = mean(pts);
-                    let var = pts.iter().map(|p| (p.1 - m) * (p.1 - m)).sum::<f64>() / pts.len() as f64;
-                    let sd = var.sqrt();
-                    if sd == 0.0 { 0.0 } else { (current - m) / sd }
-                }
-                _ => return Err(fn_err(name, "unknown history function")),
-            };
-            Ok(cel::Value::Float(v))
+            }
         })
     }
 }
@@ -518,15 +580,15 @@ fn base_context() -> Context<'static, 'static> {
     let _ = ctx.add_function("octal", |_ftx: &FunctionContext, s: Arc<String>| {
         i64::from_str_radix(&s, 8).map(cel::Value::Int).map_err(|_| fn_err("octal", format!("{s:?} is not octal")))
     });
-    for name in HISTORY_FUNCTIONS {
-        let _ = ctx.add_function(name, history_fn(name));
+    for f in HistoryFn::ALL {
+        let _ = ctx.add_function(f.name(), history_fn(f));
     }
     ctx
 }
 
 /// Make `samples` (ending at `now_ms`) the history seen by the history functions while
 /// `f` runs; outside it the functions report an error.
-pub(crate) fn with_history<R>(now_ms: i64, samples: &[(i64, f64)], f: impl FnOnce() -> R) -> R {
+fn with_history<R>(now_ms: i64, samples: &[(i64, f64)], f: impl FnOnce() -> R) -> R {
     HISTORY.with(|h| {
         let mut h = h.borrow_mut();
         h.samples.clear();
@@ -543,19 +605,33 @@ pub(crate) fn with_history<R>(now_ms: i64, samples: &[(i64, f64)], f: impl FnOnc
     r
 }
 
-/// Run `program` with `vars` (only those it reads are bound). Returns the boolean
-/// result, or an error message.
-pub(crate) fn execute(compiled: &Compiled, vars: &[(&str, cel::Value)]) -> Result<bool, String> {
-    let result = BASE.with(|base| {
-        let mut ctx = base.new_inner_scope();
-        for (name, v) in vars {
-            if compiled.uses.iter().any(|u| u == name) {
-                ctx.add_variable_from_value(*name, v.clone());
-            }
-        }
-        compiled.program.execute(&ctx)
-    });
-    match result {
+/// Run the program with the variables `vars` resolves, and `history` in scope for the
+/// history functions.
+pub(crate) fn execute_value(
+    compiled: &Compiled,
+    vars: &dyn VariableResolver,
+    history: Option<(i64, &[(i64, f64)])>,
+) -> Result<cel::Value, ExecutionError> {
+    let run = || {
+        BASE.with(|base| {
+            let mut ctx = base.new_inner_scope();
+            ctx.set_variable_resolver(vars);
+            compiled.program.execute(&ctx)
+        })
+    };
+    match history {
+        Some((now_ms, samples)) if compiled.history => with_history(now_ms, samples, run),
+        _ => run(),
+    }
+}
+
+/// [`execute_value`] for a rule: the boolean result, or an error message.
+pub(crate) fn execute(
+    compiled: &Compiled,
+    vars: &dyn VariableResolver,
+    history: Option<(i64, &[(i64, f64)])>,
+) -> Result<bool, String> {
+    match execute_value(compiled, vars, history) {
         Ok(cel::Value::Bool(b)) => Ok(b),
         Ok(other) => Err(format!("expression returned {}, not a bool", other.type_of())),
         Err(e) => Err(e.to_string()),

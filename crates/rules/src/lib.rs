@@ -13,7 +13,8 @@
 //!       - name: browser-pool-too-large          # unique per group
 //!         selector: {env: production}            # host labels, all must match; empty = all
 //!         target: {file: "**/.env*", key: BROWSER_POOL_MAX_SIZE}
-//!         # or {resource: memory_used_bytes} or {agent: offline}
+//!         # or {file: "**/x.yaml", schema: x.schema.json} or {resource: memory_used_bytes}
+//!         # or {agent: offline}
 //!         expr: "value > 20"
 //!         for: 0s
 //!         keep_firing_for: 0s
@@ -30,6 +31,13 @@
 //! is then null), which expresses "required" (`value != null`) and "forbidden"
 //! (`value == null`); a pattern with `*` is evaluated for every matching key of the file
 //! and of the baseline.
+//!
+//! `target.schema` names a JSON Schema file (relative to the rule file's directory; drafts 4
+//! to 2020-12, no remote references) that the whole file must satisfy; it takes no `key`.
+//! The file's flattened keys are turned back into a document ([`unflatten`]) and validated;
+//! the rule sees the errors as `schema_errors` (strings `"/json/pointer: message"`, masked
+//! values quoted only as `masked:<12 hex>`), its `expr` defaults to
+//! `size(schema_errors) > 0`, and its outcome's `value` is the errors joined with `"; "`.
 //!
 //! # Variables
 //!
@@ -51,6 +59,18 @@
 //!
 //! Masked (secret) values are maps `{masked: true, fingerprint, reason}`; `is_masked(v)`
 //! tests for them. Also `is_number(v)`, `seconds("5m")`, `octal("600")`.
+//!
+//! Resource metric names come from samples through [`resource_metrics`] /
+//! [`for_each_resource_metric`], the one mapping the loader's names follow.
+//!
+//! # Evaluation
+//!
+//! Expressions are CEL, compiled and checked at load. The common ones (comparisons, `&&`,
+//! `||`, `in` a literal list, string tests, `file[...]`, `meta.*`, history functions, ...)
+//! also run on a direct evaluator that gives CEL's answer without its cost, and defers to
+//! CEL for anything else and for every error (see the `fast` module). `evaluate_*` return
+//! owned [`Outcome`]s; `evaluate_*_with` hand out borrowed [`OutcomeRef`]s instead and
+//! allocate nothing per outcome (`BENCHMARKS.md` has the figures).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -59,12 +79,19 @@ use driftwatch_proto::v1::Value;
 
 pub mod alert;
 mod duration;
+mod eval;
 mod expr;
+mod fast;
 mod load;
+mod metrics;
+mod schema;
+pub mod testing;
 
 pub use alert::{AlertState, AlertStatus, Observation, Severity, Timing, Transition, fingerprint, step};
 pub use duration::parse_duration_ms;
 pub use load::RESOURCE_METRICS;
+pub use metrics::{for_each_resource_metric, resource_metrics};
+pub use schema::unflatten;
 
 /// A problem in a rule file, with its place (1-based; 0 when unknown).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +152,19 @@ impl FileGlob {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPattern {
     pattern: String,
+    /// The literal runs between the `*`s (one when there is none): matching runs for every
+    /// key of every evaluated file, so it is split once here.
+    parts: Vec<String>,
+    /// [`key_hash`] of a literal pattern, for the per-call key index.
+    hash: u64,
+}
+
+/// Hash of a key for the per-call key index, seeded once per process: keys come from
+/// hosts, and an unseeded hash would let one host's file make lookups quadratic.
+pub(crate) fn key_hash(key: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    SEED.get_or_init(Default::default).hash_one(key)
 }
 
 impl KeyPattern {
@@ -138,7 +178,11 @@ impl KeyPattern {
         if pattern.contains("**") {
             return Err(format!("invalid key pattern {pattern:?}: use a single '*' (it already matches dots)"));
         }
-        Ok(Self { pattern: pattern.to_string() })
+        Ok(Self {
+            pattern: pattern.to_string(),
+            parts: pattern.split('*').map(str::to_string).collect(),
+            hash: key_hash(pattern),
+        })
     }
 
     pub fn is_wildcard(&self) -> bool {
@@ -149,21 +193,21 @@ impl KeyPattern {
         &self.pattern
     }
 
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
+    }
+
     pub fn is_match(&self, key: &str) -> bool {
-        let mut parts = self.pattern.split('*');
-        let first = parts.next().unwrap_or("");
-        let Some(mut rest) = key.strip_prefix(first) else { return false };
-        let parts: Vec<&str> = parts.collect();
-        let Some((last, middle)) = parts.split_last() else {
-            return rest.is_empty();
-        };
+        let Some((first, rest)) = self.parts.split_first() else { return false };
+        let Some((last, middle)) = rest.split_last() else { return key == self.pattern };
+        let Some(mut rest) = key.strip_prefix(first.as_str()) else { return false };
         for p in middle {
-            match rest.find(p) {
+            match rest.find(p.as_str()) {
                 Some(i) => rest = &rest[i + p.len()..],
                 None => return false,
             }
         }
-        rest.len() >= last.len() && rest.ends_with(last)
+        rest.ends_with(last.as_str())
     }
 }
 
@@ -182,8 +226,11 @@ pub struct Rule {
     pub name: String,
     pub selector: BTreeMap<String, String>,
     pub target: Target,
+    /// The expression as written (for a schema rule without `expr`, its default).
     pub expr: String,
     compiled: expr::Compiled,
+    /// `target.schema`, loaded and compiled.
+    schema: Option<std::sync::Arc<schema::Schema>>,
     pub timing: Timing,
     pub severity: Severity,
     pub labels: BTreeMap<String, String>,
@@ -193,15 +240,12 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// Whether the rule applies to a host with these labels.
-    /// Run the compiled expression: (matched, evaluation error). An error never matches.
-    fn run(&self, vars: &[(&str, cel::Value)]) -> (bool, Option<String>) {
-        match expr::execute(&self.compiled, vars) {
-            Ok(m) => (m, None),
-            Err(e) => (false, Some(e)),
-        }
+    /// The JSON Schema file of `target.schema`, resolved against the rule file's directory.
+    pub fn schema_path(&self) -> Option<&std::path::Path> {
+        self.schema.as_deref().map(|s| s.path.as_path())
     }
 
+    /// Whether the rule applies to a host with these labels.
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
         self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
@@ -325,35 +369,8 @@ pub struct Outcome {
 
 impl Outcome {
     /// The alert identity of this outcome.
-    /// An outcome about the host itself (a resource metric, the agent): no file, no key.
-    fn of_host(
-        rule: usize,
-        host: &HostInfo,
-        (matched, error): (bool, Option<String>),
-        value: f64,
-        baseline: Option<f64>,
-        previous: Option<f64>,
-    ) -> Self {
-        Self {
-            rule,
-            host: host.id.clone(),
-            file: None,
-            key: None,
-            matched,
-            value: Value::float(value),
-            baseline: baseline.map(Value::float).unwrap_or_else(Value::null),
-            previous: previous.map(Value::float).unwrap_or_else(Value::null),
-            error,
-        }
-    }
-
     pub fn fingerprint(&self, rules: &RuleSet) -> String {
-        let r = &rules.rules[self.rule];
-        let metric = match &r.target {
-            Target::Resource { metric } => Some(metric.as_str()),
-            _ => None,
-        };
-        fingerprint(&r.group, &r.name, &self.host, self.file.as_deref().or(metric), self.key.as_deref())
+        outcome_fingerprint(rules, self.rule, &self.host, self.file.as_deref(), self.key.as_deref())
     }
 
     pub fn observation(&self) -> Observation {
@@ -361,17 +378,76 @@ impl Outcome {
     }
 }
 
-fn proto_or_null(v: Option<&Value>) -> Value {
-    v.cloned().unwrap_or_else(Value::null)
+/// The alert identity of rule `rule`'s outcome on (host, file or metric, key).
+fn outcome_fingerprint(rules: &RuleSet, rule: usize, host: &str, file: Option<&str>, key: Option<&str>) -> String {
+    let r = &rules.rules[rule];
+    let metric = match &r.target {
+        Target::Resource { metric } => Some(metric.as_str()),
+        _ => None,
+    };
+    fingerprint(&r.group, &r.name, host, file.or(metric), key)
 }
 
-fn lookup<'m>(map: Option<&'m BTreeMap<String, Value>>, key: Option<&str>) -> Option<&'m Value> {
-    map.and_then(|m| m.get(key?))
+/// A value of an [`OutcomeRef`], borrowed where the input holds it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    Null,
+    Proto(&'a Value),
+    /// A resource metric or an agent's offline time.
+    Float(f64),
+    /// A schema rule's errors, joined with "; ".
+    Text(&'a str),
 }
 
-fn host_value(host: &HostInfo) -> cel::Value {
-    let labels = expr::map_value(host.labels.iter().map(|(k, v)| (k.clone(), expr::string_value(v))));
-    expr::map_value([("id".to_string(), expr::string_value(&host.id)), ("labels".to_string(), labels)])
+impl ValueRef<'_> {
+    pub fn to_value(&self) -> Value {
+        match self {
+            ValueRef::Null => Value::null(),
+            ValueRef::Proto(v) => (*v).clone(),
+            ValueRef::Float(f) => Value::float(*f),
+            ValueRef::Text(s) => Value::string(*s),
+        }
+    }
+}
+
+/// An [`Outcome`] borrowing from the evaluation's inputs, as the `evaluate_*_with` methods
+/// hand them out: no allocation per outcome. Same fields, same meaning.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutcomeRef<'a> {
+    pub rule: usize,
+    pub host: &'a str,
+    pub file: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub matched: bool,
+    pub value: ValueRef<'a>,
+    pub baseline: ValueRef<'a>,
+    pub previous: ValueRef<'a>,
+    pub error: Option<&'a str>,
+}
+
+impl OutcomeRef<'_> {
+    pub fn to_outcome(&self) -> Outcome {
+        Outcome {
+            rule: self.rule,
+            host: self.host.to_string(),
+            file: self.file.map(str::to_string),
+            key: self.key.map(str::to_string),
+            matched: self.matched,
+            value: self.value.to_value(),
+            baseline: self.baseline.to_value(),
+            previous: self.previous.to_value(),
+            error: self.error.map(str::to_string),
+        }
+    }
+
+    /// The alert identity, as [`Outcome::fingerprint`].
+    pub fn fingerprint(&self, rules: &RuleSet) -> String {
+        outcome_fingerprint(rules, self.rule, self.host, self.file, self.key)
+    }
+
+    pub fn observation(&self) -> Observation {
+        Observation::from_outcome(self.matched, self.error.is_some())
+    }
 }
 
 impl RuleSet {
@@ -386,142 +462,9 @@ impl RuleSet {
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
-
-    /// Evaluate every file rule that selects `host` and whose glob matches `file.path`.
-    pub fn evaluate_file(&self, host: &HostInfo, file: &FileInput<'_>) -> Vec<Outcome> {
-        let mut out = Vec::new();
-        let mut shared: Option<(cel::Value, cel::Value, cel::Value)> = None;
-        for (idx, rule) in self.rules.iter().enumerate() {
-            let Target::File { file: glob, key } = &rule.target else { continue };
-            if !rule.selects(&host.labels) || !glob.is_match(file.path) {
-                continue;
-            }
-            let (file_v, meta_v, host_v) = shared
-                .get_or_insert_with(|| {
-                    let file_v = expr::map_value(file.keys.iter().map(|(k, v)| (k.clone(), expr::to_cel(v))));
-                    let m = file.meta;
-                    let meta_v = expr::map_value([
-                        ("mode".to_string(), cel::Value::Int(i64::from(m.mode & 0o7777))),
-                        ("uid".to_string(), cel::Value::Int(i64::from(m.uid))),
-                        ("gid".to_string(), cel::Value::Int(i64::from(m.gid))),
-                        ("size".to_string(), cel::Value::Int(i64::try_from(m.size).unwrap_or(i64::MAX))),
-                        ("format".to_string(), expr::string_value(&m.format)),
-                        ("exists".to_string(), cel::Value::Bool(m.exists)),
-                        (
-                            "parse_error".to_string(),
-                            m.parse_error.as_deref().map(expr::string_value).unwrap_or(cel::Value::Null),
-                        ),
-                    ]);
-                    (file_v, meta_v, host_value(host))
-                })
-                .clone();
-            let keys: Vec<Option<String>> = match key {
-                None => vec![None],
-                Some(p) if !p.is_wildcard() => vec![Some(p.as_str().to_string())],
-                Some(p) => {
-                    let mut ks: Vec<&String> = file.keys.keys().filter(|k| p.is_match(k)).collect();
-                    if let Some(b) = file.baseline {
-                        ks.extend(b.keys().filter(|k| p.is_match(k) && !file.keys.contains_key(*k)));
-                    }
-                    ks.sort();
-                    ks.into_iter().map(|k| Some(k.clone())).collect()
-                }
-            };
-            for key in keys {
-                let value = proto_or_null(lookup(Some(file.keys), key.as_deref()));
-                let baseline = proto_or_null(lookup(file.baseline, key.as_deref()));
-                let previous = proto_or_null(lookup(file.previous, key.as_deref()));
-                let vars = [
-                    ("value", expr::to_cel(&value)),
-                    ("baseline", expr::to_cel(&baseline)),
-                    ("previous", expr::to_cel(&previous)),
-                    ("key", key.as_deref().map(expr::string_value).unwrap_or(cel::Value::Null)),
-                    ("path", expr::string_value(file.path)),
-                    ("file", file_v.clone()),
-                    ("meta", meta_v.clone()),
-                    ("host", host_v.clone()),
-                ];
-                let (matched, error) = rule.run(&vars);
-                out.push(Outcome {
-                    rule: idx,
-                    host: host.id.clone(),
-                    file: Some(file.path.to_string()),
-                    key,
-                    matched,
-                    value,
-                    baseline,
-                    previous,
-                    error,
-                });
-            }
-        }
-        out
-    }
-
-    /// Evaluate every resource rule on `input.metric` that selects `host`. No samples → no
-    /// outcome.
-    pub fn evaluate_resource(&self, host: &HostInfo, input: &ResourceInput<'_>) -> Vec<Outcome> {
-        let mut out = Vec::new();
-        let Some(&(_, current)) = input.samples.last() else { return out };
-        let previous = input.samples.len().checked_sub(2).map(|i| input.samples[i].1);
-        let host_v = host_value(host);
-        expr::with_history(input.now_ms, input.samples, || {
-            self.resource_rules(host, input, current, previous, &host_v, &mut out);
-        });
-        out
-    }
-
-    fn resource_rules(
-        &self,
-        host: &HostInfo,
-        input: &ResourceInput<'_>,
-        current: f64,
-        previous: Option<f64>,
-        host_v: &cel::Value,
-        out: &mut Vec<Outcome>,
-    ) {
-        for (idx, rule) in self.rules.iter().enumerate() {
-            let Target::Resource { metric } = &rule.target else { continue };
-            if metric != input.metric || !rule.selects(&host.labels) {
-                continue;
-            }
-            let vars = [
-                ("value", cel::Value::Float(current)),
-                ("previous", previous.map(cel::Value::Float).unwrap_or(cel::Value::Null)),
-                ("baseline", input.baseline.map(cel::Value::Float).unwrap_or(cel::Value::Null)),
-                ("metric", expr::string_value(metric)),
-                ("host", host_v.clone()),
-            ];
-            let (matched, error) = rule.run(&vars);
-            out.push(Outcome::of_host(idx, host, (matched, error), current, input.baseline, previous));
-        }
-    }
-
-    /// Evaluate every `agent: offline` rule that selects `host`.
-    pub fn evaluate_agent(&self, host: &HostInfo, input: &AgentInput) -> Vec<Outcome> {
-        let offline_s = if input.connected {
-            0.0
-        } else {
-            (input.now_ms.saturating_sub(input.last_seen_ms)).max(0) as f64 / 1000.0
-        };
-        let host_v = host_value(host);
-        let mut out = Vec::new();
-        for (idx, rule) in self.rules.iter().enumerate() {
-            if !matches!(rule.target, Target::AgentOffline) || !rule.selects(&host.labels) {
-                continue;
-            }
-            let vars = [
-                ("value", cel::Value::Float(offline_s)),
-                ("connected", cel::Value::Bool(input.connected)),
-                ("last_seen", cel::Value::Int(input.last_seen_ms)),
-                ("host", host_v.clone()),
-            ];
-            let (matched, error) = rule.run(&vars);
-            out.push(Outcome::of_host(idx, host, (matched, error), offline_s, None, None));
-        }
-        out
-    }
 }
 
+#[cfg(test)]
+mod bench;
 #[cfg(test)]
 mod tests;

@@ -1,13 +1,15 @@
 //! Rule files: YAML documents with `groups`, each with `rules`; loading and checking.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::alert::{Severity, Timing};
 use crate::duration::parse_duration_ms;
 use crate::expr::{self, ExprKind};
+use crate::schema::Schema;
 use crate::{KeyPattern, Rule, RuleError, RuleSet, Target};
 
 #[derive(Deserialize)]
@@ -31,7 +33,9 @@ struct RuleDoc {
     #[serde(default)]
     selector: BTreeMap<String, String>,
     target: TargetDoc,
-    expr: String,
+    /// Required, except with `target.schema` (default `size(schema_errors) > 0`).
+    #[serde(default)]
+    expr: Option<String>,
     #[serde(default, rename = "for")]
     for_: Option<String>,
     #[serde(default)]
@@ -51,7 +55,12 @@ struct TargetDoc {
     key: Option<String>,
     resource: Option<String>,
     agent: Option<String>,
+    /// A JSON Schema file for the whole file, relative to the rule file's directory.
+    schema: Option<String>,
 }
+
+/// The expression of a schema rule that has none.
+const SCHEMA_DEFAULT_EXPR: &str = "size(schema_errors) > 0";
 
 /// Resource metrics a rule may name (besides `process_group.<name>.{count,rss_bytes,cpu_percent}`
 /// and `disk.<mount>.used_percent`).
@@ -105,59 +114,116 @@ fn key_lines<'a>(lines: &'a [&'a str], key: &'a str) -> impl Iterator<Item = (us
 /// Where one rule's parts are in the file text (1-based line, column).
 struct RulePos {
     rule: (usize, usize),
-    /// Start of the expression text: line, column, and whether it is a block scalar
-    /// (then CEL lines map onto following file lines at the block's indentation).
-    expr: (usize, usize),
+    /// Start of the expression text (the first line of a block scalar's content).
+    expr: Option<(usize, usize)>,
+    /// Start of `target.schema`'s value.
+    schema: Option<(usize, usize)>,
     fields: BTreeMap<&'static str, (usize, usize)>,
+}
+
+fn indent(l: &str) -> usize {
+    l.len() - l.trim_start().len()
+}
+
+fn is_content(l: &str) -> bool {
+    let t = l.trim_start();
+    !t.is_empty() && !t.starts_with('#')
+}
+
+fn is_item(l: &str) -> bool {
+    let t = l.trim_start();
+    t == "-" || t.starts_with("- ")
+}
+
+/// The rules of every `rules:` block, in order: the lines of each list item
+/// `[start, end)`, and the column (0-based) of the item's keys.
+fn rule_items(lines: &[&str]) -> Vec<(usize, usize, usize)> {
+    let mut out = Vec::new();
+    for (r, rcol) in key_lines(lines, "rules") {
+        let Some(first) = (r + 1..lines.len()).find(|&i| is_content(lines[i])) else { continue };
+        let icol = indent(lines[first]);
+        if !is_item(lines[first]) || icol < rcol {
+            continue;
+        }
+        let mut start = first;
+        let mut i = first + 1;
+        while i < lines.len() {
+            let l = lines[i];
+            if is_content(l) {
+                if indent(l) < icol || (indent(l) == icol && !is_item(l)) {
+                    break;
+                }
+                if indent(l) == icol {
+                    out.push((start, i, 0));
+                    start = i;
+                }
+            }
+            i += 1;
+        }
+        out.push((start, i, 0));
+        // Keys start after `- ` and any further blanks.
+        for item in out.iter_mut().filter(|it| it.2 == 0) {
+            let l = lines[item.0];
+            let after = &l[icol + 1..];
+            item.2 = icol + 1 + (after.len() - after.trim_start().len());
+        }
+    }
+    out
+}
+
+/// The value of `schema:` inside the item's lines, block or flow style.
+fn locate_schema(lines: &[&str], start: usize, end: usize) -> Option<(usize, usize)> {
+    for (i, l) in lines.iter().enumerate().take(end).skip(start) {
+        let mut from = 0;
+        while let Some(k) = l[from..].find("schema:").map(|k| k + from) {
+            let before = l[..k].chars().next_back();
+            if before.is_none_or(|c| c == '{' || c == ',' || c.is_whitespace()) {
+                let after = &l[k + "schema:".len()..];
+                let value = after.trim_start();
+                let mut col = l.len() - value.len();
+                if value.starts_with(['"', '\'']) {
+                    col += 1;
+                }
+                return Some((i + 1, col + 1));
+            }
+            from = k + 1;
+        }
+    }
+    None
 }
 
 fn locate_rules(text: &str) -> Vec<RulePos> {
     let lines: Vec<&str> = text.lines().collect();
-    let exprs: Vec<(usize, usize)> = key_lines(&lines, "expr").collect();
-    let mut out = Vec::with_capacity(exprs.len());
-    for (k, &(eline, ecol)) in exprs.iter().enumerate() {
-        let lo = if k == 0 { 0 } else { exprs[k - 1].0 + 1 };
-        let hi = exprs.get(k + 1).map(|e| e.0).unwrap_or(lines.len());
-        let in_block = |key: &'static str| {
-            // The nearest `key:` at the expr's indentation within (previous expr, next expr),
-            // preferring lines before the expr for `name`.
-            let mut best: Option<(usize, usize)> = None;
-            for (i, c) in key_lines(&lines, key) {
-                if i >= lo && i < hi && c == ecol {
-                    let closer = match best {
-                        None => true,
-                        Some((b, _)) => (i as isize - eline as isize).abs() < (b as isize - eline as isize).abs(),
-                    };
-                    if closer && !(key == "name" && i > eline && best.is_some()) {
-                        best = Some((i, c));
-                    }
-                }
-            }
-            best.map(|(i, c)| (i + 1, c + 1))
+    let mut out = Vec::new();
+    for (start, end, kcol) in rule_items(&lines) {
+        let at = |key: &'static str| {
+            key_lines(&lines, key).find(|&(i, c)| i >= start && i < end && c == kcol).map(|(i, c)| (i + 1, c + 1))
         };
         let mut fields = BTreeMap::new();
         for key in ["name", "selector", "target", "for", "keep_firing_for", "severity", "labels", "annotations"] {
-            if let Some(p) = in_block(key) {
+            if let Some(p) = at(key) {
                 fields.insert(key, p);
             }
         }
-        // Expression start.
-        let line = lines[eline];
-        let after = ecol + "expr:".len();
-        let rest = &line[after.min(line.len())..];
-        let value = rest.trim_start();
-        let mut vcol = after + (rest.len() - value.len());
-        let expr_pos = if value.starts_with('|') || value.starts_with('>') {
-            let next = lines.get(eline + 1).copied().unwrap_or("");
-            (eline + 2, next.len() - next.trim_start().len() + 1)
-        } else {
-            if value.starts_with('"') || value.starts_with('\'') {
-                vcol += 1;
+        // Expression start: after `expr:`, inside quotes, or the block scalar's first line.
+        let expr = at("expr").map(|(eline, ecol)| {
+            let line = lines[eline - 1];
+            let after = ecol - 1 + "expr:".len();
+            let rest = &line[after.min(line.len())..];
+            let value = rest.trim_start();
+            let mut vcol = after + (rest.len() - value.len());
+            if value.starts_with('|') || value.starts_with('>') {
+                let next = lines.get(eline).copied().unwrap_or("");
+                (eline + 1, indent(next) + 1)
+            } else {
+                if value.starts_with('"') || value.starts_with('\'') {
+                    vcol += 1;
+                }
+                (eline, vcol + 1)
             }
-            (eline + 1, vcol + 1)
-        };
-        let rule = fields.get("name").copied().unwrap_or((eline + 1, ecol + 1));
-        out.push(RulePos { rule, expr: expr_pos, fields });
+        });
+        let rule = fields.get("name").copied().unwrap_or((start + 1, kcol + 1));
+        out.push(RulePos { rule, expr, schema: locate_schema(&lines, start, end), fields });
     }
     out
 }
@@ -177,6 +243,8 @@ pub(crate) fn load_text(path: &Path, text: &str, groups_seen: &mut HashSet<Strin
     let mut rules = Vec::new();
     let mut errors = Vec::new();
     let mut k = 0usize;
+    // Each schema file is read and compiled once per rule file.
+    let mut schemas: HashMap<PathBuf, Result<Arc<Schema>, String>> = HashMap::new();
     for group in doc.groups {
         let gpos = key_lines(&lines, "name")
             .find(|&(i, c)| {
@@ -191,10 +259,11 @@ pub(crate) fn load_text(path: &Path, text: &str, groups_seen: &mut HashSet<Strin
         }
         let mut names = HashSet::new();
         for rd in group.rules {
-            let pos = positions.get(k).map(|p| (p.rule, p.expr, p.fields.clone()));
+            let pos = positions.get(k).map(|p| (p.rule, p.expr, p.schema, p.fields.clone()));
             k += 1;
-            let (rpos, epos, fields) = pos.unwrap_or(((0, 0), (0, 0), BTreeMap::new()));
+            let (rpos, epos, spos, fields) = pos.unwrap_or(((0, 0), None, None, BTreeMap::new()));
             let at = |f: &'static str| fields.get(f).copied().unwrap_or(rpos);
+            let epos = epos.unwrap_or(rpos);
             let before = errors.len();
             if rd.name.trim().is_empty() {
                 errors.push(err(rpos.0, rpos.1, "rule name is empty".to_string()));
@@ -231,8 +300,9 @@ pub(crate) fn load_text(path: &Path, text: &str, groups_seen: &mut HashSet<Strin
             };
             let tpos = at("target");
             let t = rd.target;
-            let target = match (&t.file, &t.key, &t.resource, &t.agent) {
-                (Some(glob), key, None, None) => {
+            let mut schema = None;
+            let target = match (&t.file, &t.resource, &t.agent) {
+                (Some(glob), None, None) => {
                     let file = match crate::FileGlob::new(glob) {
                         Ok(g) => Some(g),
                         Err(msg) => {
@@ -240,7 +310,7 @@ pub(crate) fn load_text(path: &Path, text: &str, groups_seen: &mut HashSet<Strin
                             None
                         }
                     };
-                    let key = match key.as_deref().map(KeyPattern::new) {
+                    let key = match t.key.as_deref().map(KeyPattern::new) {
                         None => None,
                         Some(Ok(k)) => Some(k),
                         Some(Err(msg)) => {
@@ -248,9 +318,21 @@ pub(crate) fn load_text(path: &Path, text: &str, groups_seen: &mut HashSet<Strin
                             None
                         }
                     };
+                    if let Some(rel) = &t.schema {
+                        let (line, col) = spos.unwrap_or(tpos);
+                        if t.key.is_some() {
+                            let msg = "target.schema: validates the whole file; it takes no target.key".to_string();
+                            errors.push(err(line, col, msg));
+                        }
+                        let full = path.parent().unwrap_or(Path::new("")).join(rel);
+                        match schemas.entry(full.clone()).or_insert_with(|| Schema::load(&full).map(Arc::new)) {
+                            Ok(s) => schema = Some(Arc::clone(s)),
+                            Err(msg) => errors.push(err(line, col, format!("target.schema: {msg}"))),
+                        }
+                    }
                     file.map(|file| Target::File { file, key })
                 }
-                (None, None, Some(metric), None) => {
+                (None, Some(metric), None) if t.key.is_none() && t.schema.is_none() => {
                     if valid_metric(metric) {
                         Some(Target::Resource { metric: metric.clone() })
                     } else {
@@ -265,7 +347,7 @@ pub(crate) fn load_text(path: &Path, text: &str, groups_seen: &mut HashSet<Strin
                         None
                     }
                 }
-                (None, None, None, Some(a)) => {
+                (None, None, Some(a)) if t.key.is_none() && t.schema.is_none() => {
                     if a == "offline" {
                         Some(Target::AgentOffline)
                     } else {
@@ -277,7 +359,8 @@ pub(crate) fn load_text(path: &Path, text: &str, groups_seen: &mut HashSet<Strin
                     errors.push(err(
                         tpos.0,
                         tpos.1,
-                        "target: give exactly one of {file (+ optional key)}, {resource}, {agent: offline}".to_string(),
+                        "target: give exactly one of {file (+ optional key or schema)}, {resource}, {agent: offline}"
+                            .to_string(),
                     ));
                     None
                 }
@@ -285,9 +368,19 @@ pub(crate) fn load_text(path: &Path, text: &str, groups_seen: &mut HashSet<Strin
             let kind = match &target {
                 Some(Target::Resource { .. }) => ExprKind::Resource,
                 Some(Target::AgentOffline) => ExprKind::Agent,
+                _ if t.schema.is_some() => ExprKind::Schema,
                 _ => ExprKind::File,
             };
-            let compiled = match expr::compile(&rd.expr, kind) {
+            let source = match (rd.expr, &t.schema) {
+                (Some(e), _) => e,
+                (None, Some(_)) => SCHEMA_DEFAULT_EXPR.to_string(),
+                (None, None) => {
+                    let msg = "expr: missing (only a rule with target.schema has a default expression)";
+                    errors.push(err(rpos.0, rpos.1, msg.to_string()));
+                    String::new()
+                }
+            };
+            let compiled = match expr::compile(&source, kind) {
                 Ok(c) => Some(c),
                 Err(errs) => {
                     for e in errs {
@@ -320,8 +413,9 @@ pub(crate) fn load_text(path: &Path, text: &str, groups_seen: &mut HashSet<Strin
                     name: rd.name,
                     selector: rd.selector,
                     target,
-                    expr: rd.expr,
+                    expr: source,
                     compiled,
+                    schema,
                     timing,
                     severity,
                     labels: rd.labels,
@@ -352,7 +446,8 @@ pub(crate) fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RuleError> {
 }
 
 impl RuleSet {
-    /// Parse rule-file text as if it were the file `path` (no I/O).
+    /// Parse rule-file text as if it were the file `path`. The only I/O is reading the
+    /// JSON Schemas that rules name (`target.schema`, relative to `path`'s directory).
     pub fn from_text(path: &Path, text: &str) -> Result<RuleSet, Vec<RuleError>> {
         let (rules, errors) = load_text(path, text, &mut HashSet::new());
         if errors.is_empty() { Ok(RuleSet { rules }) } else { Err(errors) }

@@ -190,6 +190,78 @@ fn evaluation_type_error_is_an_outcome_and_others_still_run() {
     assert!(out[2].error.as_deref().unwrap().contains("not a bool"), "{out:?}");
 }
 
+/// Values of the wrong type, over many rules in one call: each affected rule reports its own
+/// error (CEL's message, whichever path ran), and every other rule and key still runs.
+#[test]
+fn wrong_types_are_per_rule_errors_across_many_rules() {
+    let text = "\
+groups:
+  - name: g
+    rules:
+      - name: num
+        target: {file: \"*.env\", key: A}
+        expr: \"value > 5\"
+      - name: guarded
+        target: {file: \"*.env\", key: A}
+        expr: \"is_number(value) && value > 5\"
+      - name: each
+        target: {file: \"*.env\", key: \"*\"}
+        expr: \"value * 2 > 10\"
+      - name: masked-arith
+        target: {file: \"*.env\", key: S}
+        expr: \"value + 1 > 0\"
+      - name: cross
+        target: {file: \"*.env\"}
+        expr: \"int(file.A) > 0\"
+      - name: missing-key
+        target: {file: \"*.env\"}
+        expr: \"file.NOPE == 1\"
+      - name: comprehension
+        target: {file: \"*.env\"}
+        expr: \"file.all(k, file[k] > 0)\"
+      - name: fine
+        target: {file: \"*.env\", key: B}
+        expr: \"value == 7\"
+";
+    let rs = load(text).unwrap();
+    let k = keys(&[("A", Value::string("many")), ("B", Value::int(7)), ("S", Value::masked("ab", "key name"))]);
+    let out = eval_file(&rs, &k, None);
+    let by = |name: &str, key: Option<&str>| {
+        out.iter()
+            .find(|o| rs.rules()[o.rule].name == name && o.key.as_deref() == key)
+            .unwrap_or_else(|| panic!("no outcome for {name} {key:?} in {out:#?}"))
+    };
+    let err = |name: &str, key: Option<&str>| {
+        let o = by(name, key);
+        assert!(!o.matched, "{name} {key:?}: {o:?}");
+        o.error.clone().unwrap_or_else(|| panic!("{name} {key:?}: no error: {o:?}"))
+    };
+    assert!(err("num", Some("A")).contains("_>_"), "{out:#?}");
+    assert!(err("each", Some("A")).contains("_*_") || err("each", Some("A")).contains("mul"), "{out:#?}");
+    err("each", Some("S"));
+    err("masked-arith", Some("S"));
+    err("cross", None);
+    assert!(err("missing-key", None).contains("NOPE"), "{out:#?}");
+    err("comprehension", None);
+    // Unaffected: the guard, the wildcard on a number, the other rule.
+    assert_eq!((by("guarded", Some("A")).matched, &by("guarded", Some("A")).error), (false, &None));
+    assert_eq!((by("each", Some("B")).matched, &by("each", Some("B")).error), (true, &None));
+    assert_eq!((by("fine", Some("B")).matched, &by("fine", Some("B")).error), (true, &None));
+    assert_eq!(out.len(), 10);
+
+    // Resource rules: a function without enough history fails alone.
+    let text = "groups:\n  - name: r\n    rules:\n      - {name: short, target: {resource: cpu_percent}, expr: \"rate('1m') > 0.0\"}\n      - {name: ok, target: {resource: cpu_percent}, expr: \"value > 1.0\"}\n      - {name: bad-type, target: {resource: cpu_percent}, expr: \"metric > 1.0 || value > 1.0\"}\n";
+    let errs = load(text).err().unwrap_or_default();
+    assert!(errs.iter().any(|e| e.message.contains("type error: string > double")), "{errs:?}");
+    let text = text.replace("metric > 1.0 || ", "baseline > 1.0 && ");
+    let rs = load(&text).unwrap();
+    let out = eval_res(&rs, "cpu_percent", &series(&[5.0], 60_000));
+    assert_eq!(out.len(), 3);
+    assert!(out[0].error.as_deref().unwrap().contains("need at least 2"), "{out:?}");
+    assert_eq!((out[1].matched, &out[1].error), (true, &None));
+    assert!(out[2].error.as_deref().unwrap().contains("_>_"), "{out:?}");
+}
+
 #[test]
 fn file_variables_masked_values_and_patterns() {
     let text = "\
@@ -494,53 +566,121 @@ fn numeric_comparisons_across_int_and_double() {
     assert_eq!((out[0].matched, &out[0].error), (false, &None));
 }
 
-/// Rough timing, printed (run with --nocapture): 200 file rules on a 50-key file, 50
-/// resource rules on 1 h of 10 s samples.
+// ------------------------------------------------------------------ schema rules
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/swarm").join(name)
+}
+
+/// A rules directory with `schema.json` (the swarm fixture's) and `r.yaml` = `rules`.
+fn schema_dir(rules: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("unified_config.schema.json"), dir.path().join("schema.json")).unwrap();
+    std::fs::write(dir.path().join("r.yaml"), rules).unwrap();
+    dir
+}
+
+fn swarm_keys(yaml: &str) -> BTreeMap<String, Value> {
+    use driftwatch_formats::{Format, Limits, Masker, analyze};
+    let a = analyze(yaml.as_bytes(), Format::Yaml, &Masker::new(b"test fleet key"), &Limits::default());
+    assert!(a.error.is_none(), "{:?}", a.error);
+    a.keys.into_iter().map(|kv| (kv.key, kv.value.unwrap_or_else(Value::null))).collect()
+}
+
+fn eval_swarm(rs: &RuleSet, keys: &BTreeMap<String, Value>) -> Vec<Outcome> {
+    let meta = FileMeta { mode: 0o100644, format: "yaml".into(), exists: true, ..Default::default() };
+    let input = FileInput { path: "/srv/swarm/unified_config.yaml", keys, meta: &meta, baseline: None, previous: None };
+    rs.evaluate_file(&host(), &input)
+}
+
+const SCHEMA_RULE: &str = "groups:\n  - name: swarm\n    rules:\n      - name: unified-config-schema\n        target: {file: \"**/unified_config.yaml\", schema: schema.json}\n        severity: high\n        annotations: {summary: \"{{ value }}\"}\n";
+
 #[test]
-#[ignore = "benchmark: prints timings (cargo test -p driftwatch-rules --release -- --ignored --nocapture)"]
-fn rough_evaluation_cost() {
-    let mut text = String::from("groups:\n  - name: g\n    rules:\n");
-    for i in 0..200 {
-        text.push_str(&format!(
-            "      - name: f{i}\n        target: {{file: \"*.env\", key: K{}}}\n        expr: \"is_number(value) && double(value) > {i}.0\"\n",
-            i % 50
-        ));
-    }
-    for i in 0..50 {
-        text.push_str(&format!(
-            "      - name: r{i}\n        target: {{resource: memory_used_bytes}}\n        expr: \"value > {i}.0 && avg('1h') > 0.0\"\n"
-        ));
-    }
-    let rs = load(&text).unwrap();
-    let k: BTreeMap<String, Value> = (0..50).map(|i| (format!("K{i}"), Value::int(i))).collect();
-    let samples: Vec<(i64, f64)> = (0..360).map(|i| (i * 10_000, i as f64)).collect();
-    let n = 20;
-    let t = std::time::Instant::now();
-    for _ in 0..n {
-        assert_eq!(eval_file(&rs, &k, None).len(), 200);
-    }
-    let file_us = t.elapsed().as_micros() / n;
-    let t = std::time::Instant::now();
-    for _ in 0..n {
-        let input = ResourceInput { metric: "memory_used_bytes", samples: &samples, baseline: None, now_ms: 3_590_000 };
-        assert_eq!(rs.evaluate_resource(&host(), &input).len(), 50);
-    }
-    let res_us = t.elapsed().as_micros() / n;
-    println!("evaluation: file of 50 keys x 200 rules: {file_us} us; sample x 50 resource rules: {res_us} us");
+fn schema_rule_on_the_swarm_fixture() {
+    let dir = schema_dir(SCHEMA_RULE);
+    let rs = RuleSet::load_dir(dir.path()).unwrap();
+    assert_eq!(rs.rules()[0].expr, "size(schema_errors) > 0");
+    assert_eq!(rs.rules()[0].schema_path(), Some(dir.path().join("schema.json").as_path()));
+    let good = std::fs::read_to_string(fixture("unified_config.yaml")).unwrap();
+    let out = eval_swarm(&rs, &swarm_keys(&good));
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].matched, &out[0].error, &out[0].value), (false, &None, &Value::null()), "{out:?}");
+    // Broken: too many agents, a log level out of the enum, a required key gone.
+    let bad = good.replace("max_agents: 8", "max_agents: 100").replace("log_level: INFO", "log_level: LOUD");
+    let bad = bad.replace("  interval_seconds: 30\n", "");
+    let out = eval_swarm(&rs, &swarm_keys(&bad));
+    assert!(out[0].matched && out[0].error.is_none(), "{out:?}");
+    let text = out[0].value.display();
+    assert!(text.contains("/system/max_agents: 100 is greater than the maximum of 64"), "{text}");
+    assert!(text.contains("/system/log_level: \"LOUD\" is not one of"), "{text}");
+    assert!(text.contains("/monitoring: \"interval_seconds\" is a required property"), "{text}");
+    let ann = rs.rules()[0].render_annotations(&out[0], &host());
+    assert_eq!(ann["summary"], text);
 }
 
 #[test]
-#[ignore = "benchmark: prints timings (cargo test -p driftwatch-rules --release -- --ignored --nocapture)"]
-fn rough_floor_cost() {
-    for e in ["true", "value > 1.0", "avg('1h') > 0.0"] {
-        let rs = load(&one_rule("{resource: memory_used_bytes}", &format!("\"{e}\""))).unwrap();
-        let samples: Vec<(i64, f64)> = (0..360).map(|i| (i * 10_000, i as f64)).collect();
-        let input = ResourceInput { metric: "memory_used_bytes", samples: &samples, baseline: None, now_ms: 3_590_000 };
-        let n = 2000;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            assert_eq!(rs.evaluate_resource(&host(), &input).len(), 1);
-        }
-        println!("{e}: {} ns per evaluate_resource", t.elapsed().as_nanos() / n);
+fn schema_errors_variable_and_masked_values() {
+    let rules = "groups:\n  - name: swarm\n    rules:\n      - name: few\n        target:\n          file: \"*.yaml\"\n          schema: schema.json\n        expr: \"size(schema_errors) > 1 || schema_errors.exists(e, e.startsWith('/system/name'))\"\n";
+    let dir = schema_dir(rules);
+    let rs = RuleSet::load_dir(dir.path()).unwrap();
+    let good = std::fs::read_to_string(fixture("unified_config.yaml")).unwrap();
+    // A secret where a string of at least one character is expected: still valid, still masked.
+    let secret = good.replace("name: agent-swarm", "name: ghp_0123456789abcdefghijklmnopqrstuvwxyzAB");
+    let keys = swarm_keys(&secret);
+    assert!(matches!(keys["system.name"].kind, Some(driftwatch_proto::v1::value::Kind::Masked(_))));
+    assert!(!eval_swarm(&rs, &keys)[0].matched);
+    // Where a number is expected the message quotes the masked form only.
+    let mut keys = swarm_keys(&good);
+    keys.insert("system.max_agents".into(), Value::masked("0123456789abcdef", "key name"));
+    let out = eval_swarm(&rs, &keys);
+    let text = out[0].value.display();
+    assert!(text.contains("/system/max_agents: \"masked:0123456789ab\" is not of type \"integer\""), "{text}");
+    assert!(!out[0].matched, "one error, not about /system/name: {text}");
+    keys.insert("system.name".into(), Value::string(""));
+    assert!(eval_swarm(&rs, &keys)[0].matched);
+}
+
+#[test]
+fn schema_problems_are_load_errors_at_the_schema_value() {
+    let rule = |target: &str| {
+        format!("groups:\n  - name: g\n    rules:\n      - name: r\n        target: {target}\n        severity: low\n")
+    };
+    let dir = schema_dir("");
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("bad.json", "{\"type\": \"object\",\n \"properties\": }");
+    write("invalid.json", "{\"type\": \"objekt\"}");
+    write("remote.json", "{\"$ref\": \"https://example.invalid/s.json\"}");
+    for (target, col, want) in [
+        ("{file: \"*.yaml\", schema: missing.json}", 42, "target.schema: cannot read"),
+        (
+            "{file: \"*.yaml\", schema: \"bad.json\"}",
+            43,
+            "bad.json is not valid JSON: expected value at line 2 column 16",
+        ),
+        ("{file: \"*.yaml\", schema: invalid.json}", 42, "invalid.json is not a usable JSON Schema"),
+        ("{file: \"*.yaml\", schema: remote.json}", 42, "remote.json is not a usable JSON Schema"),
+        ("{file: \"*.yaml\", key: A, schema: schema.json}", 50, "target.schema: validates the whole file"),
+    ] {
+        write("r.yaml", &rule(target));
+        let errs = RuleSet::check_dir(dir.path());
+        assert_eq!(errs.len(), 1, "{target}: {errs:?}");
+        let e = &errs[0];
+        assert_eq!((e.line, e.column), (5, col), "{target}: {e}");
+        assert!(e.message.contains(want), "{target}: {e}");
     }
+    // Block style: the value's own line and column.
+    write(
+        "r.yaml",
+        "groups:\n  - name: g\n    rules:\n      - name: r\n        target:\n          file: \"*.yaml\"\n          schema: invalid.json\n",
+    );
+    let errs = RuleSet::check_dir(dir.path());
+    assert_eq!((errs[0].line, errs[0].column), (7, 19), "{errs:?}");
+    // Without a schema, `expr` is required; a schema variable is only for schema rules.
+    write("r.yaml", &rule("{file: \"*.yaml\"}"));
+    let errs = RuleSet::check_dir(dir.path());
+    assert!(errs[0].message.starts_with("expr: missing"), "{errs:?}");
+    assert_eq!((errs[0].line, errs[0].column), (4, 9), "{errs:?}");
+    write("r.yaml", &format!("{}        expr: \"size(schema_errors) > 0\"\n", rule("{file: \"*.yaml\"}")));
+    let errs = RuleSet::check_dir(dir.path());
+    assert!(errs[0].message.contains("unknown variable 'schema_errors'"), "{errs:?}");
 }

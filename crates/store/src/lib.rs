@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, params};
 
+mod rollup;
+
+pub use rollup::{Extract, RollupRecord};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {source}")]
@@ -104,6 +108,31 @@ pub struct AlertRecord {
     pub payload: Vec<u8>,
 }
 
+/// A silence (`payload` is encoded); it mutes matching alerts from `starts_ms`
+/// until `ends_ms`, and is kept after it ends until retention prunes it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SilenceRecord {
+    pub id: String,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub updated_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+/// Row counts per table (see [`Store::stats`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    pub hosts: u64,
+    pub files: u64,
+    pub file_history: u64,
+    pub resources: u64,
+    pub resource_rollups: u64,
+    pub baselines: u64,
+    pub events: u64,
+    pub alerts: u64,
+    pub silences: u64,
+}
+
 /// One write, applied in order within a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -126,6 +155,10 @@ pub enum Op {
     Alert(AlertRecord),
     /// Forget an alert (pruned after retention).
     RemoveAlert { fingerprint: String },
+    /// Insert or replace a silence (by id).
+    Silence(SilenceRecord),
+    /// Delete a silence now, without waiting for retention.
+    RemoveSilence { id: String },
 }
 
 /// Operations committed together in one transaction.
@@ -208,6 +241,28 @@ const MIGRATIONS: &[&str] = &[
         updated_ms INTEGER NOT NULL,
         payload BLOB NOT NULL
      ) STRICT, WITHOUT ROWID;",
+    // 3: silences, resource rollups (downsampled history), time index for raw-sample retention.
+    "CREATE TABLE silences (
+        id TEXT PRIMARY KEY,
+        starts_ms INTEGER NOT NULL,
+        ends_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        payload BLOB NOT NULL
+     ) STRICT, WITHOUT ROWID;
+     CREATE TABLE resource_rollups (
+        host_id TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        bucket_ms INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        sum REAL NOT NULL,
+        min REAL NOT NULL,
+        max REAL NOT NULL,
+        PRIMARY KEY (host_id, metric, bucket_ms)
+     ) STRICT, WITHOUT ROWID;
+     -- One host over a window, in time order (the primary key orders by metric first).
+     CREATE INDEX resource_rollups_by_host_time ON resource_rollups (host_id, bucket_ms, metric);
+     -- Downsampling and pruning select raw samples by age across all hosts.
+     CREATE INDEX resources_by_time ON resources (sampled_ms);",
 ];
 
 pub struct Store {
@@ -336,6 +391,13 @@ impl Store {
             let mut resource = tx
                 .prepare_cached("INSERT INTO resources (host_id, seq, sampled_ms, sample) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(e)?;
+            let mut silence = tx
+                .prepare_cached(
+                    "INSERT INTO silences (id, starts_ms, ends_ms, updated_ms, payload) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (id) DO UPDATE SET starts_ms = ?2, ends_ms = ?3, updated_ms = ?4, payload = ?5",
+                )
+                .map_err(e)?;
+            let mut remove_silence = tx.prepare_cached("DELETE FROM silences WHERE id = ?1").map_err(e)?;
             for (i, op) in batch.ops.iter().enumerate() {
                 match op {
                     Op::Host(h) => {
@@ -393,6 +455,14 @@ impl Store {
                     }
                     Op::Resource(r) => {
                         resource.execute(params![r.host_id, r.seq as i64, r.sampled_ms, r.sample]).map_err(e)?;
+                    }
+                    Op::Silence(si) => {
+                        silence
+                            .execute(params![si.id, si.starts_ms, si.ends_ms, si.updated_ms, si.payload])
+                            .map_err(e)?;
+                    }
+                    Op::RemoveSilence { id } => {
+                        remove_silence.execute(params![id]).map_err(e)?;
                     }
                 }
             }
@@ -591,6 +661,70 @@ impl Store {
             .map_err(|e| sqlite(&path, e))?;
         tx.commit().map_err(|e| sqlite(&path, e))?;
         Ok((samples, events))
+    }
+
+    /// Retention: delete events older than `before_ms`; returns how many. The
+    /// event id high-water mark stays, so ids never repeat.
+    pub fn prune_events(&mut self, before_ms: i64) -> Result<usize> {
+        self.conn.execute("DELETE FROM events WHERE at_ms < ?1", params![before_ms]).map_err(|e| self.err(e))
+    }
+
+    /// Every stored silence (ended ones included until pruned), by id.
+    pub fn load_silences(&self) -> Result<Vec<SilenceRecord>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, starts_ms, ends_ms, updated_ms, payload FROM silences ORDER BY id")
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(SilenceRecord {
+                    id: r.get(0)?,
+                    starts_ms: r.get(1)?,
+                    ends_ms: r.get(2)?,
+                    updated_ms: r.get(3)?,
+                    payload: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Retention: delete silences that ended before `ended_before_ms`; returns how many.
+    pub fn prune_silences(&mut self, ended_before_ms: i64) -> Result<usize> {
+        self.conn.execute("DELETE FROM silences WHERE ends_ms < ?1", params![ended_before_ms]).map_err(|e| self.err(e))
+    }
+
+    /// Row counts per table. Each count walks its table's smallest index, so this
+    /// is O(rows): fine for tests and an occasional metrics scrape, not per request.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let tables = [
+            "hosts",
+            "files",
+            "file_history",
+            "resources",
+            "resource_rollups",
+            "baselines",
+            "events",
+            "alerts",
+            "silences",
+        ];
+        let sql = tables.map(|t| format!("(SELECT COUNT(*) FROM {t})")).join(", ");
+        self.conn
+            .query_row(&format!("SELECT {sql}"), [], |r| {
+                let n = |i| r.get::<_, i64>(i).map(|v| v as u64);
+                Ok(StoreStats {
+                    hosts: n(0)?,
+                    files: n(1)?,
+                    file_history: n(2)?,
+                    resources: n(3)?,
+                    resource_rollups: n(4)?,
+                    baselines: n(5)?,
+                    events: n(6)?,
+                    alerts: n(7)?,
+                    silences: n(8)?,
+                })
+            })
+            .map_err(|e| self.err(e))
     }
 
     /// The stored host row, if any.
@@ -814,6 +948,115 @@ mod tests {
         let err = Store::open(&path).unwrap_err().to_string();
         assert!(err.contains("d.db"), "{err}");
         assert!(err.to_lowercase().contains("not a database"), "{err}");
+    }
+
+    fn silence(id: &str, ends_ms: i64, payload: &[u8]) -> SilenceRecord {
+        SilenceRecord { id: id.into(), starts_ms: 1, ends_ms, updated_ms: 2, payload: payload.into() }
+    }
+
+    #[test]
+    fn silences_upsert_round_trip_and_prune_by_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.write_batch(&Batch {
+                ops: vec![
+                    Op::Silence(silence("s2", 100, b"old")),
+                    Op::Silence(silence("s1", 50, b"one")),
+                    Op::Silence(silence("s2", 300, b"extended")),
+                    Op::Silence(silence("s3", 10, b"gone")),
+                    Op::RemoveSilence { id: "s3".into() },
+                ],
+            })
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.load_silences().unwrap(), vec![silence("s1", 50, b"one"), silence("s2", 300, b"extended")]);
+        assert_eq!(s.prune_silences(50).unwrap(), 0, "ending exactly at the cutoff is kept");
+        assert_eq!(s.prune_silences(200).unwrap(), 1);
+        assert_eq!(s.load_silences().unwrap(), vec![silence("s2", 300, b"extended")]);
+    }
+
+    #[test]
+    fn prune_events_keeps_newer_events_and_the_id_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("d.db")).unwrap();
+        let ops =
+            (1..=4).map(|id| Op::Event(EventRecord { id, kind: "k".into(), at_ms: id as i64 * 10, payload: vec![] }));
+        s.write_batch(&Batch { ops: ops.collect() }).unwrap();
+        assert_eq!(s.prune_events(30).unwrap(), 2);
+        assert_eq!(s.events_after(0, 10).unwrap().iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(s.prune_events(1000).unwrap(), 2);
+        assert_eq!(s.max_event_id().unwrap(), 4);
+        assert_eq!(s.stats().unwrap(), StoreStats::default());
+    }
+
+    #[test]
+    fn stats_count_rows_per_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("d.db")).unwrap();
+        s.write_batch(&Batch {
+            ops: vec![
+                Op::Host(host("a", 1)),
+                file("a", "/x", 1, b"1"),
+                file("a", "/x", 2, b"2"),
+                Op::Resource(ResourceRecord { host_id: "a".into(), seq: 1, sampled_ms: 1, sample: vec![] }),
+                baseline("b", 1, false),
+                Op::Event(EventRecord { id: 1, ..Default::default() }),
+                Op::Alert(AlertRecord { fingerprint: "f".into(), ..Default::default() }),
+                Op::Silence(silence("s", 1, b"")),
+            ],
+        })
+        .unwrap();
+        assert_eq!(
+            s.stats().unwrap(),
+            StoreStats {
+                hosts: 1,
+                files: 1,
+                file_history: 2,
+                resources: 1,
+                resource_rollups: 0,
+                baselines: 1,
+                events: 1,
+                alerts: 1,
+                silences: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn a_version_2_database_upgrades_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        {
+            // The schema as a build with two migrations left it, with data in it.
+            let c = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..2] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", 2).unwrap();
+            c.execute_batch(
+                "INSERT INTO hosts VALUES ('a', '{\"env\":\"production\"}', '0.1.0', 's1', 1, 1, 3, 0);
+                 INSERT INTO resources (host_id, seq, sampled_ms, sample) VALUES ('a', 1, 100, x'0102');
+                 INSERT INTO events VALUES (7, 'alert', 5, x'');
+                 INSERT INTO counters VALUES ('event_id', 7);
+                 INSERT INTO alerts VALUES ('f1', 1, x'aa');",
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        let version: i64 = s.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert_eq!(s.load_hosts().unwrap(), vec![host("a", 1)]);
+        assert_eq!(s.resource_history("a", 0, 1000).unwrap()[0].sample, vec![1, 2]);
+        assert_eq!(s.max_event_id().unwrap(), 7);
+        assert_eq!(s.load_alerts().unwrap()[0].payload, vec![0xaa]);
+        // The new tables work on the upgraded database.
+        s.write_batch(&Batch { ops: vec![Op::Silence(silence("s", 9, b"p"))] }).unwrap();
+        assert_eq!(s.load_silences().unwrap().len(), 1);
+        assert_eq!(s.downsample_resources(1000, 300_000, 10, &|b| vec![("m".into(), b.len() as f64)]).unwrap(), 1);
+        assert_eq!(s.resource_rollups("a", 0, 1000).unwrap()[0].sum, 2.0);
     }
 
     #[test]

@@ -36,6 +36,9 @@ struct Cli {
     /// The driftwatch-server binary to start [default: next to this binary].
     #[arg(long, global = true)]
     server_bin: Option<PathBuf>,
+    /// Start the server with this rules directory (e.g. deploy/examples/rules).
+    #[arg(long, global = true)]
+    rules: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -53,6 +56,11 @@ enum Cmd {
         window: usize,
         #[arg(long, default_value_t = 20)]
         keys_per_file: usize,
+        /// Labels of the virtual hosts (k=v,...): e.g. env=production,service=web2img so
+        /// the example rules select them. Each agent then also sends a resource sample
+        /// once a second (ten times the default agent rate).
+        #[arg(long, default_value = "sim=true")]
+        labels: String,
     },
     /// Many agents connected and idle (heartbeats only): server memory per agent.
     Idle {
@@ -88,13 +96,14 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         let tmp = tempfile::tempdir()?;
         let mut server = match &cli.server {
-            Some(url) => ServerProc { url: url.clone(), child: None, pid: cli.server_pid },
-            None => ServerProc::spawn(&cli.server_bin, tmp.path())?,
+            Some(url) => ServerProc { url: url.clone(), child: None, pid: cli.server_pid, metrics: None },
+            None => ServerProc::spawn(&cli.server_bin, tmp.path(), cli.rules.as_deref())?,
         };
         server.wait_ready().await?;
         let r = match cli.cmd {
-            Cmd::Ingest { agents, duration_secs, window, keys_per_file } => {
-                ingest(&server, agents, Duration::from_secs(duration_secs), window, keys_per_file).await
+            Cmd::Ingest { agents, duration_secs, window, keys_per_file, labels } => {
+                let labels = parse_labels(&labels)?;
+                ingest(&server, agents, Duration::from_secs(duration_secs), window, keys_per_file, labels).await
             }
             Cmd::Idle { agents, files_per_agent, hold_secs } => {
                 idle(&server, agents, files_per_agent, Duration::from_secs(hold_secs)).await
@@ -113,14 +122,30 @@ struct ServerProc {
     url: String,
     child: Option<Child>,
     pid: Option<u32>,
+    /// host:port of the server's /metrics, when this process started it.
+    metrics: Option<String>,
 }
 
 impl ServerProc {
-    fn spawn(bin: &Option<PathBuf>, dir: &Path) -> anyhow::Result<Self> {
+    fn spawn(bin: &Option<PathBuf>, dir: &Path, rules: Option<&Path>) -> anyhow::Result<Self> {
         let bin = bin.clone().unwrap_or_else(|| sibling("driftwatch-server"));
         let port = free_port()?;
-        let child = Command::new(&bin)
-            .args(["--insecure", "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", "off", "--log", "warn"])
+        let metrics_port = free_port()?;
+        let metrics = format!("127.0.0.1:{metrics_port}");
+        let mut cmd = Command::new(&bin);
+        if let Some(r) = rules {
+            cmd.arg("--rules").arg(r);
+        }
+        let child = cmd
+            .args([
+                "--insecure",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--metrics-listen",
+                &metrics,
+                "--log",
+                "warn",
+            ])
             .arg("--data")
             .arg(dir.join("server-data"))
             .stdout(Stdio::null())
@@ -128,7 +153,7 @@ impl ServerProc {
             .spawn()
             .with_context(|| format!("start {} (build it first: cargo build --release)", bin.display()))?;
         let pid = child.id();
-        Ok(Self { url: format!("http://127.0.0.1:{port}"), child: Some(child), pid: Some(pid) })
+        Ok(Self { url: format!("http://127.0.0.1:{port}"), child: Some(child), pid: Some(pid), metrics: Some(metrics) })
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
@@ -145,6 +170,16 @@ impl ServerProc {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// One counter or gauge from /metrics (plain HTTP/1.0 GET: no client dependency).
+    fn metric(&self, name: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics.as_ref()?).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     fn rss(&self) -> Option<u64> {
@@ -234,7 +269,38 @@ struct SimAgent {
     inbound: tonic::Streaming<v1::ServerMessage>,
 }
 
+fn parse_labels(s: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
+            None => bail!("label {p:?} is not k=v"),
+        })
+        .collect()
+}
+
+/// A plausible web2img host: 4–5 GiB used, 10 cores busy.
+fn resource_sample(seq: u64) -> v1::ResourceSample {
+    v1::ResourceSample {
+        sampled_at: Some(driftwatch_proto::timestamp(std::time::SystemTime::now())),
+        cpu_cores_used: 10.0 + (seq % 7) as f64 / 10.0,
+        cpu_percent: 65.0,
+        cpu_count: 16,
+        memory_total_bytes: 16 << 30,
+        memory_used_bytes: (4 << 30) + (seq % 97) * (8 << 20),
+        ..Default::default()
+    }
+}
+
 async fn connect_agent(url: &str, host_id: &str) -> anyhow::Result<SimAgent> {
+    connect_agent_labels(url, host_id, [("sim".to_string(), "true".to_string())].into()).await
+}
+
+async fn connect_agent_labels(
+    url: &str,
+    host_id: &str,
+    labels: std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<SimAgent> {
     let ch = tonic::transport::Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(20))
         .connect()
@@ -244,7 +310,7 @@ async fn connect_agent(url: &str, host_id: &str) -> anyhow::Result<SimAgent> {
     tx.send(v1::AgentMessage {
         kind: Some(agent_message::Kind::Hello(v1::Hello {
             host_id: host_id.to_string(),
-            labels: [("sim".to_string(), "true".to_string())].into(),
+            labels,
             agent_version: "sim".into(),
             spool_id: format!("sim-{}", rand::random::<u64>()),
             ..Default::default()
@@ -271,8 +337,14 @@ async fn ingest(
     duration: Duration,
     window: usize,
     keys: usize,
+    labels: std::collections::BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
-    println!("ingest: {agents} agents, window {window}, {keys} keys per file, {}s", duration.as_secs());
+    let with_resources = labels.keys().any(|k| k != "sim");
+    println!(
+        "ingest: {agents} agents, window {window}, {keys} keys per file, {}s, labels {labels:?}{}",
+        duration.as_secs(),
+        if with_resources { ", a resource sample per agent per second" } else { "" }
+    );
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let (lat_tx, mut lat_rx) = mpsc::unbounded_channel::<Vec<Duration>>();
@@ -284,9 +356,10 @@ async fn ingest(
         let stop = stop.clone();
         let lat_tx = lat_tx.clone();
         let barrier = start_barrier.clone();
+        let labels = labels.clone();
         handles.push(tokio::spawn(async move {
             let host = format!("sim-ingest-{i:05}");
-            let mut a = match connect_agent(&url, &host).await {
+            let mut a = match connect_agent_labels(&url, &host, labels).await {
                 Ok(a) => a,
                 Err(e) => {
                     eprintln!("{host}: {e}");
@@ -294,17 +367,26 @@ async fn ingest(
                     return;
                 }
             };
-            let path = format!("/etc/sim/{i}/app.env");
+            let path = format!("/etc/sim/{i}/.env");
             barrier.wait().await;
             let mut sent_at: HashMap<u64, Instant> = HashMap::new();
             let mut lats = Vec::new();
             let mut seq = 0u64;
             let mut last_ack = 0u64;
+            let mut last_sample = Instant::now() - Duration::from_secs(1);
             loop {
                 while !stop.load(Ordering::Relaxed) && (seq - last_ack) < window as u64 {
                     seq += 1;
                     sent_at.insert(seq, Instant::now());
-                    if a.tx.send(snapshot(seq, seq == 1, vec![file_state(&path, keys, seq)])).await.is_err() {
+                    let mut msg = snapshot(seq, seq == 1, vec![file_state(&path, keys, seq)]);
+                    if with_resources
+                        && last_sample.elapsed() >= Duration::from_secs(1)
+                        && let Some(agent_message::Kind::Snapshot(s)) = &mut msg.kind
+                    {
+                        last_sample = Instant::now();
+                        s.resources = Some(resource_sample(seq));
+                    }
+                    if a.tx.send(msg).await.is_err() {
                         break;
                     }
                 }
@@ -362,6 +444,13 @@ async fn ingest(
     );
     if let (Some(a), Some(b)) = (rss0, rss1) {
         println!("RESULT ingest server_rss_mib_start={:.1} end={:.1}", a as f64 / 1048576.0, b as f64 / 1048576.0);
+    }
+    if let (Some(rules), Some(evals), Some(overflows)) = (
+        server.metric("driftwatch_rules_loaded"),
+        server.metric("driftwatch_rule_evaluations_total"),
+        server.metric("driftwatch_rule_queue_overflows_total"),
+    ) {
+        println!("RESULT ingest rules_loaded={rules} rule_evaluations={evals} rule_queue_overflows={overflows}");
     }
     Ok(())
 }

@@ -1,0 +1,380 @@
+//! `driftwatch alerts`, `driftwatch ack`, `driftwatch silence add|list|expire`.
+
+use clap::{Args, Subcommand};
+use driftwatch_proto::v1::{self, alerts_client::AlertsClient};
+use tonic::transport::Channel;
+
+use crate::output::{Output, table, to_json, ts};
+use crate::status_err;
+
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    /// States to show: pending, firing, resolved (repeatable; default pending and firing).
+    #[arg(long = "state", value_name = "STATE")]
+    states: Vec<String>,
+    /// At least this severity: info, low, medium, high, critical.
+    #[arg(long)]
+    severity: Option<String>,
+    /// Only this host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Host label selector, e.g. env=production,service=web2img.
+    #[arg(long, short = 'l')]
+    selector: Option<String>,
+    /// Only this rule (name, or group/name).
+    #[arg(long)]
+    rule: Option<String>,
+    /// Hide silenced alerts.
+    #[arg(long)]
+    hide_silenced: bool,
+    /// Show one alert in full (fingerprint or a unique prefix of it).
+    #[arg(long)]
+    show: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SilenceCmd {
+    /// Silence alerts whose labels match every matcher (name=value, name!=value,
+    /// name=~regex, name!~regex; labels: alertname, group, severity, host, path, key,
+    /// metric, the host's labels and the rule's labels).
+    Add {
+        #[arg(required = true, value_name = "MATCHER")]
+        matchers: Vec<String>,
+        /// How long: 2h, 30m, 1d.
+        #[arg(long, short = 'd', default_value = "2h")]
+        duration: String,
+        #[arg(long, short = 'c', default_value = "")]
+        comment: String,
+        #[arg(long, env = "USER", default_value = "")]
+        by: String,
+    },
+    /// List silences (active and pending; --all adds expired ones).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// End a silence now.
+    Expire { id: String },
+}
+
+pub fn severity_arg(s: &str) -> anyhow::Result<v1::Severity> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "info" => v1::Severity::Info,
+        "low" => v1::Severity::Low,
+        "medium" => v1::Severity::Medium,
+        "high" => v1::Severity::High,
+        "critical" => v1::Severity::Critical,
+        other => anyhow::bail!("unknown severity {other:?} (info, low, medium, high, critical)"),
+    })
+}
+
+fn state_arg(s: &str) -> anyhow::Result<v1::AlertState> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "pending" => v1::AlertState::Pending,
+        "firing" => v1::AlertState::Firing,
+        "resolved" => v1::AlertState::Resolved,
+        other => anyhow::bail!("unknown state {other:?} (pending, firing, resolved)"),
+    })
+}
+
+pub fn severity_name(s: i32) -> &'static str {
+    match v1::Severity::try_from(s) {
+        Ok(v1::Severity::Info) => "info",
+        Ok(v1::Severity::Low) => "low",
+        Ok(v1::Severity::Medium) => "medium",
+        Ok(v1::Severity::High) => "high",
+        Ok(v1::Severity::Critical) => "critical",
+        _ => "-",
+    }
+}
+
+pub fn alert_state_name(s: i32) -> &'static str {
+    match v1::AlertState::try_from(s) {
+        Ok(v1::AlertState::Pending) => "pending",
+        Ok(v1::AlertState::Firing) => "firing",
+        Ok(v1::AlertState::Resolved) => "resolved",
+        _ => "-",
+    }
+}
+
+fn silence_state_name(s: i32) -> &'static str {
+    match v1::SilenceState::try_from(s) {
+        Ok(v1::SilenceState::Pending) => "pending",
+        Ok(v1::SilenceState::Active) => "active",
+        Ok(v1::SilenceState::Expired) => "expired",
+        _ => "-",
+    }
+}
+
+fn value(v: &Option<v1::Value>) -> String {
+    v.as_ref().map(|v| v.display()).unwrap_or_else(|| "-".into())
+}
+
+/// What an alert is about: `path key`, `metric`, or `agent`.
+pub fn subject(a: &v1::Alert) -> String {
+    match (a.path.is_empty(), a.metric.is_empty()) {
+        (false, _) if a.key.is_empty() => a.path.clone(),
+        (false, _) => format!("{} {}", a.path, a.key),
+        (true, false) => a.metric.clone(),
+        (true, true) => "agent".into(),
+    }
+}
+
+pub fn alerts_table(alerts: &[v1::Alert]) -> String {
+    let rows: Vec<Vec<String>> = alerts
+        .iter()
+        .map(|a| {
+            let mut state = alert_state_name(a.state).to_string();
+            if a.acknowledged.is_some() {
+                state.push_str(" (acked)");
+            }
+            if !a.silenced_by.is_empty() {
+                state.push_str(" (silenced)");
+            }
+            let since = match v1::AlertState::try_from(a.state) {
+                Ok(v1::AlertState::Resolved) => ts(&a.resolved_at),
+                Ok(v1::AlertState::Firing) => ts(&a.fired_at),
+                _ => ts(&a.active_since),
+            };
+            vec![
+                a.fingerprint.chars().take(12).collect(),
+                severity_name(a.severity).into(),
+                state,
+                since,
+                a.host_id.clone(),
+                a.rule.clone(),
+                subject(a),
+                value(&a.value),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return "no alerts\n".into();
+    }
+    table(&["ID", "SEVERITY", "STATE", "SINCE", "HOST", "RULE", "SUBJECT", "VALUE"], &rows)
+}
+
+fn alert_detail(a: &v1::Alert) -> String {
+    let mut rows = vec![
+        vec!["fingerprint".into(), a.fingerprint.clone()],
+        vec!["rule".into(), format!("{}/{}", a.group, a.rule)],
+        vec!["host".into(), a.host_id.clone()],
+        vec!["subject".into(), subject(a)],
+        vec!["state".into(), alert_state_name(a.state).into()],
+        vec!["severity".into(), severity_name(a.severity).into()],
+        vec!["value".into(), value(&a.value)],
+        vec!["baseline".into(), value(&a.baseline)],
+        vec!["previous".into(), value(&a.previous)],
+        vec!["active since".into(), ts(&a.active_since)],
+        vec!["fired".into(), ts(&a.fired_at)],
+        vec!["resolved".into(), ts(&a.resolved_at)],
+        vec!["evaluated".into(), ts(&a.evaluated_at)],
+    ];
+    if !a.evaluation_error.is_empty() {
+        rows.push(vec!["evaluation error".into(), a.evaluation_error.clone()]);
+    }
+    if let Some(ack) = &a.acknowledged {
+        rows.push(vec!["acknowledged".into(), format!("by {} {} {}", ack.by, ts(&ack.at), ack.comment)]);
+    }
+    if !a.silenced_by.is_empty() {
+        rows.push(vec!["silenced by".into(), a.silenced_by.join(", ")]);
+    }
+    for (k, v) in &a.annotations {
+        rows.push(vec![format!("annotation {k}"), v.clone()]);
+    }
+    let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    rows.push(vec!["labels".into(), labels.join(",")]);
+    table(&["FIELD", "VALUE"], &rows)
+}
+
+/// Find an alert by full fingerprint or unique prefix (any state).
+async fn find(c: &mut AlertsClient<Channel>, id: &str) -> anyhow::Result<v1::Alert> {
+    if id.len() == 32
+        && let Ok(a) = c.get_alert(v1::GetAlertRequest { fingerprint: id.to_string() }).await
+    {
+        return Ok(a.into_inner());
+    }
+    let all = c
+        .list_alerts(v1::ListAlertsRequest {
+            states: vec![
+                v1::AlertState::Pending as i32,
+                v1::AlertState::Firing as i32,
+                v1::AlertState::Resolved as i32,
+            ],
+            ..Default::default()
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner()
+        .alerts;
+    let matches: Vec<v1::Alert> = all.into_iter().filter(|a| a.fingerprint.starts_with(id)).collect();
+    match matches.len() {
+        0 => anyhow::bail!("not found: no alert with id {id:?} (driftwatch alerts lists ids)"),
+        1 => Ok(matches.into_iter().next().expect("one")),
+        n => anyhow::bail!("id {id:?} is ambiguous ({n} alerts); give more characters"),
+    }
+}
+
+pub async fn list(ch: Channel, out: Output, args: AlertsArgs) -> anyhow::Result<()> {
+    let mut c = AlertsClient::new(ch);
+    if let Some(id) = &args.show {
+        let a = find(&mut c, id).await?;
+        match out {
+            Output::Json => println!("{}", to_json(&a, "Alert")?),
+            Output::Table => print!("{}", alert_detail(&a)),
+        }
+        return Ok(());
+    }
+    let req = v1::ListAlertsRequest {
+        states: args.states.iter().map(|s| state_arg(s).map(|s| s as i32)).collect::<anyhow::Result<_>>()?,
+        min_severity: args.severity.as_deref().map(severity_arg).transpose()?.map(|s| s as i32).unwrap_or(0),
+        host_id: args.host.unwrap_or_default(),
+        selector: args.selector.unwrap_or_default(),
+        rule: args.rule.unwrap_or_default(),
+        hide_silenced: args.hide_silenced,
+        limit: 0,
+    };
+    let r = c.list_alerts(req).await.map_err(status_err)?.into_inner();
+    match out {
+        Output::Json => println!("{}", to_json(&r, "ListAlertsResponse")?),
+        Output::Table => print!("{}", alerts_table(&r.alerts)),
+    }
+    Ok(())
+}
+
+pub async fn ack(ch: Channel, out: Output, id: String, by: String, comment: String) -> anyhow::Result<()> {
+    let mut c = AlertsClient::new(ch);
+    let a = find(&mut c, &id).await?;
+    let by = if by.trim().is_empty() { "unknown".to_string() } else { by };
+    let a = c
+        .acknowledge(v1::AcknowledgeRequest { fingerprint: a.fingerprint, by, comment })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    match out {
+        Output::Json => println!("{}", to_json(&a, "Alert")?),
+        Output::Table => {
+            println!("acknowledged {} ({} on {})", &a.fingerprint[..12.min(a.fingerprint.len())], a.rule, a.host_id)
+        }
+    }
+    Ok(())
+}
+
+fn parse_matcher(s: &str) -> anyhow::Result<v1::Matcher> {
+    use v1::matcher::Op;
+    for (tok, op) in [("!~", Op::NotRegex), ("=~", Op::Regex), ("!=", Op::NotEqual), ("=", Op::Equal)] {
+        if let Some(i) = s.find(tok) {
+            let name = s[..i].trim();
+            anyhow::ensure!(!name.is_empty(), "matcher {s:?}: missing label name");
+            let value = s[i + tok.len()..].trim().trim_matches('"');
+            return Ok(v1::Matcher { name: name.into(), value: value.into(), op: op as i32 });
+        }
+    }
+    anyhow::bail!("matcher {s:?}: expected name=value, name!=value, name=~regex or name!~regex")
+}
+
+fn matcher_text(m: &v1::Matcher) -> String {
+    let op = match v1::matcher::Op::try_from(m.op) {
+        Ok(v1::matcher::Op::NotEqual) => "!=",
+        Ok(v1::matcher::Op::Regex) => "=~",
+        Ok(v1::matcher::Op::NotRegex) => "!~",
+        _ => "=",
+    };
+    format!("{}{op}{}", m.name, m.value)
+}
+
+pub async fn silence(ch: Channel, out: Output, cmd: SilenceCmd) -> anyhow::Result<()> {
+    let mut c = AlertsClient::new(ch);
+    match cmd {
+        SilenceCmd::Add { matchers, duration, comment, by } => {
+            let matchers = matchers.iter().map(|m| parse_matcher(m)).collect::<anyhow::Result<Vec<_>>>()?;
+            let s = c
+                .create_silence(v1::CreateSilenceRequest {
+                    matchers,
+                    duration,
+                    comment,
+                    created_by: if by.trim().is_empty() { "unknown".into() } else { by },
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match out {
+                Output::Json => println!("{}", to_json(&s, "Silence")?),
+                Output::Table => println!("{}", s.id),
+            }
+        }
+        SilenceCmd::List { all } => {
+            let r = c
+                .list_silences(v1::ListSilencesRequest { include_expired: all })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match out {
+                Output::Json => println!("{}", to_json(&r, "ListSilencesResponse")?),
+                Output::Table if r.silences.is_empty() => println!("no silences"),
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = r
+                        .silences
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.id.clone(),
+                                silence_state_name(s.state).into(),
+                                s.matchers.iter().map(matcher_text).collect::<Vec<_>>().join(","),
+                                ts(&s.starts_at),
+                                s.ends_at.map(|t| crate::output::until(&t)).unwrap_or_default(),
+                                s.created_by.clone(),
+                                s.comment.clone(),
+                            ]
+                        })
+                        .collect();
+                    print!("{}", table(&["ID", "STATE", "MATCHERS", "STARTED", "ENDS", "BY", "COMMENT"], &rows));
+                }
+            }
+        }
+        SilenceCmd::Expire { id } => {
+            let s = c.expire_silence(v1::ExpireSilenceRequest { id }).await.map_err(status_err)?.into_inner();
+            match out {
+                Output::Json => println!("{}", to_json(&s, "Silence")?),
+                Output::Table => println!("expired {}", s.id),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matchers_parse() {
+        let m = parse_matcher("host=~web-.*").unwrap();
+        assert_eq!((m.name.as_str(), m.value.as_str(), m.op), ("host", "web-.*", v1::matcher::Op::Regex as i32));
+        assert_eq!(matcher_text(&parse_matcher("severity!=low").unwrap()), "severity!=low");
+        assert!(parse_matcher("nothing").is_err());
+        assert!(parse_matcher("=x").is_err());
+    }
+
+    #[test]
+    fn table_marks_acked_and_silenced() {
+        let a = v1::Alert {
+            fingerprint: "0123456789abcdef0123456789abcdef".into(),
+            rule: "workers-above-12".into(),
+            host_id: "web-1".into(),
+            path: "/etc/web2img/.env".into(),
+            key: "WORKERS".into(),
+            state: v1::AlertState::Firing as i32,
+            severity: v1::Severity::High as i32,
+            value: Some(v1::Value::int(16)),
+            acknowledged: Some(v1::Acknowledgement::default()),
+            silenced_by: vec!["x".into()],
+            ..Default::default()
+        };
+        let t = alerts_table(&[a]);
+        assert!(t.contains("firing (acked) (silenced)"), "{t}");
+        assert!(t.contains("/etc/web2img/.env WORKERS"), "{t}");
+        assert!(t.contains("0123456789ab"), "{t}");
+    }
+}

@@ -1,0 +1,252 @@
+//! Silences: label matchers (`=`, `!=`, `=~`, `!~`, regexes anchored as in
+//! Alertmanager) and the pending → active → expired lifecycle. Pure functions.
+
+use std::collections::BTreeMap;
+
+use driftwatch_proto::v1::{self, matcher::Op};
+
+use crate::error::ServerError;
+
+const MAX_MATCHERS: usize = 32;
+const MAX_COMMENT: usize = 1024;
+
+/// A matcher with its regex compiled.
+#[derive(Debug, Clone)]
+pub struct CompiledMatcher {
+    name: String,
+    op: Op,
+    value: String,
+    regex: Option<regex::Regex>,
+}
+
+impl CompiledMatcher {
+    pub fn new(m: &v1::Matcher) -> Result<Self, String> {
+        if m.name.is_empty() {
+            return Err("matcher name is empty".into());
+        }
+        let op = Op::try_from(m.op).map_err(|_| format!("matcher {:?}: unknown op {}", m.name, m.op))?;
+        let regex = match op {
+            Op::Regex | Op::NotRegex => Some(
+                regex::Regex::new(&format!("^(?:{})$", m.value))
+                    .map_err(|e| format!("matcher {:?}: invalid regex {:?}: {e}", m.name, m.value))?,
+            ),
+            Op::Equal | Op::NotEqual => None,
+        };
+        Ok(Self { name: m.name.clone(), op, value: m.value.clone(), regex })
+    }
+
+    /// A missing label matches as the empty string, as in Alertmanager.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let v = labels.get(&self.name).map(String::as_str).unwrap_or("");
+        match self.op {
+            Op::Equal => v == self.value,
+            Op::NotEqual => v != self.value,
+            Op::Regex => self.regex.as_ref().is_some_and(|r| r.is_match(v)),
+            Op::NotRegex => !self.regex.as_ref().is_some_and(|r| r.is_match(v)),
+        }
+    }
+}
+
+/// Parse `name=value`, `name!=value`, `name=~regex`, `name!~regex`.
+pub fn parse_matcher(s: &str) -> Result<v1::Matcher, String> {
+    for (tok, op) in [("!~", Op::NotRegex), ("=~", Op::Regex), ("!=", Op::NotEqual), ("=", Op::Equal)] {
+        if let Some(i) = s.find(tok) {
+            let name = s[..i].trim();
+            let value = s[i + tok.len()..].trim().trim_matches('"');
+            if name.is_empty() {
+                return Err(format!("matcher {s:?}: missing label name"));
+            }
+            return Ok(v1::Matcher { name: name.to_string(), value: value.to_string(), op: op as i32 });
+        }
+    }
+    Err(format!("matcher {s:?}: expected name=value, name!=value, name=~regex or name!~regex"))
+}
+
+/// A silence and its compiled matchers.
+#[derive(Debug, Clone)]
+pub struct ActiveSilence {
+    pub silence: v1::Silence,
+    matchers: Vec<CompiledMatcher>,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+}
+
+impl ActiveSilence {
+    pub fn new(silence: v1::Silence) -> Result<Self, String> {
+        let matchers = silence.matchers.iter().map(CompiledMatcher::new).collect::<Result<Vec<_>, _>>()?;
+        let starts_ms = silence.starts_at.as_ref().map(driftwatch_proto::timestamp_millis).unwrap_or(0);
+        let ends_ms = silence.ends_at.as_ref().map(driftwatch_proto::timestamp_millis).unwrap_or(0);
+        Ok(Self { silence, matchers, starts_ms, ends_ms })
+    }
+
+    pub fn state_at(&self, now_ms: i64) -> v1::SilenceState {
+        if now_ms >= self.ends_ms {
+            v1::SilenceState::Expired
+        } else if now_ms < self.starts_ms {
+            v1::SilenceState::Pending
+        } else {
+            v1::SilenceState::Active
+        }
+    }
+
+    /// Active at `now_ms` and every matcher matches.
+    pub fn silences(&self, labels: &BTreeMap<String, String>, now_ms: i64) -> bool {
+        self.state_at(now_ms) == v1::SilenceState::Active && self.matchers.iter().all(|m| m.matches(labels))
+    }
+
+    /// The silence as the API shows it at `now_ms`.
+    pub fn view(&self, now_ms: i64) -> v1::Silence {
+        v1::Silence { state: self.state_at(now_ms) as i32, ..self.silence.clone() }
+    }
+}
+
+/// Validate a create request into a silence (without id), every problem at once.
+pub fn validate_create(req: &v1::CreateSilenceRequest, now_ms: i64) -> Result<v1::Silence, ServerError> {
+    let mut problems = Vec::new();
+    if req.matchers.is_empty() {
+        problems.push("at least one matcher is required".to_string());
+    }
+    if req.matchers.len() > MAX_MATCHERS {
+        problems.push(format!("at most {MAX_MATCHERS} matchers"));
+    }
+    for m in &req.matchers {
+        if let Err(e) = CompiledMatcher::new(m) {
+            problems.push(e);
+        }
+    }
+    // A silence matching everything (every matcher matches the empty string) would hide the fleet.
+    if !req.matchers.is_empty()
+        && req.matchers.iter().filter_map(|m| CompiledMatcher::new(m).ok()).all(|m| m.matches(&BTreeMap::new()))
+    {
+        problems.push("matchers match every alert; add a matcher that requires a label value".to_string());
+    }
+    let starts_ms = req.starts_at.as_ref().map(driftwatch_proto::timestamp_millis).unwrap_or(now_ms);
+    let ends_ms = match (&req.ends_at, req.duration.trim()) {
+        (Some(t), "") => Some(driftwatch_proto::timestamp_millis(t)),
+        (None, d) if !d.is_empty() => match driftwatch_rules::parse_duration_ms(d) {
+            Ok(ms) if ms > 0 => Some(starts_ms.max(now_ms) + ms),
+            Ok(_) => {
+                problems.push("duration must be positive".into());
+                None
+            }
+            Err(e) => {
+                problems.push(format!("duration: {e}"));
+                None
+            }
+        },
+        (Some(_), _) => {
+            problems.push("set ends_at or duration, not both".into());
+            None
+        }
+        (None, _) => {
+            problems.push("ends_at or duration is required".into());
+            None
+        }
+    };
+    if let Some(end) = ends_ms {
+        if end <= starts_ms {
+            problems.push("ends_at must be after starts_at".into());
+        }
+        if end <= now_ms {
+            problems.push("ends_at is in the past".into());
+        }
+    }
+    if req.created_by.trim().is_empty() {
+        problems.push("created_by is required".into());
+    }
+    if req.comment.len() > MAX_COMMENT {
+        problems.push(format!("comment is longer than {MAX_COMMENT} bytes"));
+    }
+    if !problems.is_empty() {
+        return Err(ServerError::InvalidArgument(problems.join("; ")));
+    }
+    Ok(v1::Silence {
+        id: String::new(),
+        matchers: req.matchers.clone(),
+        starts_at: Some(driftwatch_proto::timestamp_from_millis(starts_ms)),
+        ends_at: ends_ms.map(driftwatch_proto::timestamp_from_millis),
+        created_by: req.created_by.trim().to_string(),
+        comment: req.comment.clone(),
+        state: 0,
+        updated_at: Some(driftwatch_proto::timestamp_from_millis(now_ms)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn matcher_ops() {
+        let l = labels(&[("host", "web-1"), ("severity", "high")]);
+        let cases = [
+            ("host=web-1", true),
+            ("host=web-2", false),
+            ("host!=web-2", true),
+            ("host=~web-.*", true),
+            ("host=~web", false), // anchored
+            ("host!~db-.*", true),
+            ("host!~web-\\d", false),
+            ("missing=", true),
+            ("missing!=", false),
+            ("missing=~.*", true),
+        ];
+        for (s, want) in cases {
+            let m = CompiledMatcher::new(&parse_matcher(s).unwrap()).unwrap();
+            assert_eq!(m.matches(&l), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn bad_matchers() {
+        assert!(parse_matcher("=x").is_err());
+        assert!(parse_matcher("novalue").is_err());
+        let m = parse_matcher("host=~(").unwrap();
+        assert!(CompiledMatcher::new(&m).unwrap_err().contains("invalid regex"));
+        let m = v1::Matcher { name: "a".into(), value: "b".into(), op: 9 };
+        assert!(CompiledMatcher::new(&m).unwrap_err().contains("unknown op"));
+    }
+
+    #[test]
+    fn lifecycle() {
+        let req = v1::CreateSilenceRequest {
+            matchers: vec![parse_matcher("host=web-1").unwrap()],
+            starts_at: Some(driftwatch_proto::timestamp_from_millis(2_000)),
+            duration: "1s".into(),
+            created_by: "ops".into(),
+            ..Default::default()
+        };
+        let s = ActiveSilence::new(validate_create(&req, 1_000).unwrap()).unwrap();
+        assert_eq!(s.state_at(1_500), v1::SilenceState::Pending);
+        assert_eq!(s.state_at(2_000), v1::SilenceState::Active);
+        assert_eq!(s.state_at(3_000), v1::SilenceState::Expired);
+        let l = labels(&[("host", "web-1")]);
+        assert!(!s.silences(&l, 1_500));
+        assert!(s.silences(&l, 2_500));
+        assert!(!s.silences(&labels(&[("host", "web-2")]), 2_500));
+    }
+
+    #[test]
+    fn create_reports_every_problem() {
+        let req = v1::CreateSilenceRequest {
+            matchers: vec![parse_matcher("host=~(").unwrap()],
+            ends_at: Some(driftwatch_proto::timestamp_from_millis(500)),
+            ..Default::default()
+        };
+        let e = validate_create(&req, 1_000).unwrap_err().to_string();
+        for want in ["invalid regex", "ends_at is in the past", "created_by is required"] {
+            assert!(e.contains(want), "{e}");
+        }
+        let all = v1::CreateSilenceRequest {
+            matchers: vec![parse_matcher("host=~.*").unwrap()],
+            duration: "1h".into(),
+            created_by: "x".into(),
+            ..Default::default()
+        };
+        assert!(validate_create(&all, 0).unwrap_err().to_string().contains("match every alert"));
+    }
+}
