@@ -555,6 +555,7 @@ impl Engine {
             };
             let meta = FileMeta {
                 mode: state.mode,
+                dir_mode: state.dir_mode,
                 uid: state.uid,
                 gid: state.gid,
                 size: state.size,

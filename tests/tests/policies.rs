@@ -161,6 +161,8 @@ async fn fires_and_resolves(
     let r = wait_alert(&mut s.alerts, s.host, rule, key, v1::AlertState::Resolved).await;
     assert_eq!(r.fingerprint, a.fingerprint, "identity does not depend on the value");
     assert!(r.resolved_at.is_some());
+    // The alert list is the engine's memory; events are read from the store: wait until durable.
+    s.server.engine.flush().await.unwrap();
     let kinds = event_kinds(&mut s.alerts, &a.fingerprint).await;
     assert_eq!(kinds, vec![v1::AlertEventKind::Fired, v1::AlertEventKind::Resolved], "events of {rule}");
     s.agent.stop().await.unwrap();
@@ -416,6 +418,7 @@ async fn web2img_memory_above_6gib_for_5_minutes() {
     agent.send(&series(start + 660_000, 30_000, 2, |_| (4.5 * GIB, 10.0))).await;
     let r = wait_alert(&mut alerts, "web-prod-1", rule, None, v1::AlertState::Resolved).await;
     assert_eq!(r.fingerprint, f.fingerprint);
+    server.engine.flush().await.unwrap();
     let kinds = event_kinds(&mut alerts, &f.fingerprint).await;
     assert_eq!(kinds, [v1::AlertEventKind::Pending, v1::AlertEventKind::Fired, v1::AlertEventKind::Resolved]);
     server.stop().await.unwrap();
@@ -475,3 +478,26 @@ policy!(
     None,
     edit("max_agents: 8", "max_agents: 100")
 );
+
+// gguf-sync: "production config files are mode 0600 and their directory 0700" (the
+// directory half; the agent reports the mode of the directory holding each file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gguf_production_dir_mode_0700() {
+    let mut s = file_setup(GGUF_PROD, GGUF, false).await;
+    let dir = s.file.parent().unwrap().to_path_buf();
+    let rule = "config-dir-mode-not-0700";
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    wait_for("no dir-mode alert firing", WAIT, || {
+        let mut c = s.alerts.clone();
+        async move { alerts_of(&mut c, "policy-host", rule, v1::AlertState::Firing).await.is_empty().then_some(()) }
+    })
+    .await;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let a = wait_alert(&mut s.alerts, s.host, rule, None, v1::AlertState::Firing).await;
+    assert_eq!(a.path, s.file.display().to_string());
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let r = wait_alert(&mut s.alerts, s.host, rule, None, v1::AlertState::Resolved).await;
+    assert_eq!(r.fingerprint, a.fingerprint);
+    s.agent.stop().await.unwrap();
+    s.server.stop().await.unwrap();
+}

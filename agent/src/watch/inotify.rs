@@ -15,7 +15,8 @@ use std::time::Duration;
 use ::inotify::{Event, EventMask, Inotify, WatchMask};
 
 /// Events on a watched directory and its direct entries (following a symlink to the
-/// directory; only directories).
+/// directory; only directories). `ATTRIB` on the directory itself (a chmod) comes with
+/// no name and re-checks its files: their `dir_mode` changed.
 pub(crate) const DIR_MASK: WatchMask = WatchMask::MODIFY
     .union(WatchMask::ATTRIB)
     .union(WatchMask::CLOSE_WRITE)

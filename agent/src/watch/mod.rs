@@ -8,12 +8,14 @@
 //!   glob's literal base (all of them for `**`), and the real directory of files
 //!   reached through a symlink into another directory.
 //! - Any event in a directory re-checks every tracked file in it: a `stat` whose
-//!   signature (dev, inode, size, mtime, ctime, mode, owner) decides whether to read
-//!   the file again. That catches in-place writes, truncation, rename-over, delete and
-//!   recreate, chmod/chown and Kubernetes-style `..data` symlink swaps alike.
+//!   signature (dev, inode, size, mtime, ctime, mode, owner, and the mode of the
+//!   directory holding the file) decides whether to read the file again. That catches
+//!   in-place writes, truncation, rename-over, delete and recreate, chmod/chown,
+//!   Kubernetes-style `..data` symlink swaps, and a chmod of the directory itself (an
+//!   `IN_ATTRIB` on the watched directory, with no name) alike.
 //! - Events are debounced (`debounce` of quiet, at most ~100 ms after the first one)
 //!   and a file is sent only when what would be sent (status, existence, content hash,
-//!   size, mode, owner, error) differs from what was last sent.
+//!   size, mode, owner, directory mode, error) differs from what was last sent.
 //! - A periodic rescan (stat only; read only on a changed signature) is the safety net
 //!   for anything inotify cannot see (queue overflow, watch limits, moved ancestors).
 //! - One thread owns the event loop; the state sits behind a mutex shared with

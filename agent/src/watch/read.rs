@@ -26,10 +26,13 @@ pub(crate) struct Sig {
     mode: u32,
     uid: u32,
     gid: u32,
+    /// The holding directory's st_mode ([`dir_mode`]): a chmod of the directory alone
+    /// must still make the file's state change.
+    dir_mode: u32,
 }
 
 impl Sig {
-    pub fn of(m: &Metadata) -> Self {
+    pub fn of(m: &Metadata, dir_mode: u32) -> Self {
         Self {
             dev: m.dev(),
             ino: m.ino(),
@@ -39,8 +42,21 @@ impl Sig {
             mode: m.mode(),
             uid: m.uid(),
             gid: m.gid(),
+            dir_mode,
         }
     }
+}
+
+/// st_mode of the directory that holds `path`, following symlinks as the file's own
+/// metadata does: for a symlinked file, the directory of its target. 0 when unknown.
+pub(crate) fn dir_mode(path: &Path, link: bool) -> u32 {
+    let meta = if link {
+        std::fs::canonicalize(path).ok().and_then(|real| std::fs::metadata(real.parent()?).ok())
+    } else {
+        // stat follows a symlinked parent to the same directory canonicalize would give.
+        path.parent().and_then(|d| std::fs::metadata(d).ok())
+    };
+    meta.filter(Metadata::is_dir).map_or(0, |m| m.mode())
 }
 
 /// Whether the file changed so recently that a further change within the same
@@ -135,7 +151,9 @@ fn set_meta(s: &mut FileState, m: &Metadata) {
 }
 
 /// Open (following symlinks), fstat, and read: parse up to the size cap, stream-hash beyond.
-pub(crate) fn read(path: &Path, format: Format, masker: &Masker, limits: &Limits) -> Read {
+/// `dir_mode` is the caller's [`dir_mode`] of `path`, taken before the read so the state
+/// and the signature agree on it.
+pub(crate) fn read(path: &Path, format: Format, dir_mode: u32, masker: &Masker, limits: &Limits) -> Read {
     // O_NONBLOCK: a FIFO that replaced the file since the probe must not block us.
     let file = match OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path) {
         Ok(f) => f,
@@ -151,6 +169,7 @@ pub(crate) fn read(path: &Path, format: Format, masker: &Masker, limits: &Limits
     }
     let mut state = base_state(path, format);
     set_meta(&mut state, &meta);
+    state.dir_mode = dir_mode;
     state.exists = true;
     let max = limits.max_file_bytes;
     let result = if meta.size() > max {
@@ -175,7 +194,7 @@ pub(crate) fn read(path: &Path, format: Format, masker: &Masker, limits: &Limits
         }
     };
     match result {
-        Ok(()) => Read::Done { state: Box::new(state), sig: Sig::of(&meta) },
+        Ok(()) => Read::Done { state: Box::new(state), sig: Sig::of(&meta, dir_mode) },
         Err(e) => Read::Failed(e),
     }
 }

@@ -101,7 +101,14 @@ impl Harness {
                     if pred(f) {
                         return f.clone();
                     }
-                    seen.push(format!("{:?} exists={} size={} mode={:o}", status(f), f.exists, f.size, f.mode));
+                    seen.push(format!(
+                        "{:?} exists={} size={} mode={:o} dir_mode={:o}",
+                        status(f),
+                        f.exists,
+                        f.size,
+                        f.mode,
+                        f.dir_mode
+                    ));
                 }
             }
         }
@@ -227,6 +234,51 @@ fn chmod_is_sent() {
     let s = h.wait_for("app.yaml", |s| s.mode & 0o7777 == 0o600);
     assert_eq!(s.size, 5);
     assert_eq!(s.mode & 0o170000, 0o100000);
+}
+
+#[test]
+fn chmod_of_the_directory_is_sent() {
+    let mut h = Harness::new(
+        |r| {
+            fs::create_dir(r.join("conf")).unwrap();
+            fs::set_permissions(r.join("conf"), fs::Permissions::from_mode(0o700)).unwrap();
+            write(&r.join("conf/app.yaml"), b"a: 1\n");
+        },
+        &["conf/app.yaml"],
+    );
+    let s = h.scan_state("conf/app.yaml").unwrap();
+    assert_eq!(s.dir_mode & 0o7777, 0o700);
+    assert_eq!(s.dir_mode & 0o170000, 0o040000, "st_mode carries the file type");
+    // Only the directory's own watch sees this (its parent is not watched): an
+    // IN_ATTRIB with no name.
+    fs::set_permissions(h.p("conf"), fs::Permissions::from_mode(0o755)).unwrap();
+    let s2 = h.wait_for("conf/app.yaml", |s| s.dir_mode & 0o7777 == 0o755);
+    assert_eq!((s2.mode, s2.size), (s.mode, s.size));
+    // A missing file's directory is not reported.
+    fs::remove_file(h.p("conf/app.yaml")).unwrap();
+    assert_eq!(h.wait_for("conf/app.yaml", missing).dir_mode, 0);
+}
+
+#[test]
+fn symlinked_file_reports_and_follows_its_real_directory_mode() {
+    let mut h = Harness::new(
+        |r| {
+            fs::create_dir(r.join("available")).unwrap();
+            fs::create_dir(r.join("enabled")).unwrap();
+            fs::set_permissions(r.join("available"), fs::Permissions::from_mode(0o750)).unwrap();
+            fs::set_permissions(r.join("enabled"), fs::Permissions::from_mode(0o755)).unwrap();
+            write(&r.join("available/site.conf"), b"[s]\na=1\n");
+            symlink("../available/site.conf", r.join("enabled/site.conf")).unwrap();
+        },
+        &["enabled/*.conf"],
+    );
+    // Like `mode`, `dir_mode` is the target's.
+    assert_eq!(h.scan_state("enabled/site.conf").unwrap().dir_mode & 0o7777, 0o750);
+    fs::set_permissions(h.p("available"), fs::Permissions::from_mode(0o700)).unwrap();
+    h.wait_for("enabled/site.conf", |s| s.dir_mode & 0o7777 == 0o700);
+    // The link's own directory is not the one reported.
+    fs::set_permissions(h.p("enabled"), fs::Permissions::from_mode(0o711)).unwrap();
+    h.assert_quiet("enabled/site.conf");
 }
 
 #[test]
@@ -508,6 +560,27 @@ fn rescan_stats_only_and_rereads_only_changed_files() {
     paths.sort();
     assert_eq!(paths, [root.join("f3.yaml").to_str().unwrap(), root.join("new.yaml").to_str().unwrap()]);
     assert_eq!(t.reads, 22);
+}
+
+#[test]
+fn rescan_sees_a_chmod_of_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    fs::create_dir(root.join("conf")).unwrap();
+    fs::set_permissions(root.join("conf"), fs::Permissions::from_mode(0o700)).unwrap();
+    write(&root.join("conf/a.env"), b"A=1\n");
+    let ino = ::inotify::Inotify::init().unwrap();
+    let pats =
+        vec![Compiled::new(&WatchPattern { pattern: format!("{}/conf/a.env", root.display()), format: None }).unwrap()];
+    let mut t = Tracker::new(pats, Limits::default(), Arc::new(Masker::new(b"k")), ino.watches());
+    t.racy_window = Duration::ZERO;
+    t.full_scan();
+    assert!(t.rescan().is_empty());
+    fs::set_permissions(root.join("conf"), fs::Permissions::from_mode(0o755)).unwrap();
+    let changed = t.rescan();
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].dir_mode & 0o7777, 0o755);
+    assert!(t.rescan().is_empty(), "the new directory mode is part of the signature");
 }
 
 /// The kernel queues events synchronously, so draining right after the syscalls is exact.

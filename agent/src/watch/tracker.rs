@@ -104,6 +104,7 @@ struct Sent {
     mode: u32,
     uid: u32,
     gid: u32,
+    dir_mode: u32,
     hash: String,
     error: Option<FileError>,
 }
@@ -117,6 +118,7 @@ impl Sent {
             mode: s.mode,
             uid: s.uid,
             gid: s.gid,
+            dir_mode: s.dir_mode,
             hash: s.content_hash.clone(),
             error: s.error.clone(),
         }
@@ -589,11 +591,12 @@ impl Tracker {
                 s
             }
             Probe::File { meta, link } => {
-                if !force && old_sig == Some(Sig::of(&meta)) {
+                let dir_mode = read::dir_mode(path, link);
+                if !force && old_sig == Some(Sig::of(&meta, dir_mode)) {
                     return None;
                 }
                 self.reads += 1;
-                match read::read(path, format, &self.masker, &self.limits) {
+                match read::read(path, format, dir_mode, &self.masker, &self.limits) {
                     Read::Done { state, sig: s } => {
                         if !read::is_racy(&s, self.racy_window) {
                             sig = Some(s);
@@ -609,7 +612,11 @@ impl Tracker {
                     Read::Missing => read::missing_state(path, format),
                     Read::NotFile if !explicit => return self.forget(path, force),
                     Read::NotFile => read::unreadable_state(path, format, "is not a regular file".into(), None),
-                    Read::Failed(e) => read::unreadable_state(path, format, e.to_string(), Some(&meta)),
+                    Read::Failed(e) => {
+                        let mut s = read::unreadable_state(path, format, e.to_string(), Some(&meta));
+                        s.dir_mode = dir_mode;
+                        s
+                    }
                 }
             }
         };

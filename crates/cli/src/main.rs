@@ -103,6 +103,10 @@ enum RulesCmd {
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
     },
+    /// The rules the server runs now, and the state of its last reload.
+    List,
+    /// Ask the server to reload its rules directory now (it also does within a second of a change).
+    Reload,
 }
 
 fn rules_check(dir: &std::path::Path, out: Output) -> anyhow::Result<bool> {
@@ -148,6 +152,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            cmd @ Command::Rules(RulesCmd::List | RulesCmd::Reload) => query(&cli.server, cli.output, cmd).await,
             cmd => query(&cli.server, cli.output, cmd).await,
         }
     })
@@ -181,6 +186,51 @@ async fn query(server: &str, out: Output, cmd: Command) -> anyhow::Result<()> {
     let ch = channel(server).await?;
     let mut c = FleetClient::new(ch.clone());
     match cmd {
+        Command::Rules(RulesCmd::List) => {
+            let r = v1::rules_client::RulesClient::new(ch)
+                .list_rules(v1::ListRulesRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            match out {
+                Output::Json => println!("{}", to_json(&r, "ListRulesResponse")?),
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = r
+                        .rules
+                        .iter()
+                        .map(|x| {
+                            vec![
+                                format!("{}/{}", x.group, x.name),
+                                x.severity.clone(),
+                                x.selector.clone(),
+                                x.target.clone(),
+                                x.r#for.clone(),
+                                x.source.clone(),
+                            ]
+                        })
+                        .collect();
+                    print!("{}", table(&["RULE", "SEVERITY", "SELECTOR", "TARGET", "FOR", "FILE"], &rows));
+                    if let Some(s) = &r.status {
+                        print!("{}", reload_status(s));
+                    }
+                }
+            }
+        }
+        Command::Rules(RulesCmd::Reload) => {
+            let r = v1::rules_client::RulesClient::new(ch)
+                .reload_rules(v1::ReloadRulesRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let status = r.status.unwrap_or_default();
+            match out {
+                Output::Json => println!("{}", to_json(&status, "ReloadStatus")?),
+                Output::Table => print!("{}", reload_status(&status)),
+            }
+            if !status.ok {
+                std::process::exit(1);
+            }
+        }
         Command::Up(_) | Command::Rules(_) => unreachable!("handled in main"),
         Command::Baseline(b) => baseline::run(ch, out, b).await?,
         Command::Alerts(a) => alerts::list(ch, out, a).await?,
@@ -230,6 +280,21 @@ async fn query(server: &str, out: Output, cmd: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `rules: 24 from DIR, last reload ok` and every problem of a failed reload.
+fn reload_status(s: &v1::ReloadStatus) -> String {
+    let mut out = format!(
+        "\n{} rules from {}; last reload {} ({})\n",
+        s.rules,
+        if s.dir.is_empty() { "-" } else { &s.dir },
+        if s.ok { "ok" } else { "FAILED: the previous rules keep running" },
+        ts(&s.last_attempt)
+    );
+    for p in &s.problems {
+        out.push_str(&format!("{}:{}:{}: {}\n", p.file, p.line, p.column, p.message));
+    }
+    out
 }
 
 fn labels(l: &std::collections::BTreeMap<String, String>) -> String {
@@ -367,13 +432,14 @@ fn host_detail(h: &v1::Host) -> String {
 fn file_detail(f: &v1::File) -> String {
     let s = f.state.clone().unwrap_or_default();
     let mut out = format!(
-        "host:    {}\npath:    {}\nformat:  {}\nstatus:  {}\nsize:    {}  mode {:o}  uid {}  gid {}\nhash:    {}\nchanged: {} (seq {})\n",
+        "host:    {}\npath:    {}\nformat:  {}\nstatus:  {}\nsize:    {}  mode {:o}  dir mode {:o}  uid {}  gid {}\nhash:    {}\nchanged: {} (seq {})\n",
         f.host_id,
         s.path,
         format_name(s.format),
         status_name(s.status),
         bytes(s.size),
         s.mode & 0o7777,
+        s.dir_mode & 0o7777,
         s.uid,
         s.gid,
         s.content_hash.get(..16).unwrap_or(&s.content_hash),

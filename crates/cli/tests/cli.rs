@@ -219,7 +219,24 @@ async fn alerts_ack_and_silences() {
         let expire_again = cli(&u, &["silence", "expire", &id]);
         let unknown = cli(&u, &["ack", "ffffffff"]);
         let pin = cli(&u, &["baseline", "pin", "cli-host", "res", "--resources", "memory_used_bytes,cpu_cores_used"]);
-        vec![list, show, ack, acked, bad_sev, silence, silences, bad_silence, expire, expire_again, unknown, pin]
+        let rules = cli(&u, &["rules", "list"]);
+        let reload = cli(&u, &["rules", "reload"]);
+        vec![
+            list,
+            show,
+            ack,
+            acked,
+            bad_sev,
+            silence,
+            silences,
+            bad_silence,
+            expire,
+            expire_again,
+            unknown,
+            pin,
+            rules,
+            reload,
+        ]
     })
     .await
     .unwrap();
@@ -252,6 +269,11 @@ async fn alerts_ack_and_silences() {
         *ok && out.contains("resources") && out.contains("memory_used_bytes") && out.contains("cpu_cores_used"),
         "{out}{err}"
     );
+    let (ok, out, _) = &results[12];
+    assert!(*ok && out.contains("app/workers-high") && out.contains("high") && out.contains("r.yaml"), "{out}");
+    assert!(out.contains("1 rules from") && out.contains("last reload ok"), "{out}");
+    let (ok, out, err) = &results[13];
+    assert!(*ok && out.contains("last reload ok"), "{out}{err}");
     agent.stop().await.unwrap();
     server.stop().await.unwrap();
 }

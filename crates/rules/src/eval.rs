@@ -129,6 +129,7 @@ fn meta_val(m: &FileMeta) -> BoxVal<'_> {
     let parse_error = FVal::of_str(m.parse_error.as_deref());
     cel_map([
         ("mode", cel_val(FVal::Int(i64::from(m.mode & 0o7777)))),
+        ("dir_mode", cel_val(FVal::Int(i64::from(m.dir_mode & 0o7777)))),
         ("uid", cel_val(FVal::Int(i64::from(m.uid)))),
         ("gid", cel_val(FVal::Int(i64::from(m.gid)))),
         ("size", cel_val(FVal::Int(i64::try_from(m.size).unwrap_or(i64::MAX)))),

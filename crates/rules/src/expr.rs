@@ -4,7 +4,7 @@
 //! - `is_masked(x)`: true when `x` is a masked (secret) value.
 //! - `is_number(x)`: true for int, uint and double.
 //! - `seconds("5m")`: a duration string as seconds (double).
-//! - `octal("600")`: an octal string as int (for `meta.mode`).
+//! - `octal("600")`: an octal string as int (for `meta.mode`, `meta.dir_mode`).
 //! - history functions, resource rules only, `d` a duration string such as `"1h"`:
 //!   `avg(d)`, `min_over(d)`, `max_over(d)`, `rate(d)` (last minus first over their time
 //!   distance, per second), `trend(d)` (least-squares slope, per second), `zscore(d)`
@@ -360,7 +360,7 @@ impl Checker<'_> {
             },
             Expr::Select(sel) if matches!(&sel.operand.expr, Expr::Ident(n) if n == "meta") && !sel.test => {
                 match sel.field.as_str() {
-                    "mode" | "uid" | "gid" | "size" => Some(Ty::Int),
+                    "mode" | "dir_mode" | "uid" | "gid" | "size" => Some(Ty::Int),
                     "format" | "path" => Some(Ty::String),
                     "exists" => Some(Ty::Bool),
                     _ => None,

@@ -78,6 +78,7 @@ pub(crate) enum Var {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MetaField {
     Mode,
+    DirMode,
     Uid,
     Gid,
     Size,
@@ -328,6 +329,7 @@ fn select(operand: &IdedExpr, field: &str) -> Option<Node> {
     match &operand.expr {
         Expr::Ident(n) if n == "meta" => Some(Node::Meta(match field {
             "mode" => MetaField::Mode,
+            "dir_mode" => MetaField::DirMode,
             "uid" => MetaField::Uid,
             "gid" => MetaField::Gid,
             "size" => MetaField::Size,
@@ -406,6 +408,7 @@ fn eval_node<'a>(n: &'a Node, s: &Scope<'a>) -> Option<FVal<'a>> {
             let m = s.meta?;
             match f {
                 MetaField::Mode => Int(i64::from(m.mode & 0o7777)),
+                MetaField::DirMode => Int(i64::from(m.dir_mode & 0o7777)),
                 MetaField::Uid => Int(i64::from(m.uid)),
                 MetaField::Gid => Int(i64::from(m.gid)),
                 MetaField::Size => Int(i64::try_from(m.size).unwrap_or(i64::MAX)),

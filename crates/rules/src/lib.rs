@@ -45,8 +45,10 @@
 //! (that key in the previous snapshot; null when none), `key`, `path`, `file` (map of
 //! every key of the file: `file["rate_limiting.requests_per_second"]`, or
 //! `file.WORKERS` for keys without dots), `meta` (`mode` (permission bits, e.g.
-//! `octal("600")`), `uid`, `gid`, `size`, `format`, `exists`, `parse_error` (string or
-//! null)), `host` (`id`, `labels`).
+//! `octal("600")`), `dir_mode` (permission bits of the directory holding the file, of
+//! its target for a symlink; 0 when unknown, e.g. from an older agent or for a missing
+//! file), `uid`, `gid`, `size`, `format`, `exists`, `parse_error` (string or null)),
+//! `host` (`id`, `labels`).
 //!
 //! Resource rules: `value` (latest sample, double), `previous` (the sample before, or
 //! null), `baseline` (resource expectation, or null), `metric`, `host`, plus the history
@@ -310,6 +312,9 @@ pub struct HostInfo {
 pub struct FileMeta {
     /// st_mode as the agent sends it; `meta.mode` shows only the permission bits (& 0o7777).
     pub mode: u32,
+    /// st_mode of the directory holding the file; 0 when unknown. `meta.dir_mode` shows
+    /// only the permission bits.
+    pub dir_mode: u32,
     pub uid: u32,
     pub gid: u32,
     pub size: u64,

@@ -18,7 +18,7 @@
 //!       - at: 0s
 //!         path: /etc/web2img/.env.production
 //!         content_file: ../../configs/web2img/.env.production   # or content: |, or keys: {K: v}
-//!         mode: "0600"                   # also uid, gid, format (else from the path)
+//!         mode: "0600"                   # also dir_mode, uid, gid, format (else from the path)
 //!       - {at: 5m, path: /etc/web2img/.env.production, set: {WORKERS: 16}}  # edit the previous
 //!       - {at: 9m, path: /etc/web2img/.env.production, unset: [WORKERS]}
 //!       - {at: 20m, path: /etc/web2img/.env.production, missing: true}      # deleted
@@ -37,8 +37,11 @@
 //!
 //! Content is parsed with driftwatch-formats as the agent does (format from the path,
 //! secrets masked); `keys:`/`set:` values go through the same typing and masking. A
-//! snapshot without `mode`/`uid`/`gid` keeps those of the file's previous snapshot (0644, 0,
-//! 0 at first). `host` may be left out wherever the case has one host; in an expectation,
+//! snapshot without `mode`/`dir_mode`/`uid`/`gid` keeps those of the file's previous
+//! snapshot (0644, 0755, 0, 0 at first). `dir_mode` is the mode of the directory holding
+//! the file; it defaults to a usual directory's mode, not to 0 (unknown, which directory
+//! rules usually skip). A missing file has mode and dir_mode 0, as the agent sends it.
+//! `host` may be left out wherever the case has one host; in an expectation,
 //! `file` where the host has one file path, `key` where the rule names a literal key;
 //! `group` disambiguates a rule name used in several groups. Listed annotations must equal
 //! the rendered ones (from the alert's latest evaluation, as the server shows them);
@@ -205,6 +208,8 @@ struct FileDoc {
     missing: bool,
     #[serde(default)]
     mode: Option<Mode>,
+    #[serde(default)]
+    dir_mode: Option<Mode>,
     #[serde(default)]
     uid: Option<u32>,
     #[serde(default)]
@@ -396,8 +401,9 @@ struct FileEvent {
     set: Option<serde_yaml_ng::Mapping>,
     unset: Vec<String>,
     format: Format,
-    /// None: as the previous snapshot of the file (0644, 0, 0 for the first).
+    /// None: as the previous snapshot of the file (0644, 0755, 0, 0 for the first).
     mode: Option<u32>,
+    dir_mode: Option<u32>,
     uid: Option<u32>,
     gid: Option<u32>,
 }
@@ -684,6 +690,7 @@ impl CaseCx<'_> {
                     unset: f.unset,
                     format,
                     mode: f.mode.map(|m| m.0),
+                    dir_mode: f.dir_mode.map(|m| m.0),
                     uid: f.uid,
                     gid: f.gid,
                 });
@@ -1069,7 +1076,7 @@ impl<'a> Sim<'a> {
         let previous = before.map(|s| &s.keys);
         // A file that comes back after being missing starts from the defaults again.
         let old = before.filter(|s| s.meta.exists).map(|s| s.meta.clone());
-        let old = old.unwrap_or(FileMeta { mode: 0o644, ..Default::default() });
+        let old = old.unwrap_or(FileMeta { mode: 0o644, dir_mode: 0o755, ..Default::default() });
         let (mut keys, parse_error) = match &f.source {
             Source::Previous => (previous.cloned().unwrap_or_default(), old.parse_error.clone()),
             src => parse_source(src, f.format, &case.masker),
@@ -1087,8 +1094,10 @@ impl<'a> Sim<'a> {
             _ => 0,
         };
         let mode = f.mode.unwrap_or(old.mode & 0o7777);
+        let dir_mode = f.dir_mode.unwrap_or(old.dir_mode & 0o7777);
         let meta = FileMeta {
             mode: if exists { 0o100000 | mode } else { 0 },
+            dir_mode: if exists { 0o040000 | dir_mode } else { 0 },
             uid: f.uid.unwrap_or(old.uid),
             gid: f.gid.unwrap_or(old.gid),
             size,
@@ -1476,6 +1485,35 @@ mod tests {
         let r = run_test_file(&dir.path().join("t.yaml"));
         assert!(r.errors[0].to_string().contains("bad.yaml:6:"), "{:?}", r.errors);
         assert!(!r.passed());
+    }
+
+    #[test]
+    fn dir_mode_defaults_to_0755_and_carries_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = "groups:\n  - name: g\n    rules:\n      - name: dir-open\n        target: {file: \"*.env\"}\n\
+                     \x20       expr: \"meta.exists && meta.dir_mode != octal('700')\"\n";
+        std::fs::write(dir.path().join("r.yaml"), rules).unwrap();
+        let test = "rule_files: [r.yaml]
+tests:
+  - name: c
+    hosts: [{id: h1}]
+    files:
+      - {at: 0s, path: /etc/app/a.env, content: \"A=1\\n\"}
+      - {at: 1m, path: /etc/app/a.env, content: \"A=1\\n\", dir_mode: \"0700\"}
+      - {at: 2m, path: /etc/app/a.env, set: {A: 2}}
+      - {at: 3m, path: /etc/app/a.env, missing: true}
+      - {at: 4m, path: /etc/app/a.env, content: \"A=1\\n\"}
+    expect:
+      - {at: 0s, firing: [{rule: dir-open}]}
+      - {at: 1m, resolved: [{rule: dir-open}]}
+      - {at: 2m, firing: []}
+      - {at: 3m, firing: []}
+      - {at: 4m, firing: [{rule: dir-open}]}
+";
+        std::fs::write(dir.path().join("t.yaml"), test).unwrap();
+        let r = run_test_file(&dir.path().join("t.yaml"));
+        assert_eq!(failures(&r), "");
+        assert!(r.passed());
     }
 
     #[test]

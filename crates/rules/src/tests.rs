@@ -135,6 +135,22 @@ fn string_compared_with_number_is_a_type_error_at_load() {
 }
 
 #[test]
+fn meta_dir_mode_is_the_directory_permission_bits() {
+    let rs = load(&one_rule("{file: \"*.yaml\"}", "\"meta.dir_mode == octal('700')\"")).unwrap();
+    let k = BTreeMap::new();
+    let matched = |dir_mode| {
+        let meta = FileMeta { mode: 0o100600, dir_mode, format: "yaml".into(), exists: true, ..Default::default() };
+        let input = FileInput { path: "/etc/app/x.yaml", keys: &k, meta: &meta, baseline: None, previous: None };
+        rs.evaluate_file(&host(), &input).iter().map(|o| o.matched).collect::<Vec<_>>()
+    };
+    assert_eq!(matched(0o040700), [true], "the file type bits do not show");
+    assert_eq!(matched(0o040755), [false]);
+    assert_eq!(matched(0), [false]);
+    let errs = errors(&one_rule("{file: \"*.yaml\"}", "\"meta.dir_mode == '0700'\""));
+    assert!(errs.iter().any(|e| e.contains("type error: int == string")), "{errs:?}");
+}
+
+#[test]
 fn history_functions_only_in_resource_rules_and_durations_checked() {
     let errs = errors(&one_rule("{file: \"*.env\", key: A}", "\"avg('1h') > 1.0\""));
     assert!(errs.iter().any(|e| e.contains("needs a resource history")), "{errs:?}");

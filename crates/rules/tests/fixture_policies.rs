@@ -45,11 +45,19 @@ struct Snap<'a> {
     path: &'a str,
     keys: BTreeMap<String, Value>,
     mode: u32,
+    dir_mode: u32,
     baseline: Option<BTreeMap<String, Value>>,
 }
 
 fn eval(rs: &RuleSet, h: &HostInfo, s: &Snap<'_>) -> Vec<Outcome> {
-    let meta = FileMeta { mode: s.mode, size: 1, format: "x".into(), exists: true, ..Default::default() };
+    let meta = FileMeta {
+        mode: s.mode,
+        dir_mode: s.dir_mode,
+        size: 1,
+        format: "x".into(),
+        exists: true,
+        ..Default::default()
+    };
     let out = rs.evaluate_file(
         h,
         &FileInput { path: s.path, keys: &s.keys, meta: &meta, baseline: s.baseline.as_ref(), previous: None },
@@ -81,7 +89,7 @@ fn has(fired: &[String], name: &str) -> bool {
 const GGUF_PATH: &str = "/etc/gguf-sync/sync-config.yaml";
 
 fn gguf(text: &str, mode: u32) -> Snap<'static> {
-    Snap { path: GGUF_PATH, keys: parse(text, Format::Yaml), mode, baseline: None }
+    Snap { path: GGUF_PATH, keys: parse(text, Format::Yaml), mode, dir_mode: 0o040700, baseline: None }
 }
 
 // ----------------------------------------------------------------- gguf-sync
@@ -96,7 +104,8 @@ fn gguf_compliant_configs_fire_nothing() {
     // Development has DEBUG and debug_mode on, which only production forbids.
     for env in ["staging", "development"] {
         let text = read(&format!("deploy/examples/configs/gguf-sync/sync-config-{env}.yaml"));
-        let s = gguf(&text, 0o100644);
+        let mut s = gguf(&text, 0o100644);
+        s.dir_mode = 0o040755;
         assert_eq!(fired(&rs, &eval(&rs, &host("gguf-sync", env), &s)), Vec::<String>::new(), "{env}");
     }
 }
@@ -105,7 +114,9 @@ fn gguf_compliant_configs_fire_nothing() {
 fn gguf_broken_scenario_fires_its_lines() {
     let rs = rules();
     let broken = read("deploy/examples/scenarios/sync-config-broken.yaml");
-    let out = eval(&rs, &host("gguf-sync", "production"), &gguf(&broken, 0o100644));
+    let mut s = gguf(&broken, 0o100644);
+    s.dir_mode = 0o040755;
+    let out = eval(&rs, &host("gguf-sync", "production"), &s);
     let f = fired(&rs, &out);
     for name in [
         "requests-per-second-out-of-range",     // 0
@@ -117,6 +128,7 @@ fn gguf_broken_scenario_fires_its_lines() {
         "huggingface-token-in-file",            // hf_...
         "secret-in-config-file",                // the token, masked by the parser
         "config-file-mode-not-0600",            // 0644
+        "config-dir-mode-not-0700",             // 0755
         "preserve-data-on-failure-off",         // missing
     ] {
         assert!(has(&f, name), "{name} did not fire; fired: {f:?}");
@@ -168,6 +180,13 @@ fn gguf_each_line_fires_on_a_single_violation() {
     let mut s = gguf(&prod, 0o100640);
     s.baseline = Some(baseline.clone());
     assert_eq!(fired(&rs, &eval(&rs, &host("gguf-sync", "production"), &s)), vec!["config-file-mode-not-0600"]);
+    // Directory: 0700 is fine, 0750 is not, unknown (0: an older agent) is not a violation.
+    let mut s = gguf(&prod, 0o100600);
+    s.baseline = Some(baseline.clone());
+    s.dir_mode = 0o040750;
+    assert_eq!(fired(&rs, &eval(&rs, &host("gguf-sync", "production"), &s)), vec!["config-dir-mode-not-0700"]);
+    s.dir_mode = 0;
+    assert_eq!(fired(&rs, &eval(&rs, &host("gguf-sync", "production"), &s)), Vec::<String>::new());
 }
 
 // ----------------------------------------------------------------- web2img
@@ -175,7 +194,7 @@ fn gguf_each_line_fires_on_a_single_violation() {
 const ENV_PATH: &str = "/etc/web2img/.env.production";
 
 fn web(text: &str, baseline: Option<BTreeMap<String, Value>>) -> Snap<'static> {
-    Snap { path: ENV_PATH, keys: parse(text, Format::Env), mode: 0o100600, baseline }
+    Snap { path: ENV_PATH, keys: parse(text, Format::Env), mode: 0o100600, dir_mode: 0o040700, baseline }
 }
 
 #[test]

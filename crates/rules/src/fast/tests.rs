@@ -93,9 +93,12 @@ fn inputs() -> impl Strategy<Value = Inputs> {
         value(),
         0..5,
     );
-    let meta = (0u32..0o10000, 0u32..3, any::<bool>(), prop::option::of(Just("bad".to_string()))).prop_map(
-        |(mode, uid, exists, parse_error)| FileMeta {
+    // 0 (unknown) and the usual modes often; the type bits must not show through.
+    let dir_mode = prop_oneof![Just(0u32), Just(0o040700), Just(0o040755), (0u32..0o10000).prop_map(|m| 0o040000 | m)];
+    let meta = (0u32..0o10000, dir_mode, 0u32..3, any::<bool>(), prop::option::of(Just("bad".to_string()))).prop_map(
+        |(mode, dir_mode, uid, exists, parse_error)| FileMeta {
             mode: 0o100000 | mode,
+            dir_mode,
             uid,
             gid: uid,
             size: 1234,
@@ -174,6 +177,7 @@ fn operand(kind: ExprKind) -> BoxedStrategy<String> {
             "key",
             "path",
             "meta.mode",
+            "meta.dir_mode",
             "meta.uid",
             "meta.size",
             "meta.format",
@@ -339,6 +343,7 @@ fn common_shapes_always_take_the_fast_path() {
         "value.startsWith('http://')",
         "value.matches('^https://')",
         "meta.mode != octal('600')",
+        "meta.exists && meta.dir_mode != 0 && meta.dir_mode != octal('700')",
         "meta.exists && meta.parse_error == null",
         "int(file['K1']) > 0",
         "'K1' in file",
