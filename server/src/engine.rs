@@ -559,7 +559,7 @@ impl Engine {
                 uid: state.uid,
                 gid: state.gid,
                 size: state.size,
-                format: format_name(state.format).to_string(),
+                format: driftwatch_proto::format_name(state.format).to_string(),
                 exists: state.exists,
                 parse_error: state.error.as_ref().filter(|_| state.status == v1::FileStatus::ParseError as i32).map(
                     |e| {
@@ -1245,17 +1245,6 @@ fn alert_labels(rule: &Rule, o: &Outcome, info: &HostInfo) -> BTreeMap<String, S
 
 fn key_map(keys: &[v1::KeyValue]) -> BTreeMap<String, v1::Value> {
     keys.iter().map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_else(v1::Value::null))).collect()
-}
-
-fn format_name(f: i32) -> &'static str {
-    match v1::Format::try_from(f) {
-        Ok(v1::Format::Env) => "env",
-        Ok(v1::Format::Ini) => "ini",
-        Ok(v1::Format::Yaml) => "yaml",
-        Ok(v1::Format::Json) => "json",
-        Ok(v1::Format::Toml) => "toml",
-        _ => "text",
-    }
 }
 
 /// The longest history a resource rule needs: its `for` and every duration literal

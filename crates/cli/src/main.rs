@@ -342,18 +342,6 @@ fn status_name(s: i32) -> &'static str {
     }
 }
 
-fn format_name(f: i32) -> &'static str {
-    match v1::Format::try_from(f) {
-        Ok(v1::Format::Env) => "env",
-        Ok(v1::Format::Ini) => "ini",
-        Ok(v1::Format::Yaml) => "yaml",
-        Ok(v1::Format::Json) => "json",
-        Ok(v1::Format::Toml) => "toml",
-        Ok(v1::Format::Text) => "text",
-        _ => "-",
-    }
-}
-
 fn error_text(e: &Option<v1::FileError>) -> String {
     match e {
         None => String::new(),
@@ -416,7 +404,7 @@ fn host_detail(h: &v1::Host) -> String {
         .map(|f| {
             vec![
                 f.path.clone(),
-                format_name(f.format).into(),
+                driftwatch_proto::format_name(f.format).into(),
                 status_name(f.status).into(),
                 f.key_count.to_string(),
                 bytes(f.size),
@@ -435,7 +423,7 @@ fn file_detail(f: &v1::File) -> String {
         "host:    {}\npath:    {}\nformat:  {}\nstatus:  {}\nsize:    {}  mode {:o}  dir mode {:o}  uid {}  gid {}\nhash:    {}\nchanged: {} (seq {})\n",
         f.host_id,
         s.path,
-        format_name(s.format),
+        driftwatch_proto::format_name(s.format),
         status_name(s.status),
         bytes(s.size),
         s.mode & 0o7777,

@@ -32,6 +32,19 @@ pub fn timestamp_millis(t: &Timestamp) -> i64 {
     t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
 }
 
+/// A `Format` value's short name, as rules (`meta.format`) and the CLI show it: env, ini,
+/// yaml, json, toml, text (unknown values are tracked as text).
+pub fn format_name(f: i32) -> &'static str {
+    match v1::Format::try_from(f) {
+        Ok(v1::Format::Env) => "env",
+        Ok(v1::Format::Ini) => "ini",
+        Ok(v1::Format::Yaml) => "yaml",
+        Ok(v1::Format::Json) => "json",
+        Ok(v1::Format::Toml) => "toml",
+        _ => "text",
+    }
+}
+
 /// Now, as milliseconds since the Unix epoch.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

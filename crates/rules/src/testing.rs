@@ -888,17 +888,6 @@ fn keys_of(map: &serde_yaml_ng::Mapping, masker: &Masker) -> BTreeMap<String, Va
     a.keys.into_iter().map(|kv| (kv.key, kv.value.unwrap_or_else(Value::null))).collect()
 }
 
-fn format_name(f: Format) -> &'static str {
-    match f {
-        Format::Env => "env",
-        Format::Ini => "ini",
-        Format::Yaml => "yaml",
-        Format::Json => "json",
-        Format::Toml => "toml",
-        _ => "text",
-    }
-}
-
 /// `90000` → `1m30s`.
 pub fn format_duration_ms(ms: i64) -> String {
     if ms == 0 {
@@ -1101,7 +1090,7 @@ impl<'a> Sim<'a> {
             uid: f.uid.unwrap_or(old.uid),
             gid: f.gid.unwrap_or(old.gid),
             size,
-            format: format_name(f.format).to_string(),
+            format: driftwatch_proto::format_name(f.format as i32).to_string(),
             exists,
             parse_error,
         };
