@@ -255,6 +255,7 @@ async fn reload_for_ack_silence_offline_errors_and_restart() {
     assert_eq!(before[..events.len()], events[..]);
     // The agent is offline again (since the restart): a new event, with a higher id.
     let off = wait_state(&mut alerts, "agent-offline", v1::AlertState::Firing).await;
+    server.engine.flush().await.unwrap();
     let after =
         alerts.list_events(v1::ListEventsRequest { after_id: last_id, limit: 0 }).await.unwrap().into_inner().events;
     assert!(after.iter().any(|e| e.alert.as_ref().unwrap().fingerprint == off.fingerprint && e.id > last_id));

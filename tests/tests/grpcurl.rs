@@ -105,6 +105,8 @@ async fn readme_grpcurl_tour_works() {
         }
     })
     .await;
+    // The alert list is the engine's memory; the event log is the store: wait until durable.
+    server.engine.flush().await.unwrap();
     let (ok, out) = run(a(&["-plaintext", "-d", r#"{"after_id":0}"#, &addr, "driftwatch.v1.Alerts/ListEvents"])).await;
     assert!(ok && out.contains("ALERT_EVENT_KIND_FIRED") && out.contains("ALERT_EVENT_KIND_SILENCED"), "{out}");
     assert!(out.contains("ALERT_EVENT_KIND_RESOLVED"), "{out}");
