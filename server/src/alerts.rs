@@ -3,25 +3,152 @@
 //! Reads come from the engine's alert book; changes go through the engine (one
 //! sequencer for event ids) and return once durable.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use driftwatch_proto::v1::{self, alerts_server::Alerts};
+use driftwatch_proto::v1::{self, alerts_server::Alerts, subscribe_response::Kind};
 use driftwatch_store::Store;
 use prost::Message;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Command, EngineHandle};
 use crate::error::ServerError;
+use crate::hub::EventHub;
 use crate::selector::Selector;
+use crate::silences::CompiledMatcher;
 use crate::state::FleetState;
 
 const MAX_EVENTS: u32 = 10_000;
 const MAX_TEXT: usize = 1024;
+/// Messages queued per subscriber between its task and its gRPC stream.
+const SUBSCRIBER_BUFFER: usize = 256;
+/// Events read from the store per page while catching up.
+const CATCH_UP_PAGE: usize = 1000;
 
 pub struct AlertsService {
     pub engine: EngineHandle,
     pub state: Arc<FleetState>,
     pub reader: Arc<Mutex<Store>>,
+    pub hub: Arc<EventHub>,
+    pub shutdown: CancellationToken,
+    /// A subscriber that takes nothing for this long is cut off with its resume id.
+    pub stall: Duration,
+    /// Configured notifiers' status, if any.
+    pub notifiers: Option<Arc<dyn Fn() -> Vec<v1::NotifierStatus> + Send + Sync>>,
+}
+
+/// What a subscriber asked for, checked.
+pub struct SubscribeFilter {
+    min_severity: i32,
+    matchers: Vec<CompiledMatcher>,
+    rules: Vec<String>,
+    hosts: Vec<String>,
+}
+
+impl SubscribeFilter {
+    pub fn new(r: &v1::SubscribeRequest) -> Result<Self, ServerError> {
+        let mut problems = Vec::new();
+        if v1::Severity::try_from(r.min_severity).is_err() {
+            problems.push(format!("unknown severity {}", r.min_severity));
+        }
+        let mut matchers = Vec::new();
+        for m in &r.matchers {
+            match CompiledMatcher::new(m) {
+                Ok(c) => matchers.push(c),
+                Err(e) => problems.push(e),
+            }
+        }
+        if !(r.heartbeat_seconds == 0 || (1..=300).contains(&r.heartbeat_seconds)) {
+            problems.push("heartbeat_seconds must be between 1 and 300".into());
+        }
+        if !problems.is_empty() {
+            return Err(ServerError::InvalidArgument(problems.join("; ")));
+        }
+        Ok(Self { min_severity: r.min_severity, matchers, rules: r.rules.clone(), hosts: r.hosts.clone() })
+    }
+
+    pub fn matches(&self, a: &v1::Alert) -> bool {
+        a.severity >= self.min_severity
+            && (self.hosts.is_empty() || self.hosts.contains(&a.host_id))
+            && (self.rules.is_empty()
+                || self.rules.iter().any(|r| *r == a.rule || *r == format!("{}/{}", a.group, a.rule)))
+            && self.matchers.iter().all(|m| m.matches(&a.labels))
+    }
+}
+
+/// The subscriber's gRPC stream: what its task queued, then the status it ended
+/// with (so "too slow, resume from N" arrives after every queued event).
+pub struct SubscriberStream {
+    rx: mpsc::Receiver<v1::SubscribeResponse>,
+    end: Arc<Mutex<Option<Status>>>,
+    done: bool,
+}
+
+impl Stream for SubscriberStream {
+    type Item = Result<v1::SubscribeResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(m)) => Poll::Ready(Some(Ok(m))),
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(self.end.lock().expect("end lock").take().map(Err))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Why a subscriber's task stopped.
+enum Stop {
+    /// The client went away.
+    Gone,
+    /// End the stream with this status.
+    Status(Status),
+}
+
+struct Subscriber {
+    filter: SubscribeFilter,
+    tx: mpsc::Sender<v1::SubscribeResponse>,
+    /// The last event id considered (delivered or filtered out): the resume point.
+    last: u64,
+    heartbeat: Duration,
+    stall: Duration,
+}
+
+impl Subscriber {
+    async fn send(&self, kind: Kind) -> Result<(), Stop> {
+        match tokio::time::timeout(self.stall, self.tx.send(v1::SubscribeResponse { kind: Some(kind) })).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop::Gone),
+            Err(_) => Err(Stop::Status(Status::resource_exhausted(format!(
+                "subscriber took nothing for {} ms; resume with since_event_id={}",
+                self.stall.as_millis(),
+                self.last
+            )))),
+        }
+    }
+
+    /// Deliver one event if it matches; it counts as considered either way.
+    async fn offer(&mut self, e: &v1::AlertEvent) -> Result<(), Stop> {
+        if e.id <= self.last {
+            return Ok(());
+        }
+        let deliver = e.alert.as_ref().is_some_and(|a| self.filter.matches(a));
+        if deliver {
+            self.send(Kind::Event(e.clone())).await?;
+        }
+        self.last = e.id;
+        Ok(())
+    }
 }
 
 /// The filters of `ListAlerts`, checked.
@@ -100,8 +227,164 @@ async fn durable(d: crate::engine::Durable) -> Result<(), Status> {
     d.await.map_err(|_| Status::unavailable("store writer stopped before the change was durable"))
 }
 
+impl AlertsService {
+    /// Catch up from the store after `since`, then follow the hub.
+    async fn run_subscriber(
+        &self,
+        sub: &mut Subscriber,
+        mut live: broadcast::Receiver<Arc<v1::AlertEvent>>,
+        catch_up: bool,
+    ) -> Stop {
+        if catch_up {
+            loop {
+                let reader = self.reader.clone();
+                let after = sub.last;
+                let page = tokio::task::spawn_blocking(move || {
+                    reader.lock().expect("reader lock").events_after(after, CATCH_UP_PAGE)
+                })
+                .await;
+                let page = match page {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "subscriber catch-up read failed");
+                        return Stop::Status(Status::unavailable(format!(
+                            "cannot read the event log; resume with since_event_id={}",
+                            sub.last
+                        )));
+                    }
+                    Err(e) => return Stop::Status(Status::unavailable(format!("catch-up task: {e}"))),
+                };
+                let n = page.len();
+                for rec in page {
+                    match v1::AlertEvent::decode(rec.payload.as_slice()) {
+                        Ok(e) => {
+                            if let Err(stop) = sub.offer(&e).await {
+                                return stop;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(event = rec.id, error = %e, "stored event does not decode; skipped");
+                            sub.last = sub.last.max(rec.id);
+                        }
+                    }
+                }
+                if n < CATCH_UP_PAGE {
+                    break;
+                }
+            }
+        }
+        let mut beat = tokio::time::interval(sub.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    return Stop::Status(Status::unavailable(format!(
+                        "server shutting down; resume with since_event_id={}", sub.last
+                    )));
+                }
+                _ = sub.tx.closed() => return Stop::Gone,
+                _ = beat.tick() => {
+                    let hb = v1::StreamHeartbeat {
+                        at: Some(driftwatch_proto::timestamp(std::time::SystemTime::now())),
+                        last_event_id: sub.last,
+                    };
+                    if let Err(stop) = sub.send(Kind::Heartbeat(hb)).await {
+                        return stop;
+                    }
+                }
+                ev = live.recv() => match ev {
+                    Ok(e) => {
+                        if let Err(stop) = sub.offer(&e).await {
+                            return stop;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        return Stop::Status(Status::resource_exhausted(format!(
+                            "subscriber fell {n} events behind; resume with since_event_id={}", sub.last
+                        )));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Stop::Status(Status::unavailable(format!(
+                            "server shutting down; resume with since_event_id={}", sub.last
+                        )));
+                    }
+                },
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Alerts for AlertsService {
+    type SubscribeStream = SubscriberStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = request.into_inner();
+        let filter = SubscribeFilter::new(&r)?;
+        // Follow the hub before reading anything: an event committed from here on is
+        // in `live`, one committed before is in the store (or the firing snapshot).
+        let live = self.hub.subscribe();
+        let newest = self.hub.last_id();
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let end = Arc::new(Mutex::new(None));
+        let heartbeat = Duration::from_secs(if r.heartbeat_seconds == 0 { 15 } else { u64::from(r.heartbeat_seconds) });
+        let catch_up = r.since_event_id > 0;
+        let last = if catch_up { r.since_event_id } else { newest };
+        let mut sub = Subscriber { filter, tx, last, heartbeat, stall: self.stall };
+        if r.include_firing {
+            let firing: Vec<v1::Alert> = {
+                let book = self.engine.book.read().expect("alert book lock");
+                book.alerts
+                    .values()
+                    .map(|t| &t.alert)
+                    .filter(|a| a.state == v1::AlertState::Firing as i32 && sub.filter.matches(a))
+                    .cloned()
+                    .collect()
+            };
+            for a in firing {
+                // The buffer is fresh; a snapshot larger than it waits for the client.
+                if sub.send(Kind::Firing(a)).await.is_err() {
+                    return Err(Status::cancelled("subscriber went away"));
+                }
+            }
+        }
+        let this = AlertsService {
+            engine: self.engine.clone(),
+            state: self.state.clone(),
+            reader: self.reader.clone(),
+            hub: self.hub.clone(),
+            shutdown: self.shutdown.clone(),
+            stall: self.stall,
+            notifiers: None,
+        };
+        let end_slot = end.clone();
+        self.engine.metrics().subscribers.inc();
+        let metrics = self.engine.metrics();
+        tokio::spawn(async move {
+            let stop = this.run_subscriber(&mut sub, live, catch_up).await;
+            metrics.subscribers.dec();
+            if let Stop::Status(s) = stop {
+                tracing::info!(reason = %s.message(), "subscriber stream ended");
+                *end_slot.lock().expect("end lock") = Some(s);
+            }
+            // Only now close the channel: the stream yields the status after the queue.
+            drop(sub);
+        });
+        Ok(Response::new(SubscriberStream { rx, end, done: false }))
+    }
+
+    async fn list_notifiers(
+        &self,
+        _: Request<v1::ListNotifiersRequest>,
+    ) -> Result<Response<v1::ListNotifiersResponse>, Status> {
+        let notifiers = self.notifiers.as_ref().map(|f| f()).unwrap_or_default();
+        Ok(Response::new(v1::ListNotifiersResponse { notifiers }))
+    }
+
     async fn list_alerts(
         &self,
         request: Request<v1::ListAlertsRequest>,

@@ -32,6 +32,9 @@ pub struct ServerFile {
     pub limits: LimitsFile,
     #[serde(default)]
     pub retention: RetentionFile,
+    /// `[[notifiers]]`: webhooks and Alertmanagers (see `crate::notify`).
+    #[serde(default)]
+    pub notifiers: Vec<crate::notify::NotifierFile>,
 }
 
 /// `[retention]`: durations as "72h", "30d".
@@ -78,6 +81,12 @@ pub struct ServerConfig {
     pub max_files_per_host: usize,
     pub max_batch: usize,
     pub retention: crate::engine::Retention,
+    /// `[[notifiers]]`, validated.
+    pub notifiers: Vec<crate::notify::NotifierConfig>,
+    /// Alert subscribers: events one may fall behind, and how long it may take
+    /// nothing, before it is cut off with its resume id.
+    pub subscriber_ring: usize,
+    pub subscriber_stall: Duration,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -99,6 +108,9 @@ impl ServerConfig {
             max_files_per_host: 10_000,
             max_batch: 2_000,
             retention: crate::engine::Retention::default(),
+            notifiers: Vec::new(),
+            subscriber_ring: crate::hub::RING,
+            subscriber_stall: Duration::from_secs(10),
         }
     }
 
@@ -183,6 +195,10 @@ impl ServerConfig {
                 }
             }
         }
+        let (notifiers, notifier_errors) = crate::notify::config::resolve(&file.notifiers);
+        for (field, msg) in notifier_errors {
+            field_err(&field, msg);
+        }
         if let Some(addr) = listen {
             if !insecure {
                 field_err("insecure", "TLS is not configured: pass --insecure (loopback development only)".into());
@@ -208,6 +224,9 @@ impl ServerConfig {
             max_files_per_host,
             max_batch,
             retention,
+            notifiers,
+            subscriber_ring: crate::hub::RING,
+            subscriber_stall: Duration::from_secs(10),
         })
     }
 
@@ -307,6 +326,28 @@ mod tests {
         let f = ServerConfig::load_file(&path).unwrap();
         let c = ServerConfig::resolve(f, "server.toml").unwrap();
         assert_eq!(c.retention.alerts, Duration::from_secs(72 * 3600));
+    }
+
+    #[test]
+    fn notifier_problems_are_reported_with_the_others() {
+        let f: ServerFile = toml::from_str(
+            "insecure = true\nlisten = \"bad\"\n[[notifiers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"https://x/\"\n\n[[notifiers]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = [\"http://127.0.0.1:9093\"]\n",
+        )
+        .unwrap();
+        let Err(ServerError::Config(errs)) = ServerConfig::resolve(f, "server.toml") else { panic!() };
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs.iter().any(|e| e.starts_with("server.toml: listen:")));
+        assert!(errs.iter().any(|e| e.starts_with("server.toml: notifiers[0].url:") && e.contains("TLS")), "{errs:#?}");
+        let f: ServerFile = toml::from_str(
+            "insecure = true\n[[notifiers]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = [\"http://127.0.0.1:9093\"]\n",
+        )
+        .unwrap();
+        let c = ServerConfig::resolve(f, "server.toml").unwrap();
+        assert_eq!(c.notifiers.len(), 1);
+        assert!(
+            toml::from_str::<ServerFile>("[[notifiers]]\nname = \"x\"\nsecret = \"inline\"").is_err(),
+            "unknown fields"
+        );
     }
 
     #[test]

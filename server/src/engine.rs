@@ -200,12 +200,21 @@ impl EngineHandle {
         rx.await.map_err(|_| ServerError::Unavailable("rule engine stopped".into()))
     }
 
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// Wait until everything sent before this call is evaluated and durable.
     pub async fn flush(&self) -> Result<(), ServerError> {
         let durable = self.command(|reply| Command::Flush { reply }).await?;
         durable.await.map_err(|_| ServerError::Unavailable("store writer stopped".into()))
     }
 }
+
+/// Turns a (durable-to-be) event into the outbox rows of the notifiers that route
+/// it: written in the same transaction as the event, so a delivery is never lost
+/// and never invented.
+pub type Router = Arc<dyn Fn(&v1::AlertEvent) -> Vec<Op> + Send + Sync>;
 
 /// What the engine starts from.
 pub struct EngineInit {
@@ -220,6 +229,10 @@ pub struct EngineInit {
     pub silences: Vec<SilenceRecord>,
     pub max_event_id: u64,
     pub retention: Retention,
+    /// Live subscribers get events from here once they are durable.
+    pub hub: Arc<crate::hub::EventHub>,
+    /// Notifier routing (outbox rows per event), if notifiers are configured.
+    pub router: Option<Router>,
 }
 
 /// Start the engine thread. It stops when every handle is dropped.
@@ -378,6 +391,10 @@ struct Engine {
     retention: Retention,
     next_retention: Instant,
     dirty: DirtyMap,
+    hub: Arc<crate::hub::EventHub>,
+    router: Option<Router>,
+    /// Events in `ops`, published to the hub once their write is durable.
+    unpublished: Vec<Arc<v1::AlertEvent>>,
 }
 
 impl Engine {
@@ -404,6 +421,9 @@ impl Engine {
             // First retention pass a minute after start: not in the start-up rush.
             next_retention: Instant::now() + Duration::from_secs(60).min(init.retention.interval),
             dirty,
+            hub: init.hub,
+            router: init.router,
+            unpublished: Vec::new(),
         };
         let fps: Vec<(String, v1::Alert)> = {
             let book = e.book.read().expect("alert book lock");
@@ -826,6 +846,10 @@ impl Engine {
             at_ms,
             payload: ev.encode_to_vec(),
         }));
+        if let Some(route) = &self.router {
+            self.ops.extend(route(&ev));
+        }
+        self.unpublished.push(Arc::new(ev));
     }
 
     fn index(&mut self, host: &str, subject: Subject, fp: &str) {
@@ -1152,16 +1176,36 @@ impl Engine {
         if self.ops.is_empty() && maintenance.is_none() {
             return;
         }
-        let item = WriteItem { ops: std::mem::take(&mut self.ops), maintenance, ..Default::default() };
+        let item = WriteItem {
+            ops: std::mem::take(&mut self.ops),
+            maintenance,
+            on_durable: self.publish_when_durable(),
+            ..Default::default()
+        };
         if self.writer.blocking_send(item).is_err() {
             tracing::error!("store writer stopped; alert writes lost");
         }
     }
 
+    /// The hub publication of the events about to be written.
+    fn publish_when_durable(&mut self) -> Option<crate::writer::Maintenance> {
+        if self.unpublished.is_empty() {
+            return None;
+        }
+        let events = std::mem::take(&mut self.unpublished);
+        let hub = self.hub.clone();
+        Some(crate::writer::Maintenance::new(move |_| hub.publish(events)))
+    }
+
     /// Flush and get told when it is durable.
     fn flush_durable(&mut self) -> Durable {
         let (tx, rx) = oneshot::channel();
-        let item = WriteItem { ops: std::mem::take(&mut self.ops), done: Some(tx), ..Default::default() };
+        let item = WriteItem {
+            ops: std::mem::take(&mut self.ops),
+            done: Some(tx),
+            on_durable: self.publish_when_durable(),
+            ..Default::default()
+        };
         if self.writer.blocking_send(item).is_err() {
             tracing::error!("store writer stopped; alert writes lost");
         }

@@ -10,7 +10,9 @@ pub mod engine;
 pub mod error;
 pub mod fleet;
 pub mod gateway;
+pub mod hub;
 pub mod metrics;
+pub mod notify;
 pub mod rules_service;
 pub mod selector;
 pub mod silences;
@@ -44,6 +46,8 @@ pub struct RunningServer {
     pub metrics: Arc<metrics::Metrics>,
     /// The rule engine (tests use `flush` to wait for evaluation).
     pub engine: engine::EngineHandle,
+    /// Configured notifiers (status for tests and the Alerts API).
+    pub notifiers: Arc<notify::Notifiers>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -127,6 +131,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let metrics = metrics::Metrics::new();
     let (writer_tx, writer_thread) = writer::spawn(store, state.clone(), metrics.clone(), config.max_batch);
     tracing::info!(alerts = alerts.len(), silences = silences.len(), last_event = max_event_id, "alert state loaded");
+    let hub = hub::EventHub::with_capacity(max_event_id, config.subscriber_ring.max(16));
+    let notifiers = notify::Notifiers::new(config.notifiers.clone(), metrics.clone())?;
     let (engine, engine_thread) = engine::spawn(engine::EngineInit {
         rules: rules.clone(),
         state: state.clone(),
@@ -138,6 +144,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         silences,
         max_event_id,
         retention: config.retention,
+        hub: hub.clone(),
+        router: Some(notifiers.router()),
     });
     let rules_handle =
         rules_service::RulesHandle::new(config.rules.clone(), rules.clone(), engine.clone(), metrics.clone());
@@ -154,6 +162,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     }
 
     let shutdown = CancellationToken::new();
+    let notifier_tasks = notifiers.start(writer_tx.clone(), reader.clone(), engine.book.clone(), shutdown.clone());
     let gateway = gateway::Gateway {
         state: state.clone(),
         writer: writer_tx,
@@ -171,7 +180,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         writer: gateway.writer.clone(),
         engine: engine.clone(),
     };
-    let alerts_service = alerts::AlertsService { engine: engine.clone(), state: state.clone(), reader };
+    let alerts_service = alerts::AlertsService {
+        engine: engine.clone(),
+        state: state.clone(),
+        reader,
+        hub: hub.clone(),
+        shutdown: shutdown.clone(),
+        stall: config.subscriber_stall,
+        notifiers: Some({
+            let n = notifiers.clone();
+            Arc::new(move || n.status())
+        }),
+    };
     let rules_watcher = rules_handle.watch(shutdown.clone());
     let rules_grpc = rules_service::RulesService { rules: rules_handle, state: state.clone() };
 
@@ -240,6 +260,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         if let Some(t) = metrics_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
+        // Deliveries stop first: they write through the writer, which drains after the engine.
+        notifier_tasks.join(DRAIN_DEADLINE).await;
         // The router (and every engine handle it held) is gone; with the rules watcher
         // stopped, the engine drains its queue and exits, then the writer flushes and exits.
         if let Some(w) = rules_watcher {
@@ -257,7 +279,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         result.map_err(ServerError::from)
     });
 
-    Ok(RunningServer { grpc_addr, rules, metrics_addr, state, metrics, engine, shutdown, task })
+    Ok(RunningServer { grpc_addr, rules, metrics_addr, state, metrics, engine, notifiers, shutdown, task })
 }
 
 /// What the server reads back from the store at start.

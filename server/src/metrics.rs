@@ -6,9 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+/// `notifier` (name) and `url` (endpoint) of a notifier target.
+pub type NotifierLabels = Vec<(String, String)>;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -31,6 +35,12 @@ pub struct Metrics {
     pub rules_last_reload_success: Gauge,
     pub rules_reloads: Counter,
     pub rules_reload_failures: Counter,
+    pub subscribers: Gauge,
+    /// Per notifier target (labels `notifier`, `url`).
+    pub notifications_delivered: Family<NotifierLabels, Counter>,
+    pub notification_failures: Family<NotifierLabels, Counter>,
+    pub notifications_expired: Family<NotifierLabels, Counter>,
+    pub notifications_pending: Family<NotifierLabels, Gauge>,
     /// False once the store writer has failed its last commit.
     pub healthy: AtomicBool,
 }
@@ -110,8 +120,39 @@ impl Metrics {
             "Rules directory reloads refused (errors)",
             rules_reload_failures.clone(),
         );
+        let subscribers = Gauge::default();
+        registry.register("alert_subscribers", "Alerts.Subscribe streams open", subscribers.clone());
+        let notifications_delivered = Family::<NotifierLabels, Counter>::default();
+        registry.register(
+            "notifications_delivered",
+            "Notifications delivered (2xx) from the outbox",
+            notifications_delivered.clone(),
+        );
+        let notification_failures = Family::<NotifierLabels, Counter>::default();
+        registry.register(
+            "notification_failures",
+            "Failed notification attempts (retried with backoff)",
+            notification_failures.clone(),
+        );
+        let notifications_expired = Family::<NotifierLabels, Counter>::default();
+        registry.register(
+            "notifications_expired",
+            "Notifications dropped undelivered after the notifier's max_age",
+            notifications_expired.clone(),
+        );
+        let notifications_pending = Family::<NotifierLabels, Gauge>::default();
+        registry.register(
+            "notifications_pending",
+            "Notifications waiting in the outbox (including retries)",
+            notifications_pending.clone(),
+        );
         Arc::new(Self {
             registry,
+            subscribers,
+            notifications_delivered,
+            notification_failures,
+            notifications_expired,
+            notifications_pending,
             rule_evaluations,
             rule_evaluation_errors,
             rule_queue_overflows,

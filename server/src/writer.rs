@@ -31,9 +31,13 @@ pub struct WriteItem {
     pub done: Option<tokio::sync::oneshot::Sender<()>>,
     /// Store housekeeping (retention) run on the writer thread after this item's commit.
     pub maintenance: Option<Maintenance>,
+    /// Run on the writer thread once this item is durable (publishing events to
+    /// subscribers: nobody may see an event that a restart could lose).
+    pub on_durable: Option<Maintenance>,
 }
 
-/// Work that needs the writer's connection but is not a batch (retention passes).
+/// Work that needs the writer's connection but is not a batch (retention passes), or
+/// that must wait for a commit.
 pub struct Maintenance(Box<dyn FnOnce(&mut Store) + Send>);
 
 impl Maintenance {
@@ -132,6 +136,9 @@ fn commit(store: &mut Store, state: &FleetState, metrics: &Metrics, items: &mut 
     // now, even after a reconnect) turns them into Acks.
     let now = Instant::now();
     for i in items.iter_mut() {
+        if let Some(f) = i.on_durable.take() {
+            (f.0)(store);
+        }
         if let Some(done) = i.done.take() {
             let _ = done.send(());
         }

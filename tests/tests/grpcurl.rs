@@ -90,6 +90,10 @@ async fn readme_grpcurl_tour_works() {
     })
     .await;
     assert!(firing.contains("SEVERITY_HIGH"), "{firing}");
+    // Follow events live: the firing snapshot and heartbeats (grpcurl stops after -max-time).
+    let sub = r#"{"include_firing":true,"heartbeat_seconds":1}"#;
+    let (_, out) = run(a(&["-plaintext", "-max-time", "3", "-d", sub, &addr, "driftwatch.v1.Alerts/Subscribe"])).await;
+    assert!(out.contains("\"firing\"") && out.contains("workers-above-12") && out.contains("\"heartbeat\""), "{out}");
     let silence = r#"{"matchers":[{"name":"alertname","value":"workers-above-12"}],"duration":"1h","created_by":"me","comment":"tuning"}"#;
     let (ok, out) = run(a(&["-plaintext", "-d", silence, &addr, "driftwatch.v1.Alerts/CreateSilence"])).await;
     assert!(ok && out.contains("SILENCE_STATE_ACTIVE"), "{out}");

@@ -9,6 +9,8 @@ use crate::status_err;
 
 #[derive(Debug, Args)]
 pub struct AlertsArgs {
+    #[command(subcommand)]
+    pub watch: Option<AlertsCmd>,
     /// States to show: pending, firing, resolved (repeatable; default pending and firing).
     #[arg(long = "state", value_name = "STATE")]
     states: Vec<String>,
@@ -30,6 +32,36 @@ pub struct AlertsArgs {
     /// Show one alert in full (fingerprint or a unique prefix of it).
     #[arg(long)]
     show: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCmd {
+    /// Print alert events as they happen (after the alerts firing now); reconnects and
+    /// resumes after the last event seen when the connection drops or the server
+    /// restarts, so nothing is missed or printed twice. Ctrl-C stops.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// At least this severity: info, low, medium, high, critical.
+    #[arg(long)]
+    severity: Option<String>,
+    /// Only these hosts (repeatable).
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+    /// Only these rules, name or group/name (repeatable).
+    #[arg(long = "rule")]
+    rules: Vec<String>,
+    /// Alert label matchers: name=value, name!=value, name=~regex, name!~regex (repeatable).
+    #[arg(long = "match", short = 'm', value_name = "MATCHER")]
+    matchers: Vec<String>,
+    /// Start after this event id (default: the alerts firing now, then new events).
+    #[arg(long)]
+    since: Option<u64>,
+    /// Seconds between server heartbeats; no message for three of them means a dead stream.
+    #[arg(long, default_value_t = 5)]
+    heartbeat: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,6 +244,102 @@ async fn find(c: &mut AlertsClient<Channel>, id: &str) -> anyhow::Result<v1::Ale
         0 => anyhow::bail!("not found: no alert with id {id:?} (driftwatch alerts lists ids)"),
         1 => Ok(matches.into_iter().next().expect("one")),
         n => anyhow::bail!("id {id:?} is ambiguous ({n} alerts); give more characters"),
+    }
+}
+
+fn event_kind_name(k: i32) -> &'static str {
+    match v1::AlertEventKind::try_from(k) {
+        Ok(v1::AlertEventKind::Pending) => "pending",
+        Ok(v1::AlertEventKind::Fired) => "fired",
+        Ok(v1::AlertEventKind::Resolved) => "resolved",
+        Ok(v1::AlertEventKind::Cleared) => "cleared",
+        Ok(v1::AlertEventKind::Acknowledged) => "acknowledged",
+        Ok(v1::AlertEventKind::Silenced) => "silenced",
+        Ok(v1::AlertEventKind::Unsilenced) => "unsilenced",
+        _ => "-",
+    }
+}
+
+/// One line per event: `#ID  KIND  SEVERITY  HOST  RULE  SUBJECT  VALUE`.
+fn event_line(id: Option<u64>, kind: &str, a: &v1::Alert) -> String {
+    format!(
+        "{:<8} {:<12} {:<8} {:<16} {:<32} {} = {}",
+        id.map(|i| format!("#{i}")).unwrap_or_else(|| "now".into()),
+        kind,
+        severity_name(a.severity),
+        a.host_id,
+        a.rule,
+        subject(a),
+        value(&a.value)
+    )
+}
+
+/// `alerts watch`: follow `Alerts.Subscribe`, resuming after the last id seen.
+pub async fn watch(server: String, out: Output, args: WatchArgs) -> anyhow::Result<()> {
+    use tokio_stream::StreamExt;
+    let request = |since: u64, first: bool| -> anyhow::Result<v1::SubscribeRequest> {
+        Ok(v1::SubscribeRequest {
+            since_event_id: since,
+            include_firing: first && since == 0,
+            min_severity: args.severity.as_deref().map(severity_arg).transpose()?.map(|s| s as i32).unwrap_or(0),
+            matchers: args.matchers.iter().map(|m| parse_matcher(m)).collect::<anyhow::Result<_>>()?,
+            rules: args.rules.clone(),
+            hosts: args.hosts.clone(),
+            heartbeat_seconds: args.heartbeat.clamp(1, 300),
+        })
+    };
+    request(0, true)?; // bad filters fail now, not on the first reconnect
+    let dead_after = std::time::Duration::from_secs(u64::from(args.heartbeat.clamp(1, 300)) * 3);
+    let mut last = args.since.unwrap_or(0);
+    let mut first = true;
+    let mut backoff = std::time::Duration::from_millis(250);
+    loop {
+        let stream = match crate::channel(&server).await {
+            Ok(ch) => AlertsClient::new(ch).subscribe(request(last, first)?).await.map_err(status_err),
+            Err(e) => Err(e),
+        };
+        let reason = match stream {
+            Err(e) if first => return Err(e),
+            Err(e) => e.to_string(),
+            Ok(resp) => {
+                if !first {
+                    eprintln!("resumed after event #{last}");
+                }
+                first = false;
+                backoff = std::time::Duration::from_millis(250);
+                let mut s = resp.into_inner();
+                loop {
+                    let m = match tokio::time::timeout(dead_after, s.next()).await {
+                        Err(_) => break format!("no message for {} s", dead_after.as_secs()),
+                        Ok(None) => break "the server closed the stream".to_string(),
+                        Ok(Some(Err(st))) => break status_err(st).to_string(),
+                        Ok(Some(Ok(m))) => m,
+                    };
+                    match m.kind {
+                        Some(v1::subscribe_response::Kind::Event(e)) => {
+                            last = last.max(e.id);
+                            match out {
+                                Output::Json => println!("{}", to_json(&e, "AlertEvent")?.replace('\n', " ")),
+                                Output::Table => {
+                                    if let Some(a) = &e.alert {
+                                        println!("{}", event_line(Some(e.id), event_kind_name(e.kind), a));
+                                    }
+                                }
+                            }
+                        }
+                        Some(v1::subscribe_response::Kind::Firing(a)) => match out {
+                            Output::Json => println!("{}", to_json(&a, "Alert")?.replace('\n', " ")),
+                            Output::Table => println!("{}", event_line(None, "firing", &a)),
+                        },
+                        Some(v1::subscribe_response::Kind::Heartbeat(h)) => last = last.max(h.last_event_id),
+                        None => {}
+                    }
+                }
+            }
+        };
+        eprintln!("stream lost ({reason}); resuming after event #{last} in {} ms", backoff.as_millis());
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
     }
 }
 

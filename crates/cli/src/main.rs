@@ -153,12 +153,16 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             cmd @ Command::Rules(RulesCmd::List | RulesCmd::Reload) => query(&cli.server, cli.output, cmd).await,
+            Command::Alerts(a) if a.watch.is_some() => match a.watch {
+                Some(alerts::AlertsCmd::Watch(w)) => alerts::watch(cli.server, cli.output, w).await,
+                None => unreachable!("checked"),
+            },
             cmd => query(&cli.server, cli.output, cmd).await,
         }
     })
 }
 
-async fn channel(server: &str) -> anyhow::Result<tonic::transport::Channel> {
+pub(crate) async fn channel(server: &str) -> anyhow::Result<tonic::transport::Channel> {
     tonic::transport::Endpoint::from_shared(server.to_string())
         .with_context(|| format!("bad --server URL '{server}'"))?
         .connect_timeout(Duration::from_secs(5))

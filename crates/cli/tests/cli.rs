@@ -278,6 +278,89 @@ async fn alerts_ack_and_silences() {
     server.stop().await.unwrap();
 }
 
+/// `driftwatch alerts watch` prints events live and resumes across a server restart
+/// without missing or repeating one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_watch_resumes_across_a_server_restart() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("r.yaml"),
+        "groups:\n  - name: app\n    rules:\n      - name: workers-high\n        target: {file: \"*.env\", key: WORKERS}\n        expr: \"is_number(value) && double(value) > 10.0\"\n        severity: high\n",
+    )
+    .unwrap();
+    let env = dir.path().join("app.env");
+    std::fs::write(&env, "WORKERS=4\n").unwrap();
+    let port = free_port();
+    let mut cfg = driftwatch_server::ServerConfig::for_tests(dir.path().join("srv"));
+    cfg.rules = Some(rules);
+    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = driftwatch_server::start(cfg.clone()).await.unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let agent_cfg = driftwatch_agent::AgentConfig::resolve(
+        driftwatch_agent::AgentFile {
+            server: Some(url.clone()),
+            host_id: Some("watch-host".into()),
+            watch: vec![WatchEntry::Plain(env.display().to_string())],
+            resource_interval: Some("0".into()),
+            state_dir: Some(dir.path().join("agent")),
+            insecure: Some(true),
+            ..Default::default()
+        },
+        "test",
+    )
+    .unwrap();
+    let agent = driftwatch_agent::start(agent_cfg).await.unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .args(["--server", &url, "alerts", "watch", "--heartbeat", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_line = |rx: &std::sync::mpsc::Receiver<String>, want: &str| -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(want) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("no line with {want:?} within 20 s"),
+            }
+        }
+    };
+    // Fire once the watcher's stream is open.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.metrics.subscribers.get() < 1 {
+        assert!(Instant::now() < deadline, "the watcher never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(&env, "WORKERS=16\n").unwrap();
+    let fired = tokio::task::block_in_place(|| wait_line(&rx, "fired"));
+    assert!(fired.contains("workers-high") && fired.contains("watch-host") && fired.contains("= 16"), "{fired}");
+    // Restart the server; the watcher reconnects and resumes after the fired event.
+    server.stop().await.unwrap();
+    let server = driftwatch_server::start(cfg).await.unwrap();
+    std::fs::write(&env, "WORKERS=4\n").unwrap();
+    let resolved = tokio::task::block_in_place(|| wait_line(&rx, "resolved"));
+    assert!(resolved.contains("workers-high"), "{resolved}");
+    // Nothing was printed twice: the only lines are the fired and resolved events.
+    let _ = child.kill();
+    let _ = child.wait();
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(rest.iter().all(|l| !l.contains("fired")), "duplicate after resume: {rest:?}");
+    agent.stop().await.unwrap();
+    server.stop().await.unwrap();
+}
+
 #[test]
 fn unreachable_server_is_a_clear_error() {
     let (ok, _, err) = cli("http://127.0.0.1:1", &["hosts"]);

@@ -119,6 +119,42 @@ pub struct SilenceRecord {
     pub payload: Vec<u8>,
 }
 
+/// One notification waiting in (or delivered from) a notifier's outbox.
+///
+/// The row is written in the same transaction as the event it is about, so a
+/// delivery is never lost and never invented. `(notifier, event_id, repeat)` is
+/// unique: one event is one notification per notifier (adding it twice is a no-op);
+/// `repeat` counts re-notifications of a still-firing alert (0: the event itself).
+/// Rows of one `fingerprint` are delivered in id order. Delivered rows are kept
+/// (with `delivered_ms`) until pruned: they are the notifier's memory of what it sent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutboxRecord {
+    /// Assigned by the store (ignored on insert).
+    pub id: i64,
+    pub notifier: String,
+    pub event_id: u64,
+    pub repeat: u32,
+    /// Ordering key: the alert's fingerprint.
+    pub fingerprint: String,
+    /// What kind of notification (the caller's vocabulary, e.g. "fired", "repeat").
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    pub created_ms: i64,
+    pub delivered_ms: Option<i64>,
+    pub last_error: String,
+}
+
+/// One notifier's outbox at a glance (see [`Store::outbox_summary`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxSummary {
+    /// Rows not delivered yet.
+    pub pending: u64,
+    /// Highest event id of any row, delivered or not (0 when none).
+    pub max_event_id: u64,
+}
+
 /// Row counts per table (see [`Store::stats`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StoreStats {
@@ -159,6 +195,18 @@ pub enum Op {
     Silence(SilenceRecord),
     /// Delete a silence now, without waiting for retention.
     RemoveSilence { id: String },
+    /// Queue a notification; a row with the same (notifier, event_id, repeat) wins.
+    OutboxAdd(OutboxRecord),
+    /// The notification was delivered.
+    OutboxDelivered { id: i64, at_ms: i64 },
+    /// A delivery attempt failed: count it, say why, and try again at `next_attempt_ms`.
+    OutboxRetry { id: i64, attempts: u32, next_attempt_ms: i64, error: String },
+    /// Every pending row of a notifier is due at `at_ms` at the latest (its endpoint recovered).
+    OutboxRetryNow { notifier: String, at_ms: i64 },
+    /// Drop a notifier's undelivered rows created before `created_before_ms` (its age limit).
+    OutboxExpire { notifier: String, created_before_ms: i64 },
+    /// Forget a notifier's rows delivered before `delivered_before_ms`.
+    OutboxPrune { notifier: String, delivered_before_ms: i64 },
 }
 
 /// Operations committed together in one transaction.
@@ -263,6 +311,26 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX resource_rollups_by_host_time ON resource_rollups (host_id, bucket_ms, metric);
      -- Downsampling and pruning select raw samples by age across all hosts.
      CREATE INDEX resources_by_time ON resources (sampled_ms);",
+    // 4: the notifiers' outbox (durable delivery: written with the event, resumed after a restart).
+    "CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        notifier TEXT NOT NULL,
+        event_id INTEGER NOT NULL,
+        repeat INTEGER NOT NULL,
+        fingerprint TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_ms INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        delivered_ms INTEGER,
+        last_error TEXT NOT NULL,
+        UNIQUE (notifier, event_id, repeat)
+     ) STRICT;
+     -- The delivery queue: pending rows of one alert in order.
+     CREATE INDEX outbox_pending ON outbox (notifier, fingerprint, id) WHERE delivered_ms IS NULL;
+     -- The newest row per alert (repeat bookkeeping after a restart).
+     CREATE INDEX outbox_by_alert ON outbox (notifier, fingerprint, id);",
 ];
 
 pub struct Store {
@@ -398,6 +466,14 @@ impl Store {
                 )
                 .map_err(e)?;
             let mut remove_silence = tx.prepare_cached("DELETE FROM silences WHERE id = ?1").map_err(e)?;
+            let mut outbox_add = tx
+                .prepare_cached(
+                    "INSERT INTO outbox (notifier, event_id, repeat, fingerprint, kind, payload, attempts,
+                        next_attempt_ms, created_ms, delivered_ms, last_error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT (notifier, event_id, repeat) DO NOTHING",
+                )
+                .map_err(e)?;
             for (i, op) in batch.ops.iter().enumerate() {
                 match op {
                     Op::Host(h) => {
@@ -463,6 +539,56 @@ impl Store {
                     }
                     Op::RemoveSilence { id } => {
                         remove_silence.execute(params![id]).map_err(e)?;
+                    }
+                    Op::OutboxAdd(o) => {
+                        outbox_add
+                            .execute(params![
+                                o.notifier,
+                                o.event_id as i64,
+                                o.repeat,
+                                o.fingerprint,
+                                o.kind,
+                                o.payload,
+                                o.attempts,
+                                o.next_attempt_ms,
+                                o.created_ms,
+                                o.delivered_ms,
+                                o.last_error
+                            ])
+                            .map_err(e)?;
+                    }
+                    Op::OutboxDelivered { id, at_ms } => {
+                        tx.prepare_cached("UPDATE outbox SET delivered_ms = ?2 WHERE id = ?1")
+                            .and_then(|mut st| st.execute(params![id, at_ms]))
+                            .map_err(e)?;
+                    }
+                    Op::OutboxRetry { id, attempts, next_attempt_ms, error } => {
+                        tx.prepare_cached(
+                            "UPDATE outbox SET attempts = ?2, next_attempt_ms = ?3, last_error = ?4
+                             WHERE id = ?1 AND delivered_ms IS NULL",
+                        )
+                        .and_then(|mut st| st.execute(params![id, attempts, next_attempt_ms, error]))
+                        .map_err(e)?;
+                    }
+                    Op::OutboxRetryNow { notifier, at_ms } => {
+                        tx.prepare_cached(
+                            "UPDATE outbox SET next_attempt_ms = ?2
+                             WHERE notifier = ?1 AND delivered_ms IS NULL AND next_attempt_ms > ?2",
+                        )
+                        .and_then(|mut st| st.execute(params![notifier, at_ms]))
+                        .map_err(e)?;
+                    }
+                    Op::OutboxExpire { notifier, created_before_ms } => {
+                        tx.prepare_cached(
+                            "DELETE FROM outbox WHERE notifier = ?1 AND delivered_ms IS NULL AND created_ms < ?2",
+                        )
+                        .and_then(|mut st| st.execute(params![notifier, created_before_ms]))
+                        .map_err(e)?;
+                    }
+                    Op::OutboxPrune { notifier, delivered_before_ms } => {
+                        tx.prepare_cached("DELETE FROM outbox WHERE notifier = ?1 AND delivered_ms < ?2")
+                            .and_then(|mut st| st.execute(params![notifier, delivered_before_ms]))
+                            .map_err(e)?;
                     }
                 }
             }
@@ -730,6 +856,95 @@ impl Store {
     /// The stored host row, if any.
     pub fn host(&self, host_id: &str) -> Result<Option<HostRecord>> {
         Ok(self.load_hosts_where(Some(host_id))?.pop())
+    }
+
+    /// The next notification of each alert waiting in `notifier`'s outbox (its oldest
+    /// undelivered row: an alert's notifications go out in order), soonest due first.
+    pub fn outbox_heads(&self, notifier: &str, limit: usize) -> Result<Vec<OutboxRecord>> {
+        self.outbox_where(
+            "WHERE o.notifier = ?1 AND o.delivered_ms IS NULL
+               AND o.id = (SELECT MIN(p.id) FROM outbox p
+                           WHERE p.notifier = ?1 AND p.fingerprint = o.fingerprint AND p.delivered_ms IS NULL)
+             ORDER BY o.next_attempt_ms, o.id LIMIT ?2",
+            params![notifier, limit as i64],
+        )
+    }
+
+    /// The newest row (delivered or not) of each alert in `notifier`'s outbox.
+    pub fn outbox_latest(&self, notifier: &str) -> Result<Vec<OutboxRecord>> {
+        self.outbox_where(
+            "WHERE o.id IN (SELECT MAX(id) FROM outbox WHERE notifier = ?1 GROUP BY fingerprint) ORDER BY o.id",
+            params![notifier],
+        )
+    }
+
+    /// Every row of `notifier`'s outbox, in id order (tests, debugging).
+    pub fn outbox_rows(&self, notifier: &str) -> Result<Vec<OutboxRecord>> {
+        self.outbox_where("WHERE o.notifier = ?1 ORDER BY o.id", params![notifier])
+    }
+
+    fn outbox_where(&self, clause: &str, p: &[&dyn rusqlite::ToSql]) -> Result<Vec<OutboxRecord>> {
+        let sql = format!(
+            "SELECT o.id, o.notifier, o.event_id, o.repeat, o.fingerprint, o.kind, o.payload, o.attempts,
+                    o.next_attempt_ms, o.created_ms, o.delivered_ms, o.last_error
+             FROM outbox o {clause}"
+        );
+        let mut st = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(p, |r| {
+                Ok(OutboxRecord {
+                    id: r.get(0)?,
+                    notifier: r.get(1)?,
+                    event_id: r.get::<_, i64>(2)? as u64,
+                    repeat: r.get(3)?,
+                    fingerprint: r.get(4)?,
+                    kind: r.get(5)?,
+                    payload: r.get(6)?,
+                    attempts: r.get(7)?,
+                    next_attempt_ms: r.get(8)?,
+                    created_ms: r.get(9)?,
+                    delivered_ms: r.get(10)?,
+                    last_error: r.get(11)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Pending count and highest event id of one notifier's outbox.
+    pub fn outbox_summary(&self, notifier: &str) -> Result<OutboxSummary> {
+        self.conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM outbox WHERE notifier = ?1 AND delivered_ms IS NULL),
+                        (SELECT COALESCE(MAX(event_id), 0) FROM outbox WHERE notifier = ?1)",
+                params![notifier],
+                |r| Ok(OutboxSummary { pending: r.get::<_, i64>(0)? as u64, max_event_id: r.get::<_, i64>(1)? as u64 }),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Undelivered rows per notifier (every notifier with at least one).
+    pub fn outbox_pending_counts(&self) -> Result<BTreeMap<String, u64>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT notifier, COUNT(*) FROM outbox WHERE delivered_ms IS NULL GROUP BY notifier")
+            .map_err(|e| self.err(e))?;
+        let rows =
+            st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Undelivered rows of `notifier` created before `created_before_ms` (what
+    /// [`Op::OutboxExpire`] would drop).
+    pub fn outbox_count_expired(&self, notifier: &str, created_before_ms: i64) -> Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM outbox WHERE notifier = ?1 AND delivered_ms IS NULL AND created_ms < ?2",
+                params![notifier, created_before_ms],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
     }
 }
 
@@ -1057,6 +1272,122 @@ mod tests {
         assert_eq!(s.load_silences().unwrap().len(), 1);
         assert_eq!(s.downsample_resources(1000, 300_000, 10, &|b| vec![("m".into(), b.len() as f64)]).unwrap(), 1);
         assert_eq!(s.resource_rollups("a", 0, 1000).unwrap()[0].sum, 2.0);
+    }
+
+    fn outbox(notifier: &str, event_id: u64, repeat: u32, fp: &str, next_ms: i64) -> Op {
+        Op::OutboxAdd(OutboxRecord {
+            notifier: notifier.into(),
+            event_id,
+            repeat,
+            fingerprint: fp.into(),
+            kind: if repeat == 0 { "fired".into() } else { "repeat".into() },
+            payload: format!("{event_id}/{repeat}").into_bytes(),
+            next_attempt_ms: next_ms,
+            created_ms: 100 + event_id as i64,
+            ..Default::default()
+        })
+    }
+
+    fn ids(rows: &[OutboxRecord]) -> Vec<(u64, u32)> {
+        rows.iter().map(|r| (r.event_id, r.repeat)).collect()
+    }
+
+    #[test]
+    fn outbox_adds_once_and_hands_out_each_alerts_oldest_row_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.write_batch(&Batch {
+                ops: vec![
+                    outbox("hook", 1, 0, "a", 10),
+                    outbox("hook", 2, 0, "b", 5),
+                    outbox("hook", 3, 0, "a", 0),
+                    outbox("am", 1, 0, "a", 0),
+                    // The same event again (a replayed write): still one notification.
+                    outbox("hook", 1, 0, "a", 0),
+                ],
+            })
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(ids(&s.outbox_rows("hook").unwrap()), vec![(1, 0), (2, 0), (3, 0)]);
+        assert_eq!(s.outbox_rows("hook").unwrap()[0].next_attempt_ms, 10, "the first add wins");
+        // Alert a's second event waits behind its first, though it is due sooner.
+        assert_eq!(ids(&s.outbox_heads("hook", 10).unwrap()), vec![(2, 0), (1, 0)]);
+        assert_eq!(ids(&s.outbox_heads("hook", 1).unwrap()), vec![(2, 0)]);
+        assert_eq!(s.outbox_summary("hook").unwrap(), OutboxSummary { pending: 3, max_event_id: 3 });
+        assert_eq!(s.outbox_pending_counts().unwrap(), [("am".to_string(), 1), ("hook".to_string(), 3)].into());
+
+        let first = s.outbox_rows("hook").unwrap()[0].id;
+        s.write_batch(&Batch {
+            ops: vec![Op::OutboxRetry { id: first, attempts: 1, next_attempt_ms: 50, error: "HTTP 503".into() }],
+        })
+        .unwrap();
+        let row = &s.outbox_rows("hook").unwrap()[0];
+        assert_eq!((row.attempts, row.next_attempt_ms, row.last_error.as_str()), (1, 50, "HTTP 503"));
+        s.write_batch(&Batch { ops: vec![Op::OutboxRetryNow { notifier: "hook".into(), at_ms: 7 }] }).unwrap();
+        let next: Vec<i64> = s.outbox_rows("hook").unwrap().iter().map(|r| r.next_attempt_ms).collect();
+        assert_eq!(next, vec![7, 5, 0], "only later rows move up");
+
+        s.write_batch(&Batch { ops: vec![Op::OutboxDelivered { id: first, at_ms: 60 }] }).unwrap();
+        assert_eq!(ids(&s.outbox_heads("hook", 10).unwrap()), vec![(3, 0), (2, 0)], "a's next row is up");
+        assert_eq!(s.outbox_summary("hook").unwrap().pending, 2);
+        // A retry of a delivered row changes nothing.
+        s.write_batch(&Batch {
+            ops: vec![Op::OutboxRetry { id: first, attempts: 9, next_attempt_ms: 0, error: "late".into() }],
+        })
+        .unwrap();
+        assert_eq!(s.outbox_rows("hook").unwrap()[0].attempts, 1);
+        assert_eq!(s.outbox_rows("hook").unwrap()[0].delivered_ms, Some(60));
+    }
+
+    #[test]
+    fn outbox_latest_row_per_alert_expiry_and_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("d.db")).unwrap();
+        s.write_batch(&Batch {
+            ops: vec![
+                outbox("hook", 1, 0, "a", 0),
+                outbox("hook", 1, 1, "a", 0),
+                outbox("hook", 2, 0, "b", 0),
+                outbox("other", 9, 0, "a", 0),
+            ],
+        })
+        .unwrap();
+        assert_eq!(ids(&s.outbox_latest("hook").unwrap()), vec![(1, 1), (2, 0)]);
+        let rows = s.outbox_rows("hook").unwrap();
+        s.write_batch(&Batch { ops: vec![Op::OutboxDelivered { id: rows[0].id, at_ms: 500 }] }).unwrap();
+        // created_ms is 100 + event id: rows of event 1 are older than 102.
+        assert_eq!(s.outbox_count_expired("hook", 102).unwrap(), 1, "delivered rows never expire");
+        s.write_batch(&Batch { ops: vec![Op::OutboxExpire { notifier: "hook".into(), created_before_ms: 102 }] })
+            .unwrap();
+        assert_eq!(ids(&s.outbox_rows("hook").unwrap()), vec![(1, 0), (2, 0)]);
+        s.write_batch(&Batch { ops: vec![Op::OutboxPrune { notifier: "hook".into(), delivered_before_ms: 500 }] })
+            .unwrap();
+        assert_eq!(s.outbox_rows("hook").unwrap().len(), 2, "delivered exactly at the cutoff is kept");
+        s.write_batch(&Batch { ops: vec![Op::OutboxPrune { notifier: "hook".into(), delivered_before_ms: 501 }] })
+            .unwrap();
+        assert_eq!(ids(&s.outbox_rows("hook").unwrap()), vec![(2, 0)], "pending rows are never pruned");
+        assert_eq!(s.outbox_rows("other").unwrap().len(), 1, "other notifiers untouched");
+    }
+
+    #[test]
+    fn a_version_3_database_gets_an_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..3] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", 3).unwrap();
+            c.execute_batch("INSERT INTO silences VALUES ('s', 1, 2, 3, x'00');").unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.load_silences().unwrap().len(), 1);
+        s.write_batch(&Batch { ops: vec![outbox("hook", 1, 0, "a", 0)] }).unwrap();
+        assert_eq!(s.outbox_summary("hook").unwrap(), OutboxSummary { pending: 1, max_event_id: 1 });
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   driftwatch-sim idle    --agents 5000                   server RSS per idle connected agent
 //!   driftwatch-sim latency --iterations 300                file write → visible in GetFile, p50/p99
 //!   driftwatch-sim agent-footprint --files 1000 --duration 60s   real agent RSS and idle CPU
+//!   driftwatch-sim subscribers --subscribers 1000 --events 200   alert event → every subscriber, p50/p99
 //!
 //! By default the server is the `driftwatch-server` binary next to this one,
 //! started on a free loopback port with a temporary data dir.
@@ -77,6 +78,21 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         iterations: usize,
     },
+    /// Many `Alerts.Subscribe` streams (one connection each) and one agent whose file
+    /// change fires or resolves an alert: time from the event to its delivery on every stream.
+    Subscribers {
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Alert events to produce (fired and resolved alternately).
+        #[arg(long, default_value_t = 200)]
+        events: usize,
+        /// Also keep this many subscribers that never read (they must not slow the others).
+        #[arg(long, default_value_t = 0)]
+        stuck: usize,
+        /// Milliseconds between events.
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+    },
     /// The real agent binary watching N files: RSS and idle CPU.
     AgentFootprint {
         #[arg(long, default_value_t = 1000)]
@@ -97,7 +113,14 @@ fn main() -> anyhow::Result<()> {
         let tmp = tempfile::tempdir()?;
         let mut server = match &cli.server {
             Some(url) => ServerProc { url: url.clone(), child: None, pid: cli.server_pid, metrics: None },
-            None => ServerProc::spawn(&cli.server_bin, tmp.path(), cli.rules.as_deref())?,
+            None => {
+                let rules = match (&cli.cmd, &cli.rules) {
+                    (_, Some(r)) => Some(r.clone()),
+                    (Cmd::Subscribers { .. }, None) => Some(subscriber_rules(tmp.path())?),
+                    _ => None,
+                };
+                ServerProc::spawn(&cli.server_bin, tmp.path(), rules.as_deref())?
+            }
         };
         server.wait_ready().await?;
         let r = match cli.cmd {
@@ -109,6 +132,9 @@ fn main() -> anyhow::Result<()> {
                 idle(&server, agents, files_per_agent, Duration::from_secs(hold_secs)).await
             }
             Cmd::Latency { iterations } => latency(&server, iterations, tmp.path()).await,
+            Cmd::Subscribers { subscribers: n, events, stuck, interval_ms } => {
+                subscribers(&server, n, events, stuck, Duration::from_millis(interval_ms)).await
+            }
             Cmd::AgentFootprint { files, duration_secs, agent_bin } => {
                 agent_footprint(&server, files, Duration::from_secs(duration_secs), agent_bin, tmp.path()).await
             }
@@ -670,5 +696,95 @@ async fn agent_footprint(
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = child.wait();
+    Ok(())
+}
+
+/// The rule the subscriber benchmark fires and resolves.
+fn subscriber_rules(dir: &Path) -> anyhow::Result<PathBuf> {
+    let d = dir.join("bench-rules");
+    std::fs::create_dir_all(&d)?;
+    std::fs::write(
+        d.join("bench.yaml"),
+        "groups:\n  - name: bench\n    rules:\n      - name: level-above-100\n        target: {file: \"*.env\", key: LEVEL}\n        expr: \"is_number(value) && value > 100\"\n        severity: high\n",
+    )?;
+    Ok(d)
+}
+
+async fn subscribers(
+    server: &ServerProc,
+    n: usize,
+    events: usize,
+    stuck: usize,
+    interval: Duration,
+) -> anyhow::Result<()> {
+    println!("subscribers: {n} streams (+{stuck} that never read), {events} events");
+    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel::<(u64, Duration)>();
+    let ready = Arc::new(tokio::sync::Barrier::new(n + 1));
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        let (url, lat_tx, ready) = (server.url.clone(), lat_tx.clone(), ready.clone());
+        handles.push(tokio::spawn(async move {
+            let ch = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
+            let mut c = v1::alerts_client::AlertsClient::new(ch);
+            let mut s =
+                c.subscribe(v1::SubscribeRequest { heartbeat_seconds: 5, ..Default::default() }).await?.into_inner();
+            ready.wait().await;
+            while let Some(m) = s.next().await {
+                if let Some(v1::subscribe_response::Kind::Event(e)) = m?.kind {
+                    let at = e.at.as_ref().map(driftwatch_proto::timestamp_millis).unwrap_or(0);
+                    let lag = (driftwatch_proto::now_millis() - at).max(0) as u64;
+                    let _ = lat_tx.send((e.id, Duration::from_millis(lag)));
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    drop(lat_tx);
+    // Subscribers that never read, each on its own connection.
+    let mut stuck_streams = Vec::new();
+    for _ in 0..stuck {
+        let ch = tonic::transport::Endpoint::from_shared(server.url.clone())?.connect().await?;
+        let s = v1::alerts_client::AlertsClient::new(ch).subscribe(v1::SubscribeRequest::default()).await?.into_inner();
+        stuck_streams.push(s);
+    }
+    ready.wait().await;
+    let agent = connect_agent(&server.url, "sim-subscribers").await?;
+    let path = "/etc/sim/app.env";
+    let started = Instant::now();
+    for i in 0..events as u64 {
+        let level = if i % 2 == 0 { 500 } else { 1 };
+        let mut f = file_state(path, 2, i + 1);
+        f.keys.push(v1::KeyValue { key: "LEVEL".into(), value: Some(v1::Value::int(level)) });
+        agent.tx.send(snapshot(i + 1, i == 0, vec![f])).await?;
+        // One event at a time, so each delivery is timed on its own.
+        tokio::time::sleep(interval).await;
+    }
+    let produced = started.elapsed();
+    // Collect until every stream has every event, or a deadline.
+    let mut lats = Vec::with_capacity(n * events);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lats.len() < n * events {
+        match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), lat_rx.recv()).await {
+            Ok(Some((_, l))) => lats.push(l),
+            _ => break,
+        }
+    }
+    for h in handles {
+        h.abort();
+    }
+    drop(stuck_streams);
+    lats.sort();
+    println!(
+        "RESULT subscribers streams={n} stuck={stuck} events={events} deliveries={} expected={} produced_in_s={:.1}",
+        lats.len(),
+        n * events,
+        produced.as_secs_f64()
+    );
+    println!(
+        "RESULT subscribers delivery_latency_p50_ms={:.1} p99_ms={:.1} max_ms={:.1} (event time to receipt, ms clock)",
+        pct(&lats, 0.50).as_secs_f64() * 1e3,
+        pct(&lats, 0.99).as_secs_f64() * 1e3,
+        lats.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
     Ok(())
 }

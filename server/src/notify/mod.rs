@@ -1,0 +1,320 @@
+//! Notifiers: webhooks and Alertmanagers told about alert events, durably.
+//!
+//! Routing happens on the rule-engine thread: for each event, [`Notifiers::router`]
+//! returns the outbox rows of every notifier target whose filters take it, and the
+//! engine writes them in the same transaction as the event. A delivery is therefore
+//! never lost (no row without a durable event) and never invented. One event is
+//! one row per target (`(notifier, event_id, repeat)` is unique in the store).
+//!
+//! A target is one endpoint: a webhook, or one Alertmanager instance (each
+//! instance gets every notification). Each target has one delivery task that reads
+//! its due rows through the read connection, POSTs them, and records the outcome
+//! through the writer before the next: delivered, or retried later with
+//! exponential backoff (`backoff` doubling to `max_backoff`, jittered). A target's
+//! notifications about one alert go out in event order; different alerts do not
+//! wait for each other. A circuit breaker per target stops trying after
+//! `breaker_failures` consecutive failures and lets one probe through every
+//! `breaker_cooldown`; when the endpoint answers again, every waiting row becomes
+//! due at once.
+//!
+//! Nothing is dropped for an outage: a row stays until delivered, with retries at
+//! most `max_backoff` (1 minute) apart, so a 10-minute outage delays delivery by
+//! at most about a minute after the endpoint is back. The only exception is the
+//! explicit age limit `max_age` (default 24 hours): older undelivered rows are
+//! dropped, counted (`driftwatch_notifications_expired_total`) and logged. A
+//! restart resumes the outbox where it was.
+//!
+//! Delivery is at least once: a crash after the endpoint answered 2xx but before
+//! the outcome was committed sends that notification again after the restart,
+//! with the same `Idempotency-Key`.
+//!
+//! Webhooks re-notify an alert still firing every `repeat_interval` (a `repeat`
+//! row keyed by the firing event and the repeat number, so a restart neither
+//! repeats twice nor forgets: the newest row per alert is read back at start).
+//! Alertmanager targets instead re-send the current firing alerts every
+//! `resend_interval` (see [`alertmanager`]).
+//!
+//! Silenced alerts are not notified while silenced (their resolution neither);
+//! when a silence ends over a firing alert, the `unsilenced` event is notified to
+//! notifiers that take `fired`, since its firing was held back.
+
+pub mod alertmanager;
+pub mod breaker;
+pub mod config;
+pub mod webhook;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use driftwatch_proto::v1;
+use driftwatch_store::{Op, OutboxRecord, Store};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Filter, NotifierConfig, NotifierFile, NotifierKind};
+
+use crate::engine::{AlertBook, Router};
+use crate::error::ServerError;
+use crate::metrics::{Metrics, NotifierLabels};
+use crate::writer::WriteSender;
+use breaker::Breaker;
+use config::event_kind_name;
+
+/// Outbox `kind` of a re-notification.
+pub const REPEAT_KIND: &str = "repeat";
+
+/// The last notification of an alert's current firing episode (webhook repeats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LastSent {
+    event_id: u64,
+    repeat: u32,
+    at_ms: i64,
+}
+
+/// Counters and state shown by `ListNotifiers`.
+#[derive(Debug)]
+struct TargetState {
+    breaker: Breaker,
+    delivered: u64,
+    failed: u64,
+    expired: u64,
+    pending: u64,
+    last_success_ms: Option<i64>,
+    last_failure_ms: Option<i64>,
+    last_error: String,
+}
+
+/// One endpoint: a webhook, or one Alertmanager instance.
+struct Target {
+    /// Index into `Notifiers::configs`.
+    notifier: usize,
+    /// The outbox's `notifier` column: the name, plus `@url` for Alertmanager instances.
+    key: String,
+    /// As shown in status.
+    url: String,
+    /// Where to POST.
+    endpoint: String,
+    labels: NotifierLabels,
+    /// Poked when rows are queued for this target.
+    wake: tokio::sync::Notify,
+    /// Highest event id the router queued for this target (the worker polls quickly
+    /// until it sees it committed).
+    want: AtomicU64,
+    state: Mutex<TargetState>,
+    /// Webhooks with repeats: fingerprint → last notification of the firing episode.
+    repeats: Mutex<HashMap<String, LastSent>>,
+}
+
+/// The configured notifiers. Built once at start; shared by the engine (routing),
+/// the delivery tasks and the Alerts API (status).
+pub struct Notifiers {
+    configs: Vec<NotifierConfig>,
+    targets: Vec<Arc<Target>>,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Notifiers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifiers").field("targets", &self.targets.iter().map(|t| &t.key).collect::<Vec<_>>()).finish()
+    }
+}
+
+/// The delivery tasks; they stop when the shutdown token given to [`Notifiers::start`] is cancelled.
+pub struct NotifierTasks {
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NotifierTasks {
+    /// Wait for the tasks to finish (an attempt in flight is abandoned: the row stays
+    /// queued and is sent after the restart).
+    pub async fn join(self, deadline: Duration) {
+        let all = futures_join(self.handles);
+        if tokio::time::timeout(deadline, all).await.is_err() {
+            tracing::warn!("notifier tasks did not stop within the deadline");
+        }
+    }
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+impl Notifiers {
+    pub fn new(configs: Vec<NotifierConfig>, metrics: Arc<Metrics>) -> Result<Arc<Self>, ServerError> {
+        let client = reqwest::Client::builder()
+            // Straight to the endpoint: no environment proxies, no redirects (a 3xx is a failure).
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("driftwatch/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ServerError::Unavailable(format!("notifier HTTP client: {e}")))?;
+        let mut targets = Vec::new();
+        for (i, c) in configs.iter().enumerate() {
+            let endpoints: Vec<(String, String, String)> = match &c.kind {
+                NotifierKind::Webhook { url, .. } => vec![(c.name.clone(), url.clone(), url.clone())],
+                NotifierKind::Alertmanager { urls, .. } => urls
+                    .iter()
+                    .map(|u| (format!("{}@{u}", c.name), u.clone(), format!("{u}{}", alertmanager::ALERTS_PATH)))
+                    .collect(),
+            };
+            for (key, url, endpoint) in endpoints {
+                let labels = vec![("notifier".to_string(), c.name.clone()), ("url".to_string(), url.clone())];
+                targets.push(Arc::new(Target {
+                    notifier: i,
+                    key,
+                    url,
+                    endpoint,
+                    labels,
+                    wake: tokio::sync::Notify::new(),
+                    want: AtomicU64::new(0),
+                    state: Mutex::new(TargetState {
+                        breaker: Breaker::new(c.delivery.breaker_failures, c.delivery.breaker_cooldown),
+                        delivered: 0,
+                        failed: 0,
+                        expired: 0,
+                        pending: 0,
+                        last_success_ms: None,
+                        last_failure_ms: None,
+                        last_error: String::new(),
+                    }),
+                    repeats: Mutex::new(HashMap::new()),
+                }));
+            }
+            if let NotifierKind::Webhook { secret: None, url, .. } = &c.kind {
+                tracing::warn!(notifier = %c.name, %url, "webhook without secret_file: requests are not signed");
+            }
+        }
+        Ok(Arc::new(Self { configs, targets, client, metrics }))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// The engine's hook: the outbox rows for one event (see the module docs).
+    pub fn router(self: &Arc<Self>) -> Router {
+        let me = self.clone();
+        Arc::new(move |ev: &v1::AlertEvent| me.route(ev, driftwatch_proto::now_millis()))
+    }
+
+    fn route(&self, ev: &v1::AlertEvent, now_ms: i64) -> Vec<Op> {
+        let Some(alert) = &ev.alert else { return Vec::new() };
+        let kind = v1::AlertEventKind::try_from(ev.kind).unwrap_or(v1::AlertEventKind::Unspecified);
+        let mut ops = Vec::new();
+        let mut payload: Option<Vec<u8>> = None;
+        for t in &self.targets {
+            let cfg = &self.configs[t.notifier];
+            let notify = routes(&cfg.filter, kind, alert);
+            if matches!(cfg.kind, NotifierKind::Webhook { repeat_interval: Some(_), .. }) {
+                let mut reps = t.repeats.lock().expect("repeats lock");
+                match kind {
+                    v1::AlertEventKind::Resolved | v1::AlertEventKind::Cleared => {
+                        reps.remove(&alert.fingerprint);
+                    }
+                    v1::AlertEventKind::Fired | v1::AlertEventKind::Unsilenced if notify => {
+                        reps.insert(alert.fingerprint.clone(), LastSent { event_id: ev.id, repeat: 0, at_ms: now_ms });
+                    }
+                    _ => {}
+                }
+            }
+            if !notify {
+                continue;
+            }
+            ops.push(Op::OutboxAdd(OutboxRecord {
+                notifier: t.key.clone(),
+                event_id: ev.id,
+                repeat: 0,
+                fingerprint: alert.fingerprint.clone(),
+                kind: event_kind_name(kind).to_string(),
+                payload: payload.get_or_insert_with(|| ev.encode_to_vec()).clone(),
+                next_attempt_ms: now_ms,
+                created_ms: now_ms,
+                ..Default::default()
+            }));
+            t.want.fetch_max(ev.id, Ordering::Relaxed);
+            t.wake.notify_one();
+        }
+        ops
+    }
+
+    /// Every target's deliveries, failures, outbox and circuit (`Alerts.ListNotifiers`).
+    /// Counts are since the server started; `pending` is as of the target's last look
+    /// at its outbox (at most a few seconds old).
+    pub fn status(&self) -> Vec<v1::NotifierStatus> {
+        let now = Instant::now();
+        let ts = |ms: Option<i64>| ms.map(driftwatch_proto::timestamp_from_millis);
+        self.targets
+            .iter()
+            .map(|t| {
+                let cfg = &self.configs[t.notifier];
+                let s = t.state.lock().expect("notifier state lock");
+                v1::NotifierStatus {
+                    name: cfg.name.clone(),
+                    kind: cfg.kind_name().to_string(),
+                    url: t.url.clone(),
+                    delivered: s.delivered,
+                    failed_attempts: s.failed,
+                    pending: s.pending,
+                    last_success: ts(s.last_success_ms),
+                    last_failure: ts(s.last_failure_ms),
+                    last_error: s.last_error.clone(),
+                    circuit: s.breaker.state_name(now).to_string(),
+                }
+            })
+            .collect()
+    }
+
+    /// Start one delivery task per target, plus the webhook repeat scan and the
+    /// Alertmanager resend loops. They read through `reader`, write through `writer`,
+    /// look at the alert book, and stop when `shutdown` is cancelled.
+    pub fn start(
+        self: &Arc<Self>,
+        writer: WriteSender,
+        reader: Arc<Mutex<Store>>,
+        book: Arc<RwLock<AlertBook>>,
+        shutdown: CancellationToken,
+    ) -> NotifierTasks {
+        let ctx = Arc::new(worker::Ctx { notifiers: self.clone(), writer, reader, book, shutdown });
+        let mut handles = Vec::new();
+        if self.targets.is_empty() {
+            return NotifierTasks { handles };
+        }
+        handles.push(tokio::spawn(worker::startup_and_repeats(ctx.clone())));
+        for t in &self.targets {
+            handles.push(tokio::spawn(worker::deliver_loop(ctx.clone(), t.clone())));
+            if let NotifierKind::Alertmanager { resend_interval, .. } = self.configs[t.notifier].kind {
+                handles.push(tokio::spawn(worker::resend_loop(ctx.clone(), t.clone(), resend_interval)));
+            }
+        }
+        tracing::info!(notifiers = self.configs.len(), targets = self.targets.len(), "notifiers started");
+        NotifierTasks { handles }
+    }
+}
+
+/// Does this notifier take this event?
+pub fn routes(filter: &Filter, kind: v1::AlertEventKind, alert: &v1::Alert) -> bool {
+    if !filter.selects(alert) {
+        return false;
+    }
+    let silenced = !alert.silenced_by.is_empty();
+    match kind {
+        v1::AlertEventKind::Silenced | v1::AlertEventKind::Unsilenced if filter.wants(kind) => true,
+        // Muted: nothing about a silenced alert goes out, its resolution neither.
+        _ if silenced => false,
+        // A silence ended over a firing alert whose firing was held back.
+        v1::AlertEventKind::Unsilenced => {
+            alert.state == v1::AlertState::Firing as i32 && filter.wants(v1::AlertEventKind::Fired)
+        }
+        k => filter.wants(k),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,528 @@
+//! Notifiers end to end: a real agent watches a copy of the web2img fixture, the
+//! test edits `BROWSER_POOL_MAX_SIZE` past the example rule's limit (20) and back,
+//! and a webhook receiver (an HTTP server in the test) or a real Alertmanager sees
+//! the alert fire and resolve. Also: a receiver failing its first calls (backoff,
+//! exactly one successful delivery per event), and undelivered notifications
+//! surviving a server restart.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use driftwatch_proto::v1::{self, alerts_client::AlertsClient};
+use driftwatch_server::{RunningServer, ServerConfig};
+use driftwatch_tests::*;
+use hmac::{Hmac, Mac};
+use serde_json::Value as Json;
+use sha2::Sha256;
+
+const RULE: &str = "browser-pool-max-size-above-20";
+const WEB: &[(&str, &str)] = &[("env", "production"), ("service", "web2img")];
+const WAIT: Duration = Duration::from_secs(20);
+const SECRET: &str = "webhook-test-secret";
+
+/// One request the receiver got, and what it answered.
+#[derive(Debug, Clone)]
+struct Hit {
+    at: Instant,
+    at_ms: i64,
+    status: u16,
+    event_id: String,
+    idempotency_key: String,
+    signature: String,
+    body: Vec<u8>,
+    json: Json,
+}
+
+#[derive(Clone, Default)]
+struct ReceiverState {
+    hits: Arc<Mutex<Vec<Hit>>>,
+    /// Calls still to fail (503).
+    fail_next: Arc<AtomicUsize>,
+    /// Fail every call while set.
+    down: Arc<AtomicBool>,
+}
+
+/// A webhook receiver on 127.0.0.1:0.
+struct Receiver {
+    url: String,
+    state: ReceiverState,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let failing = s.down.load(Ordering::SeqCst)
+        || s.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    let status = if failing { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    s.hits.lock().unwrap().push(Hit {
+        at: Instant::now(),
+        at_ms: driftwatch_proto::now_millis(),
+        status: status.as_u16(),
+        event_id: header("x-driftwatch-event-id"),
+        idempotency_key: header("idempotency-key"),
+        signature: header("x-driftwatch-signature"),
+        json: serde_json::from_slice(&body).unwrap_or(Json::Null),
+        body: body.to_vec(),
+    });
+    status
+}
+
+impl Receiver {
+    async fn start(fail_first: usize) -> Self {
+        let state = ReceiverState::default();
+        state.fail_next.store(fail_first, Ordering::SeqCst);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let app = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { url, state, task }
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.state.hits.lock().unwrap().clone()
+    }
+
+    /// Successful deliveries of `kind` notifications.
+    fn delivered(&self, kind: &str) -> Vec<Hit> {
+        self.hits().into_iter().filter(|h| h.status == 200 && h.json["kind"] == kind).collect()
+    }
+
+    async fn wait_delivered(&self, kind: &str) -> Hit {
+        wait_for(&format!("a delivered {kind} notification"), WAIT, || async {
+            self.delivered(kind).into_iter().next()
+        })
+        .await
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    cfg: ServerConfig,
+    server: RunningServer,
+    agent: Option<driftwatch_agent::RunningAgent>,
+    file: PathBuf,
+    original: Vec<u8>,
+}
+
+/// `[[notifiers]]` tables through the server's own config loading and validation.
+fn notifiers(toml_text: &str) -> Vec<driftwatch_server::notify::NotifierConfig> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("server.toml");
+    std::fs::write(&p, format!("insecure = true\n{toml_text}")).unwrap();
+    let file = ServerConfig::load_file(&p).unwrap();
+    ServerConfig::resolve(file, "server.toml").unwrap().notifiers
+}
+
+/// A server with the example rules and `notifiers`, on a fixed port, and a real
+/// agent (labels env=production, service=web2img) watching the web2img fixture.
+async fn setup(notifier_toml: impl FnOnce(&Path) -> String) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let configs = dir.path().join("configs");
+    copy_fixtures(&configs);
+    let file = configs.join("web2img/.env.production");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let original = std::fs::read(&file).unwrap();
+    let mut cfg = ServerConfig::for_tests(dir.path().join("server"));
+    cfg.rules = Some(example_configs().join("../rules"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    cfg.notifiers = notifiers(&notifier_toml(dir.path()));
+    let server = start_server_with(cfg.clone()).await;
+    let mut acfg = agent_config(&server, "web-1", &dir.path().join("agent"), &[file.display().to_string()]);
+    acfg.labels = WEB.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let agent = start_agent(acfg).await;
+    let mut fleet = fleet_client(&server).await;
+    wait_file(&mut fleet, "web-1", &file, "parsed", |s| !s.keys.is_empty()).await;
+    server.engine.flush().await.unwrap();
+    Env { dir, cfg, server, agent: Some(agent), file, original }
+}
+
+/// Replace the file the way editors do, mode 0600 throughout.
+fn write_0600(p: &Path, content: &[u8]) {
+    let tmp = p.with_extension("dwtmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&tmp, p).unwrap();
+}
+
+impl Env {
+    fn break_it(&self) {
+        let text = String::from_utf8(self.original.clone()).unwrap();
+        assert!(text.contains("BROWSER_POOL_MAX_SIZE=12"), "fixture changed?");
+        write_0600(&self.file, text.replacen("BROWSER_POOL_MAX_SIZE=12", "BROWSER_POOL_MAX_SIZE=30", 1).as_bytes());
+    }
+
+    fn restore(&self) {
+        write_0600(&self.file, &self.original);
+    }
+
+    async fn alerts(&self) -> AlertsClient<tonic::transport::Channel> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.server.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        AlertsClient::new(ch)
+    }
+
+    async fn firing_alert(&self) -> v1::Alert {
+        let mut c = self.alerts().await;
+        wait_for("the alert to fire", WAIT, || {
+            let mut c = c.clone();
+            async move {
+                let list = c
+                    .list_alerts(v1::ListAlertsRequest {
+                        states: vec![v1::AlertState::Firing as i32],
+                        rule: RULE.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .alerts;
+                list.into_iter().next()
+            }
+        })
+        .await;
+        c.list_alerts(v1::ListAlertsRequest { rule: RULE.into(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .alerts
+            .remove(0)
+    }
+
+    async fn stop(mut self) {
+        if let Some(a) = self.agent.take() {
+            a.stop().await.unwrap();
+        }
+        self.server.stop().await.unwrap();
+    }
+}
+
+fn webhook_toml(url: &str, dir: &Path, extra: &str) -> String {
+    let secret = dir.join("hook.key");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    format!(
+        "[[notifiers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}\"\nsecret_file = \"{}\"\n\
+         matchers = [\"alertname={RULE}\"]\nselector = \"env=production\"\nmin_severity = \"high\"\n{extra}",
+        secret.display()
+    )
+}
+
+fn check_signature(h: &Hit) {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(&h.body);
+    let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(h.signature, want, "signature over the raw body with the configured secret");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_sees_the_alert_fire_and_resolve_signed() {
+    let rx = Receiver::start(0).await;
+    let env = setup(|dir| webhook_toml(&rx.url, dir, "")).await;
+    env.break_it();
+    let fired = rx.wait_delivered("fired").await;
+    let alert = env.firing_alert().await;
+    let fired_at = driftwatch_proto::timestamp_millis(alert.fired_at.as_ref().unwrap());
+    let latency_ms = fired.at_ms - fired_at;
+    println!("fired → webhook delivery: {latency_ms} ms");
+    assert!(latency_ms < 1_500, "a fired alert reaches a healthy webhook quickly ({latency_ms} ms)");
+    check_signature(&fired);
+    let j = &fired.json;
+    assert_eq!(j["version"], "1");
+    assert_eq!(j["notifier"], "hook");
+    assert_eq!(j["repeat"], 0);
+    assert_eq!(j["attempt"], 1);
+    assert_eq!(fired.event_id, j["event_id"].as_u64().unwrap().to_string());
+    assert_eq!(fired.idempotency_key, fired.event_id);
+    let a = &j["alert"];
+    assert_eq!(a["rule"], RULE);
+    assert_eq!(a["fingerprint"], alert.fingerprint.as_str());
+    assert_eq!(a["host"], "web-1");
+    assert_eq!(a["key"], "BROWSER_POOL_MAX_SIZE");
+    assert_eq!(a["path"], env.file.display().to_string());
+    assert_eq!(a["severity"], "high");
+    assert_eq!(a["state"], "firing");
+    assert_eq!(a["value"], 30);
+    assert_eq!(a["labels"]["env"], "production");
+    assert_eq!(a["labels"]["service"], "web2img");
+    assert_eq!(a["labels"]["alertname"], RULE);
+    assert!(a["annotations"]["summary"].as_str().unwrap().contains("30"), "{a}");
+    assert!(a["fired_at"].is_string() && a["resolved_at"].is_null());
+
+    env.restore();
+    let resolved = rx.wait_delivered("resolved").await;
+    check_signature(&resolved);
+    assert!(resolved.json["event_id"].as_u64() > fired.json["event_id"].as_u64());
+    assert_eq!(resolved.json["alert"]["state"], "resolved");
+    assert!(resolved.json["alert"]["resolved_at"].is_string());
+    assert_eq!(rx.hits().len(), 2, "one request per event: {:#?}", rx.hits());
+
+    // Recorded right after the receiver answered.
+    let status = wait_for("both deliveries recorded", WAIT, || async {
+        let st = env.server.notifiers.status();
+        (st[0].delivered == 2).then_some(st)
+    })
+    .await;
+    assert_eq!(status.len(), 1);
+    let s = &status[0];
+    assert_eq!((s.name.as_str(), s.kind.as_str(), s.url.as_str()), ("hook", "webhook", rx.url.as_str()));
+    assert_eq!((s.delivered, s.failed_attempts, s.circuit.as_str()), (2, 0, "closed"));
+    assert!(s.last_success.is_some() && s.last_failure.is_none());
+    // The same through the API.
+    let listed = env.alerts().await.list_notifiers(v1::ListNotifiersRequest {}).await.unwrap().into_inner().notifiers;
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].name.as_str(), listed[0].delivered), ("hook", 2));
+    let metrics = env.server.metrics.render();
+    assert!(metrics.contains("driftwatch_notifications_delivered_total{notifier=\"hook\""), "{metrics}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_gets_retries_with_growing_gaps_and_one_success_per_event() {
+    const FAILS: usize = 3;
+    let rx = Receiver::start(FAILS).await;
+    let env = setup(|dir| webhook_toml(&rx.url, dir, "backoff = \"300ms\"\nmax_backoff = \"10s\"\n")).await;
+    env.break_it();
+    let fired = rx.wait_delivered("fired").await;
+    let tries: Vec<Hit> = rx.hits().into_iter().filter(|h| h.event_id == fired.event_id).collect();
+    assert_eq!(tries.len(), FAILS + 1, "{tries:#?}");
+    assert!(tries[..FAILS].iter().all(|h| h.status == 503) && tries[FAILS].status == 200);
+    for (i, h) in tries.iter().enumerate() {
+        assert_eq!(h.json["attempt"], i + 1, "attempt numbers count up");
+        assert_eq!(h.idempotency_key, fired.idempotency_key, "one key for every attempt");
+        check_signature(h);
+    }
+    let gaps: Vec<Duration> = tries.windows(2).map(|w| w[1].at - w[0].at).collect();
+    println!("gaps between attempts: {gaps:?}");
+    // Retry n waits at least half of 300ms · 2^(n-1) (jittered into the step's upper half).
+    for (i, g) in gaps.iter().enumerate() {
+        let step = Duration::from_millis(300) * 2u32.pow(i as u32);
+        assert!(*g >= step / 2, "gap {i}: {g:?} below {:?}", step / 2);
+        assert!(*g <= step + Duration::from_secs(2), "gap {i}: {g:?} far above {step:?}");
+    }
+    assert!(gaps[2] > gaps[0], "backoff grows: {gaps:?}");
+
+    env.restore();
+    rx.wait_delivered("resolved").await;
+    // Nothing more arrives: exactly one success per event.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut per_event = std::collections::BTreeMap::<String, usize>::new();
+    for h in rx.hits().iter().filter(|h| h.status == 200) {
+        *per_event.entry(h.event_id.clone()).or_default() += 1;
+    }
+    assert_eq!(per_event.len(), 2, "{per_event:?}");
+    assert!(per_event.values().all(|n| *n == 1), "exactly one successful delivery per event: {per_event:?}");
+    let s = &env.server.notifiers.status()[0];
+    assert_eq!((s.delivered, s.failed_attempts, s.pending), (2, FAILS as u64, 0));
+    assert!(s.last_error.contains("503"), "{s:?}");
+    assert!(s.last_failure.is_some() && s.last_success.is_some());
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undelivered_notifications_survive_a_restart_and_go_out_once() {
+    let rx = Receiver::start(0).await;
+    rx.state.down.store(true, Ordering::SeqCst);
+    let mut env = setup(|dir| webhook_toml(&rx.url, dir, "backoff = \"200ms\"\nmax_backoff = \"2s\"\n")).await;
+    env.break_it();
+    let failed = wait_for("a failed attempt", WAIT, || async { rx.hits().into_iter().next() }).await;
+    assert_eq!(failed.status, 503);
+    assert_eq!(failed.json["kind"], "fired");
+
+    // Stop everything while the receiver is down: the notification waits in the store.
+    if let Some(a) = env.agent.take() {
+        a.stop().await.unwrap();
+    }
+    let cfg = env.cfg.clone();
+    let Env { server, dir, .. } = env;
+    server.stop().await.unwrap();
+    let db = cfg.sqlite_path();
+    let rows = driftwatch_store::Store::open(&db).unwrap().outbox_rows("hook").unwrap();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert!(rows[0].delivered_ms.is_none() && rows[0].attempts >= 1, "{rows:#?}");
+    assert!(rows[0].last_error.contains("503"), "{rows:#?}");
+
+    rx.state.down.store(false, Ordering::SeqCst);
+    let failures_before = rx.hits().len();
+    let server = start_server_with(cfg.clone()).await;
+    let delivered = rx.wait_delivered("fired").await;
+    assert_eq!(delivered.event_id, failed.event_id);
+    assert!(delivered.json["attempt"].as_u64().unwrap() > 1, "attempts continue across the restart");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after: Vec<Hit> = rx.hits()[failures_before..].to_vec();
+    assert_eq!(after.len(), 1, "delivered exactly once after the restart: {after:#?}");
+    let rows = driftwatch_store::Store::open(&db).unwrap().outbox_rows("hook").unwrap();
+    assert!(rows[0].delivered_ms.is_some(), "{rows:#?}");
+    assert_eq!(server.notifiers.status()[0].pending, 0);
+    server.stop().await.unwrap();
+    drop(dir);
+}
+
+/// A real Alertmanager on loopback ports, killed on drop.
+struct Alertmanager {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const AM_BIN: &str = "/usr/bin/prometheus-alertmanager";
+
+async fn start_alertmanager() -> Alertmanager {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("alertmanager.yml");
+    std::fs::write(&config, "route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n")
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = std::fs::File::create(dir.path().join("alertmanager.log")).unwrap();
+    let child = std::process::Command::new(AM_BIN)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        // Empty: no cluster (no gossip port, no peers).
+        .arg("--cluster.listen-address=")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start prometheus-alertmanager");
+    let am = Alertmanager { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+    let client = reqwest::Client::new();
+    let ready = format!("{}/-/ready", am.url);
+    wait_for("alertmanager to be ready", WAIT, || {
+        let (client, ready) = (client.clone(), ready.clone());
+        async move { client.get(&ready).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+    })
+    .await;
+    am
+}
+
+/// The alerts Alertmanager lists (active ones: resolved alerts are not listed).
+async fn am_alerts(url: &str) -> Vec<Json> {
+    let resp = reqwest::Client::new().get(format!("{url}/api/v2/alerts")).send().await.unwrap();
+    let body = resp.bytes().await.unwrap();
+    serde_json::from_slice::<Vec<Json>>(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_alertmanager_gets_the_alert_and_its_resolution() {
+    if !Path::new(AM_BIN).exists() {
+        println!(
+            "SKIPPED: prometheus-alertmanager is not installed (apt-get install -y prometheus-alertmanager); \
+             .ci/run installs it"
+        );
+        return;
+    }
+    let am = start_alertmanager().await;
+    // resend_interval 1m: endsAt is 4 minutes ahead, so the alert leaving the active
+    // list within seconds can only be our resolution.
+    let env = setup(|_| {
+        format!(
+            "[[notifiers]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = [\"{}\"]\nmatchers = [\"alertname={RULE}\"]\n\
+             resend_interval = \"1m\"\n",
+            am.url
+        )
+    })
+    .await;
+    env.break_it();
+    let alert = env.firing_alert().await;
+    let active = wait_for("Alertmanager to list the alert", WAIT, || async {
+        am_alerts(&am.url).await.into_iter().find(|a| a["labels"]["alertname"] == RULE)
+    })
+    .await;
+    assert_eq!(active["status"]["state"], "active", "{active:#}");
+    let labels = &active["labels"];
+    assert_eq!(labels["severity"], "high");
+    assert_eq!(labels["env"], "production");
+    assert_eq!(labels["service"], "web2img");
+    assert_eq!(labels["host"], "web-1");
+    assert_eq!(labels["key"], "BROWSER_POOL_MAX_SIZE");
+    assert!(active["annotations"]["summary"].as_str().unwrap().contains("30"), "{active:#}");
+    assert_eq!(active["generatorURL"], format!("driftwatch://alerts/{}", alert.fingerprint));
+
+    env.restore();
+    wait_for("Alertmanager to see the resolution", WAIT, || async {
+        let listed = am_alerts(&am.url).await.into_iter().any(|a| a["labels"]["alertname"] == RULE);
+        (!listed).then_some(())
+    })
+    .await;
+    let s = wait_for("fired and resolved delivered through the outbox", WAIT, || async {
+        env.server.notifiers.status().into_iter().find(|s| s.delivered >= 2 && s.pending == 0)
+    })
+    .await;
+    assert_eq!((s.kind.as_str(), s.url.as_str()), ("alertmanager", am.url.as_str()));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_delays_but_keeps_every_event_in_order() {
+    let rx = Receiver::start(0).await;
+    rx.state.down.store(true, Ordering::SeqCst);
+    let extra = "backoff = \"100ms\"\nmax_backoff = \"400ms\"\nbreaker_failures = 2\nbreaker_cooldown = \"500ms\"\n";
+    let env = setup(|dir| webhook_toml(&rx.url, dir, extra)).await;
+    env.break_it();
+    wait_for("failed attempts", WAIT, || async { (rx.hits().len() >= 2).then_some(()) }).await;
+    // Resolved while the receiver is down: queued behind the fired notification.
+    env.restore();
+    wait_for("the circuit to open", WAIT, || async {
+        let s = env.server.notifiers.status().remove(0);
+        (s.circuit == "open" && s.pending == 2).then_some(())
+    })
+    .await;
+    assert!(rx.hits().iter().all(|h| h.json["kind"] == "fired"), "nothing about the alert jumps the queue");
+    rx.state.down.store(false, Ordering::SeqCst);
+    rx.wait_delivered("resolved").await;
+    let ok: Vec<Hit> = rx.hits().into_iter().filter(|h| h.status == 200).collect();
+    let kinds: Vec<&str> = ok.iter().map(|h| h.json["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, vec!["fired", "resolved"], "in event order, once each");
+    // The outcome is recorded (and counted) right after the receiver answered.
+    let s = wait_for("the outbox to empty", WAIT, || async {
+        env.server.notifiers.status().into_iter().find(|s| s.pending == 0 && s.delivered == 2)
+    })
+    .await;
+    assert_eq!(s.circuit, "closed");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_still_firing_is_repeated_until_it_resolves() {
+    let rx = Receiver::start(0).await;
+    let env = setup(|dir| webhook_toml(&rx.url, dir, "repeat_interval = \"400ms\"\n")).await;
+    env.break_it();
+    let fired = rx.wait_delivered("fired").await;
+    wait_for("two repeats", WAIT, || async { (rx.delivered("repeat").len() >= 2).then_some(()) }).await;
+    let repeats = rx.delivered("repeat");
+    assert_eq!(repeats[0].json["repeat"], 1);
+    assert_eq!(repeats[1].json["repeat"], 2);
+    assert_eq!(repeats[0].event_id, fired.event_id, "a repeat carries the id of the event that fired it");
+    assert_eq!(repeats[0].idempotency_key, format!("{}-repeat-1", fired.event_id));
+    assert_eq!(repeats[0].json["alert"]["state"], "firing");
+    assert!(repeats[1].at - repeats[0].at >= Duration::from_millis(300), "about one repeat_interval apart");
+    env.restore();
+    let resolved = rx.wait_delivered("resolved").await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let late: Vec<Hit> = rx.delivered("repeat").into_iter().filter(|h| h.at > resolved.at).collect();
+    assert!(late.is_empty(), "no repeat after the resolution: {late:#?}");
+    env.stop().await;
+}
