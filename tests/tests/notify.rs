@@ -435,16 +435,27 @@ async fn a_real_alertmanager_gets_the_alert_and_its_resolution() {
         return;
     }
     let am = start_alertmanager().await;
+    // Every channel at once, as the issue's first test asks: a subscriber, a webhook and
+    // a real Alertmanager all see the alert fire, then resolve.
+    let rx = Receiver::start(0).await;
     // resend_interval 1m: endsAt is 4 minutes ahead, so the alert leaving the active
     // list within seconds can only be our resolution.
-    let env = setup(|_| {
+    let env = setup(|dir| {
         format!(
             "[[notifiers]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = [\"{}\"]\nmatchers = [\"alertname={RULE}\"]\n\
-             resend_interval = \"1m\"\n",
-            am.url
+             resend_interval = \"1m\"\n{}",
+            am.url,
+            webhook_toml(&rx.url, dir, "")
         )
     })
     .await;
+    let mut sub = env
+        .alerts()
+        .await
+        .subscribe(v1::SubscribeRequest { rules: vec![RULE.into()], heartbeat_seconds: 1, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     env.break_it();
     let alert = env.firing_alert().await;
     let active = wait_for("Alertmanager to list the alert", WAIT, || async {
@@ -472,6 +483,23 @@ async fn a_real_alertmanager_gets_the_alert_and_its_resolution() {
     })
     .await;
     assert_eq!((s.kind.as_str(), s.url.as_str()), ("alertmanager", am.url.as_str()));
+    // The webhook and the subscriber saw the same two events.
+    let fired = rx.wait_delivered("fired").await;
+    let resolved = rx.wait_delivered("resolved").await;
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let m = tokio::time::timeout(WAIT, tokio_stream::StreamExt::next(&mut sub)).await.unwrap().unwrap().unwrap();
+        if let Some(v1::subscribe_response::Kind::Event(e)) = m.kind {
+            kinds.push((e.id, e.kind));
+        }
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            (fired.json["event_id"].as_u64().unwrap(), v1::AlertEventKind::Fired as i32),
+            (resolved.json["event_id"].as_u64().unwrap(), v1::AlertEventKind::Resolved as i32),
+        ]
+    );
     env.stop().await;
 }
 

@@ -62,6 +62,10 @@ enum Cmd {
         /// once a second (ten times the default agent rate).
         #[arg(long, default_value = "sim=true")]
         labels: String,
+        /// Alert subscribers that never read, held open during the run (each on its own
+        /// connection): ingest must not slow down for them.
+        #[arg(long, default_value_t = 0)]
+        stuck_subscribers: usize,
     },
     /// Many agents connected and idle (heartbeats only): server memory per agent.
     Idle {
@@ -124,9 +128,21 @@ fn main() -> anyhow::Result<()> {
         };
         server.wait_ready().await?;
         let r = match cli.cmd {
-            Cmd::Ingest { agents, duration_secs, window, keys_per_file, labels } => {
+            Cmd::Ingest { agents, duration_secs, window, keys_per_file, labels, stuck_subscribers } => {
                 let labels = parse_labels(&labels)?;
-                ingest(&server, agents, Duration::from_secs(duration_secs), window, keys_per_file, labels).await
+                let mut stuck = Vec::new();
+                for _ in 0..stuck_subscribers {
+                    let ch = tonic::transport::Endpoint::from_shared(server.url.clone())?.connect().await?;
+                    let mut c = v1::alerts_client::AlertsClient::new(ch);
+                    stuck.push(c.subscribe(v1::SubscribeRequest::default()).await?.into_inner());
+                }
+                let r =
+                    ingest(&server, agents, Duration::from_secs(duration_secs), window, keys_per_file, labels).await;
+                if let Some(events) = server.metric("driftwatch_alert_events_total") {
+                    println!("RESULT ingest alert_events={events} stuck_subscribers={stuck_subscribers}");
+                }
+                drop(stuck);
+                r
             }
             Cmd::Idle { agents, files_per_agent, hold_secs } => {
                 idle(&server, agents, files_per_agent, Duration::from_secs(hold_secs)).await
