@@ -346,19 +346,6 @@ pub fn severity_to_proto(s: Severity) -> v1::Severity {
     }
 }
 
-fn event_kind_name(k: v1::AlertEventKind) -> &'static str {
-    match k {
-        v1::AlertEventKind::Pending => "alert.pending",
-        v1::AlertEventKind::Fired => "alert.fired",
-        v1::AlertEventKind::Resolved => "alert.resolved",
-        v1::AlertEventKind::Cleared => "alert.cleared",
-        v1::AlertEventKind::Acknowledged => "alert.acknowledged",
-        v1::AlertEventKind::Silenced => "alert.silenced",
-        v1::AlertEventKind::Unsilenced => "alert.unsilenced",
-        v1::AlertEventKind::Unspecified => "alert",
-    }
-}
-
 /// Per host: resource history of the metrics rules look at.
 #[derive(Default)]
 struct HostHistory {
@@ -839,10 +826,10 @@ impl Engine {
             alert: Some(alert.clone()),
         };
         self.metrics.alert_events.inc();
-        tracing::info!(event = id, kind = event_kind_name(kind), rule = %alert.rule, host = %alert.host_id, path = %alert.path, key = %alert.key, metric = %alert.metric, "alert event");
+        tracing::info!(event = id, kind = driftwatch_proto::alert_event_kind_name(kind), rule = %alert.rule, host = %alert.host_id, path = %alert.path, key = %alert.key, metric = %alert.metric, "alert event");
         self.ops.push(Op::Event(EventRecord {
             id,
-            kind: event_kind_name(kind).to_string(),
+            kind: format!("alert.{}", driftwatch_proto::alert_event_kind_name(kind)),
             at_ms,
             payload: ev.encode_to_vec(),
         }));

@@ -109,26 +109,6 @@ fn state_arg(s: &str) -> anyhow::Result<v1::AlertState> {
     })
 }
 
-pub fn severity_name(s: i32) -> &'static str {
-    match v1::Severity::try_from(s) {
-        Ok(v1::Severity::Info) => "info",
-        Ok(v1::Severity::Low) => "low",
-        Ok(v1::Severity::Medium) => "medium",
-        Ok(v1::Severity::High) => "high",
-        Ok(v1::Severity::Critical) => "critical",
-        _ => "-",
-    }
-}
-
-pub fn alert_state_name(s: i32) -> &'static str {
-    match v1::AlertState::try_from(s) {
-        Ok(v1::AlertState::Pending) => "pending",
-        Ok(v1::AlertState::Firing) => "firing",
-        Ok(v1::AlertState::Resolved) => "resolved",
-        _ => "-",
-    }
-}
-
 fn silence_state_name(s: i32) -> &'static str {
     match v1::SilenceState::try_from(s) {
         Ok(v1::SilenceState::Pending) => "pending",
@@ -156,7 +136,7 @@ pub fn alerts_table(alerts: &[v1::Alert]) -> String {
     let rows: Vec<Vec<String>> = alerts
         .iter()
         .map(|a| {
-            let mut state = alert_state_name(a.state).to_string();
+            let mut state = driftwatch_proto::alert_state_name(a.state).to_string();
             if a.acknowledged.is_some() {
                 state.push_str(" (acked)");
             }
@@ -170,7 +150,7 @@ pub fn alerts_table(alerts: &[v1::Alert]) -> String {
             };
             vec![
                 a.fingerprint.chars().take(12).collect(),
-                severity_name(a.severity).into(),
+                driftwatch_proto::severity_name(a.severity).into(),
                 state,
                 since,
                 a.host_id.clone(),
@@ -192,8 +172,8 @@ fn alert_detail(a: &v1::Alert) -> String {
         vec!["rule".into(), format!("{}/{}", a.group, a.rule)],
         vec!["host".into(), a.host_id.clone()],
         vec!["subject".into(), subject(a)],
-        vec!["state".into(), alert_state_name(a.state).into()],
-        vec!["severity".into(), severity_name(a.severity).into()],
+        vec!["state".into(), driftwatch_proto::alert_state_name(a.state).into()],
+        vec!["severity".into(), driftwatch_proto::severity_name(a.severity).into()],
         vec!["value".into(), value(&a.value)],
         vec!["baseline".into(), value(&a.baseline)],
         vec!["previous".into(), value(&a.previous)],
@@ -247,26 +227,13 @@ async fn find(c: &mut AlertsClient<Channel>, id: &str) -> anyhow::Result<v1::Ale
     }
 }
 
-fn event_kind_name(k: i32) -> &'static str {
-    match v1::AlertEventKind::try_from(k) {
-        Ok(v1::AlertEventKind::Pending) => "pending",
-        Ok(v1::AlertEventKind::Fired) => "fired",
-        Ok(v1::AlertEventKind::Resolved) => "resolved",
-        Ok(v1::AlertEventKind::Cleared) => "cleared",
-        Ok(v1::AlertEventKind::Acknowledged) => "acknowledged",
-        Ok(v1::AlertEventKind::Silenced) => "silenced",
-        Ok(v1::AlertEventKind::Unsilenced) => "unsilenced",
-        _ => "-",
-    }
-}
-
 /// One line per event: `#ID  KIND  SEVERITY  HOST  RULE  SUBJECT  VALUE`.
 fn event_line(id: Option<u64>, kind: &str, a: &v1::Alert) -> String {
     format!(
         "{:<8} {:<12} {:<8} {:<16} {:<32} {} = {}",
         id.map(|i| format!("#{i}")).unwrap_or_else(|| "now".into()),
         kind,
-        severity_name(a.severity),
+        driftwatch_proto::severity_name(a.severity),
         a.host_id,
         a.rule,
         subject(a),
@@ -322,7 +289,16 @@ pub async fn watch(server: String, out: Output, args: WatchArgs) -> anyhow::Resu
                                 Output::Json => println!("{}", to_json(&e, "AlertEvent")?.replace('\n', " ")),
                                 Output::Table => {
                                     if let Some(a) = &e.alert {
-                                        println!("{}", event_line(Some(e.id), event_kind_name(e.kind), a));
+                                        println!(
+                                            "{}",
+                                            event_line(
+                                                Some(e.id),
+                                                v1::AlertEventKind::try_from(e.kind)
+                                                    .map(driftwatch_proto::alert_event_kind_name)
+                                                    .unwrap_or("unspecified"),
+                                                a
+                                            )
+                                        );
                                     }
                                 }
                             }

@@ -45,6 +45,43 @@ pub fn format_name(f: i32) -> &'static str {
     }
 }
 
+/// A `Severity` value as operators write it: info, low, medium, high, critical.
+pub fn severity_name(s: i32) -> &'static str {
+    match v1::Severity::try_from(s) {
+        Ok(v1::Severity::Info) => "info",
+        Ok(v1::Severity::Low) => "low",
+        Ok(v1::Severity::Medium) => "medium",
+        Ok(v1::Severity::High) => "high",
+        Ok(v1::Severity::Critical) => "critical",
+        _ => "unspecified",
+    }
+}
+
+/// An `AlertState` value: pending, firing, resolved (anything else: inactive).
+pub fn alert_state_name(s: i32) -> &'static str {
+    match v1::AlertState::try_from(s) {
+        Ok(v1::AlertState::Pending) => "pending",
+        Ok(v1::AlertState::Firing) => "firing",
+        Ok(v1::AlertState::Resolved) => "resolved",
+        _ => "inactive",
+    }
+}
+
+/// An `AlertEventKind` value: pending, fired, resolved, cleared, acknowledged,
+/// silenced, unsilenced.
+pub fn alert_event_kind_name(k: v1::AlertEventKind) -> &'static str {
+    match k {
+        v1::AlertEventKind::Pending => "pending",
+        v1::AlertEventKind::Fired => "fired",
+        v1::AlertEventKind::Resolved => "resolved",
+        v1::AlertEventKind::Cleared => "cleared",
+        v1::AlertEventKind::Acknowledged => "acknowledged",
+        v1::AlertEventKind::Silenced => "silenced",
+        v1::AlertEventKind::Unsilenced => "unsilenced",
+        v1::AlertEventKind::Unspecified => "unspecified",
+    }
+}
+
 /// Now, as milliseconds since the Unix epoch.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

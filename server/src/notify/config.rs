@@ -142,19 +142,6 @@ impl NotifierConfig {
 pub const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(4 * 3600);
 pub const DEFAULT_RESEND_INTERVAL: Duration = Duration::from_secs(60);
 
-pub fn event_kind_name(k: v1::AlertEventKind) -> &'static str {
-    match k {
-        v1::AlertEventKind::Pending => "pending",
-        v1::AlertEventKind::Fired => "fired",
-        v1::AlertEventKind::Resolved => "resolved",
-        v1::AlertEventKind::Cleared => "cleared",
-        v1::AlertEventKind::Acknowledged => "acknowledged",
-        v1::AlertEventKind::Silenced => "silenced",
-        v1::AlertEventKind::Unsilenced => "unsilenced",
-        v1::AlertEventKind::Unspecified => "unspecified",
-    }
-}
-
 const EVENT_KINDS: [v1::AlertEventKind; 7] = [
     v1::AlertEventKind::Pending,
     v1::AlertEventKind::Fired,
@@ -270,7 +257,7 @@ pub fn resolve(files: &[NotifierFile]) -> (Vec<NotifierConfig>, Vec<(String, Str
             None => events = vec![v1::AlertEventKind::Fired, v1::AlertEventKind::Resolved],
             Some(list) => {
                 for e in list {
-                    match EVENT_KINDS.iter().find(|k| event_kind_name(**k) == e.trim()) {
+                    match EVENT_KINDS.iter().find(|k| driftwatch_proto::alert_event_kind_name(**k) == e.trim()) {
                         Some(k) if !events.contains(k) => events.push(*k),
                         Some(_) => {}
                         None => err(
@@ -347,7 +334,13 @@ pub fn resolve(files: &[NotifierFile]) -> (Vec<NotifierConfig>, Vec<(String, Str
                 if let Some(bad) =
                     events.iter().find(|k| !matches!(k, v1::AlertEventKind::Fired | v1::AlertEventKind::Resolved))
                 {
-                    err("events", format!("alertmanager takes fired and resolved only, not {}", event_kind_name(*bad)));
+                    err(
+                        "events",
+                        format!(
+                            "alertmanager takes fired and resolved only, not {}",
+                            driftwatch_proto::alert_event_kind_name(*bad)
+                        ),
+                    );
                 }
                 let mut urls = Vec::new();
                 match &f.urls {

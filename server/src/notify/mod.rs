@@ -61,7 +61,6 @@ use crate::error::ServerError;
 use crate::metrics::{Metrics, NotifierLabels};
 use crate::writer::WriteSender;
 use breaker::Breaker;
-use config::event_kind_name;
 
 /// Outbox `kind` of a re-notification.
 pub const REPEAT_KIND: &str = "repeat";
@@ -232,7 +231,7 @@ impl Notifiers {
                 event_id: ev.id,
                 repeat: 0,
                 fingerprint: alert.fingerprint.clone(),
-                kind: event_kind_name(kind).to_string(),
+                kind: driftwatch_proto::alert_event_kind_name(kind).to_string(),
                 payload: payload.get_or_insert_with(|| ev.encode_to_vec()).clone(),
                 next_attempt_ms: now_ms,
                 created_ms: now_ms,

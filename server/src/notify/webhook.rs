@@ -97,8 +97,8 @@ pub fn alert_json(a: &v1::Alert) -> Json {
         "path": a.path,
         "key": a.key,
         "metric": a.metric,
-        "severity": severity_name(a.severity),
-        "state": state_name(a.state),
+        "severity": driftwatch_proto::severity_name(a.severity),
+        "state": driftwatch_proto::alert_state_name(a.state),
         "value": value_json(a.value.as_ref()),
         "baseline": value_json(a.baseline.as_ref()),
         "previous": value_json(a.previous.as_ref()),
@@ -127,26 +127,6 @@ pub fn value_json(v: Option<&v1::Value>) -> Json {
         Some(Kind::Masked(m)) => {
             json!({"masked": &m.fingerprint[..m.fingerprint.len().min(12)], "reason": m.reason})
         }
-    }
-}
-
-pub fn severity_name(s: i32) -> &'static str {
-    match v1::Severity::try_from(s) {
-        Ok(v1::Severity::Info) => "info",
-        Ok(v1::Severity::Low) => "low",
-        Ok(v1::Severity::Medium) => "medium",
-        Ok(v1::Severity::High) => "high",
-        Ok(v1::Severity::Critical) => "critical",
-        _ => "unspecified",
-    }
-}
-
-pub fn state_name(s: i32) -> &'static str {
-    match v1::AlertState::try_from(s) {
-        Ok(v1::AlertState::Pending) => "pending",
-        Ok(v1::AlertState::Firing) => "firing",
-        Ok(v1::AlertState::Resolved) => "resolved",
-        _ => "inactive",
     }
 }
 
