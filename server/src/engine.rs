@@ -1153,8 +1153,10 @@ impl Engine {
         }
         let raw_before = now - self.retention.raw_resources.as_millis() as i64;
         let rollups_before = now - self.retention.rollups.as_millis() as i64;
+        let metrics = self.metrics.clone();
         self.flush(Some(crate::writer::Maintenance::new(move |store: &mut Store| {
-            maintain_store(store, cutoff, raw_before, rollups_before)
+            maintain_store(store, cutoff, raw_before, rollups_before);
+            metrics.retention_passes.inc();
         })));
     }
 

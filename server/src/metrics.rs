@@ -36,6 +36,7 @@ pub struct Metrics {
     pub rules_reloads: Counter,
     pub rules_reload_failures: Counter,
     pub subscribers: Gauge,
+    pub retention_passes: Counter,
     /// Per notifier target (labels `notifier`, `url`).
     pub notifications_delivered: Family<NotifierLabels, Counter>,
     pub notification_failures: Family<NotifierLabels, Counter>,
@@ -120,6 +121,12 @@ impl Metrics {
             "Rules directory reloads refused (errors)",
             rules_reload_failures.clone(),
         );
+        let retention_passes = Counter::default();
+        registry.register(
+            "retention_passes",
+            "Retention passes run (alerts, silences, resource rollups)",
+            retention_passes.clone(),
+        );
         let subscribers = Gauge::default();
         registry.register("alert_subscribers", "Alerts.Subscribe streams open", subscribers.clone());
         let notifications_delivered = Family::<NotifierLabels, Counter>::default();
@@ -149,6 +156,7 @@ impl Metrics {
         Arc::new(Self {
             registry,
             subscribers,
+            retention_passes,
             notifications_delivered,
             notification_failures,
             notifications_expired,

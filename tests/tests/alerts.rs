@@ -328,7 +328,13 @@ async fn retention_prunes_resolved_alerts_keeps_firing_ones_and_rolls_up_resourc
         async move { find(&mut a, "workers-high", |x| x.fingerprint == fp).await.is_none().then_some(()) }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // two more retention passes
+    // Two more retention passes, then the firing alert must still be there.
+    let passes = server.metrics.retention_passes.get();
+    wait_for("two more retention passes", Duration::from_secs(10), || {
+        let done = server.metrics.retention_passes.get() >= passes + 2;
+        async move { done.then_some(()) }
+    })
+    .await;
     let slow = find(&mut alerts, "slow-burn", |_| true).await.expect("firing alert kept");
     assert!(is(&slow, v1::AlertState::Firing));
 

@@ -320,8 +320,11 @@ async fn a_failing_receiver_gets_retries_with_growing_gaps_and_one_success_per_e
 
     env.restore();
     rx.wait_delivered("resolved").await;
-    // Nothing more arrives: exactly one success per event.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Nothing is left to send (no retry pending): exactly one success per event.
+    wait_for("the outbox to drain", WAIT, || async {
+        env.server.notifiers.status().iter().all(|s| s.pending == 0).then_some(())
+    })
+    .await;
     let mut per_event = std::collections::BTreeMap::<String, usize>::new();
     for h in rx.hits().iter().filter(|h| h.status == 200) {
         *per_event.entry(h.event_id.clone()).or_default() += 1;
@@ -364,7 +367,10 @@ async fn undelivered_notifications_survive_a_restart_and_go_out_once() {
     let delivered = rx.wait_delivered("fired").await;
     assert_eq!(delivered.event_id, failed.event_id);
     assert!(delivered.json["attempt"].as_u64().unwrap() > 1, "attempts continue across the restart");
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    wait_for("the outbox to drain", WAIT, || async {
+        server.notifiers.status().iter().all(|s| s.pending == 0).then_some(())
+    })
+    .await;
     let after: Vec<Hit> = rx.hits()[failures_before..].to_vec();
     assert_eq!(after.len(), 1, "delivered exactly once after the restart: {after:#?}");
     let rows = driftwatch_store::Store::open(&db).unwrap().outbox_rows("hook").unwrap();
@@ -549,7 +555,13 @@ async fn an_alert_still_firing_is_repeated_until_it_resolves() {
     assert!(repeats[1].at - repeats[0].at >= Duration::from_millis(300), "about one repeat_interval apart");
     env.restore();
     let resolved = rx.wait_delivered("resolved").await;
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    // Two full repeat scans after the resolution, and nothing left to send.
+    let passes = env.server.notifiers.repeat_passes();
+    wait_for("two repeat scans and a drained outbox", WAIT, || async {
+        let n = &env.server.notifiers;
+        (n.repeat_passes() >= passes + 2 && n.status().iter().all(|s| s.pending == 0)).then_some(())
+    })
+    .await;
     let late: Vec<Hit> = rx.delivered("repeat").into_iter().filter(|h| h.at > resolved.at).collect();
     assert!(late.is_empty(), "no repeat after the resolution: {late:#?}");
     env.stop().await;

@@ -114,6 +114,8 @@ pub struct Notifiers {
     targets: Vec<Arc<Target>>,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
+    /// Completed webhook repeat scans (tests wait on it instead of sleeping).
+    repeat_passes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Notifiers {
@@ -190,7 +192,12 @@ impl Notifiers {
                 tracing::warn!(notifier = %c.name, %url, "webhook without secret_file: requests are not signed");
             }
         }
-        Ok(Arc::new(Self { configs, targets, client, metrics }))
+        Ok(Arc::new(Self { configs, targets, client, metrics, repeat_passes: Default::default() }))
+    }
+
+    /// How many webhook repeat scans have completed.
+    pub fn repeat_passes(&self) -> u64 {
+        self.repeat_passes.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {

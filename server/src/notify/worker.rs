@@ -423,6 +423,7 @@ pub(super) async fn startup_and_repeats(ctx: Arc<Ctx>) {
         if !repeat_pass(&ctx, &targets).await {
             return;
         }
+        ctx.notifiers.repeat_passes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
