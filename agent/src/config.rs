@@ -32,6 +32,31 @@ pub struct ProcessGroupFile {
     pub pattern: String,
 }
 
+/// `[backups]`: retention of the local backup store (`<state_dir>/backups`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupsFile {
+    /// Backups kept per path (newest first). Default 20.
+    pub keep: Option<usize>,
+    /// Backups older than this are dropped. Default `30d`.
+    pub max_age: Option<String>,
+}
+
+/// One `[[files]]` entry: commands the agent runs after writing a matching file.
+/// Commands come only from here, never from the server.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCommandsFile {
+    /// An absolute path or glob (matched against the canonical path written).
+    pub path: String,
+    /// argv of the reload command; no shell unless written as `["sh", "-c", "..."]`.
+    pub reload: Option<Vec<String>>,
+    /// argv of the health check, run after the reload.
+    pub health: Option<Vec<String>>,
+    /// Per command. Default `30s`.
+    pub timeout: Option<String>,
+}
+
 /// The TOML shape. Every field optional.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,7 +78,39 @@ pub struct AgentFile {
     pub rescan_interval: Option<String>,
     #[serde(default)]
     pub process_groups: Vec<ProcessGroupFile>,
+    /// Absolute paths (a file, or a directory and everything below it) and globs the
+    /// agent may write when the server asks. Empty: nothing is writable.
+    #[serde(default)]
+    pub writable: Vec<String>,
+    pub backups: Option<BackupsFile>,
+    #[serde(default)]
+    pub files: Vec<FileCommandsFile>,
 }
+
+/// Resolved `[backups]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupPolicy {
+    pub keep: usize,
+    pub max_age: Duration,
+}
+
+impl Default for BackupPolicy {
+    fn default() -> Self {
+        Self { keep: 20, max_age: Duration::from_secs(30 * 86400) }
+    }
+}
+
+/// Resolved `[[files]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileCommands {
+    /// Absolute path or glob.
+    pub path: String,
+    pub reload: Option<Vec<String>>,
+    pub health: Option<Vec<String>>,
+    pub timeout: Duration,
+}
+
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Resolved, validated configuration.
 #[derive(Debug, Clone)]
@@ -72,6 +129,10 @@ pub struct AgentConfig {
     pub debounce: Duration,
     pub rescan_interval: Duration,
     pub process_groups: Vec<ProcessGroup>,
+    /// Absolute paths and globs the agent may write (see `apply::allow`). Empty: none.
+    pub writable: Vec<String>,
+    pub backups: BackupPolicy,
+    pub files: Vec<FileCommands>,
 }
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -168,6 +229,57 @@ impl AgentConfig {
         {
             err("fleet_key_file", format!("{} does not exist", k.display()));
         }
+        for (i, w) in file.writable.iter().enumerate() {
+            if let Err(e) = check_write_pattern(w) {
+                err(&format!("writable[{i}]"), e);
+            }
+        }
+        let b = file.backups.unwrap_or_default();
+        let defaults = BackupPolicy::default();
+        let keep = b.keep.unwrap_or(defaults.keep);
+        if !(1..=10_000).contains(&keep) {
+            err("backups.keep", "must be between 1 and 10000".into());
+        }
+        let max_age = opt_duration(b.max_age.as_deref(), defaults.max_age).unwrap_or_else(|e| {
+            err("backups.max_age", e);
+            defaults.max_age
+        });
+        if max_age < Duration::from_secs(60) {
+            err("backups.max_age", "must be at least 1m".into());
+        }
+        let mut files = Vec::new();
+        for (i, f) in file.files.iter().enumerate() {
+            let field = format!("files[{i}]");
+            if let Err(e) = check_write_pattern(&f.path) {
+                err(&format!("{field}.path"), e);
+            }
+            for (name, argv) in [("reload", &f.reload), ("health", &f.health)] {
+                if let Some(argv) = argv
+                    && (argv.is_empty() || argv[0].is_empty())
+                {
+                    err(
+                        &format!("{field}.{name}"),
+                        "must be a non-empty argv list, e.g. [\"systemctl\", \"reload\", \"app\"]".into(),
+                    );
+                }
+            }
+            if f.reload.is_none() && f.health.is_none() {
+                err(&field, "declares neither reload nor health".into());
+            }
+            let timeout = opt_duration(f.timeout.as_deref(), DEFAULT_COMMAND_TIMEOUT).unwrap_or_else(|e| {
+                err(&format!("{field}.timeout"), e);
+                DEFAULT_COMMAND_TIMEOUT
+            });
+            if timeout < Duration::from_millis(10) || timeout > Duration::from_secs(3600) {
+                err(&format!("{field}.timeout"), "must be between 10ms and 1h".into());
+            }
+            files.push(FileCommands {
+                path: f.path.clone(),
+                reload: f.reload.clone(),
+                health: f.health.clone(),
+                timeout,
+            });
+        }
         if !errors.is_empty() {
             return Err(AgentError::Config(errors.join("\n  ")));
         }
@@ -185,6 +297,9 @@ impl AgentConfig {
             debounce,
             rescan_interval,
             process_groups,
+            writable: file.writable,
+            backups: BackupPolicy { keep, max_age },
+            files,
         })
     }
 }
@@ -219,7 +334,31 @@ fn parse_watch(w: &WatchEntry, cwd: &Path) -> Result<WatchPattern, String> {
     Ok(WatchPattern { pattern, format: format.map(|f: Format| f) })
 }
 
-/// `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
+/// A `writable` or `[[files]]` path: absolute (relative paths are refused here, unlike
+/// `watch`: what may be written must not depend on the working directory), no `..`,
+/// and a valid glob when it has glob characters.
+fn check_write_pattern(p: &str) -> Result<(), String> {
+    if p.trim().is_empty() {
+        return Err("empty path".into());
+    }
+    let path = Path::new(p);
+    if !path.is_absolute() {
+        return Err(format!("'{p}' must be an absolute path or glob"));
+    }
+    if path.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(format!("'{p}' may not contain a '..' component"));
+    }
+    if p.contains(['*', '?', '[', '{']) {
+        globset::Glob::new(p).map_err(|e| format!("bad glob '{p}': {e}"))?;
+    }
+    Ok(())
+}
+
+fn opt_duration(v: Option<&str>, default: Duration) -> Result<Duration, String> {
+    v.map_or(Ok(default), parse_duration)
+}
+
+/// `250ms`, `10s`, `5m`, `1h`, `30d`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
@@ -230,7 +369,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("'{s}' has an unknown unit (ms, s, m, h)")),
+        "d" => n * 86400.0,
+        _ => return Err(format!("'{s}' has an unknown unit (ms, s, m, h, d)")),
     };
     if !(0.0..=365.0 * 86400.0).contains(&secs) {
         return Err(format!("'{s}' is out of range"));
@@ -270,7 +410,8 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86400));
+        assert!(parse_duration("5w").is_err());
         assert!(parse_duration("-1s").is_err());
     }
 
@@ -316,5 +457,65 @@ mod tests {
     #[test]
     fn unknown_fields_rejected() {
         assert!(toml::from_str::<AgentFile>("serverr = 'x'").is_err());
+        assert!(toml::from_str::<AgentFile>("[[files]]\npath = '/x'\nrelaod = ['true']").is_err());
+        assert!(toml::from_str::<AgentFile>("[backups]\nkeeep = 3").is_err());
+    }
+
+    #[test]
+    fn writable_backups_and_files() {
+        let c = AgentConfig::resolve(base(), "agent.toml").unwrap();
+        assert!(c.writable.is_empty(), "nothing writable by default");
+        assert_eq!(c.backups, BackupPolicy { keep: 20, max_age: Duration::from_secs(30 * 86400) });
+        let mut f: AgentFile = toml::from_str(
+            r#"
+            writable = ["/etc/web2img/.env", "/etc/app/conf.d", "/etc/app/*.yaml"]
+            [backups]
+            keep = 5
+            max_age = "7d"
+            [[files]]
+            path = "/etc/web2img/.env"
+            reload = ["systemctl", "reload", "web2img"]
+            health = ["curl", "-fsS", "http://127.0.0.1:8080/healthz"]
+            timeout = "10s"
+            [[files]]
+            path = "/etc/app/*.yaml"
+            health = ["true"]
+            "#,
+        )
+        .unwrap();
+        f.insecure = Some(true);
+        f.watch = base().watch;
+        let c = AgentConfig::resolve(f, "agent.toml").unwrap();
+        assert_eq!(c.writable.len(), 3);
+        assert_eq!(c.backups, BackupPolicy { keep: 5, max_age: Duration::from_secs(7 * 86400) });
+        assert_eq!(c.files[0].timeout, Duration::from_secs(10));
+        assert_eq!(c.files[0].reload.as_deref().unwrap()[0], "systemctl");
+        assert_eq!(c.files[1].timeout, DEFAULT_COMMAND_TIMEOUT);
+        assert!(c.files[1].reload.is_none());
+    }
+
+    #[test]
+    fn bad_writable_and_files_reported_with_fields() {
+        let mut f = base();
+        f.writable = vec!["etc/app".into(), "/etc/../root/.ssh".into(), "/etc/[".into()];
+        f.backups = Some(BackupsFile { keep: Some(0), max_age: Some("forever".into()) });
+        f.files = vec![
+            FileCommandsFile { path: "/etc/a".into(), reload: Some(vec![]), ..Default::default() },
+            FileCommandsFile { path: "rel".into(), timeout: Some("1h30".into()), ..Default::default() },
+        ];
+        let AgentError::Config(msg) = AgentConfig::resolve(f, "agent.toml").unwrap_err() else { panic!() };
+        for field in [
+            "writable[0]: 'etc/app' must be an absolute",
+            "writable[1]: '/etc/../root/.ssh' may not contain a '..'",
+            "writable[2]: bad glob",
+            "backups.keep",
+            "backups.max_age",
+            "files[0].reload",
+            "files[1].path",
+            "files[1]: declares neither",
+            "files[1].timeout",
+        ] {
+            assert!(msg.contains(&format!("agent.toml: {field}")), "missing {field} in {msg}");
+        }
     }
 }

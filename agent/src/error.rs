@@ -20,6 +20,10 @@ pub enum AgentError {
     Connect { url: String, message: String },
     #[error("server closed the stream: {0}")]
     Rejected(tonic::Status),
+    #[error("backup store {path}: {message}")]
+    Backup { path: PathBuf, message: String },
+    #[error("apply: {0}")]
+    Apply(String),
 }
 
 impl AgentError {

@@ -2,6 +2,7 @@
 //!
 //! Entry point: [`start`] (used by `main.rs`, `driftwatch up` and the tests).
 
+pub mod apply;
 pub mod backoff;
 pub mod config;
 pub mod error;

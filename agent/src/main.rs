@@ -31,6 +31,11 @@ struct Args {
     /// detection by name: ini:/etc/app/legacy.conf.
     #[arg(long = "watch", value_name = "PATH_OR_GLOB")]
     watch: Vec<String>,
+    /// A file, directory (everything below it) or glob the server may ask this agent
+    /// to change; repeatable. Replaces the config file's `writable` list. Nothing is
+    /// writable unless listed here or there.
+    #[arg(long = "writable", value_name = "PATH_OR_GLOB")]
+    writable: Vec<String>,
     /// How often to sample CPU, memory, disk and process groups (0 turns it off) [default: 10s].
     #[arg(long, env = "DRIFTWATCH_RESOURCE_INTERVAL", value_name = "DURATION")]
     resource_interval: Option<String>,
@@ -81,6 +86,9 @@ fn resolve(args: Args) -> anyhow::Result<AgentConfig> {
     }
     if !args.watch.is_empty() {
         file.watch = args.watch.into_iter().map(WatchEntry::Plain).collect();
+    }
+    if !args.writable.is_empty() {
+        file.writable = args.writable;
     }
     file.resource_interval = args.resource_interval.or(file.resource_interval);
     file.state_dir = args.state_dir.or(file.state_dir);

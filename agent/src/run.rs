@@ -5,8 +5,13 @@
 //!   resends the spool's unacknowledged snapshots, sends new ones as they land,
 //!   heartbeats, and drops what the server acknowledges.
 //!
-//! One `CancellationToken` stops both.
+//! - applier: a dedicated thread that applies the changes the server sends, one at a
+//!   time in arrival order (`apply`); its results wait in a small queue until a
+//!   stream can send them (also after a reconnect).
+//!
+//! One `CancellationToken` stops them all.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +25,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::apply::Applier;
 use crate::backoff::{Backoff, MIN_CONNECT_TIMEOUT};
 use crate::config::AgentConfig;
 use crate::error::{AgentError, Result};
@@ -30,6 +36,10 @@ use crate::watch::{ChangeBatch, FileWatcher, WatchConfig};
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Unacknowledged snapshots sent per burst before looking at the spool again.
 const SEND_BURST: usize = 64;
+/// Change results waiting for a stream; past this the oldest is dropped.
+const MAX_QUEUED_RESULTS: usize = 1024;
+/// On shutdown, how long to wait for a change being applied (commands included).
+const APPLY_DRAIN: Duration = Duration::from_secs(60);
 
 /// Live counters, for logs and tests.
 #[derive(Debug, Default)]
@@ -41,6 +51,42 @@ pub struct AgentStatus {
     pub pending: AtomicU64,
     pub dropped: AtomicU64,
     pub snapshots_sent: AtomicU64,
+    /// Changes from the server handled (any outcome).
+    pub changes_handled: AtomicU64,
+}
+
+/// Change results not sent yet. The applier thread pushes; only the stream task pops,
+/// after the result went out, so a result produced while disconnected (or while a
+/// stream breaks) goes out on the next connection.
+#[derive(Debug, Default)]
+struct ResultQueue {
+    queue: Mutex<VecDeque<v1::ChangeResult>>,
+    ready: Notify,
+}
+
+impl ResultQueue {
+    fn push(&self, r: v1::ChangeResult) {
+        let mut q = self.queue.lock().expect("result queue lock");
+        if q.len() >= MAX_QUEUED_RESULTS
+            && let Some(old) = q.pop_front()
+        {
+            tracing::warn!(change_id = %old.change_id, "too many unsent change results; dropped the oldest");
+        }
+        q.push_back(r);
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    fn front(&self) -> Option<v1::ChangeResult> {
+        self.queue.lock().expect("result queue lock").front().cloned()
+    }
+
+    fn pop_sent(&self, change_id: &str) {
+        let mut q = self.queue.lock().expect("result queue lock");
+        if q.front().is_some_and(|r| r.change_id == change_id) {
+            q.pop_front();
+        }
+    }
 }
 
 struct Shared {
@@ -52,6 +98,9 @@ struct Shared {
     want_full: Notify,
     status: Arc<AgentStatus>,
     key_id: String,
+    /// To the applier thread; taken (closed) at shutdown.
+    changes: Mutex<Option<std::sync::mpsc::Sender<v1::ApplyChange>>>,
+    results: Arc<ResultQueue>,
 }
 
 /// A started agent.
@@ -121,6 +170,11 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
     .await
     .map_err(|e| AgentError::Watch(format!("start-up task failed: {e}")))??;
     let masker = Arc::new(Masker::new(&key));
+    // Before the watcher starts: this also removes temp files a crash left behind.
+    let (cfg, m) = (config.clone(), masker.clone());
+    let applier = tokio::task::spawn_blocking(move || Applier::open(&cfg, m))
+        .await
+        .map_err(|e| AgentError::Watch(format!("start-up task failed: {e}")))??;
     let status = Arc::new(AgentStatus::default());
     status.acked_seq.store(spool.acked(), Ordering::Relaxed);
     status.last_seq.store(spool.last_seq(), Ordering::Relaxed);
@@ -147,6 +201,9 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
     } else {
         Some(ResourceSampler::new(config.process_groups.clone())?)
     };
+    let results = Arc::new(ResultQueue::default());
+    let (change_tx, change_rx) = std::sync::mpsc::channel();
+    let applier_thread = spawn_applier(applier, change_rx, results.clone(), status.clone(), token.clone())?;
     let shared = Arc::new(Shared {
         key_id: masker.key_id(),
         config,
@@ -154,18 +211,73 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         spooled: Notify::new(),
         want_full: Notify::new(),
         status: status.clone(),
+        changes: Mutex::new(Some(change_tx)),
+        results,
     });
     let t = token.clone();
     let task = tokio::spawn(async move {
         let producer = tokio::spawn(produce(shared.clone(), Arc::new(watcher), changes, sampler, t.clone()));
         let streamer = tokio::spawn(stream_loop(shared.clone(), t.clone()));
         let (p, s) = tokio::join!(producer, streamer);
+        // Let a change being applied finish (a write half done with its commands not
+        // run would skip the rollback); changes still queued are not started.
+        drop(shared.changes.lock().expect("changes lock").take());
+        // Polled, not joined on the blocking pool: a runtime being dropped waits for its
+        // blocking tasks, and a stuck command must not hold the process past the deadline.
+        let drain_until = tokio::time::Instant::now() + APPLY_DRAIN;
+        while !applier_thread.is_finished() {
+            if tokio::time::Instant::now() >= drain_until {
+                tracing::warn!("a change is still being applied; stopping without waiting for it");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let p = p.map_err(|e| AgentError::Watch(format!("producer task failed: {e}")))?;
         s.map_err(|e| AgentError::Watch(format!("stream task failed: {e}")))?;
         tracing::info!("agent stopped");
         p
     });
     Ok(RunningAgent { status, token, task })
+}
+
+/// The applier's thread: changes one at a time, in arrival order, off the async workers.
+fn spawn_applier(
+    mut applier: Applier,
+    changes: std::sync::mpsc::Receiver<v1::ApplyChange>,
+    results: Arc<ResultQueue>,
+    status: Arc<AgentStatus>,
+    token: CancellationToken,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("driftwatch-apply".into())
+        .spawn(move || {
+            while let Ok(change) = changes.recv() {
+                if token.is_cancelled() {
+                    tracing::warn!(
+                        change_id = %change.change_id,
+                        path = %change.path,
+                        "agent stopping: change not applied"
+                    );
+                    continue;
+                }
+                let result = applier.apply(&change);
+                status.changes_handled.fetch_add(1, Ordering::Relaxed);
+                results.push(result);
+            }
+        })
+        .map_err(|e| AgentError::Apply(format!("cannot start the applier thread: {e}")))
+}
+
+/// Send every queued change result; each leaves the queue once handed to the stream.
+async fn send_results(shared: &Arc<Shared>, tx: &mpsc::Sender<AgentMessage>) -> Result<()> {
+    while let Some(r) = shared.results.front() {
+        let id = r.change_id.clone();
+        tx.send(AgentMessage { kind: Some(agent_message::Kind::ChangeResult(r)) })
+            .await
+            .map_err(|_| AgentError::Watch("stream closed while sending a change result".into()))?;
+        shared.results.pop_sent(&id);
+    }
+    Ok(())
 }
 
 /// Append a snapshot to the spool off the async workers; wake the sender.
@@ -398,6 +510,8 @@ async fn one_stream(shared: &Arc<Shared>, token: &CancellationToken, backoff: &m
         welcome.settings.as_ref().map(|s| s.heartbeat_interval_seconds).filter(|s| *s > 0).unwrap_or(15).into(),
     );
     tracing::info!(server = %cfg.server, acked_seq = server_acked, "connected");
+    // Results of changes finished while we were not connected.
+    send_results(shared, &tx).await?;
 
     // Read the server side on its own task so acks are processed even while we
     // wait for room to send (otherwise both sides could wait on each other).
@@ -455,6 +569,7 @@ async fn one_stream(shared: &Arc<Shared>, token: &CancellationToken, backoff: &m
                 };
             }
             _ = shared.spooled.notified() => {}
+            _ = shared.results.ready.notified() => send_results(shared, &tx).await?,
             _ = heartbeat.tick() => {
                 // Bursts (a full snapshot is read back, encoded and buffered by the
                 // transport) leave freed pages behind: hand them back while idle.
@@ -481,16 +596,27 @@ async fn one_stream(shared: &Arc<Shared>, token: &CancellationToken, backoff: &m
                     let _ = tx.send(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(hb)) }).await;
                 }
                 Some(server_message::Kind::ApplyChange(c)) => {
-                    // Nothing on this host is writable unless the agent's own config
-                    // says so, and this agent declares no writable paths.
-                    tracing::warn!(change = %c.change_id, path = %c.path, "change refused: no writable paths configured");
-                    let r = v1::ChangeResult {
-                        change_id: c.change_id,
-                        outcome: v1::ChangeOutcome::Refused as i32,
-                        message: "this agent allows no writes (no writable paths configured)".into(),
-                        ..Default::default()
+                    tracing::info!(
+                        change_id = %c.change_id,
+                        path = %c.path,
+                        dry_run = c.dry_run,
+                        reason = %c.reason,
+                        "change received"
+                    );
+                    // The applier thread decides (allowlist first); here it is only queued.
+                    let not_queued = match shared.changes.lock().expect("changes lock").as_ref() {
+                        Some(changes) => changes.send(c).err().map(|e| e.0),
+                        None => Some(c),
                     };
-                    let _ = tx.send(AgentMessage { kind: Some(agent_message::Kind::ChangeResult(r)) }).await;
+                    if let Some(c) = not_queued {
+                        shared.results.push(v1::ChangeResult {
+                            change_id: c.change_id,
+                            path: c.path,
+                            outcome: v1::ChangeOutcome::Failed as i32,
+                            message: "the agent is stopping; nothing written".into(),
+                            ..Default::default()
+                        });
+                    }
                 }
                 Some(server_message::Kind::Welcome(_)) => tracing::warn!("unexpected second welcome ignored"),
                 Some(server_message::Kind::Ack(_)) | None => {}

@@ -16,6 +16,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{AuditEntry, AuditLog};
 use crate::engine::{Command, EngineHandle};
 use crate::error::ServerError;
 use crate::hub::EventHub;
@@ -40,6 +41,8 @@ pub struct AlertsService {
     pub stall: Duration,
     /// Configured notifiers' status, if any.
     pub notifiers: Option<Arc<dyn Fn() -> Vec<v1::NotifierStatus> + Send + Sync>>,
+    /// Acknowledgements and silence changes are audited.
+    pub audit: AuditLog,
 }
 
 /// What a subscriber asked for, checked.
@@ -223,6 +226,19 @@ fn text(field: &str, v: &str, required: bool) -> Result<String, ServerError> {
     Ok(v.to_string())
 }
 
+/// `host=~web-.*, severity!=low; until 2026-01-01T10:00:00Z; comment: ...` (audit detail).
+fn silence_detail(s: &v1::Silence) -> String {
+    let matchers: Vec<String> = s.matchers.iter().map(crate::silences::matcher_text).collect();
+    let mut d = matchers.join(", ");
+    if let Some(end) = &s.ends_at {
+        d.push_str(&format!("; until {end}"));
+    }
+    if !s.comment.is_empty() {
+        d.push_str(&format!("; comment: {}", s.comment));
+    }
+    d
+}
+
 async fn durable(d: crate::engine::Durable) -> Result<(), Status> {
     d.await.map_err(|_| Status::unavailable("store writer stopped before the change was durable"))
 }
@@ -360,6 +376,7 @@ impl Alerts for AlertsService {
             shutdown: self.shutdown.clone(),
             stall: self.stall,
             notifiers: None,
+            audit: self.audit.clone(),
         };
         let end_slot = end.clone();
         self.engine.metrics().subscribers.inc();
@@ -436,9 +453,30 @@ impl Alerts for AlertsService {
         let fingerprint = text("fingerprint", &r.fingerprint, true)?;
         let by = text("by", &r.by, true)?;
         let comment = text("comment", &r.comment, false)?;
+        let (actor, note) = (by.clone(), comment.clone());
         let (alert, done) =
             self.engine.command(move |reply| Command::Acknowledge { fingerprint, by, comment, reply }).await??;
         durable(done).await?;
+        let mut detail = format!("{}/{}", alert.group, alert.rule);
+        for (what, v) in [("key", &alert.key), ("metric", &alert.metric)] {
+            if !v.is_empty() {
+                detail.push_str(&format!(" {what} {v}"));
+            }
+        }
+        if !note.is_empty() {
+            detail.push_str(&format!("; comment: {note}"));
+        }
+        self.audit
+            .record(AuditEntry {
+                actor,
+                action: "alert.acknowledged".into(),
+                target: alert.fingerprint.clone(),
+                host_id: alert.host_id.clone(),
+                path: alert.path.clone(),
+                detail,
+                ..Default::default()
+            })
+            .await;
         Ok(Response::new(alert))
     }
 
@@ -451,6 +489,15 @@ impl Alerts for AlertsService {
         let (silence, done) = self.engine.command(move |reply| Command::CreateSilence { silence, reply }).await??;
         durable(done).await?;
         tracing::info!(silence = %silence.id, by = %silence.created_by, matchers = silence.matchers.len(), "silence created");
+        self.audit
+            .record(AuditEntry {
+                actor: crate::audit::actor(&silence.created_by),
+                action: "silence.created".into(),
+                target: silence.id.clone(),
+                detail: silence_detail(&silence),
+                ..Default::default()
+            })
+            .await;
         Ok(Response::new(silence))
     }
 
@@ -479,6 +526,16 @@ impl Alerts for AlertsService {
         let (silence, done) = self.engine.command(move |reply| Command::ExpireSilence { id, reply }).await??;
         durable(done).await?;
         tracing::info!(silence = %silence.id, "silence expired");
+        self.audit
+            .record(AuditEntry {
+                // The request names nobody (ExpireSilenceRequest has only the id).
+                actor: crate::audit::UNAUTHENTICATED.into(),
+                action: "silence.expired".into(),
+                target: silence.id.clone(),
+                detail: format!("created by {}; {}", silence.created_by, silence_detail(&silence)),
+                ..Default::default()
+            })
+            .await;
         Ok(Response::new(silence))
     }
 

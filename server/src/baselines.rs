@@ -14,6 +14,7 @@ use prost::Message;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{AuditEntry, AuditLog};
 use crate::error::ServerError;
 use crate::selector::Selector;
 use crate::state::FleetState;
@@ -146,11 +147,20 @@ pub struct BaselinesService {
     pub baselines: Arc<Mutex<BaselineSet>>,
     pub writer: WriteSender,
     pub engine: crate::engine::EngineHandle,
+    pub audit: AuditLog,
 }
 
 impl BaselinesService {
-    /// Persist `b` as the next version of its name and, once durable, hold it.
-    async fn commit(&self, set: &mut BaselineSet, mut b: v1::Baseline) -> Result<v1::Baseline, ServerError> {
+    /// Persist `b` as the next version of its name and, once durable, hold it. The
+    /// audit event (`action`, with `audit`'s host, path and detail) commits with it;
+    /// actor, target and the version are filled in here.
+    async fn commit(
+        &self,
+        set: &mut BaselineSet,
+        mut b: v1::Baseline,
+        action: &str,
+        audit: AuditEntry,
+    ) -> Result<v1::Baseline, ServerError> {
         b.version = set.latest(&b.name).map_or(1, |l| l.version + 1);
         let now = driftwatch_proto::now_millis();
         b.created_at = Some(driftwatch_proto::timestamp_from_millis(now));
@@ -169,8 +179,18 @@ impl BaselinesService {
             created_ms: now,
             deleted: b.deleted,
         };
+        let mut detail = format!("version {}", b.version);
+        if !audit.detail.is_empty() {
+            detail.push_str(&format!("; {}", audit.detail));
+        }
+        if !b.reason.trim().is_empty() {
+            detail.push_str(&format!("; reason: {}", b.reason.trim()));
+        }
+        let audit =
+            AuditEntry { actor: b.author.clone(), action: action.to_string(), target: b.name.clone(), detail, ..audit };
         let (done, durable) = tokio::sync::oneshot::channel();
-        let item = WriteItem { ops: vec![Op::Baseline(record)], done: Some(done), ..Default::default() };
+        let item =
+            WriteItem { ops: vec![Op::Baseline(record), AuditLog::op(audit)], done: Some(done), ..Default::default() };
         let gone = || ServerError::Unavailable("server is shutting down".into());
         self.writer.send(item).await.map_err(|_| gone())?;
         durable.await.map_err(|_| gone())?;
@@ -227,6 +247,42 @@ fn live_or_not_found<'a>(set: &'a BaselineSet, name: &str) -> Result<&'a v1::Bas
     }
 }
 
+fn names<'a>(v: impl Iterator<Item = &'a str>) -> String {
+    v.collect::<Vec<_>>().join(", ")
+}
+
+/// The audit event of a key edit: which keys were set, promoted from which host, removed
+/// (names only: a value may be a secret's fingerprint).
+fn keys_audit(path: &str, r: &v1::SetBaselineKeysRequest) -> AuditEntry {
+    let mut parts = Vec::new();
+    if !r.set.is_empty() {
+        parts.push(format!("set [{}]", names(r.set.iter().map(|kv| kv.key.as_str()))));
+    }
+    let host = r.promote_from_host_id.trim();
+    if !r.promote_keys.is_empty() {
+        parts.push(format!("promoted from {host} [{}]", names(r.promote_keys.iter().map(String::as_str))));
+    }
+    if !r.remove.is_empty() {
+        parts.push(format!("removed [{}]", names(r.remove.iter().map(String::as_str))));
+    }
+    if !r.set_resources.is_empty() {
+        parts.push(format!("resources set [{}]", names(r.set_resources.iter().map(|e| e.metric.as_str()))));
+    }
+    if !r.remove_resources.is_empty() {
+        parts.push(format!("resources removed [{}]", names(r.remove_resources.iter().map(String::as_str))));
+    }
+    let mut detail = parts.join(", ");
+    if !path.is_empty() {
+        detail = format!("{path}: {detail}");
+    }
+    AuditEntry {
+        host_id: if r.promote_keys.is_empty() { String::new() } else { host.to_string() },
+        path: path.to_string(),
+        detail,
+        ..Default::default()
+    }
+}
+
 #[tonic::async_trait]
 impl Baselines for BaselinesService {
     async fn pin_baseline(&self, request: Request<v1::PinBaselineRequest>) -> Result<Response<v1::Baseline>, Status> {
@@ -267,6 +323,18 @@ impl Baselines for BaselinesService {
         } else {
             Vec::new()
         };
+        let mut detail = if selector.is_empty() {
+            format!("host {host_id}")
+        } else {
+            format!("selector {selector}, pinned from host {host_id}")
+        };
+        let keys: usize = files.iter().map(|f| f.keys.len()).sum();
+        detail.push_str(&format!("; {} files, {keys} keys", files.len()));
+        if !resources.is_empty() {
+            detail.push_str(&format!(", {} resource expectations", resources.len()));
+        }
+        let audit =
+            AuditEntry { host_id: host_id.to_string(), path: r.path.trim().to_string(), detail, ..Default::default() };
         let mut set = self.baselines.lock().await;
         let b = v1::Baseline {
             name,
@@ -278,7 +346,7 @@ impl Baselines for BaselinesService {
             reason: r.reason,
             ..Default::default()
         };
-        Ok(Response::new(for_query(self.commit(&mut set, b).await?)))
+        Ok(Response::new(for_query(self.commit(&mut set, b, "baseline.pinned", audit).await?)))
     }
 
     async fn get_baseline(&self, request: Request<v1::GetBaselineRequest>) -> Result<Response<v1::Baseline>, Status> {
@@ -322,6 +390,8 @@ impl Baselines for BaselinesService {
         if path.is_empty() && !resources_only {
             return Err(ServerError::InvalidArgument("path is required: the file whose keys change".into()).into());
         }
+        let audit = keys_audit(path, &r);
+        let action = if r.promote_keys.is_empty() { "baseline.keys_set" } else { "baseline.promoted" };
         let mut set_keys = r.set;
         if !r.promote_keys.is_empty() {
             let host = r.promote_from_host_id.trim();
@@ -346,7 +416,7 @@ impl Baselines for BaselinesService {
         edit_resources(&mut b.resources, r.set_resources, &r.remove_resources)?;
         b.author = r.author;
         b.reason = r.reason;
-        Ok(Response::new(for_query(self.commit(&mut set, b).await?)))
+        Ok(Response::new(for_query(self.commit(&mut set, b, action, audit).await?)))
     }
 
     async fn delete_baseline(
@@ -357,6 +427,15 @@ impl Baselines for BaselinesService {
         let name = valid_name(&r.name)?;
         let mut set = self.baselines.lock().await;
         let last = live_or_not_found(&set, name)?;
+        let audit = AuditEntry {
+            host_id: last.host_id.clone(),
+            detail: if last.host_id.is_empty() {
+                format!("selector {}", last.selector)
+            } else {
+                format!("host {}", last.host_id)
+            },
+            ..Default::default()
+        };
         let b = v1::Baseline {
             name: name.to_string(),
             host_id: last.host_id.clone(),
@@ -366,7 +445,7 @@ impl Baselines for BaselinesService {
             reason: r.reason,
             ..Default::default()
         };
-        Ok(Response::new(for_query(self.commit(&mut set, b).await?)))
+        Ok(Response::new(for_query(self.commit(&mut set, b, "baseline.deleted", audit).await?)))
     }
 }
 

@@ -35,6 +35,20 @@ pub struct ServerFile {
     /// `[[notifiers]]`: webhooks and Alertmanagers (see `crate::notify`).
     #[serde(default)]
     pub notifiers: Vec<crate::notify::NotifierFile>,
+    #[serde(default)]
+    pub remediation: RemediationFile,
+}
+
+/// `[remediation]`: how often rules with `remediate:` may correct one host's file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemediationFile {
+    /// Least time between two attempts on one host's file (default 60s).
+    pub min_interval: Option<String>,
+    /// Most attempts on one host's file within `window` before giving up (default 3).
+    pub max_attempts: Option<u32>,
+    /// Default 1h.
+    pub window: Option<String>,
 }
 
 /// `[retention]`: durations as "72h", "30d".
@@ -49,6 +63,8 @@ pub struct RetentionFile {
     pub rollups: Option<String>,
     /// How often retention runs (default 10m).
     pub interval: Option<String>,
+    /// Audit events (default 90d).
+    pub audit: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -81,17 +97,21 @@ pub struct ServerConfig {
     pub max_files_per_host: usize,
     pub max_batch: usize,
     pub retention: crate::engine::Retention,
+    /// Audit events older than this are pruned (`[retention] audit`).
+    pub audit_retention: Duration,
     /// `[[notifiers]]`, validated.
     pub notifiers: Vec<crate::notify::NotifierConfig>,
     /// Alert subscribers: events one may fall behind, and how long it may take
     /// nothing, before it is cut off with its resume id.
     pub subscriber_ring: usize,
     pub subscriber_stall: Duration,
+    pub remediation: crate::changes::remediate::RemediationSettings,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_DATA_DIR: &str = "./driftwatch-data";
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 impl ServerConfig {
     /// A loopback development config storing under `data`; ports chosen by the OS.
@@ -108,9 +128,11 @@ impl ServerConfig {
             max_files_per_host: 10_000,
             max_batch: 2_000,
             retention: crate::engine::Retention::default(),
+            audit_retention: DEFAULT_AUDIT_RETENTION,
             notifiers: Vec::new(),
             subscriber_ring: crate::hub::RING,
             subscriber_stall: Duration::from_secs(10),
+            remediation: Default::default(),
         }
     }
 
@@ -180,9 +202,11 @@ impl ServerConfig {
             field_err("limits.max_batch", "must be at least 1".into());
         }
         let mut retention = crate::engine::Retention::default();
+        let mut audit_retention = DEFAULT_AUDIT_RETENTION;
         let r = &file.retention;
         for (field, value, slot, min) in [
             ("retention.alerts", &r.alerts, &mut retention.alerts, Duration::from_secs(60)),
+            ("retention.audit", &r.audit, &mut audit_retention, Duration::from_secs(3600)),
             ("retention.raw_resources", &r.raw_resources, &mut retention.raw_resources, Duration::from_secs(3600)),
             ("retention.rollups", &r.rollups, &mut retention.rollups, Duration::from_secs(3600)),
             ("retention.interval", &r.interval, &mut retention.interval, Duration::from_secs(1)),
@@ -194,6 +218,25 @@ impl ServerConfig {
                     Err(e) => field_err(field, e),
                 }
             }
+        }
+        let mut remediation = crate::changes::remediate::RemediationSettings::default();
+        let rm = &file.remediation;
+        for (field, value, slot) in [
+            ("remediation.min_interval", &rm.min_interval, &mut remediation.min_interval),
+            ("remediation.window", &rm.window, &mut remediation.window),
+        ] {
+            if let Some(v) = value {
+                match driftwatch_rules::parse_duration_ms(v) {
+                    Ok(ms) if ms > 0 => *slot = Duration::from_millis(ms as u64),
+                    Ok(_) => field_err(field, "must be more than 0".into()),
+                    Err(e) => field_err(field, e),
+                }
+            }
+        }
+        match rm.max_attempts {
+            Some(0) => field_err("remediation.max_attempts", "must be at least 1".into()),
+            Some(n) => remediation.max_attempts = n,
+            None => {}
         }
         let (notifiers, notifier_errors) = crate::notify::config::resolve(&file.notifiers);
         for (field, msg) in notifier_errors {
@@ -224,9 +267,11 @@ impl ServerConfig {
             max_files_per_host,
             max_batch,
             retention,
+            audit_retention,
             notifiers,
             subscriber_ring: crate::hub::RING,
             subscriber_stall: Duration::from_secs(10),
+            remediation,
         })
     }
 
@@ -312,10 +357,15 @@ mod tests {
         assert_eq!(c.retention.alerts, Duration::from_secs(7 * 86400));
         assert_eq!(c.retention.interval, Duration::from_secs(30));
         assert_eq!(c.retention.raw_resources, Duration::from_secs(86400));
+        assert_eq!(c.audit_retention, Duration::from_secs(90 * 86400), "audit default");
+        let f: ServerFile = toml::from_str("insecure = true\n[retention]\naudit = \"400d\"").unwrap();
+        assert_eq!(ServerConfig::resolve(f, "server.toml").unwrap().audit_retention, Duration::from_secs(400 * 86400));
         let f: ServerFile =
-            toml::from_str("insecure = true\n[retention]\nalerts = \"soon\"\nrollups = \"1s\"").unwrap();
+            toml::from_str("insecure = true\n[retention]\nalerts = \"soon\"\nrollups = \"1s\"\naudit = \"10m\"")
+                .unwrap();
         let Err(ServerError::Config(errs)) = ServerConfig::resolve(f, "server.toml") else { panic!() };
-        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        assert!(errs.iter().any(|e| e.contains("retention.audit: must be at least 3600s")), "{errs:#?}");
         assert!(errs.iter().any(|e| e.starts_with("server.toml: retention.alerts:")));
         assert!(errs.iter().any(|e| e.contains("retention.rollups: must be at least 3600s")));
     }

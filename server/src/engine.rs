@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use driftwatch_proto::v1::{self, FileState, ResourceSample};
 use driftwatch_rules::{
-    AgentInput, AlertState, AlertStatus, FileInput, FileMeta, HostInfo, Observation, Outcome, ResourceInput, Rule,
-    RuleSet, Severity, Target, Timing, step,
+    AgentInput, AlertState, AlertStatus, FileInput, HostInfo, Observation, Outcome, ResourceInput, Rule, RuleSet,
+    Severity, Target, Timing, step,
 };
 use driftwatch_store::{AlertRecord, EventRecord, Op, SilenceRecord, Store};
 use prost::Message;
@@ -113,10 +113,26 @@ pub enum Command {
         id: String,
         reply: oneshot::Sender<Result<(v1::Silence, Durable), ServerError>>,
     },
+    /// An alert the server raises itself (group [`SYSTEM_GROUP`]), e.g. "remediation
+    /// gave up" on a host's file: fires with `firing`, resolves without.
+    SystemAlert(SystemAlert),
     /// Answered once everything queued before it is processed and durable (tests, shutdown).
     Flush {
         reply: oneshot::Sender<Durable>,
     },
+}
+
+/// Group of the alerts the server raises itself; rule evaluation never touches them.
+pub const SYSTEM_GROUP: &str = "driftwatch";
+
+pub struct SystemAlert {
+    pub name: String,
+    pub host: String,
+    pub path: String,
+    pub key: String,
+    pub severity: Severity,
+    pub summary: String,
+    pub firing: bool,
 }
 
 /// One tracked alert.
@@ -280,11 +296,15 @@ enum Subject {
     File(String),
     Metric(String),
     Agent,
+    /// Raised by the server itself: rule evaluation never resolves these.
+    System,
 }
 
 impl Subject {
     fn of(alert: &v1::Alert) -> Self {
-        if !alert.path.is_empty() {
+        if alert.group == SYSTEM_GROUP {
+            Subject::System
+        } else if !alert.path.is_empty() {
             Subject::File(alert.path.clone())
         } else if !alert.metric.is_empty() {
             Subject::Metric(alert.metric.clone())
@@ -560,20 +580,7 @@ impl Engine {
                     .and_then(|b| b.files.iter().find(|f| f.path == path))
                     .map(|f| key_map(&f.keys))
             };
-            let meta = FileMeta {
-                mode: state.mode,
-                dir_mode: state.dir_mode,
-                uid: state.uid,
-                gid: state.gid,
-                size: state.size,
-                format: driftwatch_proto::format_name(state.format).to_string(),
-                exists: state.exists,
-                parse_error: state.error.as_ref().filter(|_| state.status == v1::FileStatus::ParseError as i32).map(
-                    |e| {
-                        if e.line > 0 { format!("{}:{}: {}", e.line, e.column, e.message) } else { e.message.clone() }
-                    },
-                ),
-            };
+            let meta = crate::changes::file_meta(&state);
             let input =
                 FileInput { path, keys: &keys, meta: &meta, baseline: baseline.as_ref(), previous: prev_keys.as_ref() };
             let tracked = self.has_alerts(host, &subject);
@@ -803,6 +810,27 @@ impl Engine {
         self.book.write().expect("alert book lock").alerts.insert(fp.to_string(), Tracked { alert, last_obs: obs });
     }
 
+    fn system_alert(&mut self, a: SystemAlert, now: i64) {
+        let labels = self.state.hosts.get(&a.host).map(|h| h.labels.clone()).unwrap_or_default();
+        let info = HostInfo { id: a.host.clone(), labels };
+        let rule = Rule::builtin(SYSTEM_GROUP, &a.name, a.severity, [("summary".to_string(), a.summary)].into());
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let o = Outcome {
+            rule: 0,
+            host: a.host.clone(),
+            file: opt(&a.path),
+            key: opt(&a.key),
+            matched: a.firing,
+            value: v1::Value::null(),
+            baseline: v1::Value::null(),
+            previous: v1::Value::null(),
+            error: None,
+        };
+        let fp = driftwatch_rules::fingerprint(SYSTEM_GROUP, &a.name, &a.host, o.file.as_deref(), o.key.as_deref());
+        let obs = if a.firing { Observation::Matched } else { Observation::NotMatched };
+        self.observe(&fp, Some((&rule, &o, &info)), obs, now);
+    }
+
     fn silenced_by(&self, labels: &BTreeMap<String, String>, now: i64) -> Vec<String> {
         let book = self.book.read().expect("alert book lock");
         book.silences.values().filter(|s| s.silences(labels, now)).map(|s| s.silence.id.clone()).collect()
@@ -887,6 +915,7 @@ impl Engine {
                             Subject::File(p) => !watched.contains(p),
                             Subject::Metric(_) => self.rules.is_none(),
                             Subject::Agent => self.rules.is_none(),
+                            Subject::System => false,
                         })
                         .cloned()
                         .collect()
@@ -1081,6 +1110,7 @@ impl Engine {
                 };
                 let _ = reply.send(result);
             }
+            Command::SystemAlert(a) => self.system_alert(a, now),
             Command::Flush { reply } => {
                 let _ = reply.send(self.flush_durable());
             }
@@ -1276,7 +1306,7 @@ fn alert_labels(rule: &Rule, o: &Outcome, info: &HostInfo) -> BTreeMap<String, S
     l
 }
 
-fn key_map(keys: &[v1::KeyValue]) -> BTreeMap<String, v1::Value> {
+pub(crate) fn key_map(keys: &[v1::KeyValue]) -> BTreeMap<String, v1::Value> {
     keys.iter().map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_else(v1::Value::null))).collect()
 }
 

@@ -19,6 +19,8 @@ pub enum ServerError {
     ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("transport: {0}")]
@@ -37,6 +39,7 @@ impl From<ServerError> for tonic::Status {
             ServerError::FailedPrecondition(m) => Status::failed_precondition(m),
             ServerError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ServerError::Unavailable(m) => Status::unavailable(m),
+            ServerError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             // Internal details stay in the server log; the client gets a stable message.
             e @ (ServerError::Store(_) | ServerError::Io(_) | ServerError::Transport(_) | ServerError::Config(_)) => {
                 tracing::error!(error = %e, "internal error");

@@ -41,7 +41,12 @@ pub struct Gateway {
     pub max_files_per_host: usize,
     pub shutdown: tokio_util::sync::CancellationToken,
     pub engine: crate::engine::EngineHandle,
+    /// Where agents' change results go.
+    pub changes: crate::changes::Dispatcher,
 }
+
+/// A claimed host id: its id, connection id, ack and command channels, and the Welcome.
+type Registered = (String, u64, watch::Receiver<u64>, mpsc::Receiver<ServerMessage>, v1::Welcome);
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
 
@@ -64,7 +69,8 @@ impl AgentGateway for Gateway {
             Ok(None) => return Err(Status::cancelled("stream closed before hello")),
             Err(_) => return Err(self.refuse(&peer, ServerError::InvalidArgument("no hello within 10 s".into()))),
         };
-        let (host_id, conn_id, acks_rx, welcome) = self.register(&hello, &peer).map_err(|e| self.refuse(&peer, e))?;
+        let (host_id, conn_id, acks_rx, commands_rx, welcome) =
+            self.register(&hello, &peer).map_err(|e| self.refuse(&peer, e))?;
         tracing::info!(host = %host_id, %peer, agent_version = %hello.agent_version, acked_seq = welcome.acked_seq, "agent connected");
         self.metrics.connected_agents.inc();
 
@@ -80,6 +86,7 @@ impl AgentGateway for Gateway {
             inbound,
             tx,
             acks: acks_rx,
+            commands: commands_rx,
         };
         tokio::spawn(conn.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -94,11 +101,7 @@ impl Gateway {
     }
 
     /// Validate the Hello and claim the host id for this connection.
-    fn register(
-        &self,
-        hello: &v1::Hello,
-        peer: &str,
-    ) -> Result<(String, u64, watch::Receiver<u64>, v1::Welcome), ServerError> {
+    fn register(&self, hello: &v1::Hello, peer: &str) -> Result<Registered, ServerError> {
         let id = hello.host_id.trim();
         if id.is_empty()
             || id.len() > MAX_HOST_ID_LEN
@@ -152,7 +155,9 @@ impl Gateway {
         entry.dropped_snapshots = entry.dropped_snapshots.max(hello.dropped_snapshots);
         entry.last_seen_ms = now;
         let (acks, acks_rx) = watch::channel(entry.stored_seq);
-        entry.connection = Some(Connection { id: conn_id, since_ms: now, peer: peer.to_string(), acks });
+        // Changes are few and each waits for its result: a small queue is plenty.
+        let (commands, commands_rx) = mpsc::channel(64);
+        entry.connection = Some(Connection { id: conn_id, since_ms: now, peer: peer.to_string(), acks, commands });
         let welcome = v1::Welcome {
             acked_seq: entry.stored_seq,
             settings: Some(v1::AgentSettings { heartbeat_interval_seconds: self.heartbeat_interval.as_secs() as u32 }),
@@ -166,7 +171,8 @@ impl Gateway {
             // Which rules select the host may have changed.
             self.engine.send(EvalMsg::Reevaluate { host: Some(id.to_string()) });
         }
-        Ok((id.to_string(), conn_id, acks_rx, welcome))
+        self.changes.host_connected(id);
+        Ok((id.to_string(), conn_id, acks_rx, commands_rx, welcome))
     }
 }
 
@@ -178,6 +184,7 @@ struct ConnTask {
     inbound: Streaming<AgentMessage>,
     tx: mpsc::Sender<Result<ServerMessage, Status>>,
     acks: watch::Receiver<u64>,
+    commands: mpsc::Receiver<ServerMessage>,
 }
 
 impl ConnTask {
@@ -189,6 +196,9 @@ impl ConnTask {
             tokio::select! {
                 biased;
                 _ = self.gw.shutdown.cancelled() => break "server shutting down".into(),
+                Some(cmd) = self.commands.recv() => {
+                    if self.tx.send(Ok(cmd)).await.is_err() { break "agent went away".into(); }
+                }
                 changed = self.acks.changed() => {
                     if changed.is_err() { break "replaced".into(); }
                     let seq = *self.acks.borrow_and_update();
@@ -234,6 +244,7 @@ impl ConnTask {
             }
             Some(agent_message::Kind::ChangeResult(r)) => {
                 tracing::info!(host = %self.host_id, change = %r.change_id, outcome = r.outcome, "change result");
+                self.gw.changes.complete(&self.host_id, r);
                 Ok(())
             }
             Some(agent_message::Kind::Hello(_)) => Err(ServerError::InvalidArgument("hello sent twice".into())),

@@ -4,7 +4,9 @@
 //! Entry point: [`start`] (used by `main.rs`, `driftwatch up` and the tests).
 
 pub mod alerts;
+pub mod audit;
 pub mod baselines;
+pub mod changes;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -24,8 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use driftwatch_proto::v1::{
-    agent_gateway_server::AgentGatewayServer, alerts_server::AlertsServer, baselines_server::BaselinesServer,
-    fleet_server::FleetServer, rules_server::RulesServer,
+    self, agent_gateway_server::AgentGatewayServer, alerts_server::AlertsServer, audit_server::AuditServer,
+    baselines_server::BaselinesServer, changes_server::ChangesServer, fleet_server::FleetServer,
+    rules_server::RulesServer,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +51,10 @@ pub struct RunningServer {
     pub engine: engine::EngineHandle,
     /// Configured notifiers (status for tests and the Alerts API).
     pub notifiers: Arc<notify::Notifiers>,
+    /// The audit log (who changed what); `Audit.ListEvents` reads it.
+    pub audit: audit::AuditLog,
+    /// Corrections and rollouts (tests send raw changes through its dispatcher).
+    pub changes: Arc<changes::ChangesCore>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -66,8 +73,8 @@ impl RunningServer {
     /// Wait until the server has stopped (after `shutdown`, or on a fatal error).
     pub async fn wait(self) -> Result<()> {
         // Our engine handle would keep the engine (and so the writer) running.
-        let Self { task, engine, .. } = self;
-        drop(engine);
+        let Self { task, engine, audit, changes, .. } = self;
+        drop((engine, audit, changes));
         match task.await {
             Ok(r) => r,
             Err(e) => Err(ServerError::Unavailable(format!("server task failed: {e}"))),
@@ -130,6 +137,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
 
     let metrics = metrics::Metrics::new();
     let (writer_tx, writer_thread) = writer::spawn(store, state.clone(), metrics.clone(), config.max_batch);
+    let audit = audit::AuditLog::new(writer_tx.clone());
     tracing::info!(alerts = alerts.len(), silences = silences.len(), last_event = max_event_id, "alert state loaded");
     let hub = hub::EventHub::with_capacity(max_event_id, config.subscriber_ring.max(16));
     let notifiers = notify::Notifiers::new(config.notifiers.clone(), metrics.clone())?;
@@ -147,8 +155,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         hub: hub.clone(),
         router: Some(notifiers.router()),
     });
-    let rules_handle =
-        rules_service::RulesHandle::new(config.rules.clone(), rules.clone(), engine.clone(), metrics.clone());
+    let rules_handle = rules_service::RulesHandle::new(
+        config.rules.clone(),
+        rules.clone(),
+        engine.clone(),
+        metrics.clone(),
+        audit.clone(),
+    );
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let grpc_addr = listener.local_addr()?;
@@ -163,7 +176,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
 
     let shutdown = CancellationToken::new();
     let notifier_tasks = notifiers.start(writer_tx.clone(), reader.clone(), engine.book.clone(), shutdown.clone());
+    let audit_retention = audit.spawn_retention(config.audit_retention, config.retention.interval, shutdown.clone());
+    let audit_grpc = audit::AuditService { reader: reader.clone() };
+    let dispatcher = changes::Dispatcher::new(state.clone());
     let gateway = gateway::Gateway {
+        changes: dispatcher.clone(),
         state: state.clone(),
         writer: writer_tx,
         metrics: metrics.clone(),
@@ -179,11 +196,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         baselines: baseline_set,
         writer: gateway.writer.clone(),
         engine: engine.clone(),
+        audit: audit.clone(),
     };
     let alerts_service = alerts::AlertsService {
         engine: engine.clone(),
         state: state.clone(),
-        reader,
+        reader: reader.clone(),
         hub: hub.clone(),
         shutdown: shutdown.clone(),
         stall: config.subscriber_stall,
@@ -191,7 +209,31 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             let n = notifiers.clone();
             Arc::new(move || n.status())
         }),
+        audit: audit.clone(),
     };
+    let changes_core = Arc::new(changes::ChangesCore {
+        state: state.clone(),
+        baselines: baselines.baselines.clone(),
+        baselines_service: baselines.clone(),
+        rules: rules_handle.clone(),
+        engine: engine.clone(),
+        writer: gateway.writer.clone(),
+        dispatcher,
+        audit: audit.clone(),
+        reader: reader.clone(),
+        shutdown: shutdown.clone(),
+        rollouts: Default::default(),
+    });
+    // Rollouts under way when the server stopped go on where they were.
+    let unfinished = changes_core
+        .load_rollouts(
+            vec![v1::RolloutState::Pending as i32, v1::RolloutState::Running as i32, v1::RolloutState::Paused as i32],
+            10_000,
+        )
+        .await?;
+    changes_core.resume_rollouts(unfinished).await;
+    let remediation = tokio::spawn(changes::remediate::run(changes_core.clone(), hub.clone(), config.remediation));
+    let changes_grpc = changes::ChangesService { core: changes_core.clone() };
     let rules_watcher = rules_handle.watch(shutdown.clone());
     let rules_grpc = rules_service::RulesService { rules: rules_handle, state: state.clone() };
 
@@ -201,6 +243,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     health_reporter.set_serving::<BaselinesServer<baselines::BaselinesService>>().await;
     health_reporter.set_serving::<AlertsServer<alerts::AlertsService>>().await;
     health_reporter.set_serving::<RulesServer<rules_service::RulesService>>().await;
+    health_reporter.set_serving::<AuditServer<audit::AuditService>>().await;
+    health_reporter.set_serving::<ChangesServer<changes::ChangesService>>().await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -222,6 +266,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         .add_service(BaselinesServer::new(baselines))
         .add_service(AlertsServer::new(alerts_service))
         .add_service(RulesServer::new(rules_grpc))
+        .add_service(AuditServer::new(audit_grpc))
+        .add_service(ChangesServer::new(changes_grpc))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -267,6 +313,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         if let Some(w) = rules_watcher {
             let _ = w.await;
         }
+        let _ = audit_retention.await;
+        // Remediation and rollout tasks stop on the shutdown signal (a rollout saves
+        // where it is and resumes at the next start).
+        let _ = tokio::time::timeout(DRAIN_DEADLINE, remediation).await;
         let joined = tokio::task::spawn_blocking(move || engine_thread.join());
         if tokio::time::timeout(DRAIN_DEADLINE, joined).await.is_err() {
             tracing::warn!("rule engine did not finish within the deadline");
@@ -279,7 +329,19 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         result.map_err(ServerError::from)
     });
 
-    Ok(RunningServer { grpc_addr, rules, metrics_addr, state, metrics, engine, notifiers, shutdown, task })
+    Ok(RunningServer {
+        grpc_addr,
+        rules,
+        metrics_addr,
+        state,
+        metrics,
+        engine,
+        notifiers,
+        audit,
+        changes: changes_core,
+        shutdown,
+        task,
+    })
 }
 
 /// What the server reads back from the store at start.

@@ -18,6 +18,7 @@ use driftwatch_rules::{RuleError, RuleSet, Target};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::audit::{AuditEntry, AuditLog};
 use crate::engine::{EngineHandle, EvalMsg};
 use crate::error::ServerError;
 use crate::metrics::Metrics;
@@ -31,6 +32,10 @@ pub struct RulesState {
     pub dir: Option<PathBuf>,
     pub current: Option<Arc<RuleSet>>,
     pub status: v1::ReloadStatus,
+    /// Hash of the rule files behind `current`, and of those of the last reload
+    /// attempt (None until known): only a reload that changes them is audited.
+    pub running_hash: Option<String>,
+    pub attempted_hash: Option<String>,
 }
 
 #[derive(Clone)]
@@ -40,6 +45,7 @@ pub struct RulesHandle {
     metrics: Arc<Metrics>,
     /// One reload at a time (the watcher and `ReloadRules`).
     reload_lock: Arc<tokio::sync::Mutex<()>>,
+    audit: AuditLog,
 }
 
 fn problems(errors: &[RuleError], dir: Option<&Path>) -> Vec<v1::RuleProblem> {
@@ -60,6 +66,7 @@ impl RulesHandle {
         initial: Option<Arc<RuleSet>>,
         engine: EngineHandle,
         metrics: Arc<Metrics>,
+        audit: AuditLog,
     ) -> Self {
         let now = Some(driftwatch_proto::timestamp(std::time::SystemTime::now()));
         let count = initial.as_ref().map(|r| r.len()).unwrap_or(0) as u32;
@@ -74,10 +81,17 @@ impl RulesHandle {
         metrics.rules_loaded.set(i64::from(count));
         metrics.rules_last_reload_success.set(1);
         Self {
-            inner: Arc::new(Mutex::new(RulesState { dir, current: initial, status })),
+            inner: Arc::new(Mutex::new(RulesState {
+                dir,
+                current: initial,
+                status,
+                running_hash: None,
+                attempted_hash: None,
+            })),
             engine,
             metrics,
             reload_lock: Arc::new(tokio::sync::Mutex::new(())),
+            audit,
         }
     }
 
@@ -90,20 +104,74 @@ impl RulesHandle {
     }
 
     /// Load the directory; on success swap the rules in, else keep the old ones.
+    /// The server's own reload (the directory poll), audited as [`crate::audit::SERVER_ACTOR`].
     pub async fn reload(&self, reason: &str) -> v1::ReloadStatus {
+        self.reload_by(reason, crate::audit::SERVER_ACTOR).await
+    }
+
+    /// [`RulesHandle::reload`] on someone's behalf. A reload whose files differ from
+    /// the running rules (or, when it fails, from the last attempt) is audited as
+    /// `rules.reloaded` / `rules.reload_failed`; one that finds nothing new is not.
+    pub async fn reload_by(&self, reason: &str, actor: &str) -> v1::ReloadStatus {
         let _one = self.reload_lock.lock().await;
         let Some(dir) = self.inner.lock().expect("rules lock").dir.clone() else { return self.status() };
         self.metrics.rules_reloads.inc();
         let d = dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || RuleSet::load_dir(&d)).await.unwrap_or_else(|e| {
-            Err(vec![RuleError { file: dir.clone(), line: 0, column: 0, message: format!("load task: {e}") }])
+        let (loaded, hash) = tokio::task::spawn_blocking(move || {
+            // Hashed first: a file replaced in between makes the poll reload again.
+            let hash = rules_hash(&d);
+            (RuleSet::load_dir(&d), hash)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            let err = RuleError { file: dir.clone(), line: 0, column: 0, message: format!("load task: {e}") };
+            (Err(vec![err]), String::new())
         });
+        let (status, audit) = self.apply(&dir, loaded, hash, reason, actor);
+        if let Some(entry) = audit {
+            self.audit.record(entry).await;
+        }
+        status
+    }
+
+    /// Swap a loaded set in (or keep the old one and the problems); the audit event to
+    /// record, if anything changed.
+    fn apply(
+        &self,
+        dir: &Path,
+        loaded: Result<RuleSet, Vec<RuleError>>,
+        hash: String,
+        reason: &str,
+        actor: &str,
+    ) -> (v1::ReloadStatus, Option<AuditEntry>) {
         let now = Some(driftwatch_proto::timestamp(std::time::SystemTime::now()));
         let mut st = self.inner.lock().expect("rules lock");
         st.status.last_attempt = now;
+        let before = st.running_hash.clone();
+        let entry = |action: &str, detail: String| AuditEntry {
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: dir.display().to_string(),
+            before_hash: before.clone().unwrap_or_default(),
+            after_hash: hash.clone(),
+            detail,
+            ..Default::default()
+        };
+        let mut audit = None;
         match loaded {
             Ok(set) => {
                 let set = Arc::new(set);
+                if before.as_deref() != Some(hash.as_str()) {
+                    let files: std::collections::BTreeSet<String> = set
+                        .rules()
+                        .iter()
+                        .map(|r| r.source.strip_prefix(dir).unwrap_or(&r.source).display().to_string())
+                        .collect();
+                    let files = files.into_iter().collect::<Vec<_>>().join(", ");
+                    audit = Some(entry("rules.reloaded", format!("{} rules from [{files}]; {reason}", set.len())));
+                }
+                st.running_hash = Some(hash.clone());
+                st.attempted_hash = Some(hash.clone());
                 st.status.ok = true;
                 st.status.last_success = now;
                 st.status.problems.clear();
@@ -116,15 +184,31 @@ impl RulesHandle {
             }
             Err(errors) => {
                 st.status.ok = false;
-                st.status.problems = problems(&errors, Some(&dir));
+                st.status.problems = problems(&errors, Some(dir));
                 self.metrics.rules_reload_failures.inc();
                 self.metrics.rules_last_reload_success.set(0);
                 for e in &errors {
                     tracing::error!(problem = %e, "rules reload refused; the previous rules keep running");
                 }
+                if st.attempted_hash.as_deref() != Some(hash.as_str()) {
+                    let first = st
+                        .status
+                        .problems
+                        .first()
+                        .map(|p| format!("{}:{}:{}: {}", p.file, p.line, p.column, p.message));
+                    audit = Some(entry(
+                        "rules.reload_failed",
+                        format!(
+                            "{} problems, the previous rules keep running; {reason}; {}",
+                            errors.len(),
+                            first.unwrap_or_default()
+                        ),
+                    ));
+                }
+                st.attempted_hash = Some(hash.clone());
             }
         }
-        st.status.clone()
+        (st.status.clone(), audit)
     }
 
     /// Poll the directory until `shutdown`; reload on any change.
@@ -133,7 +217,14 @@ impl RulesHandle {
         let this = self.clone();
         Some(tokio::spawn(async move {
             let d = dir.clone();
-            let mut last = tokio::task::spawn_blocking(move || dir_signature(&d)).await.unwrap_or_default();
+            let (mut last, hash) =
+                tokio::task::spawn_blocking(move || (dir_signature(&d), rules_hash(&d))).await.unwrap_or_default();
+            {
+                // What the running rules were loaded from, as far as the poll can tell.
+                let mut st = this.inner.lock().expect("rules lock");
+                st.running_hash.get_or_insert_with(|| hash.clone());
+                st.attempted_hash.get_or_insert(hash);
+            }
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -172,6 +263,31 @@ fn dir_signature(dir: &Path) -> BTreeMap<PathBuf, (u64, i128, u64)> {
         }
     }
     out
+}
+
+/// SHA-256 (hex) over the names and contents of the rule files `RuleSet::load_dir`
+/// reads (`*.yaml`/`*.yml` directly in `dir`, symlinks followed); empty when the
+/// directory cannot be read. Schemas the rules name are not part of it.
+fn rules_hash(dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let Ok(rd) = std::fs::read_dir(dir) else { return String::new() };
+    let mut files: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let content = std::fs::read(&f).unwrap_or_default();
+        // Lengths first: no two different sets of files hash the same stream.
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((content.len() as u64).to_le_bytes());
+        h.update(&content);
+    }
+    hex::encode(h.finalize())
 }
 
 /// Rules whose selector matches none of `hosts`, placed at the rule's `name:` line.
@@ -350,7 +466,8 @@ impl Rules for RulesService {
                 ServerError::FailedPrecondition("the server runs without a rules directory (--rules)".into()).into()
             );
         }
-        let status = self.rules.reload("requested").await;
+        // The request names nobody: the audit log says so.
+        let status = self.rules.reload_by("requested", crate::audit::UNAUTHENTICATED).await;
         Ok(Response::new(v1::ReloadRulesResponse { status: Some(status) }))
     }
 }

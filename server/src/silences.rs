@@ -62,6 +62,17 @@ pub fn parse_matcher(s: &str) -> Result<v1::Matcher, String> {
     Err(format!("matcher {s:?}: expected name=value, name!=value, name=~regex or name!~regex"))
 }
 
+/// The matcher as `name=value`, `name!=value`, `name=~regex`, `name!~regex`.
+pub fn matcher_text(m: &v1::Matcher) -> String {
+    let op = match Op::try_from(m.op) {
+        Ok(Op::NotEqual) => "!=",
+        Ok(Op::Regex) => "=~",
+        Ok(Op::NotRegex) => "!~",
+        _ => "=",
+    };
+    format!("{}{op}{}", m.name, m.value)
+}
+
 /// A silence and its compiled matchers.
 #[derive(Debug, Clone)]
 pub struct ActiveSilence {
@@ -198,6 +209,7 @@ mod tests {
         for (s, want) in cases {
             let m = CompiledMatcher::new(&parse_matcher(s).unwrap()).unwrap();
             assert_eq!(m.matches(&l), want, "{s}");
+            assert_eq!(matcher_text(&parse_matcher(s).unwrap()), s, "round trip");
         }
     }
 

@@ -18,6 +18,8 @@ pub struct Connection {
     pub peer: String,
     /// Highest durably stored seq, published to the connection task which sends Acks.
     pub acks: watch::Sender<u64>,
+    /// Messages for the agent (changes to apply), forwarded by the connection task.
+    pub commands: tokio::sync::mpsc::Sender<v1::ServerMessage>,
 }
 
 /// The current version of one watched file.

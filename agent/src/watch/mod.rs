@@ -22,7 +22,7 @@
 //!   [`FileWatcher::full_scan`]. Dropping the [`FileWatcher`] stops the thread.
 
 mod inotify;
-mod pattern;
+pub(crate) mod pattern;
 mod read;
 mod tracker;
 

@@ -65,6 +65,13 @@ impl Compiled {
             Kind::Explicit(_) => None,
         }
     }
+
+    pub fn explicit(&self) -> Option<&Path> {
+        match &self.kind {
+            Kind::Explicit(p) => Some(p),
+            Kind::Glob(_) => None,
+        }
+    }
 }
 
 /// `/a//b/./c/` → `/a/b/c` (paths we build by joining never contain those).
@@ -116,8 +123,13 @@ impl Glob {
         Ok(Self { base, matcher, ncomps: rest.len(), dstar, prefixes })
     }
 
+    /// The agent's own temp files (`.<name>.driftwatch-tmp-*`, see `apply::write`) never
+    /// match: they are not config files, and one left by a crash must not be reported.
     pub fn is_match(&self, path: &Path) -> bool {
-        path.starts_with(&self.base) && path != self.base && self.matcher.is_match(path)
+        path.starts_with(&self.base)
+            && path != self.base
+            && self.matcher.is_match(path)
+            && !path.file_name().is_some_and(crate::apply::write::is_temp_name)
     }
 
     /// Recursive globs (`**`) do not follow symlinked directories (loops); bounded ones do.
@@ -196,6 +208,10 @@ mod tests {
         assert!(g.is_match(Path::new("/etc/app/a.yaml")));
         assert!(g.is_match(Path::new("/etc/app/x/y/z/a.yaml")));
         assert!(!g.is_match(Path::new("/etc/app/x/a.json")));
+
+        let g = glob("/etc/app/*");
+        assert!(g.is_match(Path::new("/etc/app/app.env")));
+        assert!(!g.is_match(Path::new("/etc/app/.app.env.driftwatch-tmp-0123456789abcdef")));
 
         let g = glob("/etc/app/conf-?.[jt]oml");
         assert!(g.is_match(Path::new("/etc/app/conf-1.toml")));

@@ -1,7 +1,9 @@
 //! `driftwatch`: the operator CLI, and `driftwatch up` (the one-command tour).
 
 mod alerts;
+mod audit;
 mod baseline;
+mod changes;
 mod output;
 mod rules_test;
 mod up;
@@ -49,9 +51,19 @@ enum Command {
         #[arg(long, env = "USER", default_value = "")]
         by: String,
     },
+    /// Change one file on one host now: restore baseline keys, set keys, or put back an
+    /// earlier version. The agent checks its own allowlist and the file's hash, backs the
+    /// file up, writes atomically and runs its reload/health commands.
+    Correct(changes::CorrectArgs),
+    /// Roll a change out in canary waves that stop and roll back when a rule fires.
+    #[command(subcommand)]
+    Rollout(changes::RolloutCmd),
     /// Silences: mute alerts matching labels for a while.
     #[command(subcommand)]
     Silence(alerts::SilenceCmd),
+    /// The audit log: who changed what, when (corrections, rollouts, baselines, rule
+    /// reloads, acknowledgements, silences), oldest first unless --newest.
+    Audit(audit::AuditArgs),
     /// List hosts (optionally filtered by labels), or show one host in detail.
     Hosts {
         /// Show this host: labels, agent, resources and every watched file.
@@ -240,6 +252,17 @@ async fn query(server: &str, out: Output, cmd: Command) -> anyhow::Result<()> {
         Command::Alerts(a) => alerts::list(ch, out, a).await?,
         Command::Ack { id, comment, by } => alerts::ack(ch, out, id, by, comment).await?,
         Command::Silence(cmd) => alerts::silence(ch, out, cmd).await?,
+        Command::Audit(a) => audit::run(ch, out, a).await?,
+        Command::Correct(a) => {
+            if !changes::correct(ch, out, a).await? {
+                std::process::exit(1);
+            }
+        }
+        Command::Rollout(cmd) => {
+            if !changes::rollout(ch, out, cmd).await? {
+                std::process::exit(1);
+            }
+        }
         Command::Hosts { host_id: None, selector } => {
             let r = c
                 .list_hosts(v1::ListHostsRequest { selector: selector.unwrap_or_default() })

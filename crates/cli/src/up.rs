@@ -33,6 +33,10 @@ pub struct UpArgs {
     /// example web2img rules apply; `--label env=production --label service=gguf-sync` for the others].
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
+    /// Paths (or globs) the local agent may change when asked (corrections, rollouts,
+    /// remediation); repeatable [default: nothing: the example files stay as they are].
+    #[arg(long, value_name = "PATH_OR_GLOB")]
+    writable: Vec<String>,
     /// Resource sampling interval of the local agent.
     #[arg(long, default_value = "10s")]
     resource_interval: String,
@@ -98,6 +102,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             resource_interval: Some(args.resource_interval.clone()),
             state_dir: Some(data.join("agent")),
             insecure: Some(true),
+            writable: args.writable.clone(),
             ..Default::default()
         },
         "driftwatch up",

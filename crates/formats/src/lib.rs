@@ -29,6 +29,7 @@ use std::path::Path;
 
 pub use driftwatch_proto::v1::{FileError, FileStatus, Format, KeyValue, Value};
 
+mod edit;
 mod env;
 mod errors;
 mod flatten;
@@ -37,6 +38,7 @@ mod mask;
 mod secrets;
 mod structured;
 
+pub use edit::{EditError, EditOp, NewValue, edit, text_value, unified_diff};
 pub use mask::{ContentHasher, KEY_ID_HEX_LEN, Masker};
 pub use secrets::{
     REASON_HIGH_ENTROPY, REASON_KEY_NAME, REASON_TOKEN_SHAPE, REASON_URL_CREDENTIALS, is_secret_key_name, secret_reason,

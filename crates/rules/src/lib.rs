@@ -221,6 +221,13 @@ pub enum Target {
     AgentOffline,
 }
 
+/// An automatic fix a rule asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remediation {
+    /// Put the alert's key back to the host's effective baseline value.
+    RestoreBaseline,
+}
+
 /// One loaded, compiled rule.
 #[derive(Debug)]
 pub struct Rule {
@@ -237,11 +244,34 @@ pub struct Rule {
     pub severity: Severity,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// What the server does on its own when the alert fires.
+    pub remediate: Option<Remediation>,
     /// The file the rule came from.
     pub source: PathBuf,
 }
 
 impl Rule {
+    /// A rule the server raises alerts for itself (no expression of its own: it never
+    /// matches when evaluated), such as "remediation gave up". Its group is `group`,
+    /// its alerts carry `annotations` as given.
+    pub fn builtin(group: &str, name: &str, severity: Severity, annotations: BTreeMap<String, String>) -> Rule {
+        Rule {
+            group: group.to_string(),
+            name: name.to_string(),
+            selector: BTreeMap::new(),
+            target: Target::AgentOffline,
+            expr: "false".to_string(),
+            compiled: expr::compile("false", expr::ExprKind::Agent).expect("the constant false compiles"),
+            schema: None,
+            timing: Timing::default(),
+            severity,
+            labels: BTreeMap::new(),
+            annotations,
+            remediate: None,
+            source: PathBuf::new(),
+        }
+    }
+
     /// The JSON Schema file of `target.schema`, resolved against the rule file's directory.
     pub fn schema_path(&self) -> Option<&std::path::Path> {
         self.schema.as_deref().map(|s| s.path.as_path())

@@ -10,7 +10,7 @@ use crate::alert::{Severity, Timing};
 use crate::duration::parse_duration_ms;
 use crate::expr::{self, ExprKind};
 use crate::schema::Schema;
-use crate::{KeyPattern, Rule, RuleError, RuleSet, Target};
+use crate::{KeyPattern, Remediation, Rule, RuleError, RuleSet, Target};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +46,9 @@ struct RuleDoc {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    /// `restore_baseline`: the server puts the key back when the alert fires.
+    #[serde(default)]
+    remediate: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -200,7 +203,9 @@ fn locate_rules(text: &str) -> Vec<RulePos> {
             key_lines(&lines, key).find(|&(i, c)| i >= start && i < end && c == kcol).map(|(i, c)| (i + 1, c + 1))
         };
         let mut fields = BTreeMap::new();
-        for key in ["name", "selector", "target", "for", "keep_firing_for", "severity", "labels", "annotations"] {
+        for key in
+            ["name", "selector", "target", "for", "keep_firing_for", "severity", "labels", "annotations", "remediate"]
+        {
             if let Some(p) = at(key) {
                 fields.insert(key, p);
             }
@@ -289,6 +294,21 @@ pub(crate) fn load_text(path: &Path, text: &str, groups_seen: &mut HashSet<Strin
             let timing = Timing {
                 for_ms: duration("for", &rd.for_),
                 keep_firing_for_ms: duration("keep_firing_for", &rd.keep_firing_for),
+            };
+            let remediate = match rd.remediate.as_deref() {
+                None => None,
+                Some("restore_baseline") => {
+                    if rd.target.file.is_none() {
+                        let p = at("remediate");
+                        errors.push(err(p.0, p.1, "remediate: only rules on a file key can restore a baseline".into()));
+                    }
+                    Some(Remediation::RestoreBaseline)
+                }
+                Some(other) => {
+                    let p = at("remediate");
+                    errors.push(err(p.0, p.1, format!("remediate: unknown {other:?} (restore_baseline)")));
+                    None
+                }
             };
             let severity = match rd.severity.as_deref() {
                 None => Severity::default(),
@@ -420,6 +440,7 @@ pub(crate) fn load_text(path: &Path, text: &str, groups_seen: &mut HashSet<Strin
                     severity,
                     labels: rd.labels,
                     annotations: rd.annotations,
+                    remediate,
                     source: path.to_path_buf(),
                 });
             }

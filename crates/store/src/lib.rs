@@ -155,6 +155,56 @@ pub struct OutboxSummary {
     pub max_event_id: u64,
 }
 
+/// A rollout as stored: the state and times as columns (listing and filtering
+/// without decoding), `body` the encoded `driftwatch.v1.Rollout`, opaque here.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RolloutRecord {
+    pub id: String,
+    pub state: i32,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub body: Vec<u8>,
+}
+
+/// One entry of the audit log: who changed what, when.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditRecord {
+    /// Assigned by the store on insert (ignored there): strictly increasing, never
+    /// reused, also after retention removed every row.
+    pub id: u64,
+    pub at_ms: i64,
+    pub actor: String,
+    /// Dotted, e.g. `baseline.pinned`, `rollout.started`.
+    pub action: String,
+    pub target: String,
+    pub host_id: String,
+    pub path: String,
+    pub before_hash: String,
+    pub after_hash: String,
+    pub detail: String,
+    pub change_id: String,
+}
+
+/// Default page of [`Store::list_audit`] (a `limit` of 0).
+pub const AUDIT_PAGE_DEFAULT: usize = 100;
+/// Largest page of [`Store::list_audit`]; larger limits are capped.
+pub const AUDIT_PAGE_MAX: usize = 1000;
+
+/// What [`Store::list_audit`] returns; empty strings match everything.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditFilter {
+    /// Only ids above this (resume after the last one seen).
+    pub after_id: u64,
+    /// Only actions starting with this (`rollout.`, `correction`), case-sensitive.
+    pub action_prefix: String,
+    pub host_id: String,
+    pub change_id: String,
+    /// Highest ids first; default lowest first.
+    pub newest_first: bool,
+    /// 0: [`AUDIT_PAGE_DEFAULT`]; at most [`AUDIT_PAGE_MAX`].
+    pub limit: usize,
+}
+
 /// Row counts per table (see [`Store::stats`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StoreStats {
@@ -167,6 +217,8 @@ pub struct StoreStats {
     pub events: u64,
     pub alerts: u64,
     pub silences: u64,
+    pub rollouts: u64,
+    pub audit_events: u64,
 }
 
 /// One write, applied in order within a batch.
@@ -207,6 +259,10 @@ pub enum Op {
     OutboxExpire { notifier: String, created_before_ms: i64 },
     /// Forget a notifier's rows delivered before `delivered_before_ms`.
     OutboxPrune { notifier: String, delivered_before_ms: i64 },
+    /// Insert or replace a rollout (by id).
+    PutRollout(RolloutRecord),
+    /// Append an audit event (its id is assigned by the store).
+    Audit(AuditRecord),
 }
 
 /// Operations committed together in one transaction.
@@ -331,6 +387,35 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX outbox_pending ON outbox (notifier, fingerprint, id) WHERE delivered_ms IS NULL;
      -- The newest row per alert (repeat bookkeeping after a restart).
      CREATE INDEX outbox_by_alert ON outbox (notifier, fingerprint, id);",
+    // 5: rollouts (encoded bodies, state and times as columns) and the audit log.
+    "CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY,
+        state INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        body BLOB NOT NULL
+     ) STRICT;
+     -- Listing by state, newest first; and newest first without a state filter.
+     CREATE INDEX rollouts_by_state ON rollouts (state, created_ms);
+     CREATE INDEX rollouts_by_created ON rollouts (created_ms);
+     -- AUTOINCREMENT: an id is never handed out twice, even after retention emptied the table.
+     CREATE TABLE audit_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        host_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        before_hash TEXT NOT NULL,
+        after_hash TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        change_id TEXT NOT NULL
+     ) STRICT;
+     CREATE INDEX audit_events_by_time ON audit_events (at_ms);
+     CREATE INDEX audit_events_by_action ON audit_events (action, id);
+     CREATE INDEX audit_events_by_host ON audit_events (host_id, id);
+     CREATE INDEX audit_events_by_change ON audit_events (change_id, id);",
 ];
 
 pub struct Store {
@@ -590,6 +675,36 @@ impl Store {
                             .and_then(|mut st| st.execute(params![notifier, delivered_before_ms]))
                             .map_err(e)?;
                     }
+                    Op::PutRollout(r) => {
+                        tx.prepare_cached(
+                            "INSERT INTO rollouts (id, state, created_ms, updated_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)
+                             ON CONFLICT (id) DO UPDATE SET state = ?2, created_ms = ?3, updated_ms = ?4, body = ?5",
+                        )
+                        .and_then(|mut st| st.execute(params![r.id, r.state, r.created_ms, r.updated_ms, r.body]))
+                        .map_err(e)?;
+                    }
+                    Op::Audit(a) => {
+                        tx.prepare_cached(
+                            "INSERT INTO audit_events (at_ms, actor, action, target, host_id, path, before_hash,
+                                after_hash, detail, change_id)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                        )
+                        .and_then(|mut st| {
+                            st.execute(params![
+                                a.at_ms,
+                                a.actor,
+                                a.action,
+                                a.target,
+                                a.host_id,
+                                a.path,
+                                a.before_hash,
+                                a.after_hash,
+                                a.detail,
+                                a.change_id
+                            ])
+                        })
+                        .map_err(e)?;
+                    }
                 }
             }
         }
@@ -833,6 +948,8 @@ impl Store {
             "events",
             "alerts",
             "silences",
+            "rollouts",
+            "audit_events",
         ];
         let sql = tables.map(|t| format!("(SELECT COUNT(*) FROM {t})")).join(", ");
         self.conn
@@ -848,9 +965,93 @@ impl Store {
                     events: n(6)?,
                     alerts: n(7)?,
                     silences: n(8)?,
+                    rollouts: n(9)?,
+                    audit_events: n(10)?,
                 })
             })
             .map_err(|e| self.err(e))
+    }
+
+    /// Rollouts in any of `states` (every state when empty), newest first by
+    /// creation; at most `limit` (0: all).
+    pub fn load_rollouts(&self, states: &[i32], limit: usize) -> Result<Vec<RolloutRecord>> {
+        let filter = if states.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE state IN ({})", vec!["?"; states.len()].join(", "))
+        };
+        // SQLite: a negative LIMIT means none.
+        let limit = if limit == 0 { -1 } else { limit.min(i64::MAX as usize) as i64 };
+        let sql = format!(
+            "SELECT id, state, created_ms, updated_ms, body FROM rollouts {filter}
+             ORDER BY created_ms DESC, id DESC LIMIT {limit}"
+        );
+        let mut st = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = st.query_map(rusqlite::params_from_iter(states), rollout_row).map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// One rollout by id.
+    pub fn get_rollout(&self, id: &str) -> Result<Option<RolloutRecord>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, state, created_ms, updated_ms, body FROM rollouts WHERE id = ?1")
+            .map_err(|e| self.err(e))?;
+        let mut rows = st.query_map(params![id], rollout_row).map_err(|e| self.err(e))?;
+        rows.next().transpose().map_err(|e| self.err(e))
+    }
+
+    /// Audit events matching `f`, in id order (descending with `newest_first`);
+    /// at most [`AUDIT_PAGE_MAX`].
+    pub fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        let mut clauses = vec!["id > ?".to_string()];
+        let mut values: Vec<rusqlite::types::Value> = vec![(f.after_id.min(i64::MAX as u64) as i64).into()];
+        if !f.action_prefix.is_empty() {
+            // GLOB is case-sensitive, and a literal prefix lets SQLite range-scan the action index.
+            clauses.push("action GLOB ?".into());
+            values.push(format!("{}*", glob_escape(&f.action_prefix)).into());
+        }
+        if !f.host_id.is_empty() {
+            clauses.push("host_id = ?".into());
+            values.push(f.host_id.clone().into());
+        }
+        if !f.change_id.is_empty() {
+            clauses.push("change_id = ?".into());
+            values.push(f.change_id.clone().into());
+        }
+        let limit = if f.limit == 0 { AUDIT_PAGE_DEFAULT } else { f.limit.min(AUDIT_PAGE_MAX) };
+        values.push((limit as i64).into());
+        let sql = format!(
+            "SELECT id, at_ms, actor, action, target, host_id, path, before_hash, after_hash, detail, change_id
+             FROM audit_events WHERE {} ORDER BY id {} LIMIT ?",
+            clauses.join(" AND "),
+            if f.newest_first { "DESC" } else { "ASC" }
+        );
+        let mut st = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(rusqlite::params_from_iter(values), |r| {
+                Ok(AuditRecord {
+                    id: r.get::<_, i64>(0)? as u64,
+                    at_ms: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    host_id: r.get(5)?,
+                    path: r.get(6)?,
+                    before_hash: r.get(7)?,
+                    after_hash: r.get(8)?,
+                    detail: r.get(9)?,
+                    change_id: r.get(10)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Retention: delete audit events recorded before `before_ms`; returns how many.
+    /// Ids are never reused (AUTOINCREMENT keeps the high-water mark).
+    pub fn prune_audit(&mut self, before_ms: i64) -> Result<usize> {
+        self.conn.execute("DELETE FROM audit_events WHERE at_ms < ?1", params![before_ms]).map_err(|e| self.err(e))
     }
 
     /// The stored host row, if any.
@@ -960,6 +1161,26 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRecord> {
 
 fn resource_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResourceRecord> {
     Ok(ResourceRecord { host_id: r.get(0)?, seq: r.get::<_, i64>(1)? as u64, sampled_ms: r.get(2)?, sample: r.get(3)? })
+}
+
+fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RolloutRecord> {
+    Ok(RolloutRecord { id: r.get(0)?, state: r.get(1)?, created_ms: r.get(2)?, updated_ms: r.get(3)?, body: r.get(4)? })
+}
+
+/// `s` as a GLOB pattern matching itself: the metacharacters `*`, `?` and `[` in brackets.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '*' | '?' | '[' => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 fn sqlite(path: &Path, source: rusqlite::Error) -> StoreError {
@@ -1236,6 +1457,8 @@ mod tests {
                 events: 1,
                 alerts: 1,
                 silences: 1,
+                rollouts: 0,
+                audit_events: 0,
             }
         );
     }
@@ -1388,6 +1611,156 @@ mod tests {
         assert_eq!(s.load_silences().unwrap().len(), 1);
         s.write_batch(&Batch { ops: vec![outbox("hook", 1, 0, "a", 0)] }).unwrap();
         assert_eq!(s.outbox_summary("hook").unwrap(), OutboxSummary { pending: 1, max_event_id: 1 });
+    }
+
+    fn rollout(id: &str, state: i32, created_ms: i64, body: &[u8]) -> RolloutRecord {
+        RolloutRecord { id: id.into(), state, created_ms, updated_ms: created_ms, body: body.into() }
+    }
+
+    #[test]
+    fn rollouts_upsert_and_list_newest_first_by_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.write_batch(&Batch {
+                ops: vec![
+                    Op::PutRollout(rollout("r1", 1, 10, b"pending")),
+                    Op::PutRollout(rollout("r2", 2, 20, b"running")),
+                    Op::PutRollout(rollout("r3", 4, 30, b"succeeded")),
+                    // The same rollout again: replaced, not added.
+                    Op::PutRollout(RolloutRecord { updated_ms: 40, ..rollout("r1", 2, 10, b"running now") }),
+                ],
+            })
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let ids = |v: Vec<RolloutRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(s.load_rollouts(&[], 0).unwrap()), vec!["r3", "r2", "r1"]);
+        assert_eq!(ids(s.load_rollouts(&[], 2).unwrap()), vec!["r3", "r2"]);
+        assert_eq!(ids(s.load_rollouts(&[2], 0).unwrap()), vec!["r2", "r1"]);
+        assert_eq!(ids(s.load_rollouts(&[1, 4], 0).unwrap()), vec!["r3"]);
+        assert!(s.load_rollouts(&[7], 0).unwrap().is_empty());
+        let r1 = s.get_rollout("r1").unwrap().unwrap();
+        assert_eq!(r1, RolloutRecord { updated_ms: 40, ..rollout("r1", 2, 10, b"running now") });
+        assert!(s.get_rollout("nope").unwrap().is_none());
+        assert_eq!(s.stats().unwrap().rollouts, 3);
+    }
+
+    fn audit(at_ms: i64, action: &str, host: &str, change: &str) -> Op {
+        Op::Audit(AuditRecord {
+            id: 999, // ignored: the store assigns ids
+            at_ms,
+            actor: "alice".into(),
+            action: action.into(),
+            target: format!("t-{at_ms}"),
+            host_id: host.into(),
+            path: "/etc/app.env".into(),
+            before_hash: "b".into(),
+            after_hash: "a".into(),
+            detail: "d".into(),
+            change_id: change.into(),
+        })
+    }
+
+    fn audit_ids(s: &Store, f: AuditFilter) -> Vec<u64> {
+        s.list_audit(&f).unwrap().into_iter().map(|a| a.id).collect()
+    }
+
+    #[test]
+    fn audit_ids_increase_and_filters_combine() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.write_batch(&Batch {
+                ops: vec![
+                    audit(10, "baseline.pinned", "", ""),
+                    audit(20, "rollout.started", "", "ro-1"),
+                    audit(30, "rollout.host_applied", "web-1", "ro-1"),
+                    audit(40, "rollout.host_applied", "web-2", "ro-1"),
+                    audit(50, "correction.applied", "web-1", "c-1"),
+                ],
+            })
+            .unwrap();
+            s.write_batch(&Batch { ops: vec![audit(60, "rollouts_x", "", "")] }).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let all = s.list_audit(&AuditFilter::default()).unwrap();
+        assert_eq!(all.iter().map(|a| a.id).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(all[2].action, "rollout.host_applied");
+        assert_eq!((all[2].host_id.as_str(), all[2].change_id.as_str(), all[2].at_ms), ("web-1", "ro-1", 30));
+        assert_eq!((all[2].actor.as_str(), all[2].target.as_str()), ("alice", "t-30"));
+        let f = |prefix: &str| AuditFilter { action_prefix: prefix.into(), ..Default::default() };
+        assert_eq!(audit_ids(&s, f("rollout.")), vec![2, 3, 4], "the dot is literal: rollouts_x is not in");
+        assert_eq!(audit_ids(&s, f("rollout")), vec![2, 3, 4, 6]);
+        assert_eq!(audit_ids(&s, f("Rollout.")), Vec::<u64>::new(), "case-sensitive");
+        assert_eq!(audit_ids(&s, f("rollout.*")), Vec::<u64>::new(), "glob characters are literal");
+        assert_eq!(audit_ids(&s, f("rollout.host_applied")), vec![3, 4]);
+        let host = AuditFilter { host_id: "web-1".into(), ..Default::default() };
+        assert_eq!(audit_ids(&s, host.clone()), vec![3, 5]);
+        let change = AuditFilter { change_id: "ro-1".into(), ..Default::default() };
+        assert_eq!(audit_ids(&s, change.clone()), vec![2, 3, 4]);
+        assert_eq!(audit_ids(&s, AuditFilter { action_prefix: "rollout.".into(), ..host.clone() }), vec![3]);
+        // Resume after an id, in either order; limits.
+        assert_eq!(audit_ids(&s, AuditFilter { after_id: 3, ..Default::default() }), vec![4, 5, 6]);
+        assert_eq!(audit_ids(&s, AuditFilter { after_id: 3, limit: 2, ..Default::default() }), vec![4, 5]);
+        assert_eq!(audit_ids(&s, AuditFilter { newest_first: true, limit: 2, ..Default::default() }), vec![6, 5]);
+        assert_eq!(audit_ids(&s, AuditFilter { newest_first: true, after_id: 4, ..Default::default() }), vec![6, 5]);
+        assert_eq!(audit_ids(&s, AuditFilter { newest_first: true, ..change }), vec![4, 3, 2]);
+        assert_eq!(audit_ids(&s, AuditFilter { after_id: u64::MAX, ..Default::default() }), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn audit_pages_default_to_100_and_cap_at_1000() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("d.db")).unwrap();
+        s.write_batch(&Batch { ops: (0..1200).map(|i| audit(i, "rules.reloaded", "", "")).collect() }).unwrap();
+        assert_eq!(s.list_audit(&AuditFilter::default()).unwrap().len(), AUDIT_PAGE_DEFAULT);
+        assert_eq!(s.list_audit(&AuditFilter { limit: 5000, ..Default::default() }).unwrap().len(), AUDIT_PAGE_MAX);
+        assert_eq!(s.list_audit(&AuditFilter { limit: 1000, ..Default::default() }).unwrap().len(), 1000);
+        assert_eq!(s.list_audit(&AuditFilter { limit: 7, ..Default::default() }).unwrap().len(), 7);
+        let last = s.list_audit(&AuditFilter { after_id: 1000, limit: 5000, ..Default::default() }).unwrap();
+        assert_eq!((last.len(), last[0].id, last[199].id), (200, 1001, 1200));
+    }
+
+    #[test]
+    fn audit_prune_by_age_never_reuses_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let mut s = Store::open(&path).unwrap();
+        s.write_batch(&Batch { ops: (1..=4).map(|i| audit(i * 10, "a.b", "", "")).collect() }).unwrap();
+        assert_eq!(s.prune_audit(30).unwrap(), 2, "recorded exactly at the cutoff is kept");
+        assert_eq!(audit_ids(&s, AuditFilter::default()), vec![3, 4]);
+        assert_eq!(s.prune_audit(1000).unwrap(), 2);
+        assert_eq!(s.stats().unwrap().audit_events, 0);
+        drop(s);
+        // Emptied by retention, then reopened: new ids continue above the old ones.
+        let mut s = Store::open(&path).unwrap();
+        s.write_batch(&Batch { ops: vec![audit(2000, "a.b", "", "")] }).unwrap();
+        assert_eq!(audit_ids(&s, AuditFilter::default()), vec![5]);
+    }
+
+    #[test]
+    fn a_version_4_database_gets_rollouts_and_an_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..4] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", 4).unwrap();
+            c.execute_batch("INSERT INTO silences VALUES ('s', 1, 2, 3, x'00');").unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.load_silences().unwrap().len(), 1);
+        s.write_batch(&Batch {
+            ops: vec![Op::PutRollout(rollout("r", 2, 5, b"x")), audit(1, "rules.reloaded", "", "")],
+        })
+        .unwrap();
+        assert_eq!(s.load_rollouts(&[2], 10).unwrap().len(), 1);
+        assert_eq!(audit_ids(&s, AuditFilter::default()), vec![1]);
     }
 
     #[test]

@@ -1,0 +1,520 @@
+//! Changes the server asks for (`ServerMessage.apply_change`). The agent is the
+//! authority on what may be written: the server can name a path and the content, never
+//! whether the path is writable, and never a command.
+//!
+//! One change, in this order (a refusal writes nothing, not even a backup):
+//!
+//! 1. **Allowlist** ([`allow`]): the real path must be inside `writable`.
+//! 2. **Expected hash**: the file's keyed content hash must be `expected_hash`, else
+//!    CONFLICT. Only a dry run may leave it empty (and a restore of a file that does not
+//!    exist: the server's view of a missing file has no hash).
+//! 3. **New content**: key edits through `driftwatch_formats::edit`, or the content of
+//!    `restore_hash` from the [`backup`] store. It must parse (unless the format is
+//!    text); equal to the current content → UNCHANGED.
+//! 4. **Dry run** stops here with the diff.
+//! 5. **Backups** of the current and of the new content, durable before the write.
+//! 6. **Atomic write** ([`write`]) keeping owner and mode.
+//! 7. **Commands** ([`commands`]) from the matching `[[files]]` entry: reload, then
+//!    health; a failure puts the previous content back (atomically too), reloads again
+//!    and reports ROLLED_BACK.
+//!
+//! [`Applier::apply`] is blocking and handles one change at a time; `run.rs` feeds it
+//! from a dedicated thread, in arrival order.
+
+pub mod allow;
+pub mod backup;
+pub mod commands;
+pub mod write;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fs::{Metadata, OpenOptions};
+use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use driftwatch_formats::{EditError, EditOp, FileStatus, Format, Limits, Masker, NewValue};
+use driftwatch_proto::v1::{ApplyChange, ChangeOutcome, ChangeResult};
+
+use crate::config::{AgentConfig, FileCommands};
+use crate::error::Result;
+use crate::watch::pattern::Compiled;
+use allow::{Allowlist, Denied};
+use backup::{BackupStore, Kind, short};
+use write::{Fault, FileMeta};
+
+/// Results of this many recent changes are kept, so a change the server sends again
+/// (it did not get the result) is answered without being applied twice.
+const RECENT: usize = 256;
+
+pub struct Applier {
+    allow: Allowlist,
+    /// `None` when nothing is writable (then nothing is ever backed up either).
+    backups: Option<BackupStore>,
+    masker: Arc<Masker>,
+    limits: Limits,
+    /// Watch patterns with a format override.
+    formats: Vec<Compiled>,
+    files: Vec<FileCommands>,
+    fault: Option<Fault>,
+    /// (dry run, result) of recent changes.
+    recent: VecDeque<(bool, ChangeResult)>,
+    /// Hashes backed up by the change in progress (never pruned by it).
+    just_backed_up: Vec<String>,
+}
+
+impl std::fmt::Debug for Applier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applier").field("allow", &self.allow).finish_non_exhaustive()
+    }
+}
+
+/// How one change ended, before logging.
+struct Done {
+    result: ChangeResult,
+    /// What to log instead of `result.message` when that may quote a value (edit errors).
+    log_message: Option<String>,
+}
+
+fn end(mut r: ChangeResult, outcome: ChangeOutcome, message: impl Into<String>) -> Done {
+    r.outcome = outcome as i32;
+    r.message = message.into();
+    if r.after_hash.is_empty() {
+        r.after_hash = r.before_hash.clone();
+    }
+    Done { result: r, log_message: None }
+}
+
+fn format_name(f: Format) -> &'static str {
+    driftwatch_proto::format_name(f as i32)
+}
+
+/// A short label for an edit error, for the log (the message itself may quote a value).
+fn edit_error_label(e: &EditError) -> String {
+    match e {
+        EditError::Unsupported { format, .. } => format!("format {format} cannot be edited in place"),
+        EditError::UnknownKey(k) => format!("unknown key {k}"),
+        EditError::Masked(_) => "a masked value was sent".into(),
+        EditError::InvalidInput(_) => "invalid input".into(),
+        EditError::Verification(_) => "the edited file did not verify".into(),
+    }
+}
+
+/// A file's content and metadata.
+type Current = (Vec<u8>, Metadata);
+
+/// The current file, or `None` when it does not exist. The error is the outcome to report.
+fn read_current(path: &Path, max: u64) -> std::result::Result<Option<Current>, (ChangeOutcome, String)> {
+    // The real path is resolved already: a symlink here now means it was swapped since.
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err((ChangeOutcome::Rejected, format!("{} changed into a symlink; try again", path.display())));
+        }
+        Err(e) => return Err((ChangeOutcome::Failed, format!("cannot read {}: {e}", path.display()))),
+    };
+    let meta = file.metadata().map_err(|e| (ChangeOutcome::Failed, format!("cannot stat {}: {e}", path.display())))?;
+    if meta.is_dir() {
+        return Err((ChangeOutcome::Rejected, format!("{} is a directory", path.display())));
+    }
+    if !meta.is_file() {
+        return Err((ChangeOutcome::Rejected, format!("{} is not a regular file", path.display())));
+    }
+    let too_large =
+        || (ChangeOutcome::Rejected, format!("{} is larger than max_file_bytes ({max}); not edited", path.display()));
+    if meta.len() > max {
+        return Err(too_large());
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    (&file)
+        .take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| (ChangeOutcome::Failed, format!("cannot read {}: {e}", path.display())))?;
+    if buf.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(Some((buf, meta)))
+}
+
+fn outcome_name(o: i32) -> &'static str {
+    ChangeOutcome::try_from(o).map_or("UNKNOWN", |o| o.as_str_name().trim_start_matches("CHANGE_OUTCOME_"))
+}
+
+impl Applier {
+    /// Open the backup store (when anything is writable), read the fault injection
+    /// setting, and remove temp files an interrupted write left next to writable and
+    /// watched files. Blocking.
+    pub fn open(config: &AgentConfig, masker: Arc<Masker>) -> Result<Self> {
+        let allow = Allowlist::new(config.writable.clone());
+        let backups = if allow.is_empty() {
+            None
+        } else {
+            Some(BackupStore::open(&config.state_dir.join("backups"), config.backups.clone(), masker.clone())?)
+        };
+        let formats =
+            config.watch.iter().filter(|p| p.format.is_some()).filter_map(|p| Compiled::new(p).ok()).collect();
+        let applier = Self {
+            allow,
+            backups,
+            masker,
+            limits: config.limits.clone(),
+            formats,
+            files: config.files.clone(),
+            fault: Fault::from_env(&config.state_dir),
+            recent: VecDeque::new(),
+            just_backed_up: Vec::new(),
+        };
+        applier.remove_stale_temps(config);
+        if !applier.allow.is_empty() {
+            tracing::info!(
+                writable = ?config.writable,
+                command_files = config.files.len(),
+                "changes from the server are allowed for the writable paths"
+            );
+        }
+        Ok(applier)
+    }
+
+    /// Remove our temp files (`.<name>.driftwatch-tmp-*`) from the directories a write
+    /// could have left one in: those of writable and watched paths, and of every path
+    /// in the backup index (each write is recorded there before it starts).
+    fn remove_stale_temps(&self, config: &AgentConfig) {
+        let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+        for w in &config.writable {
+            let p = Path::new(w);
+            if allow::is_glob(w) {
+                dirs.insert(allow::split_glob(w).0);
+            } else {
+                if p.is_dir() {
+                    dirs.insert(p.to_path_buf());
+                }
+                if let Some(parent) = p.parent() {
+                    dirs.insert(parent.to_path_buf());
+                }
+            }
+        }
+        for p in &config.watch {
+            if let Ok(c) = Compiled::new(p) {
+                dirs.insert(c.root().to_path_buf());
+            }
+        }
+        if let Some(b) = &self.backups {
+            dirs.extend(b.paths().iter().filter_map(|p| p.parent().map(Path::to_path_buf)));
+        }
+        let removed: usize = dirs.iter().map(|d| write::remove_stale_temps(d)).sum();
+        if removed > 0 {
+            tracing::warn!(removed, "removed temp files of writes interrupted by a crash");
+        }
+    }
+
+    /// Handle one change. Blocking (file I/O, fsync, commands). Logs the outcome.
+    pub fn apply(&mut self, c: &ApplyChange) -> ChangeResult {
+        if !c.change_id.is_empty()
+            && let Some((_, r)) =
+                self.recent.iter().find(|(dry, r)| r.change_id == c.change_id && r.path == c.path && *dry == c.dry_run)
+        {
+            tracing::info!(
+                change_id = %c.change_id,
+                outcome = outcome_name(r.outcome),
+                "change already handled; sending its result again"
+            );
+            return r.clone();
+        }
+        let started = Instant::now();
+        self.just_backed_up.clear();
+        let Done { result, log_message } = self.run(c);
+        if !self.just_backed_up.is_empty()
+            && let Some(b) = self.backups.as_mut()
+        {
+            let protect: Vec<&str> = self.just_backed_up.iter().map(String::as_str).collect();
+            if let Err(e) = b.prune(SystemTime::now(), &protect) {
+                tracing::warn!(error = %e, "cannot prune backups");
+            }
+        }
+        let outcome = ChangeOutcome::try_from(result.outcome).unwrap_or(ChangeOutcome::Unspecified);
+        let message = log_message.as_deref().unwrap_or(&result.message);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        macro_rules! log {
+            ($level:ident) => {
+                tracing::$level!(
+                    change_id = %result.change_id,
+                    path = %result.path,
+                    outcome = outcome_name(result.outcome),
+                    before = %short(&result.before_hash),
+                    after = %short(&result.after_hash),
+                    backup = %short(&result.backup_hash),
+                    reason = %c.reason,
+                    dry_run = c.dry_run,
+                    elapsed_ms,
+                    message,
+                    "change handled"
+                )
+            };
+        }
+        match outcome {
+            ChangeOutcome::Applied | ChangeOutcome::DryRun | ChangeOutcome::Unchanged => log!(info),
+            _ => log!(warn),
+        }
+        if !result.change_id.is_empty() {
+            if self.recent.len() >= RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((c.dry_run, result.clone()));
+        }
+        result
+    }
+
+    /// The format of a path: a watch pattern's override, else detected from the name.
+    fn format_for(&self, requested: &Path, real: &Path) -> Format {
+        let matches = |c: &Compiled, p: &Path| match c.glob() {
+            Some(g) => g.is_match(p),
+            None => c.explicit() == Some(p),
+        };
+        self.formats
+            .iter()
+            .find(|c| matches(c, requested) || matches(c, real))
+            .and_then(|c| c.format)
+            .unwrap_or_else(|| driftwatch_formats::detect_format(requested))
+    }
+
+    fn commands_for(&self, requested: &Path, real: &Path) -> Option<FileCommands> {
+        self.files.iter().find(|f| allow::entry_matches(&f.path, requested, real)).cloned()
+    }
+
+    fn run(&mut self, c: &ApplyChange) -> Done {
+        let mut r = ChangeResult { change_id: c.change_id.clone(), path: c.path.clone(), ..Default::default() };
+        // 1. The allowlist, before anything is read.
+        let real = match self.allow.check(&c.path) {
+            Ok(p) => p,
+            Err(Denied::Refused(m)) => return end(r, ChangeOutcome::Refused, m),
+            Err(Denied::Rejected(m)) => return end(r, ChangeOutcome::Rejected, m),
+        };
+        let Some(backups) = self.backups.as_ref() else {
+            return end(r, ChangeOutcome::Refused, allow::NOTHING_WRITABLE);
+        };
+        if c.change_id.is_empty() {
+            return end(r, ChangeOutcome::Rejected, "the change has no change_id");
+        }
+        let edits = !c.set_keys.is_empty() || !c.set_text.is_empty() || !c.remove_keys.is_empty();
+        let restore = !c.restore_hash.is_empty();
+        if edits && restore {
+            return end(r, ChangeOutcome::Rejected, "a change is either key edits or restore_hash, not both");
+        }
+        if !edits && !restore {
+            return end(
+                r,
+                ChangeOutcome::Rejected,
+                "the change asks for nothing (no keys to set or remove, no restore_hash)",
+            );
+        }
+        let current = match read_current(&real, self.limits.max_file_bytes) {
+            Ok(c) => c,
+            Err((o, m)) => return end(r, o, m),
+        };
+        r.before_hash = current.as_ref().map(|(b, _)| self.masker.fingerprint(b)).unwrap_or_default();
+
+        // 2. The expected hash.
+        if c.expected_hash.is_empty() {
+            // A restore of a missing file: the server's view of it has no hash either.
+            let recreate = restore && current.is_none();
+            if !c.dry_run && !recreate {
+                return end(r, ChangeOutcome::Rejected, "expected_hash is required (only a dry run may omit it)");
+            }
+        } else if c.expected_hash != r.before_hash {
+            let m = if current.is_none() {
+                format!("the file does not exist (expected hash {}); nothing written", short(&c.expected_hash))
+            } else {
+                format!(
+                    "the file changed: expected hash {}, found {}; nothing written",
+                    short(&c.expected_hash),
+                    short(&r.before_hash)
+                )
+            };
+            return end(r, ChangeOutcome::Conflict, m);
+        }
+
+        // 3. The new content.
+        let requested = Path::new(&c.path);
+        let format = self.format_for(requested, &real);
+        let new: Vec<u8> = if restore {
+            match backups.get(&c.restore_hash) {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    return end(r, ChangeOutcome::Rejected, format!("no backup with hash {}", short(&c.restore_hash)));
+                }
+                Err(e) => return end(r, ChangeOutcome::Failed, e.to_string()),
+            }
+        } else {
+            let Some((old, _)) = &current else {
+                return end(r, ChangeOutcome::Rejected, "the file does not exist; only restore_hash can create it");
+            };
+            let Ok(text) = std::str::from_utf8(old) else {
+                return end(r, ChangeOutcome::Rejected, "the file is not UTF-8 text; keys cannot be edited");
+            };
+            let mut ops = Vec::with_capacity(c.set_keys.len() + c.set_text.len() + c.remove_keys.len());
+            for kv in &c.set_keys {
+                let Some(v) = &kv.value else {
+                    return end(r, ChangeOutcome::Rejected, format!("set_keys: '{}' has no value", kv.key));
+                };
+                ops.push(EditOp::Set { key: kv.key.clone(), value: NewValue::Typed(v.clone()) });
+            }
+            for (k, t) in &c.set_text {
+                ops.push(EditOp::Set { key: k.clone(), value: NewValue::Text(t.clone()) });
+            }
+            for k in &c.remove_keys {
+                ops.push(EditOp::Remove { key: k.clone() });
+            }
+            match driftwatch_formats::edit(format, text, &ops) {
+                Ok(s) => s.into_bytes(),
+                Err(e) => {
+                    let label = edit_error_label(&e);
+                    let mut d = end(r, ChangeOutcome::Rejected, e.to_string());
+                    d.log_message = Some(label);
+                    return d;
+                }
+            }
+        };
+        if format != Format::Text {
+            let a = driftwatch_formats::analyze(&new, format, &self.masker, &self.limits);
+            let what = if restore { "the backup" } else { "the result" };
+            match a.status {
+                FileStatus::ParseError => {
+                    let e = a.error.unwrap_or_default();
+                    let at =
+                        if e.line > 0 { format!(" (line {}, column {})", e.line, e.column) } else { String::new() };
+                    return end(
+                        r,
+                        ChangeOutcome::Rejected,
+                        format!("{what} would not parse as {}: {}{at}", format_name(format), e.message),
+                    );
+                }
+                FileStatus::Binary => {
+                    return end(r, ChangeOutcome::Rejected, format!("{what} is not text ({})", format_name(format)));
+                }
+                FileStatus::TooLarge => {
+                    return end(r, ChangeOutcome::Rejected, format!("{what} is larger than max_file_bytes"));
+                }
+                _ => {}
+            }
+        }
+        let after_hash = self.masker.fingerprint(&new);
+        if let Some((old, _)) = &current
+            && *old == new
+        {
+            return end(r, ChangeOutcome::Unchanged, "the file already has this content; nothing written");
+        }
+        let old_bytes: &[u8] = current.as_ref().map_or(&[], |(b, _)| b.as_slice());
+        r.diff = match (std::str::from_utf8(old_bytes), std::str::from_utf8(&new)) {
+            (Ok(a), Ok(b)) => driftwatch_formats::unified_diff(&c.path, a, b, &self.masker),
+            _ => "(binary content: no diff)\n".into(),
+        };
+
+        // 4. A dry run stops here.
+        if c.dry_run {
+            r.after_hash = after_hash;
+            return end(r, ChangeOutcome::DryRun, "dry run: nothing written");
+        }
+
+        // 5. Backups of both contents, durable before the write.
+        let meta = match &current {
+            Some((_, m)) => Some(FileMeta::of(m)),
+            None => backups.meta_of(&real, &c.restore_hash),
+        };
+        let now = SystemTime::now();
+        let backups = self.backups.as_mut().expect("checked above");
+        if let Some((old, _)) = &current {
+            match backups.put(&real, old, Kind::Before, &c.change_id, meta, now) {
+                Ok(h) => {
+                    r.backup_hash = h.clone();
+                    self.just_backed_up.push(h);
+                }
+                Err(e) => {
+                    return end(
+                        r,
+                        ChangeOutcome::Failed,
+                        format!("cannot back up the current content: {e}; nothing written"),
+                    );
+                }
+            }
+        }
+        match backups.put(&real, &new, Kind::After, &c.change_id, meta, now) {
+            Ok(h) => self.just_backed_up.push(h),
+            Err(e) => {
+                return end(r, ChangeOutcome::Failed, format!("cannot back up the new content: {e}; nothing written"));
+            }
+        }
+
+        // 6. The write.
+        if let Err(e) = write::atomic_write(&real, &new, meta, self.fault.as_ref()) {
+            return end(
+                r,
+                ChangeOutcome::Failed,
+                format!("cannot write {}: {e}; the file is as it was", real.display()),
+            );
+        }
+
+        // 7. Reload and health, from our own config.
+        let Some(fc) = self.commands_for(requested, &real) else {
+            r.after_hash = after_hash;
+            return end(r, ChangeOutcome::Applied, "applied");
+        };
+        let mut failed: Option<String> = None;
+        if let Some(argv) = &fc.reload {
+            let run = commands::run(argv, fc.timeout, requested);
+            r.reload_output = run.tail;
+            if let Some(f) = run.failure {
+                failed = Some(format!("reload command `{}` {f}", commands::display_argv(argv)));
+            }
+        }
+        if failed.is_none()
+            && let Some(argv) = &fc.health
+        {
+            let run = commands::run(argv, fc.timeout, requested);
+            r.health_output = run.tail;
+            if let Some(f) = run.failure {
+                failed = Some(format!("health command `{}` {f}", commands::display_argv(argv)));
+            }
+        }
+        let Some(why) = failed else {
+            r.after_hash = after_hash;
+            let ran = match (&fc.reload, &fc.health) {
+                (Some(_), Some(_)) => "reload and health commands succeeded",
+                (Some(_), None) => "reload command succeeded",
+                _ => "health command succeeded",
+            };
+            return end(r, ChangeOutcome::Applied, format!("applied; {ran}"));
+        };
+        let put_back = match &current {
+            Some((old, _)) => write::atomic_write(&real, old, meta, None),
+            None => std::fs::remove_file(&real).and_then(|()| write::sync_dir(real.parent().unwrap_or(Path::new("/")))),
+        };
+        if let Err(e) = put_back {
+            r.after_hash = after_hash;
+            return end(
+                r,
+                ChangeOutcome::Failed,
+                format!("{why}; putting the previous content back failed: {e}; the file has the new content"),
+            );
+        }
+        let mut message = format!("{why}; the previous content was put back");
+        if let Some(argv) = &fc.reload {
+            let again = commands::run(argv, fc.timeout, requested);
+            r.reload_output.push_str("\n--- reload after the rollback ---\n");
+            r.reload_output.push_str(&again.tail);
+            match again.failure {
+                None => message.push_str(" and reloaded"),
+                Some(f) => message.push_str(&format!(" (the reload after the rollback {f})")),
+            }
+        }
+        end(r, ChangeOutcome::RolledBack, message)
+    }
+}

@@ -1,0 +1,86 @@
+//! `driftwatch audit` against a real server: a silence's life through the CLI, then the
+//! audit log as a table, as JSON, filtered and paged.
+
+use std::process::Command;
+
+fn cli(server: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .output()
+        .expect("run driftwatch");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_lists_filters_and_pages_in_table_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        driftwatch_server::start(driftwatch_server::ServerConfig::for_tests(dir.path().join("srv"))).await.unwrap();
+    let u = format!("http://{}", server.grpc_addr);
+    let results = tokio::task::spawn_blocking(move || {
+        let empty = cli(&u, &["audit"]);
+        let added = cli(&u, &["silence", "add", "alertname=workers-high", "-d", "1h", "-c", "deploy", "--by", "bob"]);
+        let id = added.1.trim().to_string();
+        let expired = cli(&u, &["silence", "expire", &id]);
+        let second = cli(&u, &["silence", "add", "host=web-1", "--by", "carol"]);
+        vec![
+            empty,
+            added,
+            expired,
+            second,
+            cli(&u, &["audit"]),
+            cli(&u, &["--output", "json", "audit", "--action", "silence.expired"]),
+            cli(&u, &["audit", "--newest", "--limit", "1"]),
+            cli(&u, &["audit", "--after", "1", "--limit", "1"]),
+            cli(&u, &["audit", "--action", "baseline."]),
+            cli(&u, &["audit", "--limit", "5000", "--host", "nope", "--change", "nope"]),
+            cli(&u, &["audit", "--after", "x"]),
+        ]
+    })
+    .await
+    .unwrap();
+    let (ok, out, err) = &results[0];
+    assert!(*ok && out == "no audit events\n", "{out}{err}");
+    for (ok, out, err) in &results[1..4] {
+        assert!(*ok, "{out}{err}");
+    }
+    let silence = results[1].1.trim();
+
+    let (ok, out, err) = &results[4];
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(*ok && lines.len() == 4, "{out}{err}");
+    assert!(lines[0].starts_with("ID") && lines[0].contains("ACTOR") && lines[0].contains("DETAIL"), "{out}");
+    assert!(lines[1].starts_with("1 ") && lines[1].contains("bob") && lines[1].contains("silence.created"), "{out}");
+    assert!(lines[1].contains(silence) && lines[1].contains("alertname=workers-high"), "{out}");
+    assert!(lines[2].starts_with("2 ") && lines[2].contains("unauthenticated") && lines[2].contains("silence.expired"));
+    assert!(lines[3].starts_with("3 ") && lines[3].contains("carol"), "{out}");
+    assert!(lines[1].contains('T') && lines[1].contains('Z'), "absolute UTC times: {out}");
+
+    let (ok, out, err) = &results[5];
+    assert!(*ok, "{out}{err}");
+    let j: serde_json::Value = serde_json::from_str(out).unwrap();
+    let events = j["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{out}");
+    assert_eq!((events[0]["id"].as_str(), events[0]["action"].as_str()), (Some("2"), Some("silence.expired")));
+    assert_eq!(events[0]["target"].as_str(), Some(silence));
+    assert!(events[0]["detail"].as_str().unwrap().contains("created by bob"), "{out}");
+
+    let (ok, out, _) = &results[6];
+    assert!(*ok && out.lines().count() == 2 && out.lines().nth(1).unwrap().starts_with("3 "), "{out}");
+    let (ok, out, err) = &results[7];
+    assert!(*ok && out.lines().count() == 2 && out.lines().nth(1).unwrap().starts_with("2 "), "{out}");
+    assert!(err.contains("driftwatch audit --after 2"), "a full page says how to go on: {err}");
+    let (ok, out, _) = &results[8];
+    assert!(*ok && out == "no audit events\n", "{out}");
+    let (ok, out, err) = &results[9];
+    assert!(*ok && out == "no audit events\n", "a limit above 1000 is capped, not refused: {out}{err}");
+    let (ok, _, err) = &results[10];
+    assert!(!*ok && err.contains("--after"), "{err}");
+    server.stop().await.unwrap();
+}
