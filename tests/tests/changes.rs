@@ -37,6 +37,10 @@ fn examples_rules() -> PathBuf {
 
 /// A server loading the example web2img rules (plus `extra` rule files).
 async fn server_with_rules(dir: &Path, extra: &[(&str, &str)]) -> RunningServer {
+    server_with(dir, extra, |_| {}).await
+}
+
+async fn server_with(dir: &Path, extra: &[(&str, &str)], tune: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     let rules = dir.join("rules");
     std::fs::create_dir_all(&rules).unwrap();
     std::fs::copy(examples_rules().join("web2img.yaml"), rules.join("web2img.yaml")).unwrap();
@@ -46,6 +50,7 @@ async fn server_with_rules(dir: &Path, extra: &[(&str, &str)]) -> RunningServer 
     let mut cfg = ServerConfig::for_tests(dir.join("server"));
     cfg.rules = Some(rules);
     cfg.remediation.min_interval = Duration::from_millis(200);
+    tune(&mut cfg);
     start_server_with(cfg).await
 }
 
@@ -215,6 +220,65 @@ async fn remediation_restores_a_regressed_host_to_its_baseline_with_comments_int
     assert!(!applied.is_empty(), "{corrections:?}");
     assert!(applied.iter().all(|e| e.actor == "driftwatch" && e.detail.contains("remediation")));
     assert!(applied.iter().all(|e| !e.before_hash.is_empty() && e.before_hash != e.after_hash));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remediation_gives_up_on_a_file_another_writer_keeps_regressing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(dir.path(), &[], |c| c.remediation.max_attempts = 2).await;
+    let host = web_host(&server, dir.path(), "web-1", &[]).await;
+    server_file(&server, "web-1", &host.file).await;
+    let ch = channel(&server).await;
+    BaselinesClient::new(ch.clone())
+        .pin_baseline(v1::PinBaselineRequest { host_id: "web-1".into(), name: "tuned".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let production = fixture(".env.production");
+    let bad = production.replace("WORKERS=8", "WORKERS=16");
+    // Another writer (a config manager with the old value) puts the regression back
+    // after every correction.
+    for attempt in 1..=2 {
+        replace_file(&host.file, &bad);
+        wait_for(&format!("remediation {attempt}"), T, || {
+            let server = &server;
+            async move {
+                let n = audit(server, "correction.applied").await.iter().filter(|e| e.actor == "driftwatch").count();
+                (n >= attempt).then_some(())
+            }
+        })
+        .await;
+        wait_for("restored", T, || {
+            let file = host.file.clone();
+            async move { std::fs::read_to_string(&file).unwrap().contains("WORKERS=8\n").then_some(()) }
+        })
+        .await;
+    }
+    replace_file(&host.file, &bad);
+    let mut alerts = AlertsClient::new(ch.clone());
+    let gave_up = wait_for("the give-up alert", T, || {
+        let mut a = alerts.clone();
+        async move { firing(&mut a, "web-1").await.into_iter().find(|x| x.rule == "remediation_gave_up") }
+    })
+    .await;
+    assert_eq!(gave_up.group, "driftwatch");
+    assert_eq!(gave_up.severity, v1::Severity::High as i32);
+    assert_eq!(gave_up.path, host.file.display().to_string());
+    assert!(gave_up.annotations["summary"].contains("another writer"), "{:?}", gave_up.annotations);
+    assert!(std::fs::read_to_string(&host.file).unwrap().contains("WORKERS=16\n"), "no third attempt");
+    let given_up = audit(&server, "remediation.").await;
+    assert_eq!(given_up.len(), 1, "{given_up:?}");
+    assert_eq!(given_up[0].action, "remediation.gave_up");
+    assert_eq!(audit(&server, "correction.applied").await.len(), 2);
+
+    // The operator fixes the file: the rule resolves, and so does the give-up alert.
+    replace_file(&host.file, &production);
+    wait_for("the give-up alert resolved", T, || {
+        let mut a = alerts.clone();
+        async move { firing(&mut a, "web-1").await.is_empty().then_some(()) }
+    })
+    .await;
+    let _ = &mut alerts;
     server.stop().await.unwrap();
 }
 
@@ -665,5 +729,72 @@ async fn abort_rolls_back_and_a_restarted_server_resumes_a_rollout() {
     for h in &hosts {
         assert!(std::fs::read_to_string(&h.file).unwrap().contains("WORKERS=9\n"), "{}", h.id);
     }
+    server.stop().await.unwrap();
+}
+
+/// Memory above 6 GiB with no `for`: the bake is seconds, not the policy's 5 minutes.
+const LOAD_RULE: &str = r#"groups:
+  - name: canary-load
+    rules:
+      - name: memory-above-6gib-now
+        selector: {service: web2img}
+        target: {resource: memory_used_bytes}
+        expr: "value > 6442450944.0"
+        severity: high
+        annotations: {summary: "memory {{ value }} above 6 GiB"}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_breach_on_the_canary_during_the_bake_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_rules(dir.path(), &[("load.yaml", LOAD_RULE)]).await;
+    let url = format!("http://{}", server.grpc_addr);
+    let path = "/etc/web2img/.env.production";
+    let keys: driftwatch_tests::change_agent::Keys =
+        [("BROWSER_POOL_MAX_SIZE".to_string(), v1::Value::int(12)), ("WORKERS".to_string(), v1::Value::int(8))].into();
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        agents.push(ChangeAgent::connect(&url, &format!("sim-{i}"), WEB, path, keys.clone()).await);
+    }
+    let originals: Vec<String> = agents.iter().map(|a| a.hash()).collect();
+    wait_for("three hosts hold the file", T, || {
+        let s = server.state.clone();
+        async move { (s.hosts.iter().filter(|h| h.files.contains_key(path)).count() == 3).then_some(()) }
+    })
+    .await;
+    let mut changes = ChangesClient::new(channel(&server).await);
+    // WORKERS 8 → 10 fires no rule: pre-flight lets it through.
+    let r = changes
+        .start_rollout(v1::StartRolloutRequest {
+            waves: vec!["1".into(), "100%".into()],
+            bake_seconds: 30,
+            ..start(Path::new(path), &[("WORKERS", "10")])
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.preflight.is_empty());
+    let id = r.rollout.unwrap().id;
+    wait_for("the canary baking", T, || {
+        let mut c = changes.clone();
+        let id = id.clone();
+        async move {
+            let x = c.get_rollout(v1::GetRolloutRequest { id }).await.unwrap().into_inner();
+            (x.waves[0].bake_until.is_some() && hosts_in(&x, v1::RolloutHostState::Applied).len() == 1).then_some(())
+        }
+    })
+    .await;
+    let canary = agents.iter().find(|a| a.applied() == 1).expect("one agent applied the change");
+    assert_ne!(canary.hash(), originals[0]);
+    // The new setting makes the canary's memory climb past the line.
+    canary.send_resources(7.0 * 1024.0 * 1024.0 * 1024.0, 2.0);
+    let done = until_done(&mut changes, &id).await;
+    assert_eq!(done.state, v1::RolloutState::RolledBack as i32, "{done:#?}");
+    assert!(done.stop_reason.contains("memory-above-6gib-now"), "{}", done.stop_reason);
+    assert!(done.findings.iter().any(|f| f.rule == "memory-above-6gib-now" && f.host_id == canary.host()));
+    for (a, h) in agents.iter().zip(&originals) {
+        assert_eq!(&a.hash(), h, "{} back to its previous content", a.host());
+    }
+    assert_eq!(hosts_in(&done, v1::RolloutHostState::Waiting).len(), 2, "the second wave never started");
     server.stop().await.unwrap();
 }

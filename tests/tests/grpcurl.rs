@@ -36,6 +36,8 @@ async fn readme_grpcurl_tour_works() {
     let mut acfg = agent_config(&server, "web-1", &dir.path().join("agent"), &[format!("{}/**", configs.display())]);
     acfg.labels =
         [("env".to_string(), "production".to_string()), ("service".to_string(), "web2img".to_string())].into();
+    // As `driftwatch up --writable "$D"` in the README: the gguf-sync files may be changed.
+    acfg.writable = vec![configs.join("gguf-sync").display().to_string()];
     let agent = start_agent(acfg).await;
     let env = configs.join("web2img/.env.production");
     let mut c = fleet_client(&server).await;
@@ -51,6 +53,8 @@ async fn readme_grpcurl_tour_works() {
         "driftwatch.v1.Baselines",
         "driftwatch.v1.Alerts",
         "driftwatch.v1.Rules",
+        "driftwatch.v1.Changes",
+        "driftwatch.v1.Audit",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     ] {
@@ -121,6 +125,24 @@ async fn readme_grpcurl_tour_works() {
     let body = r#"{"host_id":"web-1","window":"1h"}"#;
     let (ok, out) = run(a(&["-plaintext", "-d", body, &addr, "driftwatch.v1.Fleet/GetResourceSummary"])).await;
     assert!(ok && out.contains("\"hostId\": \"web-1\""), "{out}");
+
+    // Corrections: the README's dry run shows the YAML diff and writes nothing; the audit log.
+    let staging = configs.join("gguf-sync/sync-config-staging.yaml");
+    wait_file(&mut c, "web-1", &staging, "parsed", |s| !s.keys.is_empty()).await;
+    let before = std::fs::read(&staging).unwrap();
+    let body = format!(
+        "{{\"host_id\":\"web-1\",\"path\":\"{}\",\"set_keys\":{{\"values\":{{\"rate_limiting.max_retries\":\"7\"}}}},\"dry_run\":true}}",
+        staging.display()
+    );
+    let (ok, out) = run(a(&["-plaintext", "-d", &body, &addr, "driftwatch.v1.Changes/Correct"])).await;
+    assert!(ok && out.contains("CHANGE_OUTCOME_DRY_RUN"), "{out}");
+    assert!(out.contains("-  max_retries: 5") && out.contains("+  max_retries: 7"), "{out}");
+    assert_eq!(std::fs::read(&staging).unwrap(), before, "a dry run writes nothing");
+    server.engine.flush().await.unwrap();
+    let (ok, out) =
+        run(a(&["-plaintext", "-d", r#"{"action_prefix":"correction."}"#, &addr, "driftwatch.v1.Audit/ListEvents"]))
+            .await;
+    assert!(ok && out.contains("correction.dry_run"), "{out}");
 
     let (ok, out) = run(a(&["-plaintext", &addr, "grpc.health.v1.Health/Check"])).await;
     assert!(ok && out.contains("SERVING"), "{out}");

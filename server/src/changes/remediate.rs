@@ -85,11 +85,16 @@ impl Limiter {
         Decision::Attempt
     }
 
-    /// The file is fine again: forget the give-up (true if there was one) and the attempts.
+    /// The file is fine again. After a give-up (true) the slate is clean: someone
+    /// fixed the fight. Otherwise the attempts stay counted: a correction that
+    /// resolved the alert is exactly what a fight with another writer looks like.
     pub fn settle(&mut self, host: &str, path: &str) -> bool {
         let key = (host.to_string(), path.to_string());
-        self.attempts.remove(&key);
-        self.gave_up.remove(&key)
+        let gave_up = self.gave_up.remove(&key);
+        if gave_up {
+            self.attempts.remove(&key);
+        }
+        gave_up
     }
 
     pub fn attempts(&self, host: &str, path: &str) -> usize {
@@ -320,6 +325,10 @@ mod tests {
         assert!(l.settle("h", "/f"));
         assert!(!l.settle("h", "/f"));
         assert_eq!(l.decide(&s, "h", "/f", 1_000_000), Decision::Attempt);
+        // Resolving without a give-up keeps the count: the fight goes on.
+        assert_eq!(l.decide(&s, "h", "/f", 1_010_000), Decision::Attempt);
+        assert!(!l.settle("h", "/f"));
+        assert_eq!(l.attempts("h", "/f"), 2);
     }
 
     #[test]

@@ -28,6 +28,8 @@ use crate::writer::WriteItem;
 const PARALLEL_HOSTS: usize = 256;
 /// An offline host is waited for this long by default.
 const DEFAULT_HOST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the gate is looked at during a bake.
+const GATE_POLL: Duration = Duration::from_millis(250);
 /// The longest a single change may take on the agent (commands included).
 const APPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -673,19 +675,31 @@ impl RolloutTask {
                 t
             }
         };
-        let wait_ms = (bake_until_ms - driftwatch_proto::now_millis()).max(0) as u64;
-        if wait_ms > 0
-            && let Some(stop) = self.sleep_until(Instant::now() + Duration::from_millis(wait_ms)).await
-        {
-            return Err(stop);
-        }
-        let _ = self.core.engine.flush().await;
+        // Bake: the gate is checked all along (a breach stops the wave at once) and
+        // once more at the end, after the engine has caught up.
         let hosts: HashSet<&str> = r.waves[w].hosts.iter().map(|h| h.host_id.as_str()).collect();
         let gate = v1::Severity::try_from(r.gate_severity).unwrap_or(v1::Severity::Medium);
-        let findings = {
-            let book = self.core.engine.book.read().expect("alert book lock");
+        let check = |core: &ChangesCore| {
+            let book = core.engine.book.read().expect("alert book lock");
             plan::gate_findings(book.alerts.values().map(|t| &t.alert), &hosts, wave_start_ms, gate)
         };
+        loop {
+            let findings = check(&self.core);
+            if !findings.is_empty() {
+                let reason = format!("gate failed in wave {}: {}", w + 1, plan::describe_findings(&findings));
+                return Err(self.gate_failed(&r, reason, findings).await);
+            }
+            let left = bake_until_ms - driftwatch_proto::now_millis();
+            if left <= 0 {
+                break;
+            }
+            let step = Duration::from_millis((left as u64).min(GATE_POLL.as_millis() as u64));
+            if let Some(stop) = self.sleep_until(Instant::now() + step).await {
+                return Err(stop);
+            }
+        }
+        let _ = self.core.engine.flush().await;
+        let findings = check(&self.core);
         if !findings.is_empty() {
             let reason = format!("gate failed in wave {}: {}", w + 1, plan::describe_findings(&findings));
             return Err(self.gate_failed(&r, reason, findings).await);

@@ -299,7 +299,9 @@ fn same_kind(old: &Value, pick: u32, text: &str) -> Option<Scalar> {
 /// format cannot hold the value at all.
 fn check_set_reads_back(format: Format, doc: &str, pick: Index, new: Scalar) -> Result<(), TestCaseError> {
     let before = keys_of(format, doc);
-    prop_assume!(!before.is_empty());
+    if before.is_empty() {
+        return Ok(());
+    }
     let (key, _) = &before[pick.index(before.len())];
     let out = match edit(format, doc, &[set(key, NewValue::Typed(value_of(&new)))]) {
         Ok(out) => out,
@@ -330,7 +332,9 @@ fn cannot_hold(format: Format, new: &Scalar) -> bool {
 /// Set a random key to another value of its type, then back: the original bytes return.
 fn check_round_trip(format: Format, doc: &str, pick: Index, n: u32, text: &str) -> Result<(), TestCaseError> {
     let before = keys_of(format, doc);
-    prop_assume!(!before.is_empty());
+    if before.is_empty() {
+        return Ok(());
+    }
     let (key, old) = &before[pick.index(before.len())];
     let Some(new) = same_kind(old, n, text) else { return Ok(()) };
     let once = edit(format, doc, &[set(key, NewValue::Typed(value_of(&new)))])
@@ -555,8 +559,8 @@ fn toml_doc() -> impl Strategy<Value = String> {
         }),
     ];
     let kv = (value, any::<bool>(), any::<bool>(), any::<bool>());
-    let table = prop::collection::vec(kv, 0..5);
-    (table.clone(), prop::collection::vec(table, 0..3)).prop_map(|(root, tables)| {
+    let table = prop::collection::vec(kv.clone(), 0..5);
+    (prop::collection::vec(kv.clone(), 1..5), prop::collection::vec(table, 0..3)).prop_map(|(root, tables)| {
         let render = |kvs: &[(String, bool, bool, bool)], out: &mut String| {
             for (i, (v, tight, comment, dotted)) in kvs.iter().enumerate() {
                 let key = if *dotted { format!("d.k{i}") } else { format!("k{i}") };
