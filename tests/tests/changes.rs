@@ -798,3 +798,101 @@ async fn a_resource_breach_on_the_canary_during_the_bake_rolls_back() {
     assert_eq!(hosts_in(&done, v1::RolloutHostState::Waiting).len(), 2, "the second wave never started");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_rollout_resumes_or_aborts_and_a_refusing_host_fails_the_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with_rules(dir.path(), &[]).await;
+    let url = format!("http://{}", server.grpc_addr);
+    let path = "/etc/web2img/.env.production";
+    let keys: driftwatch_tests::change_agent::Keys = [("BROWSER_POOL_MAX_SIZE".to_string(), v1::Value::int(12))].into();
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        agents.push(ChangeAgent::connect(&url, &format!("sim-{i}"), WEB, path, keys.clone()).await);
+    }
+    let originals: Vec<String> = agents.iter().map(|a| a.hash()).collect();
+    wait_for("three hosts hold the file", T, || {
+        let s = server.state.clone();
+        async move { (s.hosts.iter().filter(|h| h.files.contains_key(path)).count() == 3).then_some(()) }
+    })
+    .await;
+    let mut changes = ChangesClient::new(channel(&server).await);
+    let reader = changes.clone();
+    let state_of = |id: String| {
+        let mut c = reader.clone();
+        async move { c.get_rollout(v1::GetRolloutRequest { id }).await.unwrap().into_inner() }
+    };
+
+    // Forced past pre-flight, pausing on failure: the canary's alert pauses it.
+    let id = changes
+        .start_rollout(v1::StartRolloutRequest {
+            waves: vec!["1".into(), "2".into(), "100%".into()],
+            force: true,
+            on_failure: v1::OnFailure::Pause as i32,
+            ..start(Path::new(path), &[("BROWSER_POOL_MAX_SIZE", "30")])
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rollout
+        .unwrap()
+        .id;
+    let paused = wait_for("paused", T, || {
+        let f = state_of(id.clone());
+        async move { Some(f.await).filter(|r| r.state == v1::RolloutState::Paused as i32) }
+    })
+    .await;
+    assert!(paused.stop_reason.contains("browser-pool-max-size-above-20"), "{}", paused.stop_reason);
+    assert_eq!(hosts_in(&paused, v1::RolloutHostState::Applied).len(), 1, "paused, not rolled back");
+    // Resumed: the next wave goes out and pauses again on its own alert.
+    changes.resume_rollout(v1::ResumeRolloutRequest { id: id.clone(), requested_by: "frank".into() }).await.unwrap();
+    wait_for("paused after wave 2", T, || {
+        let f = state_of(id.clone());
+        async move {
+            Some(f.await).filter(|r| {
+                r.state == v1::RolloutState::Paused as i32 && hosts_in(r, v1::RolloutHostState::Applied).len() == 2
+            })
+        }
+    })
+    .await;
+    let aborted = changes
+        .abort_rollout(v1::AbortRolloutRequest { id: id.clone(), requested_by: "frank".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(aborted.state, v1::RolloutState::Aborted as i32, "{aborted:#?}");
+    assert_eq!(hosts_in(&aborted, v1::RolloutHostState::RolledBack).len(), 2);
+    for (a, h) in agents.iter().zip(&originals) {
+        assert_eq!(&a.hash(), h, "{} back to its previous content", a.host());
+    }
+    let e =
+        changes.resume_rollout(v1::ResumeRolloutRequest { id: id.clone(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+
+    // A host whose agent refuses fails the wave's gate: the applied hosts go back.
+    let order: Vec<String> = {
+        let mut ids: Vec<String> = agents.iter().map(|a| a.host().to_string()).collect();
+        ids.sort();
+        ids
+    };
+    agents.iter().find(|a| a.host() == order[1]).unwrap().set_behaviour(Behaviour::Refuse);
+    let id = changes
+        .start_rollout(v1::StartRolloutRequest {
+            waves: vec!["1".into(), "100%".into()],
+            ..start(Path::new(path), &[("BROWSER_POOL_MAX_SIZE", "14")])
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rollout
+        .unwrap()
+        .id;
+    let done = until_done(&mut changes, &id).await;
+    assert_eq!(done.state, v1::RolloutState::RolledBack as i32, "{done:#?}");
+    assert!(done.stop_reason.contains(&order[1]) && done.stop_reason.contains("refused"), "{}", done.stop_reason);
+    assert_eq!(hosts_in(&done, v1::RolloutHostState::Failed), vec![order[1].clone()]);
+    for (a, h) in agents.iter().zip(&originals) {
+        assert_eq!(&a.hash(), h, "{} back to its previous content", a.host());
+    }
+    server.stop().await.unwrap();
+}

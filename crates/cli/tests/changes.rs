@@ -102,7 +102,8 @@ async fn correct_and_rollout_from_the_command_line() {
         assert!(Instant::now() < deadline, "the server never saw the restore");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (ok, out, err) = cli(&url, &["rollout", "start", &path, "-l", "env=production", "--set", "WORKERS=9", "--watch"]);
+    let (ok, out, err) =
+        cli(&url, &["rollout", "start", &path, "-l", "env=production", "--set", "WORKERS=9", "--watch"]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("SUCCEEDED") && out.contains("wave 1/1"), "{out}");
     assert!(std::fs::read_to_string(&file).unwrap().contains("WORKERS=9\n"));

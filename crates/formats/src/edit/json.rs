@@ -396,6 +396,9 @@ mod tests {
         assert_eq!(ed_err(DOC, &[remove("zz")]), EditError::UnknownKey("zz".into()));
         assert_eq!(ed_err(DOC, &[typed("port", Value::masked("ab", "key name"))]), EditError::Masked("port".into()));
         assert!(matches!(ed_err("{\"a\": }", &[set("a", "1")]), EditError::InvalidInput(_)));
+        assert!(matches!(ed_err("[1, 2]", &[set("x", "1")]), EditError::Unsupported { .. }));
+        assert!(matches!(ed_err("[1, 2]", &[remove("[0]")]), EditError::Unsupported { .. }));
+        assert!(matches!(ed_err("5", &[remove("")]), EditError::Unsupported { .. }));
     }
 
     #[test]

@@ -478,6 +478,11 @@ mod tests {
         assert_eq!(ed("a = 1\n", &[set("x.y.z", "1")]), "a = 1\n\n[x.y]\nz = 1\n");
         // In an inline table.
         assert_eq!(ed("p = { x = 1 }\n", &[set("p.y", "2")]), "p = { x = 1, y = 2 }\n");
+        // In an array-of-tables element; a key that needs quotes.
+        let aot = "[[srv]]\nname = \"a\"\n\n[[srv]]\nname = \"b\"\n";
+        assert_eq!(ed(aot, &[set("srv[1].port", "80")]), format!("{aot}port = 80\n"));
+        assert_eq!(ed(aot, &[set("srv[0].port", "80")]), aot.replace("\"a\"\n", "\"a\"\nport = 80\n"));
+        assert_eq!(ed("a = 1\n", &[set("b c", "x")]), "a = 1\n\"b c\" = \"x\"\n");
         // The file's literal-string habit.
         assert_eq!(ed("[s]\na = 'x'\nb = 'y'\n", &[set("s.c", "z")]), "[s]\na = 'x'\nb = 'y'\nc = 'z'\n");
     }

@@ -369,6 +369,11 @@ fn key_text(k: &YNode) -> Option<String> {
 
 /// The typed value of a plain scalar, as serde_yaml_ng resolves it.
 fn resolve_plain(value: &str) -> Node {
+    // Only these can start a null, a bool or a number: spare the parser everything else.
+    let maybe_typed = value.is_empty() || value.starts_with(|c: char| c.is_ascii_digit() || "+-.~nNtTfF".contains(c));
+    if !maybe_typed {
+        return Node::Str(value.to_owned());
+    }
     match serde_yaml_ng::from_str::<Node>(value) {
         Ok(n @ (Node::Null | Node::Bool(_) | Node::Int(_) | Node::Float(_))) => n,
         _ => Node::Str(value.to_owned()),
@@ -459,6 +464,9 @@ mod tests {
         assert_eq!(ed("---\na: 1\n...\n", &[set("a", "2")]), "---\na: 2\n...\n");
         assert_eq!(ed("a: 1\r\nb: x\r\n", &[set("b", "y")]), "a: 1\r\nb: y\r\n");
         assert_eq!(ed("k: é\nü: 1\n", &[set("ü", "2"), set("k", "ñ")]), "k: ñ\nü: 2\n");
+        assert_eq!(ed("\"a.b\": 1\n'c': x\n", &[set("a.b", "2"), set("c", "y")]), "\"a.b\": 2\n'c': y\n");
+        assert_eq!(ed("1: one\ntrue: yes\n", &[set("1", "uno"), set("true", "si")]), "1: uno\ntrue: si\n");
+        assert_eq!(ed("- a: 1\n  b:\n- c: 3\n", &[set("[0].b", "2"), set("[1].c", "4")]), "- a: 1\n  b: 2\n- c: 4\n");
     }
 
     #[test]
