@@ -51,7 +51,8 @@ pub struct RunningServer {
     pub engine: engine::EngineHandle,
     /// Configured notifiers (status for tests and the Alerts API).
     pub notifiers: Arc<notify::Notifiers>,
-    /// The audit log (who changed what); `Audit.ListEvents` reads it.
+    /// The audit log (who changed what); `Audit.ListEvents` reads it. It holds a store
+    /// writer sender: a clone kept past `stop` holds the writer's drain up to its deadline.
     pub audit: audit::AuditLog,
     /// Corrections and rollouts (tests send raw changes through its dispatcher).
     pub changes: Arc<changes::ChangesCore>,

@@ -353,8 +353,7 @@ enum Written {
     Double(String),
 }
 
-/// Scalars as .env / INI write them (`comment_char` is never inside quotes of INI values...
-/// it may be: quoted values may hold it).
+/// Scalars as .env / INI write them (quoted ones may hold `#` and `;`).
 fn text_scalar() -> impl Strategy<Value = Written> {
     prop_oneof![
         any::<i32>().prop_map(|i| Written::Bare(i.to_string())),
