@@ -732,6 +732,27 @@ async fn abort_rolls_back_and_a_restarted_server_resumes_a_rollout() {
     server.stop().await.unwrap();
 }
 
+const SIM_PATH: &str = "/etc/web2img/.env.production";
+
+/// `n` protocol-level web2img agents holding SIM_PATH (pool 12, workers 8), once the
+/// server holds all their files; with their first content hashes.
+async fn sim_fleet(server: &RunningServer, n: usize) -> (Vec<ChangeAgent>, Vec<String>) {
+    let url = format!("http://{}", server.grpc_addr);
+    let keys: driftwatch_tests::change_agent::Keys =
+        [("BROWSER_POOL_MAX_SIZE".to_string(), v1::Value::int(12)), ("WORKERS".to_string(), v1::Value::int(8))].into();
+    let mut agents = Vec::new();
+    for i in 0..n {
+        agents.push(ChangeAgent::connect(&url, &format!("sim-{i}"), WEB, SIM_PATH, keys.clone()).await);
+    }
+    let originals = agents.iter().map(|a| a.hash()).collect();
+    wait_for("every simulated host holds the file", T, || {
+        let s = server.state.clone();
+        async move { (s.hosts.iter().filter(|h| h.files.contains_key(SIM_PATH)).count() == n).then_some(()) }
+    })
+    .await;
+    (agents, originals)
+}
+
 /// Memory above 6 GiB with no `for`: the bake is seconds, not the policy's 5 minutes.
 const LOAD_RULE: &str = r#"groups:
   - name: canary-load
@@ -748,20 +769,8 @@ const LOAD_RULE: &str = r#"groups:
 async fn a_resource_breach_on_the_canary_during_the_bake_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
     let server = server_with_rules(dir.path(), &[("load.yaml", LOAD_RULE)]).await;
-    let url = format!("http://{}", server.grpc_addr);
-    let path = "/etc/web2img/.env.production";
-    let keys: driftwatch_tests::change_agent::Keys =
-        [("BROWSER_POOL_MAX_SIZE".to_string(), v1::Value::int(12)), ("WORKERS".to_string(), v1::Value::int(8))].into();
-    let mut agents = Vec::new();
-    for i in 0..3 {
-        agents.push(ChangeAgent::connect(&url, &format!("sim-{i}"), WEB, path, keys.clone()).await);
-    }
-    let originals: Vec<String> = agents.iter().map(|a| a.hash()).collect();
-    wait_for("three hosts hold the file", T, || {
-        let s = server.state.clone();
-        async move { (s.hosts.iter().filter(|h| h.files.contains_key(path)).count() == 3).then_some(()) }
-    })
-    .await;
+    let path = SIM_PATH;
+    let (agents, originals) = sim_fleet(&server, 3).await;
     let mut changes = ChangesClient::new(channel(&server).await);
     // WORKERS 8 → 10 fires no rule: pre-flight lets it through.
     let r = changes
@@ -803,19 +812,8 @@ async fn a_resource_breach_on_the_canary_during_the_bake_rolls_back() {
 async fn a_paused_rollout_resumes_or_aborts_and_a_refusing_host_fails_the_gate() {
     let dir = tempfile::tempdir().unwrap();
     let server = server_with_rules(dir.path(), &[]).await;
-    let url = format!("http://{}", server.grpc_addr);
-    let path = "/etc/web2img/.env.production";
-    let keys: driftwatch_tests::change_agent::Keys = [("BROWSER_POOL_MAX_SIZE".to_string(), v1::Value::int(12))].into();
-    let mut agents = Vec::new();
-    for i in 0..3 {
-        agents.push(ChangeAgent::connect(&url, &format!("sim-{i}"), WEB, path, keys.clone()).await);
-    }
-    let originals: Vec<String> = agents.iter().map(|a| a.hash()).collect();
-    wait_for("three hosts hold the file", T, || {
-        let s = server.state.clone();
-        async move { (s.hosts.iter().filter(|h| h.files.contains_key(path)).count() == 3).then_some(()) }
-    })
-    .await;
+    let path = SIM_PATH;
+    let (agents, originals) = sim_fleet(&server, 3).await;
     let mut changes = ChangesClient::new(channel(&server).await);
     let reader = changes.clone();
     let state_of = |id: String| {

@@ -134,6 +134,17 @@ fn firing_keys(core: &ChangesCore, host: &str, path: &str) -> BTreeSet<String> {
     alerts.into_iter().filter(|a| remediable(core, a)).map(|a| a.key).collect()
 }
 
+/// Queue the alert's key for its file's next correction (coalescing briefly).
+fn schedule(due: &mut BTreeMap<(String, String), Due>, a: &v1::Alert) {
+    let d = due.entry((a.host_id.clone(), a.path.clone())).or_insert_with(|| Due {
+        keys: BTreeSet::new(),
+        rules: BTreeSet::new(),
+        at: Instant::now() + COALESCE,
+    });
+    d.keys.insert(a.key.clone());
+    d.rules.insert(a.rule.clone());
+}
+
 /// Run until shutdown: watch alert events and remediate.
 pub async fn run(core: Arc<ChangesCore>, hub: Arc<crate::hub::EventHub>, settings: RemediationSettings) {
     let mut events = hub.subscribe();
@@ -160,15 +171,7 @@ pub async fn run(core: Arc<ChangesCore>, hub: Arc<crate::hub::EventHub>, setting
                         continue;
                     }
                     match v1::AlertEventKind::try_from(ev.kind) {
-                        Ok(v1::AlertEventKind::Fired) => {
-                            let d = due.entry((a.host_id.clone(), a.path.clone())).or_insert_with(|| Due {
-                                keys: BTreeSet::new(),
-                                rules: BTreeSet::new(),
-                                at: Instant::now() + COALESCE,
-                            });
-                            d.keys.insert(a.key.clone());
-                            d.rules.insert(a.rule.clone());
-                        }
+                        Ok(v1::AlertEventKind::Fired) => schedule(&mut due, a),
                         Ok(v1::AlertEventKind::Resolved)
                             if firing_keys(&core, &a.host_id, &a.path).is_empty()
                                 && limiter.settle(&a.host_id, &a.path) =>
@@ -186,13 +189,7 @@ pub async fn run(core: Arc<ChangesCore>, hub: Arc<crate::hub::EventHub>, setting
                         book.alerts.values().map(|t| t.alert.clone()).filter(|a| a.state == v1::AlertState::Firing as i32).collect()
                     };
                     for a in firing.iter().filter(|a| remediable(&core, a)) {
-                        let d = due.entry((a.host_id.clone(), a.path.clone())).or_insert_with(|| Due {
-                            keys: BTreeSet::new(),
-                            rules: BTreeSet::new(),
-                            at: Instant::now() + COALESCE,
-                        });
-                        d.keys.insert(a.key.clone());
-                        d.rules.insert(a.rule.clone());
+                        schedule(&mut due, a);
                     }
                 }
                 Err(RecvError::Closed) => return,

@@ -247,23 +247,16 @@ fn scan(text: &str) -> Result<Vec<Assignment>, EditError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{EditError, EditOp, NewValue, edit};
+    use super::super::{EditError, EditOp};
     use crate::{Format, Value};
 
-    fn set(key: &str, text: &str) -> EditOp {
-        EditOp::Set { key: key.into(), value: NewValue::Text(text.into()) }
-    }
-    fn typed(key: &str, v: Value) -> EditOp {
-        EditOp::Set { key: key.into(), value: NewValue::Typed(v) }
-    }
-    fn remove(key: &str) -> EditOp {
-        EditOp::Remove { key: key.into() }
-    }
+    use super::super::testkit::{remove, set, typed};
+
     fn ed(text: &str, ops: &[EditOp]) -> String {
-        edit(Format::Env, text, ops).unwrap()
+        super::super::testkit::ed(Format::Env, text, ops)
     }
     fn ed_err(text: &str, ops: &[EditOp]) -> EditError {
-        edit(Format::Env, text, ops).unwrap_err()
+        super::super::testkit::ed_err(Format::Env, text, ops)
     }
 
     #[test]

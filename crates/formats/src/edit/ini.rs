@@ -327,23 +327,16 @@ fn value_span(rest: &str, at: usize) -> (Range<usize>, Quote) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{EditError, EditOp, NewValue, edit};
+    use super::super::{EditError, EditOp};
     use crate::{Format, Value};
 
-    fn set(key: &str, text: &str) -> EditOp {
-        EditOp::Set { key: key.into(), value: NewValue::Text(text.into()) }
-    }
-    fn typed(key: &str, v: Value) -> EditOp {
-        EditOp::Set { key: key.into(), value: NewValue::Typed(v) }
-    }
-    fn remove(key: &str) -> EditOp {
-        EditOp::Remove { key: key.into() }
-    }
+    use super::super::testkit::{remove, set, typed};
+
     fn ed(text: &str, ops: &[EditOp]) -> String {
-        edit(Format::Ini, text, ops).unwrap()
+        super::super::testkit::ed(Format::Ini, text, ops)
     }
     fn ed_err(text: &str, ops: &[EditOp]) -> EditError {
-        edit(Format::Ini, text, ops).unwrap_err()
+        super::super::testkit::ed_err(Format::Ini, text, ops)
     }
 
     const DOC: &str = "; head\ntop = 1\n\n[s]\na = 1 ; one\nb: \"q\"\n  c=x\n\n[t] # tail\nd = 4\n";

@@ -322,23 +322,16 @@ impl Scanner<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{EditError, EditOp, NewValue, edit};
+    use super::super::{EditError, EditOp};
     use crate::{Format, Value};
 
-    fn set(key: &str, text: &str) -> EditOp {
-        EditOp::Set { key: key.into(), value: NewValue::Text(text.into()) }
-    }
-    fn typed(key: &str, v: Value) -> EditOp {
-        EditOp::Set { key: key.into(), value: NewValue::Typed(v) }
-    }
-    fn remove(key: &str) -> EditOp {
-        EditOp::Remove { key: key.into() }
-    }
+    use super::super::testkit::{remove, set, typed};
+
     fn ed(text: &str, ops: &[EditOp]) -> String {
-        edit(Format::Json, text, ops).unwrap()
+        super::super::testkit::ed(Format::Json, text, ops)
     }
     fn ed_err(text: &str, ops: &[EditOp]) -> EditError {
-        edit(Format::Json, text, ops).unwrap_err()
+        super::super::testkit::ed_err(Format::Json, text, ops)
     }
 
     const DOC: &str = "{\n  \"name\": \"svc\",\n  \"port\": 8080,\n  \"ratio\": 0.5,\n  \"on\": true,\n  \"nested\": {\"a\": 1, \"b\": [1, 2]},\n  \"none\": null\n}\n";

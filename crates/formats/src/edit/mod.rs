@@ -420,3 +420,26 @@ pub fn text_value(existing: Option<&Value>, text: &str) -> Value {
         Scalar::Str(s) => Value::string(s),
     }
 }
+
+/// Builders the per-format test modules share.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use super::{EditError, EditOp, NewValue, edit};
+    use crate::{Format, Value};
+
+    pub fn set(key: &str, text: &str) -> EditOp {
+        EditOp::Set { key: key.into(), value: NewValue::Text(text.into()) }
+    }
+    pub fn typed(key: &str, v: Value) -> EditOp {
+        EditOp::Set { key: key.into(), value: NewValue::Typed(v) }
+    }
+    pub fn remove(key: &str) -> EditOp {
+        EditOp::Remove { key: key.into() }
+    }
+    pub fn ed(format: Format, text: &str, ops: &[EditOp]) -> String {
+        edit(format, text, ops).unwrap()
+    }
+    pub fn ed_err(format: Format, text: &str, ops: &[EditOp]) -> EditError {
+        edit(format, text, ops).unwrap_err()
+    }
+}

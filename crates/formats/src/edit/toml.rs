@@ -402,23 +402,16 @@ fn walk_value(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{EditError, EditOp, NewValue, edit};
+    use super::super::{EditError, EditOp};
     use crate::{Format, Value};
 
-    fn set(key: &str, text: &str) -> EditOp {
-        EditOp::Set { key: key.into(), value: NewValue::Text(text.into()) }
-    }
-    fn typed(key: &str, v: Value) -> EditOp {
-        EditOp::Set { key: key.into(), value: NewValue::Typed(v) }
-    }
-    fn remove(key: &str) -> EditOp {
-        EditOp::Remove { key: key.into() }
-    }
+    use super::super::testkit::{remove, set, typed};
+
     fn ed(text: &str, ops: &[EditOp]) -> String {
-        edit(Format::Toml, text, ops).unwrap()
+        super::super::testkit::ed(Format::Toml, text, ops)
     }
     fn ed_err(text: &str, ops: &[EditOp]) -> EditError {
-        edit(Format::Toml, text, ops).unwrap_err()
+        super::super::testkit::ed_err(Format::Toml, text, ops)
     }
 
     const DOC: &str = "# top\ntitle = \"x\"   # c\n\n[server]\nport = 8080\nhost = 'h'\nratio = 0.5\n\n# db\n[db.main]\nurl = \"\"\"\nmulti\"\"\"\nlist = [1, 2,  3]\npoint = { x = 1, y = 2 }\nwhen = 1979-05-27T07:32:00Z\n";
