@@ -253,7 +253,9 @@ impl ChangesCore {
                 format!("; forced past pre-flight: {}", plan::describe_findings(&rollout.forced_past))
             }
         );
-        self.audit_rollout(&rollout, &rollout.requested_by.clone(), "rollout.started", "", "", "", &detail).await;
+        self.audit
+            .record(Self::audit_entry(&rollout, &rollout.requested_by, "rollout.started", "", "", "", &detail))
+            .await;
         tracing::info!(rollout = %rollout.id, path = %path, hosts = targets.len(), waves = rollout.waves.len(), "rollout started");
         self.spawn_rollout(rollout.clone());
         Ok(v1::StartRolloutResponse { rollout: Some(rollout), preflight })
@@ -306,6 +308,12 @@ impl ChangesCore {
 
     /// Persist the rollout and wait until it is durable.
     pub(crate) async fn persist(&self, r: &v1::Rollout) -> Result<(), ServerError> {
+        self.persist_with(r, Vec::new()).await
+    }
+
+    /// Persist the rollout together with its audit events (one transaction) and wait
+    /// until both are durable.
+    async fn persist_with(&self, r: &v1::Rollout, audit: Vec<crate::audit::AuditEntry>) -> Result<(), ServerError> {
         let record = RolloutRecord {
             id: r.id.clone(),
             state: r.state,
@@ -314,15 +322,17 @@ impl ChangesCore {
             body: r.encode_to_vec(),
         };
         let (done, durable) = tokio::sync::oneshot::channel();
-        let item = WriteItem { ops: vec![Op::PutRollout(record)], done: Some(done), ..Default::default() };
+        let mut ops = vec![Op::PutRollout(record)];
+        ops.extend(audit.into_iter().map(crate::audit::AuditLog::op));
+        let item = WriteItem { ops, done: Some(done), ..Default::default() };
         let gone = || ServerError::Unavailable("server is shutting down".into());
         self.writer.send(item).await.map_err(|_| gone())?;
         durable.await.map_err(|_| gone())
     }
 
+    /// One audit event of a rollout (`host` empty: the rollout as a whole).
     #[allow(clippy::too_many_arguments)]
-    async fn audit_rollout(
-        &self,
+    fn audit_entry(
         r: &v1::Rollout,
         actor: &str,
         action: &str,
@@ -330,20 +340,18 @@ impl ChangesCore {
         before: &str,
         after: &str,
         detail: &str,
-    ) {
-        self.audit
-            .record(crate::audit::AuditEntry {
-                actor: actor.to_string(),
-                action: action.to_string(),
-                target: if host.is_empty() { r.id.clone() } else { format!("{host}:{}", host_path(r, host)) },
-                host_id: host.to_string(),
-                path: if host.is_empty() { r.path.clone() } else { host_path(r, host) },
-                before_hash: before.to_string(),
-                after_hash: after.to_string(),
-                detail: detail.to_string(),
-                change_id: r.id.clone(),
-            })
-            .await;
+    ) -> crate::audit::AuditEntry {
+        crate::audit::AuditEntry {
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: if host.is_empty() { r.id.clone() } else { format!("{host}:{}", host_path(r, host)) },
+            host_id: host.to_string(),
+            path: if host.is_empty() { r.path.clone() } else { host_path(r, host) },
+            before_hash: before.to_string(),
+            after_hash: after.to_string(),
+            detail: detail.to_string(),
+            change_id: r.id.clone(),
+        }
     }
 
     pub(crate) fn spawn_rollout(self: &Arc<Self>, rollout: v1::Rollout) {
@@ -357,7 +365,7 @@ impl ChangesCore {
         let core = self.clone();
         tokio::spawn(async move {
             let id = rollout.id.clone();
-            let mut task = RolloutTask { core: core.clone(), r: tx, control: control_rx };
+            let mut task = RolloutTask { core: core.clone(), r: tx, control: control_rx, audit: Vec::new() };
             task.run().await;
             core.rollouts.live.lock().expect("registry lock").remove(&id);
         });
@@ -472,6 +480,9 @@ struct RolloutTask {
     core: Arc<ChangesCore>,
     r: watch::Sender<v1::Rollout>,
     control: mpsc::Receiver<Control>,
+    /// Audit events written with the next save, in its transaction: a wave of a
+    /// thousand hosts is one commit, not a thousand.
+    audit: Vec<crate::audit::AuditEntry>,
 }
 
 impl RolloutTask {
@@ -486,12 +497,33 @@ impl RolloutTask {
         });
     }
 
-    async fn save(&self) {
+    /// Record an audit event; it is written with the next save.
+    #[allow(clippy::too_many_arguments)]
+    fn note(&mut self, actor: &str, action: &str, host: &str, before: &str, after: &str, detail: &str) {
+        let r = self.r.borrow();
+        self.audit.push(ChangesCore::audit_entry(&r, actor, action, host, before, after, detail));
+    }
+
+    async fn save(&mut self) {
         let r = self.snapshot();
-        if let Err(e) = self.core.persist(&r).await {
+        let audit = std::mem::take(&mut self.audit);
+        if let Err(e) = self.core.persist_with(&r, audit).await {
             // The in-memory rollout goes on; a restart resumes from the last saved step.
             tracing::warn!(rollout = %r.id, error = %e, "rollout state not persisted");
         }
+    }
+
+    /// Change, persist (with pending audit events), and only then publish: whoever sees
+    /// the new state (a final one, say) finds it and its audit events in the store.
+    async fn commit(&mut self, f: impl FnOnce(&mut v1::Rollout)) {
+        let mut r = self.snapshot();
+        f(&mut r);
+        r.updated_at = Some(now_ts());
+        let audit = std::mem::take(&mut self.audit);
+        if let Err(e) = self.core.persist_with(&r, audit).await {
+            tracing::warn!(rollout = %r.id, error = %e, "rollout state not persisted");
+        }
+        self.r.send_replace(r);
     }
 
     async fn run(&mut self) {
@@ -511,14 +543,13 @@ impl RolloutTask {
             if let Err(stop) = self.run_wave(w).await {
                 match stop {
                     Stop::Gate(reason) if self.snapshot().on_failure == OnFailure::Pause as i32 => {
-                        self.update(|r| {
+                        self.note(SERVER_ACTOR, "rollout.paused", "", "", "", &reason);
+                        self.commit(|r| {
                             r.state = RS::Paused as i32;
                             r.stop_reason = reason.clone();
                             r.waves[w].done = true;
-                        });
-                        self.save().await;
-                        let r = self.snapshot();
-                        self.core.audit_rollout(&r, SERVER_ACTOR, "rollout.paused", "", "", "", &reason).await;
+                        })
+                        .await;
                         if let Some(stop) = self.wait_while_paused().await {
                             return self.stop(stop).await;
                         }
@@ -540,8 +571,7 @@ impl RolloutTask {
                 None => Some(Stop::Shutdown),
                 Some(Control::Abort { by, reason }) => Some(Stop::Abort { by, reason }),
                 Some(Control::Resume { by }) => {
-                    let r = self.snapshot();
-                    self.core.audit_rollout(&r, &by, "rollout.resumed", "", "", "", "").await;
+                    self.note(&by, "rollout.resumed", "", "", "", "");
                     None
                 }
             },
@@ -580,10 +610,9 @@ impl RolloutTask {
             Some(t) => driftwatch_proto::timestamp_millis(t),
             None => {
                 let now = driftwatch_proto::now_millis();
-                self.update(|r| r.waves[w].started_at = Some(driftwatch_proto::timestamp_from_millis(now)));
-                self.save().await;
                 let detail = format!("wave {} of {}: {} host(s)", w + 1, r.waves.len(), r.waves[w].hosts.len());
-                self.core.audit_rollout(&r, SERVER_ACTOR, "rollout.wave_started", "", "", "", &detail).await;
+                self.note(SERVER_ACTOR, "rollout.wave_started", "", "", "", &detail);
+                self.commit(|r| r.waves[w].started_at = Some(driftwatch_proto::timestamp_from_millis(now))).await;
                 now
             }
         };
@@ -615,10 +644,7 @@ impl RolloutTask {
             let host = h.host_id.clone();
             self.update(|r| set_host(r, &host, |x| *x = h.clone()));
             if let Some((action, detail)) = event {
-                let snap = self.snapshot();
-                self.core
-                    .audit_rollout(&snap, SERVER_ACTOR, action, &host, &h.before_hash, &h.after_hash, &detail)
-                    .await;
+                self.note(SERVER_ACTOR, action, &host, &h.before_hash, &h.after_hash, &detail);
             }
         }
         self.save().await;
@@ -709,13 +735,14 @@ impl RolloutTask {
         Ok(())
     }
 
-    async fn gate_failed(&self, r: &v1::Rollout, reason: String, findings: Vec<v1::GateFinding>) -> Stop {
+    async fn gate_failed(&mut self, r: &v1::Rollout, reason: String, findings: Vec<v1::GateFinding>) -> Stop {
         tracing::warn!(rollout = %r.id, %reason, "rollout gate failed");
-        self.update(|r| {
+        self.note(SERVER_ACTOR, "rollout.gate_failed", "", "", "", &reason);
+        self.commit(|r| {
             r.stop_reason = reason.clone();
             r.findings.extend(findings);
-        });
-        self.core.audit_rollout(r, SERVER_ACTOR, "rollout.gate_failed", "", "", "", &reason).await;
+        })
+        .await;
         Stop::Gate(reason)
     }
 
@@ -758,10 +785,7 @@ impl RolloutTask {
             let host = h.host_id.clone();
             self.update(|r| set_host(r, &host, |x| *x = h.clone()));
             if let Some((action, detail)) = event {
-                let snap = self.snapshot();
-                self.core
-                    .audit_rollout(&snap, SERVER_ACTOR, action, &host, &h.after_hash, &h.before_hash, &detail)
-                    .await;
+                self.note(SERVER_ACTOR, action, &host, &h.after_hash, &h.before_hash, &detail);
             }
         }
         let state = if all_back { final_ok } else { final_bad };
@@ -769,17 +793,14 @@ impl RolloutTask {
         if !all_back {
             reason.push_str("; some hosts could not be rolled back (see their messages)");
         }
-        // Audited and saved before anyone sees the end: a watcher that sees the final
-        // state finds its audit event.
         let action = if state == RS::Failed { "rollout.failed" } else { action };
-        let r = self.snapshot();
-        self.core.audit_rollout(&r, &actor, action, "", "", "", &reason).await;
-        self.update(|r| {
+        self.note(&actor, action, "", "", "", &reason);
+        self.commit(|r| {
             r.state = state as i32;
             r.stop_reason = reason.clone();
-        });
-        self.save().await;
-        tracing::info!(rollout = %r.id, state = state_name(state as i32), %reason, "rollout stopped");
+        })
+        .await;
+        tracing::info!(rollout = %self.r.borrow().id, state = state_name(state as i32), %reason, "rollout stopped");
     }
 
     async fn succeed(&mut self) {
@@ -801,13 +822,13 @@ impl RolloutTask {
             if promoted.is_empty() { "none" } else { &promoted },
             if note.is_empty() { String::new() } else { format!("; {note}") }
         );
-        self.core.audit_rollout(&r, SERVER_ACTOR, "rollout.succeeded", "", "", "", &detail).await;
-        self.update(|r| {
+        self.note(SERVER_ACTOR, "rollout.succeeded", "", "", "", &detail);
+        self.commit(|r| {
             r.state = RS::Succeeded as i32;
             r.stop_reason = note.clone();
             r.promoted_baseline = promoted.clone();
-        });
-        self.save().await;
+        })
+        .await;
         tracing::info!(rollout = %r.id, applied, skipped, "rollout succeeded");
     }
 }
@@ -859,7 +880,8 @@ async fn apply_host(
         h.message = format!("offline for {} s: skipped", timeout.as_secs());
         return event(h, "rollout.host_skipped");
     }
-    h.before_hash = current.clone();
+    // The content the plan saw: what a rollback restores.
+    let planned = std::mem::replace(&mut h.before_hash, current.clone());
     h.state = HS::Applying as i32;
     let change = core.change_for(&r, &h, &current, false, "apply");
     match core.dispatcher.apply(&h.host_id, change, APPLY_TIMEOUT).await {
@@ -871,6 +893,15 @@ async fn apply_host(
                     h.state = HS::Applied as i32;
                     h.after_hash = res.after_hash;
                     (h, Some(("rollout.host_applied", "applied".into())))
+                }
+                Ok(v1::ChangeOutcome::Unchanged) if !planned.is_empty() && planned != current => {
+                    // The file changed since the plan to exactly this content: this rollout
+                    // wrote it before a restart cut its record short. It is ours to undo.
+                    h.state = HS::Applied as i32;
+                    h.before_hash = planned;
+                    h.after_hash = current;
+                    h.message = "applied (before a server restart)".into();
+                    event(h, "rollout.host_applied")
                 }
                 Ok(v1::ChangeOutcome::Unchanged) => {
                     h.state = HS::Skipped as i32;
