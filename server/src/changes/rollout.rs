@@ -628,11 +628,14 @@ impl RolloutTask {
         let timeout = Duration::from_secs(r.host_timeout_seconds.max(1).into());
         let mut tasks = tokio::task::JoinSet::new();
         let mut queue = todo.into_iter();
+        // Stripped once per wave: a per-host copy of the whole rollout would be
+        // quadratic in its size.
+        let lite = r.clone_for_host();
         loop {
             while tasks.len() < PARALLEL_HOSTS {
                 let Some(h) = queue.next() else { break };
                 let core = self.core.clone();
-                let r = r.clone_for_host();
+                let r = lite.clone();
                 tasks.spawn(async move { apply_host(core, r, h, timeout).await });
             }
             if let Some(stop) = self.interrupted() {
@@ -768,10 +771,11 @@ impl RolloutTask {
         let r = self.snapshot();
         let timeout = Duration::from_secs(r.host_timeout_seconds.max(1).into());
         let mut tasks = tokio::task::JoinSet::new();
+        let lite = r.clone_for_host();
         for h in r.waves.iter().flat_map(|w| &w.hosts) {
             if matches!(HS::try_from(h.state), Ok(HS::Applied | HS::Applying | HS::Failed)) {
                 let core = self.core.clone();
-                let rr = r.clone_for_host();
+                let rr = lite.clone();
                 let h = h.clone();
                 tasks.spawn(async move { rollback_host(core, rr, h, timeout).await });
             }

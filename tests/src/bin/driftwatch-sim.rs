@@ -112,6 +112,10 @@ enum Cmd {
         /// Cumulative wave sizes, comma separated.
         #[arg(long, default_value = "1,10%,50%,100%")]
         waves: String,
+        /// Follow the rollout by polling GetRollout every N ms instead of WatchRollout
+        /// (to see what the watch stream costs the server).
+        #[arg(long)]
+        poll_ms: Option<u64>,
     },
     /// The real agent binary watching N files: RSS and idle CPU.
     AgentFootprint {
@@ -167,9 +171,10 @@ fn main() -> anyhow::Result<()> {
             Cmd::Subscribers { subscribers: n, events, stuck, interval_ms } => {
                 subscribers(&server, n, events, stuck, Duration::from_millis(interval_ms)).await
             }
-            Cmd::Rollout { agents, agents_per_connection, waves } => {
+            Cmd::Rollout { agents, agents_per_connection, waves, poll_ms } => {
                 let waves = waves.split(',').map(|w| w.trim().to_string()).filter(|w| !w.is_empty()).collect();
-                rollout(&server, agents, agents_per_connection.max(1), waves).await
+                let poll = poll_ms.map(|ms| Duration::from_millis(ms.max(1)));
+                rollout(&server, agents, agents_per_connection.max(1), waves, poll).await
             }
             Cmd::AgentFootprint { files, duration_secs, agent_bin } => {
                 agent_footprint(&server, files, Duration::from_secs(duration_secs), agent_bin, tmp.path()).await
@@ -850,7 +855,13 @@ fn secs_between(a: Option<&driftwatch_proto::Timestamp>, b: Option<&driftwatch_p
     Some((driftwatch_proto::timestamp_millis(b?) - driftwatch_proto::timestamp_millis(a?)) as f64 / 1e3)
 }
 
-async fn rollout(server: &ServerProc, agents: usize, per_conn: usize, waves: Vec<String>) -> anyhow::Result<()> {
+async fn rollout(
+    server: &ServerProc,
+    agents: usize,
+    per_conn: usize,
+    waves: Vec<String>,
+    poll: Option<Duration>,
+) -> anyhow::Result<()> {
     use driftwatch_tests::change_agent::{self, ChangeAgent};
     use v1::{RolloutHostState as HS, RolloutState as RS};
     println!(
@@ -938,17 +949,34 @@ async fn rollout(server: &ServerProc, agents: usize, per_conn: usize, waves: Vec
         .into_inner();
     let start_rpc = started.elapsed();
     let id = resp.rollout.context("StartRollout returned no rollout")?.id;
-    let mut watch =
-        changes.watch_rollout(v1::GetRolloutRequest { id: id.clone() }).await.context("WatchRollout")?.into_inner();
-    // When this client first saw each wave done, and how many updates the stream carried.
+    // Follow it with WatchRollout, or (--poll-ms) with GetRollout, to see what the stream costs.
+    let mut watch = match poll {
+        Some(_) => None,
+        None => Some(
+            changes.watch_rollout(v1::GetRolloutRequest { id: id.clone() }).await.context("WatchRollout")?.into_inner(),
+        ),
+    };
+    // When this client first saw each wave done, and how many updates it read.
     let mut seen_done: Vec<Option<Duration>> = vec![None; wave_count];
     let mut updates = 0usize;
     let mut last = None;
     let watch_deadline = started + Duration::from_secs(300);
-    while let Ok(Some(m)) =
-        tokio::time::timeout(watch_deadline.saturating_duration_since(Instant::now()), watch.next()).await
-    {
-        let r = m?;
+    loop {
+        let left = watch_deadline.saturating_duration_since(Instant::now());
+        let r = match (&mut watch, poll) {
+            (Some(w), _) => match tokio::time::timeout(left, w.next()).await {
+                Ok(Some(m)) => m?,
+                _ => break,
+            },
+            (None, Some(every)) => {
+                if left.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(every).await;
+                changes.get_rollout(v1::GetRolloutRequest { id: id.clone() }).await.context("GetRollout")?.into_inner()
+            }
+            (None, None) => unreachable!("watching or polling"),
+        };
         updates += 1;
         for (i, w) in r.waves.iter().enumerate() {
             if w.done && seen_done.get(i).is_some_and(Option::is_none) {
@@ -962,8 +990,11 @@ async fn rollout(server: &ServerProc, agents: usize, per_conn: usize, waves: Vec
         }
     }
     let took = started.elapsed();
-    let r = last.context("WatchRollout sent nothing")?;
+    let r = last.context("no rollout state read")?;
     let state = RS::try_from(r.state).unwrap_or(RS::Unspecified);
+    if matches!(state, RS::Pending | RS::Running | RS::Paused | RS::Unspecified) {
+        bail!("rollout {id} did not end within {:.0} s: still {state:?}", took.as_secs_f64());
+    }
     if state != RS::Succeeded {
         let failed: Vec<String> = r
             .waves
@@ -986,10 +1017,11 @@ async fn rollout(server: &ServerProc, agents: usize, per_conn: usize, waves: Vec
         took.as_secs_f64()
     );
     println!(
-        "rollout: StartRollout answered in {:.1} ms; first wave started {:.1} ms after the rollout was created; {updates} WatchRollout updates",
+        "rollout: StartRollout answered in {:.1} ms; first wave started {:.1} ms after the rollout was created; {updates} {} updates",
         start_rpc.as_secs_f64() * 1e3,
         secs_between(r.created_at.as_ref(), r.waves.first().and_then(|w| w.started_at.as_ref())).unwrap_or(f64::NAN)
-            * 1e3
+            * 1e3,
+        if poll.is_some() { "GetRollout" } else { "WatchRollout" }
     );
     for (i, w) in r.waves.iter().enumerate() {
         let end = r.waves.get(i + 1).and_then(|n| n.started_at.as_ref()).or(r.updated_at.as_ref());
