@@ -63,6 +63,10 @@ struct Host {
 /// A web2img host: the production .env in its own directory, writable, with
 /// reload and health commands of the test's choosing.
 async fn web_host(server: &RunningServer, root: &Path, id: &str, health: &[&str]) -> Host {
+    web_host_with(server, root, id, &["sh", "-c", "echo reloaded"], health).await
+}
+
+async fn web_host_with(server: &RunningServer, root: &Path, id: &str, reload: &[&str], health: &[&str]) -> Host {
     let dir = root.join(id);
     let app = dir.join("etc");
     std::fs::create_dir_all(&app).unwrap();
@@ -73,7 +77,7 @@ async fn web_host(server: &RunningServer, root: &Path, id: &str, health: &[&str]
     c.writable = vec![app.display().to_string()];
     c.files = vec![FileCommands {
         path: file.display().to_string(),
-        reload: Some(vec!["sh".into(), "-c".into(), "echo reloaded".into()]),
+        reload: Some(reload.iter().map(|s| s.to_string()).collect()),
         health: (!health.is_empty()).then(|| health.iter().map(|s| s.to_string()).collect()),
         timeout: Duration::from_secs(10),
     }];
@@ -893,4 +897,77 @@ async fn a_paused_rollout_resumes_or_aborts_and_a_refusing_host_fails_the_gate()
         assert_eq!(&a.hash(), h, "{} back to its previous content", a.host());
     }
     server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_cut_short_by_a_server_restart_is_finished_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::copy(examples_rules().join("web2img.yaml"), rules.join("web2img.yaml")).unwrap();
+    let mut cfg = ServerConfig::for_tests(dir.path().join("server"));
+    cfg.rules = Some(rules);
+    let server = start_server_with(cfg.clone()).await;
+    // A slow reload: the canary's rollback is still running its reload when the server
+    // stops (the restored file itself is already written and reported).
+    let mut hosts = Vec::new();
+    for i in 0..2 {
+        let id = format!("web-{i:02}");
+        hosts.push(web_host_with(&server, dir.path(), &id, &["sh", "-c", "sleep 1"], &[]).await);
+    }
+    for h in &hosts {
+        server_file(&server, &h.id, &h.file).await;
+    }
+    let before: Vec<Vec<u8>> = hosts.iter().map(|h| std::fs::read(&h.file).unwrap()).collect();
+    let mut changes = ChangesClient::new(channel(&server).await);
+    let id = changes
+        .start_rollout(v1::StartRolloutRequest {
+            waves: vec!["1".into(), "100%".into()],
+            force: true,
+            ..start(&fleet_glob(dir.path()), &[("BROWSER_POOL_MAX_SIZE", "30")])
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rollout
+        .unwrap()
+        .id;
+    let rolling = wait_for("the rollback under way", T, || {
+        let mut c = changes.clone();
+        let id = id.clone();
+        async move {
+            let r = c.get_rollout(v1::GetRolloutRequest { id }).await.unwrap().into_inner();
+            Some(r).filter(|r| r.rolling_back_to == v1::RolloutState::RolledBack as i32)
+        }
+    })
+    .await;
+    assert!(!is_done(&rolling), "{rolling:#?}");
+    cfg.listen = server.grpc_addr;
+    server.stop().await.unwrap();
+
+    let restarted_ms = driftwatch_proto::now_millis();
+    let server = start_server_with(cfg).await;
+    let mut changes = ChangesClient::new(channel(&server).await);
+    let done = until_done(&mut changes, &id).await;
+    assert_eq!(done.state, v1::RolloutState::RolledBack as i32, "{done:#?}");
+    assert_eq!(done.rolling_back_to, 0);
+    // The second server finished it: its end is recorded after the restart.
+    let end = audit(&server, "rollout.rolled_back").await;
+    assert_eq!(end.len(), 1, "{end:?}");
+    assert!(driftwatch_proto::timestamp_millis(end[0].at.as_ref().unwrap()) >= restarted_ms, "{end:?}");
+    assert_eq!(hosts_in(&done, v1::RolloutHostState::RolledBack).len(), 1, "{done:#?}");
+    for (h, b) in hosts.iter().zip(&before) {
+        assert_eq!(&std::fs::read(&h.file).unwrap(), b, "{} back to its previous bytes", h.id);
+    }
+    server.stop().await.unwrap();
+}
+
+fn is_done(r: &v1::Rollout) -> bool {
+    matches!(
+        v1::RolloutState::try_from(r.state),
+        Ok(v1::RolloutState::Succeeded
+            | v1::RolloutState::Failed
+            | v1::RolloutState::RolledBack
+            | v1::RolloutState::Aborted)
+    )
 }

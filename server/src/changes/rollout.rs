@@ -471,8 +471,16 @@ fn describe_change(r: &v1::Rollout) -> String {
 
 /// Why the wave's gate failed, if it did.
 enum Stop {
+    /// A rollback a restart interrupted: finish it, ending in this state.
+    Finish {
+        state: RS,
+        reason: String,
+    },
     Gate(String),
-    Abort { by: String, reason: String },
+    Abort {
+        by: String,
+        reason: String,
+    },
     Shutdown,
 }
 
@@ -528,6 +536,9 @@ impl RolloutTask {
 
     async fn run(&mut self) {
         let start = self.snapshot();
+        if let Ok(state @ (RS::RolledBack | RS::Aborted)) = RS::try_from(start.rolling_back_to) {
+            return self.stop(Stop::Finish { state, reason: start.stop_reason }).await;
+        }
         if start.state == RS::Paused as i32
             && let Some(stop) = self.wait_while_paused().await
         {
@@ -758,6 +769,12 @@ impl RolloutTask {
                 return;
             }
             Stop::Gate(reason) => (RS::RolledBack, RS::Failed, SERVER_ACTOR.to_string(), "rollout.rolled_back", reason),
+            Stop::Finish { state: RS::Aborted, reason } => {
+                (RS::Aborted, RS::Aborted, SERVER_ACTOR.to_string(), "rollout.aborted", reason)
+            }
+            Stop::Finish { state, reason } => {
+                (state, RS::Failed, SERVER_ACTOR.to_string(), "rollout.rolled_back", reason)
+            }
             Stop::Abort { by, reason } => {
                 let reason = if reason.trim().is_empty() {
                     format!("aborted by {by}")
@@ -767,7 +784,12 @@ impl RolloutTask {
                 (RS::Aborted, RS::Aborted, by, "rollout.aborted", reason)
             }
         };
-        self.update(|r| r.stop_reason = reason.clone());
+        // Saved before the first host is touched: a restart finishes the rollback.
+        self.commit(|r| {
+            r.stop_reason = reason.clone();
+            r.rolling_back_to = final_ok as i32;
+        })
+        .await;
         let r = self.snapshot();
         let timeout = Duration::from_secs(r.host_timeout_seconds.max(1).into());
         let mut tasks = tokio::task::JoinSet::new();
@@ -781,7 +803,19 @@ impl RolloutTask {
             }
         }
         let mut all_back = true;
-        while let Some(done) = tasks.join_next().await {
+        loop {
+            let done = tokio::select! {
+                biased;
+                _ = self.core.shutdown.cancelled() => {
+                    // What is rolled back is saved; the next start rolls back the rest
+                    // (a host already back is recognised by its hash).
+                    tasks.abort_all();
+                    self.save().await;
+                    return;
+                }
+                done = tasks.join_next() => done,
+            };
+            let Some(done) = done else { break };
             let Ok((h, event)) = done else { continue };
             if h.state == HS::RollbackFailed as i32 {
                 all_back = false;
@@ -802,6 +836,7 @@ impl RolloutTask {
         self.commit(|r| {
             r.state = state as i32;
             r.stop_reason = reason.clone();
+            r.rolling_back_to = RS::Unspecified as i32;
         })
         .await;
         tracing::info!(rollout = %self.r.borrow().id, state = state_name(state as i32), %reason, "rollout stopped");
@@ -972,6 +1007,16 @@ async fn rollback_host(
         {
             h.state = HS::RolledBack as i32;
             h.message = format!("rolled back to {}", short(&h.before_hash));
+            event(h, "rollout.host_rolled_back")
+        }
+        Ok(res)
+            if res.outcome == v1::ChangeOutcome::Conflict as i32
+                && !res.before_hash.is_empty()
+                && res.before_hash == h.before_hash =>
+        {
+            // Already back (a rollback interrupted by a restart finished on the host).
+            h.state = HS::RolledBack as i32;
+            h.message = "already back to its previous content".into();
             event(h, "rollout.host_rolled_back")
         }
         Ok(res) => {
