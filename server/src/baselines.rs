@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::audit::{AuditEntry, AuditLog};
 use crate::error::ServerError;
 use crate::selector::Selector;
-use crate::state::FleetState;
+use crate::state::{FleetState, unknown_host};
 use crate::writer::{WriteItem, WriteSender};
 
 const MAX_NAME_LEN: usize = 128;
@@ -204,11 +204,7 @@ impl BaselinesService {
 
     /// The current keys of one host's file, for pinning and promotion.
     fn host_file(&self, host_id: &str, path: &str) -> Result<v1::FileState, ServerError> {
-        let h = self.state.hosts.get(host_id).ok_or_else(|| unknown_host(host_id))?;
-        let f = h.files.get(path).ok_or_else(|| {
-            ServerError::NotFound(format!("host '{host_id}' does not watch '{path}' (GetHost lists its files)"))
-        })?;
-        Ok(f.state())
+        self.state.file_state(host_id, path)
     }
 }
 
@@ -218,10 +214,6 @@ fn for_query(mut b: v1::Baseline) -> v1::Baseline {
         crate::fleet::shorten(kv.value.as_mut());
     }
     b
-}
-
-fn unknown_host(id: &str) -> ServerError {
-    ServerError::NotFound(format!("no host '{id}' (ListHosts shows the known hosts)"))
 }
 
 fn valid_name(name: &str) -> Result<&str, ServerError> {

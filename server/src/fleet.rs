@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::ServerError;
 use crate::selector::Selector;
-use crate::state::FleetState;
+use crate::state::{FleetState, unknown_file, unknown_host};
 
 /// Query APIs show this many hex digits of a masked value's fingerprint.
 pub const SHORT_FINGERPRINT: usize = 16;
@@ -220,9 +220,7 @@ impl FleetService {
     }
 
     fn file_keys(&self, host: &str, path: &str) -> Result<(Vec<v1::KeyValue>, String), ServerError> {
-        let h = self.state.hosts.get(host).ok_or_else(|| unknown_host(host))?;
-        let f = h.files.get(path).ok_or_else(|| unknown_file(host, path))?;
-        let s = f.state();
+        let s = self.state.file_state(host, path)?;
         Ok((s.keys, s.content_hash))
     }
 }
@@ -233,14 +231,6 @@ fn required<'a>(v: &'a str, field: &str) -> Result<&'a str, ServerError> {
         return Err(ServerError::InvalidArgument(format!("{field} is required")));
     }
     Ok(v)
-}
-
-fn unknown_host(id: &str) -> ServerError {
-    ServerError::NotFound(format!("no host '{id}' (ListHosts shows the known hosts)"))
-}
-
-fn unknown_file(host: &str, path: &str) -> ServerError {
-    ServerError::NotFound(format!("host '{host}' does not watch '{path}' (GetHost lists its files)"))
 }
 
 /// Query APIs show a masked value's fingerprint prefix only.

@@ -214,7 +214,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     };
     let changes_core = Arc::new(changes::ChangesCore {
         state: state.clone(),
-        baselines: baselines.baselines.clone(),
         baselines_service: baselines.clone(),
         rules: rules_handle.clone(),
         engine: engine.clone(),

@@ -10,6 +10,18 @@ use dashmap::DashMap;
 use driftwatch_proto::v1::{self, FileState, ResourceSample};
 use tokio::sync::watch;
 
+use crate::error::ServerError;
+
+/// The one NotFound for a host id the server does not know.
+pub fn unknown_host(id: &str) -> ServerError {
+    ServerError::NotFound(format!("no host '{id}' (ListHosts shows the known hosts)"))
+}
+
+/// The one NotFound for a file a known host does not watch.
+pub fn unknown_file(host: &str, path: &str) -> ServerError {
+    ServerError::NotFound(format!("host '{host}' does not watch '{path}' (GetHost lists its files)"))
+}
+
 /// Live connection of a host's agent.
 #[derive(Debug)]
 pub struct Connection {
@@ -143,6 +155,13 @@ pub struct FleetState {
 }
 
 impl FleetState {
+    /// The current state of one host's file, decoded.
+    pub fn file_state(&self, host: &str, path: &str) -> Result<FileState, ServerError> {
+        let h = self.hosts.get(host).ok_or_else(|| unknown_host(host))?;
+        let f = h.files.get(path).ok_or_else(|| unknown_file(host, path))?;
+        Ok(f.state())
+    }
+
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }

@@ -17,7 +17,7 @@ use driftwatch_rules::{FileInput, FileMeta, HostInfo, RuleSet, Target};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
-use crate::baselines::{BaselineSet, BaselinesService};
+use crate::baselines::BaselinesService;
 use crate::engine::EngineHandle;
 use crate::error::ServerError;
 use crate::rules_service::RulesHandle;
@@ -40,7 +40,7 @@ pub use crate::audit::SERVER_ACTOR;
 /// What corrections and rollouts need from the rest of the server.
 pub struct ChangesCore {
     pub state: Arc<FleetState>,
-    pub baselines: Arc<tokio::sync::Mutex<BaselineSet>>,
+    /// Baselines: read through its set, promoted through its API (audited there).
     pub baselines_service: BaselinesService,
     pub rules: RulesHandle,
     pub engine: EngineHandle,
@@ -50,18 +50,6 @@ pub struct ChangesCore {
     pub reader: Arc<std::sync::Mutex<driftwatch_store::Store>>,
     pub shutdown: CancellationToken,
     pub(crate) rollouts: rollout::Registry,
-}
-
-/// The current state of one file of one host, as the server holds it.
-pub(crate) fn current_file(state: &FleetState, host: &str, path: &str) -> Result<v1::FileState, ServerError> {
-    let h = state
-        .hosts
-        .get(host)
-        .ok_or_else(|| ServerError::NotFound(format!("no host '{host}' (ListHosts shows the known hosts)")))?;
-    let f = h.files.get(path).ok_or_else(|| {
-        ServerError::NotFound(format!("host '{host}' does not watch '{path}' (GetHost lists its files)"))
-    })?;
-    Ok(f.state())
 }
 
 /// A file's metadata as rules see it.
@@ -140,7 +128,7 @@ impl ChangesCore {
     /// Baseline keys of one file for one host (its effective baseline).
     pub(crate) async fn baseline_keys(&self, host: &str, path: &str) -> Option<(String, Vec<v1::KeyValue>)> {
         let labels = self.state.hosts.get(host)?.labels.clone();
-        let set = self.baselines.lock().await;
+        let set = self.baselines_service.baselines.lock().await;
         let b = set.effective(host, &labels)?;
         let f = b.files.iter().find(|f| f.path == path)?;
         Some((b.name.clone(), f.keys.clone()))
@@ -154,7 +142,7 @@ impl ChangesCore {
             return Err(ServerError::InvalidArgument("host_id and path are required".into()));
         }
         let actor = crate::audit::actor(&req.requested_by);
-        let current = current_file(&self.state, &host, &path)?;
+        let current = self.state.file_state(&host, &path)?;
         let mut change = v1::ApplyChange {
             change_id: self.dispatcher.new_id("c"),
             path: path.clone(),

@@ -19,7 +19,7 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{ChangesCore, SERVER_ACTOR, current_file, plan, short};
+use super::{ChangesCore, SERVER_ACTOR, plan, short};
 use crate::error::ServerError;
 use crate::selector::Selector;
 use crate::writer::WriteItem;
@@ -899,7 +899,7 @@ async fn apply_host(
     timeout: Duration,
 ) -> (v1::RolloutHost, HostEvent) {
     let deadline = Instant::now() + timeout;
-    let current = match current_file(&core.state, &h.host_id, &h.path) {
+    let current = match core.state.file_state(&h.host_id, &h.path) {
         Ok(f) => f.content_hash,
         Err(e) => {
             h.state = HS::Failed as i32;
@@ -972,7 +972,7 @@ async fn rollback_host(
     mut h: v1::RolloutHost,
     timeout: Duration,
 ) -> (v1::RolloutHost, HostEvent) {
-    let current = current_file(&core.state, &h.host_id, &h.path).map(|f| f.content_hash).unwrap_or_default();
+    let current = core.state.file_state(&h.host_id, &h.path).map(|f| f.content_hash).unwrap_or_default();
     let was_applied = h.state == HS::Applied as i32;
     if !was_applied && (current.is_empty() || current == h.before_hash) {
         // Never written (refused, conflict, failed before writing): nothing to undo.
