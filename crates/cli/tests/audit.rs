@@ -1,21 +1,9 @@
 //! `driftwatch audit` against a real server: a silence's life through the CLI, then the
 //! audit log as a table, as JSON, filtered and paged.
 
-use std::process::Command;
+mod common;
 
-fn cli(server: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .output()
-        .expect("run driftwatch");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::cli;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_lists_filters_and_pages_in_table_and_json() {

@@ -1,30 +1,20 @@
 //! `driftwatch correct` and `driftwatch rollout` against a real server and agent.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
+
+use common::{cli_env, wait_until};
 
 use driftwatch_agent::config::WatchEntry;
 use driftwatch_proto::v1;
-
-fn cli(server: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .env("USER", "erin")
-        .output()
-        .expect("run driftwatch");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 async fn held_hash(fleet: &mut v1::fleet_client::FleetClient<tonic::transport::Channel>, path: &str) -> Option<String> {
     let f = fleet.get_file(v1::GetFileRequest { host_id: "cli-host".into(), path: path.into() }).await.ok()?;
     f.into_inner().state.map(|s| s.content_hash).filter(|h| !h.is_empty())
 }
+
+const T: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn correct_and_rollout_from_the_command_line() {
@@ -56,16 +46,15 @@ async fn correct_and_rollout_from_the_command_line() {
     .unwrap();
     let agent = driftwatch_agent::start(agent_cfg).await.unwrap();
     let ch = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
-    let mut fleet = v1::fleet_client::FleetClient::new(ch);
+    let fleet = v1::fleet_client::FleetClient::new(ch);
     let path = file.display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let first_hash = loop {
-        if let Some(h) = held_hash(&mut fleet, &path).await {
-            break h;
-        }
-        assert!(Instant::now() < deadline, "the agent's file never arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let first_hash = wait_until("the agent's file", T, || {
+        let (mut fleet, path) = (fleet.clone(), path.clone());
+        async move { held_hash(&mut fleet, &path).await }
+    })
+    .await;
+    // Operator commands record who ran them: `--by` defaults to $USER.
+    let cli = |server: &str, args: &[&str]| cli_env(server, args, &[("USER", "erin")]);
 
     // A dry run prints the exact diff and writes nothing.
     let (ok, out, err) = cli(&url, &["correct", "cli-host", &path, "--set", "WORKERS=10", "--dry-run"]);
@@ -87,21 +76,23 @@ async fn correct_and_rollout_from_the_command_line() {
     assert!(!ok && err.contains("--restore-baseline"), "{err}");
 
     // Back to the first version by its content hash, from the agent's backups.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while held_hash(&mut fleet, &path).await.as_deref() == Some(first_hash.as_str()) {
-        assert!(Instant::now() < deadline, "the server never saw the change");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the server to see the change", T, || {
+        let mut fleet = fleet.clone();
+        let (path, first) = (path.clone(), first_hash.clone());
+        async move { held_hash(&mut fleet, &path).await.filter(|h| *h != first) }
+    })
+    .await;
     let (ok, out, err) = cli(&url, &["correct", "cli-host", &path, "--restore-version", &first_hash]);
     assert!(ok, "{out}{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
 
     // A rollout, watched live until it succeeds; then status and list.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while held_hash(&mut fleet, &path).await.as_deref() != Some(first_hash.as_str()) {
-        assert!(Instant::now() < deadline, "the server never saw the restore");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the server to see the restore", T, || {
+        let mut fleet = fleet.clone();
+        let (path, first) = (path.clone(), first_hash.clone());
+        async move { held_hash(&mut fleet, &path).await.filter(|h| *h == first) }
+    })
+    .await;
     let (ok, out, err) =
         cli(&url, &["rollout", "start", &path, "-l", "env=production", "--set", "WORKERS=9", "--watch"]);
     assert!(ok, "{out}{err}");

@@ -1,24 +1,14 @@
 //! The `driftwatch` binary against a real server with a real agent.
 
+mod common;
+
+use common::cli;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use driftwatch_agent::config::WatchEntry;
 use driftwatch_proto::v1;
-
-fn cli(server: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .output()
-        .expect("run driftwatch");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_file_diff_in_table_and_json() {
