@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use driftwatch_proto::v1::{self, FileState, ResourceSample};
 use driftwatch_rules::{
-    AgentInput, AlertState, AlertStatus, FileInput, HostInfo, Observation, Outcome, ResourceInput, Rule, RuleSet,
-    Severity, Target, Timing, step,
+    AgentInput, AlertState, AlertStatus, FileInput, FileMeta, HostInfo, Observation, Outcome, ResourceInput, Rule,
+    RuleSet, Severity, Target, Timing, step,
 };
 use driftwatch_store::{AlertRecord, EventRecord, Op, SilenceRecord, Store};
 use prost::Message;
@@ -580,7 +580,7 @@ impl Engine {
                     .and_then(|b| b.files.iter().find(|f| f.path == path))
                     .map(|f| key_map(&f.keys))
             };
-            let meta = crate::changes::file_meta(&state);
+            let meta = file_meta(&state);
             let input =
                 FileInput { path, keys: &keys, meta: &meta, baseline: baseline.as_ref(), previous: prev_keys.as_ref() };
             let tracked = self.has_alerts(host, &subject);
@@ -1304,6 +1304,24 @@ fn alert_labels(rule: &Rule, o: &Outcome, info: &HostInfo) -> BTreeMap<String, S
         l.insert("metric".into(), metric.clone());
     }
     l
+}
+
+/// A file's metadata as rules see it.
+pub(crate) fn file_meta(state: &v1::FileState) -> FileMeta {
+    FileMeta {
+        mode: state.mode,
+        dir_mode: state.dir_mode,
+        uid: state.uid,
+        gid: state.gid,
+        size: state.size,
+        format: driftwatch_proto::format_name(state.format).to_string(),
+        exists: state.exists,
+        parse_error: state
+            .error
+            .as_ref()
+            .filter(|_| state.status == v1::FileStatus::ParseError as i32)
+            .map(|e| if e.line > 0 { format!("{}:{}: {}", e.line, e.column, e.message) } else { e.message.clone() }),
+    }
 }
 
 pub(crate) fn key_map(keys: &[v1::KeyValue]) -> BTreeMap<String, v1::Value> {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use driftwatch_proto::v1::{self, correct_request::Action};
-use driftwatch_rules::{FileInput, FileMeta, HostInfo, RuleSet, Target};
+use driftwatch_rules::{FileInput, HostInfo, RuleSet, Target};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
@@ -52,25 +52,7 @@ pub struct ChangesCore {
     pub(crate) rollouts: rollout::Registry,
 }
 
-/// A file's metadata as rules see it.
-pub(crate) fn file_meta(state: &v1::FileState) -> FileMeta {
-    FileMeta {
-        mode: state.mode,
-        dir_mode: state.dir_mode,
-        uid: state.uid,
-        gid: state.gid,
-        size: state.size,
-        format: driftwatch_proto::format_name(state.format).to_string(),
-        exists: state.exists,
-        parse_error: state
-            .error
-            .as_ref()
-            .filter(|_| state.status == v1::FileStatus::ParseError as i32)
-            .map(|e| if e.line > 0 { format!("{}:{}: {}", e.line, e.column, e.message) } else { e.message.clone() }),
-    }
-}
-
-use crate::engine::key_map;
+use crate::engine::{file_meta, key_map};
 
 /// The file rules a change would newly fire on one host: evaluated on the candidate
 /// keys, minus what already matches on the current keys (the change did not cause it).

@@ -287,6 +287,9 @@ async fn raise(core: &ChangesCore, host: &str, path: &str, firing: bool, summary
         summary,
         firing,
     };
+    // Through the command path, which waits for room in the engine's queue: a plain
+    // `send` drops work when the queue is full, and a re-evaluation would not bring a
+    // system alert back. The reply only confirms the hand-over.
     if let Err(e) = core
         .engine
         .command(move |reply| {
