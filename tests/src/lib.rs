@@ -531,6 +531,28 @@ pub mod change_agent {
     }
 
     impl State {
+        /// Holding `keys` at `path`, its first full snapshot (seq 1) already sent.
+        fn new(path: &str, keys: Keys, tx: mpsc::UnboundedSender<v1::AgentMessage>) -> Self {
+            let mut s = State {
+                path: path.to_string(),
+                keys: Keys::new(),
+                hash: String::new(),
+                history: HashMap::new(),
+                applied: 0,
+                seq: 0,
+                acked: 0,
+                behaviour: Behaviour::Apply,
+                next: None,
+                received: Vec::new(),
+                results: Vec::new(),
+                ended: None,
+                tx,
+            };
+            s.hold(keys);
+            s.send_snapshot(true, true, None);
+            s
+        }
+
         fn send(&self, kind: agent_message::Kind) {
             let _ = self.tx.send(v1::AgentMessage { kind: Some(kind) });
         }
@@ -621,23 +643,7 @@ pub mod change_agent {
                 Some(Err(s)) => return Err(s),
                 other => return Err(tonic::Status::unavailable(format!("expected a welcome, got {other:?}"))),
             }
-            let mut s = State {
-                path: path.to_string(),
-                keys: Keys::new(),
-                hash: String::new(),
-                history: HashMap::new(),
-                applied: 0,
-                seq: 0,
-                acked: 0,
-                behaviour: Behaviour::Apply,
-                next: None,
-                received: Vec::new(),
-                results: Vec::new(),
-                ended: None,
-                tx,
-            };
-            s.hold(keys);
-            s.send_snapshot(true, true, None);
+            let s = State::new(path, keys, tx);
             let state = Arc::new(Mutex::new(s));
             let task = tokio::spawn(read_loop(state.clone(), inbound));
             Ok(Self { host: host.to_string(), state, task })
@@ -897,23 +903,7 @@ pub mod change_agent {
 
         fn state(keys: Keys) -> (State, mpsc::UnboundedReceiver<v1::AgentMessage>) {
             let (tx, rx) = mpsc::unbounded_channel();
-            let mut s = State {
-                path: "/etc/app.env".into(),
-                keys: Keys::new(),
-                hash: String::new(),
-                history: HashMap::new(),
-                applied: 0,
-                seq: 0,
-                acked: 0,
-                behaviour: Behaviour::Apply,
-                next: None,
-                received: Vec::new(),
-                results: Vec::new(),
-                ended: None,
-                tx,
-            };
-            s.hold(keys);
-            s.send_snapshot(true, true, None);
+            let s = State::new("/etc/app.env", keys, tx);
             (s, rx)
         }
 
