@@ -358,24 +358,10 @@ fn opt_duration(v: Option<&str>, default: Duration) -> Result<Duration, String> 
     v.map_or(Ok(default), parse_duration)
 }
 
-/// `250ms`, `10s`, `5m`, `1h`, `30d`, or a bare number of seconds.
+/// The one duration grammar of every driftwatch config and flag (`driftwatch_proto::duration`):
+/// `250ms`, `90s`, `1h30m`, `1.5h`, `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration like 250ms, 10s, 5m or 1h"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => return Err(format!("'{s}' has an unknown unit (ms, s, m, h, d)")),
-    };
-    if !(0.0..=365.0 * 86400.0).contains(&secs) {
-        return Err(format!("'{s}' is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    driftwatch_proto::duration::parse(s)
 }
 
 /// The machine's host name, or "localhost".
@@ -403,16 +389,19 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
+    fn durations_use_the_shared_grammar_and_name_the_field() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
         assert!(parse_duration("ten").is_err());
-        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86400));
-        assert!(parse_duration("5w").is_err());
-        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("10").unwrap_err().contains("needs a unit"));
+        let mut f = base();
+        f.resource_interval = Some("1x".into());
+        f.backups = Some(BackupsFile { max_age: Some("1h30m".into()), ..Default::default() });
+        let errs = AgentConfig::resolve(f, "agent.toml").unwrap_err().to_string();
+        assert!(errs.contains("agent.toml: resource_interval: invalid duration \"1x\": unknown unit"), "{errs}");
+        assert!(!errs.contains("max_age"), "{errs}");
     }
 
     #[test]

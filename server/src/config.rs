@@ -74,8 +74,8 @@ pub struct LimitsFile {
     pub max_message_bytes: Option<usize>,
     /// Most agent streams held at once.
     pub max_agents: Option<usize>,
-    /// Seconds between agent heartbeats (pushed to agents in Welcome).
-    pub heartbeat_interval_seconds: Option<u32>,
+    /// Time between agent heartbeats, pushed to agents in Welcome (default 15s).
+    pub heartbeat_interval: Option<String>,
     /// Most files one host may report.
     pub max_files_per_host: Option<usize>,
     /// Snapshots coalesced into one store transaction at most.
@@ -189,9 +189,13 @@ impl ServerConfig {
         if max_agents == 0 {
             field_err("limits.max_agents", "must be at least 1".into());
         }
-        let hb = l.heartbeat_interval_seconds.unwrap_or(15);
-        if !(1..=3600).contains(&hb) {
-            field_err("limits.heartbeat_interval_seconds", "must be between 1 and 3600".into());
+        let mut heartbeat_interval = Duration::from_secs(15);
+        if let Some(v) = &l.heartbeat_interval {
+            match driftwatch_proto::duration::parse(v) {
+                Ok(d) if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&d) => heartbeat_interval = d,
+                Ok(_) => field_err("limits.heartbeat_interval", "must be between 1s and 1h".into()),
+                Err(e) => field_err("limits.heartbeat_interval", e),
+            }
         }
         let max_files_per_host = l.max_files_per_host.unwrap_or(10_000);
         if max_files_per_host == 0 {
@@ -212,9 +216,9 @@ impl ServerConfig {
             ("retention.interval", &r.interval, &mut retention.interval, Duration::from_secs(1)),
         ] {
             if let Some(v) = value {
-                match driftwatch_rules::parse_duration_ms(v) {
-                    Ok(ms) if ms >= min.as_millis() as i64 => *slot = Duration::from_millis(ms as u64),
-                    Ok(_) => field_err(field, format!("must be at least {}s", min.as_secs())),
+                match driftwatch_proto::duration::parse(v) {
+                    Ok(d) if d >= min => *slot = d,
+                    Ok(_) => field_err(field, format!("must be at least {}", driftwatch_proto::duration::format(min))),
                     Err(e) => field_err(field, e),
                 }
             }
@@ -226,8 +230,8 @@ impl ServerConfig {
             ("remediation.window", &rm.window, &mut remediation.window),
         ] {
             if let Some(v) = value {
-                match driftwatch_rules::parse_duration_ms(v) {
-                    Ok(ms) if ms > 0 => *slot = Duration::from_millis(ms as u64),
+                match driftwatch_proto::duration::parse(v) {
+                    Ok(d) if !d.is_zero() => *slot = d,
                     Ok(_) => field_err(field, "must be more than 0".into()),
                     Err(e) => field_err(field, e),
                 }
@@ -263,7 +267,7 @@ impl ServerConfig {
             insecure,
             max_message_bytes,
             max_agents,
-            heartbeat_interval: Duration::from_secs(u64::from(hb)),
+            heartbeat_interval,
             max_files_per_host,
             max_batch,
             retention,
@@ -365,9 +369,18 @@ mod tests {
                 .unwrap();
         let Err(ServerError::Config(errs)) = ServerConfig::resolve(f, "server.toml") else { panic!() };
         assert_eq!(errs.len(), 3, "{errs:#?}");
-        assert!(errs.iter().any(|e| e.contains("retention.audit: must be at least 3600s")), "{errs:#?}");
+        assert!(errs.iter().any(|e| e.contains("retention.audit: must be at least 1h")), "{errs:#?}");
         assert!(errs.iter().any(|e| e.starts_with("server.toml: retention.alerts:")));
-        assert!(errs.iter().any(|e| e.contains("retention.rollups: must be at least 3600s")));
+        assert!(errs.iter().any(|e| e.contains("retention.rollups: must be at least 1h")));
+        // The one grammar of every config: combined units and fractions both work.
+        let f: ServerFile = toml::from_str(
+            "insecure = true\n[retention]\nalerts = \"1h30m\"\nraw_resources = \"1.5h\"\n[limits]\nheartbeat_interval = \"90s\"",
+        )
+        .unwrap();
+        let c = ServerConfig::resolve(f, "server.toml").unwrap();
+        assert_eq!(c.retention.alerts, Duration::from_secs(5400));
+        assert_eq!(c.retention.raw_resources, Duration::from_secs(5400));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(90));
     }
 
     #[test]

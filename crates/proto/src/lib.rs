@@ -6,6 +6,7 @@
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
 pub mod codec;
+pub mod duration;
 
 pub mod v1 {
     tonic::include_proto!("driftwatch.v1");

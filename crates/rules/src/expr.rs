@@ -22,7 +22,7 @@ use cel::context::VariableResolver;
 use cel::objects::Key;
 use cel::{Context, ExecutionError, FunctionContext, IdedExpr, Program};
 
-use crate::duration::parse_duration_ms;
+use driftwatch_proto::duration::parse_ms as parse_duration_ms;
 
 const HISTORY_FUNCTIONS: [&str; 7] = ["avg", "min_over", "max_over", "rate", "trend", "zscore", "samples"];
 const CUSTOM_FUNCTIONS: [&str; 4] = ["is_masked", "is_number", "seconds", "octal"];

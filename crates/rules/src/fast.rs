@@ -21,9 +21,9 @@ use cel::common::ast::{Expr, LiteralValue};
 use driftwatch_proto::v1::MaskedValue;
 use driftwatch_proto::v1::value::Kind;
 
-use crate::duration::parse_duration_ms;
 use crate::eval::Scope;
 use crate::expr::{HistoryFn, Stat, history_stat};
+use driftwatch_proto::duration::parse_ms as parse_duration_ms;
 
 /// A value as the fast path sees it: borrowed from the inputs or from the compiled tree.
 #[derive(Debug, Clone, Copy)]

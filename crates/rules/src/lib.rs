@@ -80,7 +80,6 @@ use std::path::PathBuf;
 use driftwatch_proto::v1::Value;
 
 pub mod alert;
-mod duration;
 mod eval;
 mod expr;
 mod fast;
@@ -90,7 +89,7 @@ mod schema;
 pub mod testing;
 
 pub use alert::{AlertState, AlertStatus, Observation, Severity, Timing, Transition, fingerprint, step};
-pub use duration::parse_duration_ms;
+pub use driftwatch_proto::duration::parse_ms as parse_duration_ms;
 pub use load::RESOURCE_METRICS;
 pub use metrics::{for_each_resource_metric, resource_metrics};
 pub use schema::unflatten;

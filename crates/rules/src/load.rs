@@ -7,10 +7,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::alert::{Severity, Timing};
-use crate::duration::parse_duration_ms;
 use crate::expr::{self, ExprKind};
 use crate::schema::Schema;
 use crate::{KeyPattern, Remediation, Rule, RuleError, RuleSet, Target};
+use driftwatch_proto::duration::parse_ms as parse_duration_ms;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

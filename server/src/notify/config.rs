@@ -210,11 +210,11 @@ pub fn resolve(files: &[NotifierFile]) -> (Vec<NotifierConfig>, Vec<(String, Str
         };
         let mut duration = |field: &str, v: &Option<String>, default: Duration, min: Duration| -> Duration {
             let Some(text) = v else { return default };
-            match driftwatch_rules::parse_duration_ms(text) {
-                Ok(ms) if ms == 0 && field == "repeat_interval" => Duration::ZERO,
-                Ok(ms) if ms as u128 >= min.as_millis() => Duration::from_millis(ms as u64),
+            match driftwatch_proto::duration::parse(text) {
+                Ok(d) if d.is_zero() && field == "repeat_interval" => Duration::ZERO,
+                Ok(d) if d >= min => d,
                 Ok(_) => {
-                    err(field, format!("must be at least {}ms", min.as_millis()));
+                    err(field, format!("must be at least {}", driftwatch_proto::duration::format(min)));
                     default
                 }
                 Err(e) => {
