@@ -506,9 +506,15 @@ async fn one_stream(shared: &Arc<Shared>, token: &CancellationToken, backoff: &m
     shared.status.connections.fetch_add(1, Ordering::Relaxed);
     let server_acked = welcome.acked_seq;
     spool_call(shared, move |s| s.ack(server_acked)).await?;
-    let heartbeat_every = Duration::from_secs(
-        welcome.settings.as_ref().map(|s| s.heartbeat_interval_seconds).filter(|s| *s > 0).unwrap_or(15).into(),
-    );
+    // The server's setting, within sane bounds (a zero or absurd value must not spin or starve).
+    let heartbeat_every = welcome
+        .settings
+        .as_ref()
+        .and_then(|s| s.heartbeat_interval.as_ref())
+        .and_then(|d| driftwatch_proto::duration::from_proto("heartbeat_interval", d).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(15))
+        .clamp(Duration::from_secs(1), Duration::from_secs(3600));
     tracing::info!(server = %cfg.server, acked_seq = server_acked, "connected");
     // Results of changes finished while we were not connected.
     send_results(shared, &tx).await?;

@@ -20,6 +20,7 @@ use crate::audit::{AuditEntry, AuditLog};
 use crate::engine::{Command, EngineHandle};
 use crate::error::ServerError;
 use crate::hub::EventHub;
+use crate::principal::Principal;
 use crate::selector::Selector;
 use crate::silences::CompiledMatcher;
 use crate::state::FleetState;
@@ -53,6 +54,19 @@ pub struct SubscribeFilter {
     hosts: Vec<String>,
 }
 
+/// A subscription's heartbeat interval: 1s to 300s, default 15s.
+fn heartbeat_interval(r: &v1::SubscribeRequest) -> Result<Duration, String> {
+    let d = driftwatch_proto::duration::from_proto_or(
+        "heartbeat_interval",
+        r.heartbeat_interval.as_ref(),
+        Duration::from_secs(15),
+    )?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&d) {
+        return Err("heartbeat_interval must be between 1s and 300s".into());
+    }
+    Ok(d)
+}
+
 impl SubscribeFilter {
     pub fn new(r: &v1::SubscribeRequest) -> Result<Self, ServerError> {
         let mut problems = Vec::new();
@@ -66,8 +80,8 @@ impl SubscribeFilter {
                 Err(e) => problems.push(e),
             }
         }
-        if !(r.heartbeat_seconds == 0 || (1..=300).contains(&r.heartbeat_seconds)) {
-            problems.push("heartbeat_seconds must be between 1 and 300".into());
+        if let Err(e) = heartbeat_interval(r) {
+            problems.push(e);
         }
         if !problems.is_empty() {
             return Err(ServerError::InvalidArgument(problems.join("; ")));
@@ -347,7 +361,7 @@ impl Alerts for AlertsService {
         let newest = self.hub.last_id();
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let end = Arc::new(Mutex::new(None));
-        let heartbeat = Duration::from_secs(if r.heartbeat_seconds == 0 { 15 } else { u64::from(r.heartbeat_seconds) });
+        let heartbeat = heartbeat_interval(&r).map_err(ServerError::InvalidArgument)?;
         let catch_up = r.since_event_id > 0;
         let last = if catch_up { r.since_event_id } else { newest };
         let mut sub = Subscriber { filter, tx, last, heartbeat, stall: self.stall };
@@ -449,11 +463,11 @@ impl Alerts for AlertsService {
     }
 
     async fn acknowledge(&self, request: Request<v1::AcknowledgeRequest>) -> Result<Response<v1::Alert>, Status> {
+        let actor = Principal::of(&request).to_string();
         let r = request.into_inner();
         let fingerprint = text("fingerprint", &r.fingerprint, true)?;
-        let by = text("by", &r.by, true)?;
         let comment = text("comment", &r.comment, false)?;
-        let (actor, note) = (by.clone(), comment.clone());
+        let (by, note) = (actor.clone(), comment.clone());
         let (alert, done) =
             self.engine.command(move |reply| Command::Acknowledge { fingerprint, by, comment, reply }).await??;
         durable(done).await?;
@@ -484,14 +498,15 @@ impl Alerts for AlertsService {
         &self,
         request: Request<v1::CreateSilenceRequest>,
     ) -> Result<Response<v1::Silence>, Status> {
+        let actor = Principal::of(&request).to_string();
         let r = request.into_inner();
-        let silence = crate::silences::validate_create(&r, driftwatch_proto::now_millis())?;
+        let silence = crate::silences::validate_create(&r, &actor, driftwatch_proto::now_millis())?;
         let (silence, done) = self.engine.command(move |reply| Command::CreateSilence { silence, reply }).await??;
         durable(done).await?;
-        tracing::info!(silence = %silence.id, by = %silence.created_by, matchers = silence.matchers.len(), "silence created");
+        tracing::info!(silence = %silence.id, actor = %silence.actor, matchers = silence.matchers.len(), "silence created");
         self.audit
             .record(AuditEntry {
-                actor: crate::audit::actor(&silence.created_by),
+                actor,
                 action: "silence.created".into(),
                 target: silence.id.clone(),
                 detail: silence_detail(&silence),
@@ -522,17 +537,17 @@ impl Alerts for AlertsService {
         &self,
         request: Request<v1::ExpireSilenceRequest>,
     ) -> Result<Response<v1::Silence>, Status> {
+        let actor = Principal::of(&request).to_string();
         let id = text("id", &request.into_inner().id, true)?;
         let (silence, done) = self.engine.command(move |reply| Command::ExpireSilence { id, reply }).await??;
         durable(done).await?;
         tracing::info!(silence = %silence.id, "silence expired");
         self.audit
             .record(AuditEntry {
-                // The request names nobody (ExpireSilenceRequest has only the id).
-                actor: crate::audit::UNAUTHENTICATED.into(),
+                actor,
                 action: "silence.expired".into(),
                 target: silence.id.clone(),
-                detail: format!("created by {}; {}", silence.created_by, silence_detail(&silence)),
+                detail: format!("created by {}; {}", silence.actor, silence_detail(&silence)),
                 ..Default::default()
             })
             .await;

@@ -20,15 +20,12 @@ use crate::writer::{Maintenance, WriteItem, WriteSender};
 
 /// The actor of what the server does on its own (rule reloads, rollout steps, remediation).
 pub const SERVER_ACTOR: &str = "driftwatch";
-/// The actor of a request that names nobody (no authentication in this build: say so
-/// rather than invent a name).
-pub const UNAUTHENTICATED: &str = "unauthenticated";
 
 /// One audit event as a caller describes it; the log stamps the time, the store the id.
 /// Empty fields are fine (`host_id`, `path`, hashes, `change_id` when they do not apply).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditEntry {
-    /// Who: the request's `by`/`author`/`requested_by`/`created_by`, or [`SERVER_ACTOR`].
+    /// Who: the caller's [`crate::principal::Principal`], or [`SERVER_ACTOR`].
     pub actor: String,
     /// Dotted, as listed in audit.proto: `rollout.started`, `baseline.pinned`, ...
     pub action: String,
@@ -42,12 +39,6 @@ pub struct AuditEntry {
     pub detail: String,
     /// The rollout or change this event belongs to.
     pub change_id: String,
-}
-
-/// The actor for a request's who field: trimmed, or [`UNAUTHENTICATED`] when empty.
-pub fn actor(who: &str) -> String {
-    let who = who.trim();
-    if who.is_empty() { UNAUTHENTICATED.to_string() } else { who.to_string() }
 }
 
 /// Appends audit events through the store writer. Cheap to clone.
@@ -180,7 +171,7 @@ fn to_proto(r: AuditRecord) -> v1::AuditEvent {
 
 #[tonic::async_trait]
 impl Audit for AuditService {
-    async fn list_events(
+    async fn list_audit_events(
         &self,
         request: Request<v1::ListAuditEventsRequest>,
     ) -> Result<Response<v1::ListAuditEventsResponse>, Status> {
@@ -222,13 +213,6 @@ mod tests {
 
     fn list(reader: &Arc<Mutex<Store>>) -> Vec<AuditRecord> {
         reader.lock().unwrap().list_audit(&AuditFilter::default()).unwrap()
-    }
-
-    #[test]
-    fn actor_names_nobody_as_unauthenticated() {
-        assert_eq!(actor("  alice "), "alice");
-        assert_eq!(actor(""), UNAUTHENTICATED);
-        assert_eq!(actor("   "), UNAUTHENTICATED);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::audit::{AuditEntry, AuditLog};
 use crate::error::ServerError;
+use crate::principal::Principal;
 use crate::selector::Selector;
 use crate::state::{FleetState, unknown_host};
 use crate::writer::{WriteItem, WriteSender};
@@ -164,17 +165,13 @@ impl BaselinesService {
         b.version = set.latest(&b.name).map_or(1, |l| l.version + 1);
         let now = driftwatch_proto::now_millis();
         b.created_at = Some(driftwatch_proto::timestamp_from_millis(now));
-        if b.author.trim().is_empty() {
-            // No authentication in this build: say so rather than invent a name.
-            b.author = "unauthenticated".into();
-        }
         let record = BaselineRecord {
             name: b.name.clone(),
             version: b.version,
             host_id: b.host_id.clone(),
             selector: b.selector.clone(),
             content: b.encode_to_vec(),
-            author: b.author.clone(),
+            author: b.actor.clone(),
             reason: b.reason.clone(),
             created_ms: now,
             deleted: b.deleted,
@@ -187,14 +184,14 @@ impl BaselinesService {
             detail.push_str(&format!("; reason: {}", b.reason.trim()));
         }
         let audit =
-            AuditEntry { actor: b.author.clone(), action: action.to_string(), target: b.name.clone(), detail, ..audit };
+            AuditEntry { actor: b.actor.clone(), action: action.to_string(), target: b.name.clone(), detail, ..audit };
         let (done, durable) = tokio::sync::oneshot::channel();
         let item =
             WriteItem { ops: vec![Op::Baseline(record), AuditLog::op(audit)], done: Some(done), ..Default::default() };
         let gone = || ServerError::Unavailable("server is shutting down".into());
         self.writer.send(item).await.map_err(|_| gone())?;
         durable.await.map_err(|_| gone())?;
-        tracing::info!(baseline = %b.name, version = b.version, author = %b.author, deleted = b.deleted, "baseline version stored");
+        tracing::info!(baseline = %b.name, version = b.version, actor = %b.actor, deleted = b.deleted, "baseline version stored");
         set.versions.entry(b.name.clone()).or_default().push(b.clone());
         // Rules compare against baselines: what drifts from them just changed.
         let host = (!b.host_id.is_empty()).then(|| b.host_id.clone());
@@ -278,6 +275,7 @@ fn keys_audit(path: &str, r: &v1::SetBaselineKeysRequest) -> AuditEntry {
 #[tonic::async_trait]
 impl Baselines for BaselinesService {
     async fn pin_baseline(&self, request: Request<v1::PinBaselineRequest>) -> Result<Response<v1::Baseline>, Status> {
+        let actor = Principal::of(&request).to_string();
         let r = request.into_inner();
         let name = valid_name(&r.name)?.to_string();
         let host_id = r.host_id.trim();
@@ -334,7 +332,7 @@ impl Baselines for BaselinesService {
             selector: selector.to_string(),
             files,
             resources,
-            author: r.author,
+            actor,
             reason: r.reason,
             ..Default::default()
         };
@@ -375,6 +373,7 @@ impl Baselines for BaselinesService {
         &self,
         request: Request<v1::SetBaselineKeysRequest>,
     ) -> Result<Response<v1::Baseline>, Status> {
+        let actor = Principal::of(&request).to_string();
         let r = request.into_inner();
         let name = valid_name(&r.name)?;
         let path = r.path.trim();
@@ -406,7 +405,7 @@ impl Baselines for BaselinesService {
             edit_file(&mut b.files, path, set_keys, &r.remove)?;
         }
         edit_resources(&mut b.resources, r.set_resources, &r.remove_resources)?;
-        b.author = r.author;
+        b.actor = actor;
         b.reason = r.reason;
         Ok(Response::new(for_query(self.commit(&mut set, b, action, audit).await?)))
     }
@@ -415,6 +414,7 @@ impl Baselines for BaselinesService {
         &self,
         request: Request<v1::DeleteBaselineRequest>,
     ) -> Result<Response<v1::Baseline>, Status> {
+        let actor = Principal::of(&request).to_string();
         let r = request.into_inner();
         let name = valid_name(&r.name)?;
         let mut set = self.baselines.lock().await;
@@ -433,7 +433,7 @@ impl Baselines for BaselinesService {
             host_id: last.host_id.clone(),
             selector: last.selector.clone(),
             deleted: true,
-            author: r.author,
+            actor,
             reason: r.reason,
             ..Default::default()
         };

@@ -1127,7 +1127,7 @@ impl Engine {
             )));
         }
         t.alert.acknowledged =
-            Some(v1::Acknowledgement { by, comment, at: Some(driftwatch_proto::timestamp_from_millis(now)) });
+            Some(v1::Acknowledgement { actor: by, comment, at: Some(driftwatch_proto::timestamp_from_millis(now)) });
         self.persist(fp, &t.alert, now);
         self.event(v1::AlertEventKind::Acknowledged, &t.alert, now);
         let alert = t.alert.clone();

@@ -142,9 +142,13 @@ impl FleetService {
         if !self.state.hosts.contains_key(&host) {
             return Err(unknown_host(&host));
         }
-        let window = if r.window.trim().is_empty() { "1h" } else { r.window.trim() };
-        let window_ms = driftwatch_rules::parse_duration_ms(window)
-            .map_err(|e| ServerError::InvalidArgument(format!("window: {e}")))?;
+        let window = driftwatch_proto::duration::from_proto_or(
+            "window",
+            r.window.as_ref(),
+            std::time::Duration::from_secs(3600),
+        )
+        .map_err(ServerError::InvalidArgument)?;
+        let window_ms = window.as_millis() as i64;
         if !(1..=MAX_SUMMARY_WINDOW_MS).contains(&window_ms) {
             return Err(ServerError::InvalidArgument("window must be between 1ms and 400d".into()));
         }

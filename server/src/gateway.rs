@@ -160,7 +160,9 @@ impl Gateway {
         entry.connection = Some(Connection { id: conn_id, since_ms: now, peer: peer.to_string(), acks, commands });
         let welcome = v1::Welcome {
             acked_seq: entry.stored_seq,
-            settings: Some(v1::AgentSettings { heartbeat_interval_seconds: self.heartbeat_interval.as_secs() as u32 }),
+            settings: Some(v1::AgentSettings {
+                heartbeat_interval: Some(driftwatch_proto::duration::to_proto(self.heartbeat_interval)),
+            }),
         };
         let record = entry.record(id);
         drop(entry);

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod hub;
 pub mod metrics;
 pub mod notify;
+pub mod principal;
 pub mod rules_service;
 pub mod selector;
 pub mod silences;

@@ -347,20 +347,6 @@ fn target_text(t: &Target) -> String {
     }
 }
 
-fn duration_text(ms: i64) -> String {
-    if ms == 0 {
-        "0s".into()
-    } else if ms % 3_600_000 == 0 {
-        format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
-        format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
-
 #[tonic::async_trait]
 impl Rules for RulesService {
     async fn list_rules(&self, _: Request<v1::ListRulesRequest>) -> Result<Response<v1::ListRulesResponse>, Status> {
@@ -376,8 +362,8 @@ impl Rules for RulesService {
                 selector: r.selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
                 target: target_text(&r.target),
                 expr: r.expr.clone(),
-                r#for: duration_text(r.timing.for_ms),
-                keep_firing_for: duration_text(r.timing.keep_firing_for_ms),
+                r#for: Some(driftwatch_proto::duration::to_proto_ms(r.timing.for_ms)),
+                keep_firing_for: Some(driftwatch_proto::duration::to_proto_ms(r.timing.keep_firing_for_ms)),
                 severity: r.severity.to_string(),
                 labels: r.labels.clone(),
                 annotations: r.annotations.clone(),
@@ -459,15 +445,15 @@ impl Rules for RulesService {
 
     async fn reload_rules(
         &self,
-        _: Request<v1::ReloadRulesRequest>,
+        request: Request<v1::ReloadRulesRequest>,
     ) -> Result<Response<v1::ReloadRulesResponse>, Status> {
         if self.rules.status().dir.is_empty() {
             return Err(
                 ServerError::FailedPrecondition("the server runs without a rules directory (--rules)".into()).into()
             );
         }
-        // The request names nobody: the audit log says so.
-        let status = self.rules.reload_by("requested", crate::audit::UNAUTHENTICATED).await;
+        let actor = crate::principal::Principal::of(&request).to_string();
+        let status = self.rules.reload_by("requested", &actor).await;
         Ok(Response::new(v1::ReloadRulesResponse { status: Some(status) }))
     }
 }

@@ -112,7 +112,7 @@ impl ActiveSilence {
 }
 
 /// Validate a create request into a silence (without id), every problem at once.
-pub fn validate_create(req: &v1::CreateSilenceRequest, now_ms: i64) -> Result<v1::Silence, ServerError> {
+pub fn validate_create(req: &v1::CreateSilenceRequest, actor: &str, now_ms: i64) -> Result<v1::Silence, ServerError> {
     let mut problems = Vec::new();
     if req.matchers.is_empty() {
         problems.push("at least one matcher is required".to_string());
@@ -132,20 +132,20 @@ pub fn validate_create(req: &v1::CreateSilenceRequest, now_ms: i64) -> Result<v1
         problems.push("matchers match every alert; add a matcher that requires a label value".to_string());
     }
     let starts_ms = req.starts_at.as_ref().map(driftwatch_proto::timestamp_millis).unwrap_or(now_ms);
-    let ends_ms = match (&req.ends_at, req.duration.trim()) {
-        (Some(t), "") => Some(driftwatch_proto::timestamp_millis(t)),
-        (None, d) if !d.is_empty() => match driftwatch_rules::parse_duration_ms(d) {
-            Ok(ms) if ms > 0 => Some(starts_ms.max(now_ms) + ms),
+    let ends_ms = match (&req.ends_at, &req.duration) {
+        (Some(t), None) => Some(driftwatch_proto::timestamp_millis(t)),
+        (None, Some(d)) => match driftwatch_proto::duration::from_proto("duration", d) {
+            Ok(d) if !d.is_zero() => Some(starts_ms.max(now_ms) + d.as_millis() as i64),
             Ok(_) => {
                 problems.push("duration must be positive".into());
                 None
             }
             Err(e) => {
-                problems.push(format!("duration: {e}"));
+                problems.push(e);
                 None
             }
         },
-        (Some(_), _) => {
+        (Some(_), Some(_)) => {
             problems.push("set ends_at or duration, not both".into());
             None
         }
@@ -162,9 +162,6 @@ pub fn validate_create(req: &v1::CreateSilenceRequest, now_ms: i64) -> Result<v1
             problems.push("ends_at is in the past".into());
         }
     }
-    if req.created_by.trim().is_empty() {
-        problems.push("created_by is required".into());
-    }
     if req.comment.len() > MAX_COMMENT {
         problems.push(format!("comment is longer than {MAX_COMMENT} bytes"));
     }
@@ -176,7 +173,7 @@ pub fn validate_create(req: &v1::CreateSilenceRequest, now_ms: i64) -> Result<v1
         matchers: req.matchers.clone(),
         starts_at: Some(driftwatch_proto::timestamp_from_millis(starts_ms)),
         ends_at: ends_ms.map(driftwatch_proto::timestamp_from_millis),
-        created_by: req.created_by.trim().to_string(),
+        actor: actor.to_string(),
         comment: req.comment.clone(),
         state: 0,
         updated_at: Some(driftwatch_proto::timestamp_from_millis(now_ms)),
@@ -228,11 +225,12 @@ mod tests {
         let req = v1::CreateSilenceRequest {
             matchers: vec![parse_matcher("host=web-1").unwrap()],
             starts_at: Some(driftwatch_proto::timestamp_from_millis(2_000)),
-            duration: "1s".into(),
-            created_by: "ops".into(),
+            duration: Some(driftwatch_proto::duration::to_proto(std::time::Duration::from_secs(1))),
             ..Default::default()
         };
-        let s = ActiveSilence::new(validate_create(&req, 1_000).unwrap()).unwrap();
+        let created = validate_create(&req, "ops", 1_000).unwrap();
+        assert_eq!(created.actor, "ops");
+        let s = ActiveSilence::new(created).unwrap();
         assert_eq!(s.state_at(1_500), v1::SilenceState::Pending);
         assert_eq!(s.state_at(2_000), v1::SilenceState::Active);
         assert_eq!(s.state_at(3_000), v1::SilenceState::Expired);
@@ -249,16 +247,23 @@ mod tests {
             ends_at: Some(driftwatch_proto::timestamp_from_millis(500)),
             ..Default::default()
         };
-        let e = validate_create(&req, 1_000).unwrap_err().to_string();
-        for want in ["invalid regex", "ends_at is in the past", "created_by is required"] {
+        let e = validate_create(&req, "ops", 1_000).unwrap_err().to_string();
+        for want in ["invalid regex", "ends_at is in the past"] {
             assert!(e.contains(want), "{e}");
         }
         let all = v1::CreateSilenceRequest {
             matchers: vec![parse_matcher("host=~.*").unwrap()],
-            duration: "1h".into(),
-            created_by: "x".into(),
+            duration: Some(driftwatch_proto::duration::to_proto(std::time::Duration::from_secs(3600))),
             ..Default::default()
         };
-        assert!(validate_create(&all, 0).unwrap_err().to_string().contains("match every alert"));
+        assert!(validate_create(&all, "ops", 0).unwrap_err().to_string().contains("match every alert"));
+        let negative = v1::CreateSilenceRequest {
+            matchers: vec![parse_matcher("host=web-1").unwrap()],
+            duration: Some(prost_types::Duration { seconds: -60, nanos: 0 }),
+            ..Default::default()
+        };
+        assert!(
+            validate_create(&negative, "ops", 0).unwrap_err().to_string().contains("duration: must be a non-negative")
+        );
     }
 }

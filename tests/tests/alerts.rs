@@ -99,27 +99,22 @@ async fn reload_for_ack_silence_offline_errors_and_restart() {
         - driftwatch_proto::timestamp_millis(&p.active_since.unwrap());
     assert!(waited >= 1000, "fired {waited} ms after it became pending");
 
-    // Acknowledge: who and why, an event, and a clear error for unknown alerts.
+    // Acknowledge: the caller (the server fills it in) and why, an event, and a clear
+    // error for unknown alerts.
     let acked = alerts
-        .acknowledge(v1::AcknowledgeRequest {
-            fingerprint: fired.fingerprint.clone(),
-            by: "alice".into(),
-            comment: "looking".into(),
-        })
+        .acknowledge(v1::AcknowledgeRequest { fingerprint: fired.fingerprint.clone(), comment: "looking".into() })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(acked.acknowledged.as_ref().unwrap().by, "alice");
+    let ack = acked.acknowledged.as_ref().unwrap();
+    assert_eq!((ack.actor.as_str(), ack.comment.as_str()), ("unauthenticated", "looking"));
     let e = alerts
-        .acknowledge(v1::AcknowledgeRequest { fingerprint: "nope".into(), by: "a".into(), ..Default::default() })
+        .acknowledge(v1::AcknowledgeRequest { fingerprint: "nope".into(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
-    let e = alerts
-        .acknowledge(v1::AcknowledgeRequest { fingerprint: fired.fingerprint.clone(), ..Default::default() })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument, "who is required");
+    let e = alerts.acknowledge(v1::AcknowledgeRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "the fingerprint is required");
 
     // Silence by labels (regex), then expire it.
     let m = |name: &str, value: &str, op: v1::matcher::Op| v1::Matcher {
@@ -130,8 +125,7 @@ async fn reload_for_ack_silence_offline_errors_and_restart() {
     let bad = alerts
         .create_silence(v1::CreateSilenceRequest {
             matchers: vec![m("host", "h(", v1::matcher::Op::Regex)],
-            duration: "1h".into(),
-            created_by: "bob".into(),
+            duration: Some(driftwatch_proto::duration::seconds(3600)),
             ..Default::default()
         })
         .await
@@ -141,8 +135,7 @@ async fn reload_for_ack_silence_offline_errors_and_restart() {
     let silence = alerts
         .create_silence(v1::CreateSilenceRequest {
             matchers: vec![m("host", "h.", v1::matcher::Op::Regex), m("severity", "low", v1::matcher::Op::NotEqual)],
-            duration: "1h".into(),
-            created_by: "bob".into(),
+            duration: Some(driftwatch_proto::duration::seconds(3600)),
             comment: "maintenance".into(),
             ..Default::default()
         })
@@ -271,9 +264,9 @@ async fn rules_service_checks_inline_files_and_reports_every_error() {
     let mut r = RulesClient::new(channel(&server).await);
     let listed = r.list_rules(v1::ListRulesRequest {}).await.unwrap().into_inner();
     assert_eq!(listed.rules.len(), server.rules.as_ref().unwrap().len());
-    assert!(
-        listed.rules.iter().any(|x| x.name == "memory-above-6gib" && x.r#for == "5m" && x.source == "web2img.yaml")
-    );
+    assert!(listed.rules.iter().any(|x| x.name == "memory-above-6gib"
+        && x.r#for == Some(driftwatch_proto::duration::seconds(300))
+        && x.source == "web2img.yaml"));
     let bad = "groups:\n  - name: g\n    rules:\n      - name: a\n        target: {file: \"*.env\", key: A}\n        expr: \"value > 'x' + 1\"\n      - name: b\n        target: {file: \"*.env\", key: B}\n        expr: \"nosuchfn(value)\"\n      - name: c\n        target: {file: \"*.env\", key: C}\n        expr: \"string(value).matches('(')\"\n";
     let c = r
         .check_rules(v1::CheckRulesRequest {
@@ -357,7 +350,7 @@ async fn retention_prunes_resolved_alerts_keeps_firing_ones_and_rolls_up_resourc
             let s = f
                 .get_resource_summary(v1::GetResourceSummaryRequest {
                     host_id: "h1".into(),
-                    window: "1h".into(),
+                    window: Some(driftwatch_proto::duration::seconds(3600)),
                     metrics: vec![],
                 })
                 .await
@@ -372,7 +365,7 @@ async fn retention_prunes_resolved_alerts_keeps_firing_ones_and_rolls_up_resourc
     let e = fleet
         .get_resource_summary(v1::GetResourceSummaryRequest {
             host_id: "h1".into(),
-            window: "soon".into(),
+            window: Some(driftwatch_proto::duration::ProtoDuration { seconds: -60, nanos: 0 }),
             metrics: vec![],
         })
         .await
@@ -443,7 +436,6 @@ async fn resource_rules_compare_with_pinned_resource_expectations() {
         .set_baseline_keys(v1::SetBaselineKeysRequest {
             name: "db".into(),
             set_resources: vec![v1::ResourceExpectation { metric: "memory_used_bytes".into(), value: 6.5 * gib }],
-            author: "dba".into(),
             ..Default::default()
         })
         .await

@@ -50,7 +50,7 @@ async fn pin_drift_promote_edit_delete_and_restart() {
         .unwrap()
         .into_inner();
     assert_eq!(pinned.version, 1);
-    assert_eq!(pinned.author, "unauthenticated");
+    assert_eq!(pinned.actor, "unauthenticated");
     assert!(pinned.files.iter().any(|f| f.path == env.display().to_string()));
     let d = fleet.diff(diff_req("web-1", &env)).await.unwrap().into_inner();
     assert_eq!((d.added, d.removed, d.changed), (0, 0, 0), "{d:#?}");
@@ -73,14 +73,13 @@ async fn pin_drift_promote_edit_delete_and_restart() {
             promote_from_host_id: "web-1".into(),
             promote_keys: vec!["WORKERS".into()],
             remove: vec!["CACHE_MAX_ITEMS".into()],
-            author: "alice".into(),
             reason: "more workers for the launch".into(),
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((v2.version, v2.author.as_str()), (2, "alice"));
+    assert_eq!((v2.version, v2.actor.as_str()), (2, "unauthenticated"), "the caller, not a name in the request");
     let d = fleet.diff(diff_req("web-1", &env)).await.unwrap().into_inner();
     assert_eq!((d.added, d.removed, d.changed, d.baseline_version), (0, 0, 0, 2), "{d:#?}");
     // Masked values are pinned by fingerprint and shown short, as GetFile shows them.
@@ -145,7 +144,6 @@ async fn pin_drift_promote_edit_delete_and_restart() {
     b.delete_baseline(v1::DeleteBaselineRequest {
         name: "tuned".into(),
         reason: "retired".into(),
-        ..Default::default()
     })
     .await
     .unwrap();

@@ -117,7 +117,11 @@ async fn firing(alerts: &mut AlertsClient<Channel>, host: &str) -> Vec<v1::Alert
 async fn audit(server: &RunningServer, prefix: &str) -> Vec<v1::AuditEvent> {
     server.engine.flush().await.unwrap();
     AuditClient::new(channel(server).await)
-        .list_events(v1::ListAuditEventsRequest { action_prefix: prefix.into(), limit: 1000, ..Default::default() })
+        .list_audit_events(v1::ListAuditEventsRequest {
+            action_prefix: prefix.into(),
+            limit: 1000,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -147,7 +151,6 @@ async fn remediation_restores_a_regressed_host_to_its_baseline_with_comments_int
         .pin_baseline(v1::PinBaselineRequest {
             host_id: "web-1".into(),
             name: "web2img-tuned".into(),
-            author: "alice".into(),
             ..Default::default()
         })
         .await
@@ -300,7 +303,6 @@ async fn failing_health_command_puts_the_previous_file_back_and_says_so() {
             host_id: "web-1".into(),
             path: host.file.display().to_string(),
             action: set_keys(&[("BROWSER_POOL_MAX_SIZE", "14")]),
-            requested_by: "bob".into(),
             ..Default::default()
         })
         .await
@@ -316,7 +318,7 @@ async fn failing_health_command_puts_the_previous_file_back_and_says_so() {
     assert!(result.diff.contains("+BROWSER_POOL_MAX_SIZE=14"), "{}", result.diff);
     let events = audit(&server, "correction.rolled_back").await;
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].actor, "bob");
+    assert_eq!(events[0].actor, "unauthenticated");
 
     // A dry run shows the exact diff and writes nothing.
     let dry = changes
@@ -501,13 +503,12 @@ fn start(path: &Path, set: &[(&str, &str)]) -> v1::StartRolloutRequest {
         path: path.display().to_string(),
         set_keys: set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         gate_severity: v1::Severity::High as i32,
-        requested_by: "carol".into(),
         ..Default::default()
     }
 }
 
 async fn until_done(changes: &mut ChangesClient<Channel>, id: &str) -> v1::Rollout {
-    let mut stream = changes.watch_rollout(v1::GetRolloutRequest { id: id.into() }).await.unwrap().into_inner();
+    let mut stream = changes.watch_rollout(v1::WatchRolloutRequest { id: id.into() }).await.unwrap().into_inner();
     let mut last = None;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while let Some(r) =
@@ -541,7 +542,11 @@ async fn pool_size_rollout_is_refused_then_forced_and_rolled_back_to_identical_b
 
     // Forced: the first wave (one host) fires the rule, the rollout stops and rolls back.
     let r = changes
-        .start_rollout(v1::StartRolloutRequest { force: true, bake_seconds: 1, ..req })
+        .start_rollout(v1::StartRolloutRequest {
+            force: true,
+            bake: Some(driftwatch_proto::duration::seconds(1)),
+            ..req
+        })
         .await
         .unwrap()
         .into_inner();
@@ -584,7 +589,6 @@ async fn harmless_rollout_completes_skips_offline_hosts_and_promotes_the_baselin
             host_id: "web-00".into(),
             name: "web2img".into(),
             selector: "service=web2img".into(),
-            author: "alice".into(),
             ..Default::default()
         })
         .await
@@ -603,7 +607,7 @@ async fn harmless_rollout_completes_skips_offline_hosts_and_promotes_the_baselin
     let req = v1::StartRolloutRequest {
         waves: vec!["1".into(), "50%".into(), "100%".into()],
         promote_baseline: true,
-        host_timeout_seconds: 1,
+        host_timeout: Some(driftwatch_proto::duration::seconds(1)),
         ..start(&fleet_glob(dir.path()), &[("BROWSER_POOL_MAX_SIZE", "14")])
     };
     let plan =
@@ -674,7 +678,7 @@ async fn abort_rolls_back_and_a_restarted_server_resumes_a_rollout() {
     // Abort during the first wave's bake: the canary goes back.
     let req = v1::StartRolloutRequest {
         waves: vec!["1".into(), "100%".into()],
-        bake_seconds: 60,
+        bake: Some(driftwatch_proto::duration::seconds(60)),
         ..start(&fleet_glob(dir.path()), &[("WORKERS", "9")])
     };
     let r = changes.start_rollout(req.clone()).await.unwrap().into_inner().rollout.unwrap();
@@ -688,16 +692,12 @@ async fn abort_rolls_back_and_a_restarted_server_resumes_a_rollout() {
     })
     .await;
     let aborted = changes
-        .abort_rollout(v1::AbortRolloutRequest {
-            id: r.id.clone(),
-            requested_by: "dave".into(),
-            reason: "wrong ticket".into(),
-        })
+        .abort_rollout(v1::AbortRolloutRequest { id: r.id.clone(), reason: "wrong ticket".into() })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(aborted.state, v1::RolloutState::Aborted as i32, "{aborted:#?}");
-    assert!(aborted.stop_reason.contains("dave") && aborted.stop_reason.contains("wrong ticket"));
+    assert!(aborted.stop_reason.contains("unauthenticated") && aborted.stop_reason.contains("wrong ticket"));
     for (h, b) in hosts.iter().zip(&before) {
         assert_eq!(&std::fs::read(&h.file).unwrap(), b, "{} back to its previous bytes", h.id);
     }
@@ -707,7 +707,7 @@ async fn abort_rolls_back_and_a_restarted_server_resumes_a_rollout() {
 
     // Restart mid-bake: the rollout is resumed from the store and finishes.
     let r = changes
-        .start_rollout(v1::StartRolloutRequest { bake_seconds: 2, ..req })
+        .start_rollout(v1::StartRolloutRequest { bake: Some(driftwatch_proto::duration::seconds(2)), ..req })
         .await
         .unwrap()
         .into_inner()
@@ -780,7 +780,7 @@ async fn a_resource_breach_on_the_canary_during_the_bake_rolls_back() {
     let r = changes
         .start_rollout(v1::StartRolloutRequest {
             waves: vec!["1".into(), "100%".into()],
-            bake_seconds: 30,
+            bake: Some(driftwatch_proto::duration::seconds(30)),
             ..start(Path::new(path), &[("WORKERS", "10")])
         })
         .await
@@ -847,7 +847,7 @@ async fn a_paused_rollout_resumes_or_aborts_and_a_refusing_host_fails_the_gate()
     assert!(paused.stop_reason.contains("browser-pool-max-size-above-20"), "{}", paused.stop_reason);
     assert_eq!(hosts_in(&paused, v1::RolloutHostState::Applied).len(), 1, "paused, not rolled back");
     // Resumed: the next wave goes out and pauses again on its own alert.
-    changes.resume_rollout(v1::ResumeRolloutRequest { id: id.clone(), requested_by: "frank".into() }).await.unwrap();
+    changes.resume_rollout(v1::ResumeRolloutRequest { id: id.clone(), ..Default::default() }).await.unwrap();
     wait_for("paused after wave 2", T, || {
         let f = state_of(id.clone());
         async move {
@@ -858,7 +858,7 @@ async fn a_paused_rollout_resumes_or_aborts_and_a_refusing_host_fails_the_gate()
     })
     .await;
     let aborted = changes
-        .abort_rollout(v1::AbortRolloutRequest { id: id.clone(), requested_by: "frank".into(), ..Default::default() })
+        .abort_rollout(v1::AbortRolloutRequest { id: id.clone(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();

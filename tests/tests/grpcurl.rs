@@ -95,10 +95,11 @@ async fn readme_grpcurl_tour_works() {
     .await;
     assert!(firing.contains("SEVERITY_HIGH"), "{firing}");
     // Follow events live: the firing snapshot and heartbeats (grpcurl stops after -max-time).
-    let sub = r#"{"include_firing":true,"heartbeat_seconds":1}"#;
+    let sub = r#"{"include_firing":true,"heartbeat_interval":"1s"}"#;
     let (_, out) = run(a(&["-plaintext", "-max-time", "3", "-d", sub, &addr, "driftwatch.v1.Alerts/Subscribe"])).await;
     assert!(out.contains("\"firing\"") && out.contains("workers-above-12") && out.contains("\"heartbeat\""), "{out}");
-    let silence = r#"{"matchers":[{"name":"alertname","value":"workers-above-12"}],"duration":"1h","created_by":"me","comment":"tuning"}"#;
+    let silence =
+        r#"{"matchers":[{"name":"alertname","value":"workers-above-12"}],"duration":"3600s","comment":"tuning"}"#;
     let (ok, out) = run(a(&["-plaintext", "-d", silence, &addr, "driftwatch.v1.Alerts/CreateSilence"])).await;
     assert!(ok && out.contains("SILENCE_STATE_ACTIVE"), "{out}");
     let (ok, out) = run(a(&["-plaintext", &addr, "driftwatch.v1.Alerts/ListSilences"])).await;
@@ -139,9 +140,14 @@ async fn readme_grpcurl_tour_works() {
     assert!(out.contains("-  max_retries: 5") && out.contains("+  max_retries: 7"), "{out}");
     assert_eq!(std::fs::read(&staging).unwrap(), before, "a dry run writes nothing");
     server.engine.flush().await.unwrap();
-    let (ok, out) =
-        run(a(&["-plaintext", "-d", r#"{"action_prefix":"correction."}"#, &addr, "driftwatch.v1.Audit/ListEvents"]))
-            .await;
+    let (ok, out) = run(a(&[
+        "-plaintext",
+        "-d",
+        r#"{"action_prefix":"correction."}"#,
+        &addr,
+        "driftwatch.v1.Audit/ListAuditEvents",
+    ]))
+    .await;
     assert!(ok && out.contains("correction.dry_run"), "{out}");
 
     let (ok, out) = run(a(&["-plaintext", &addr, "grpc.health.v1.Health/Check"])).await;

@@ -458,7 +458,11 @@ async fn a_real_alertmanager_gets_the_alert_and_its_resolution() {
     let mut sub = env
         .alerts()
         .await
-        .subscribe(v1::SubscribeRequest { rules: vec![RULE.into()], heartbeat_seconds: 1, ..Default::default() })
+        .subscribe(v1::SubscribeRequest {
+            rules: vec![RULE.into()],
+            heartbeat_interval: Some(driftwatch_proto::duration::seconds(1)),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

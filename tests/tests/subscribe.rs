@@ -115,12 +115,16 @@ async fn firing_snapshot_live_events_heartbeats_and_filters() {
 
     let req = v1::SubscribeRequest {
         include_firing: true,
-        heartbeat_seconds: 1,
+        heartbeat_interval: Some(driftwatch_proto::duration::seconds(1)),
         matchers: vec![v1::Matcher { name: "key".into(), value: "K[0-9]".into(), op: v1::matcher::Op::Regex as i32 }],
         ..Default::default()
     };
     let mut sub = c.subscribe(req).await.unwrap().into_inner();
-    let other = v1::SubscribeRequest { hosts: vec!["another-host".into()], heartbeat_seconds: 1, ..Default::default() };
+    let other = v1::SubscribeRequest {
+        hosts: vec!["another-host".into()],
+        heartbeat_interval: Some(driftwatch_proto::duration::seconds(1)),
+        ..Default::default()
+    };
     let mut filtered = c.subscribe(other).await.unwrap().into_inner();
     match next(&mut sub).await {
         Kind::Firing(a) => assert_eq!((a.key.as_str(), a.host_id.as_str()), ("K0", "h1")),
@@ -152,12 +156,12 @@ async fn firing_snapshot_live_events_heartbeats_and_filters() {
     // Bad filters are refused.
     let bad = v1::SubscribeRequest {
         matchers: vec![v1::Matcher { name: "key".into(), value: "(".into(), op: v1::matcher::Op::Regex as i32 }],
-        heartbeat_seconds: 1000,
+        heartbeat_interval: Some(driftwatch_proto::duration::seconds(1000)),
         ..Default::default()
     };
     let e = c.subscribe(bad).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().contains("invalid regex") && e.message().contains("heartbeat_seconds"), "{e:?}");
+    assert!(e.message().contains("invalid regex") && e.message().contains("heartbeat_interval"), "{e:?}");
     s.agent.stop().await.unwrap();
     s.server.stop().await.unwrap();
 }
@@ -166,8 +170,14 @@ async fn firing_snapshot_live_events_heartbeats_and_filters() {
 async fn resume_after_disconnect_and_restart_without_gap_or_duplicate() {
     let s = setup(10, |_| {}).await;
     let mut c = alerts(&s.server).await;
-    let mut sub =
-        c.subscribe(v1::SubscribeRequest { heartbeat_seconds: 1, ..Default::default() }).await.unwrap().into_inner();
+    let mut sub = c
+        .subscribe(v1::SubscribeRequest {
+            heartbeat_interval: Some(driftwatch_proto::duration::seconds(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     std::fs::write(&s.file, content(10, &[0, 1, 2])).unwrap();
     let ids = collect_until(&mut sub, 3).await;
     assert_eq!(ids, vec![1, 2, 3]);
@@ -195,7 +205,11 @@ async fn resume_after_disconnect_and_restart_without_gap_or_duplicate() {
     .await;
 
     let mut sub = c
-        .subscribe(v1::SubscribeRequest { since_event_id: 3, heartbeat_seconds: 1, ..Default::default() })
+        .subscribe(v1::SubscribeRequest {
+            since_event_id: 3,
+            heartbeat_interval: Some(driftwatch_proto::duration::seconds(1)),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -227,8 +241,14 @@ async fn a_subscriber_that_never_reads_is_cut_off_with_its_resume_id() {
         .await
         .unwrap();
     let mut stuck = AlertsClient::new(ch).subscribe(v1::SubscribeRequest::default()).await.unwrap().into_inner();
-    let mut reader =
-        c.subscribe(v1::SubscribeRequest { heartbeat_seconds: 1, ..Default::default() }).await.unwrap().into_inner();
+    let mut reader = c
+        .subscribe(v1::SubscribeRequest {
+            heartbeat_interval: Some(driftwatch_proto::duration::seconds(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     // 150 keys fire and resolve, 12 times: 3,600 events, more than the client's and the
     // server's HTTP/2 buffers and the subscriber's queue hold.
     let all: Vec<usize> = (0..150).collect();
@@ -271,7 +291,11 @@ async fn a_subscriber_that_never_reads_is_cut_off_with_its_resume_id() {
     assert_eq!(resume, *delivered.last().unwrap_or(&0), "resume from the last delivered: {status:?}");
     // Resuming from there delivers the rest, nothing twice.
     let mut again = c
-        .subscribe(v1::SubscribeRequest { since_event_id: resume, heartbeat_seconds: 1, ..Default::default() })
+        .subscribe(v1::SubscribeRequest {
+            since_event_id: resume,
+            heartbeat_interval: Some(driftwatch_proto::duration::seconds(1)),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -59,9 +59,9 @@ pub struct WatchArgs {
     /// Start after this event id (default: the alerts firing now, then new events).
     #[arg(long)]
     since: Option<u64>,
-    /// Seconds between server heartbeats; no message for three of them means a dead stream.
-    #[arg(long, default_value_t = 5)]
-    heartbeat: u32,
+    /// Time between server heartbeats (1s to 300s); no message for three of them means a dead stream.
+    #[arg(long, default_value = "5s")]
+    heartbeat: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,13 +72,12 @@ pub enum SilenceCmd {
     Add {
         #[arg(required = true, value_name = "MATCHER")]
         matchers: Vec<String>,
-        /// How long: 2h, 30m, 1d.
+        /// How long: 2h, 30m, 1d, 1h30m.
         #[arg(long, short = 'd', default_value = "2h")]
         duration: String,
+        /// Why (shown with the silence and in the audit log).
         #[arg(long, short = 'c', default_value = "")]
         comment: String,
-        #[arg(long, env = "USER", default_value = "")]
-        by: String,
     },
     /// List silences (active and pending; --all adds expired ones).
     List {
@@ -107,15 +106,6 @@ fn state_arg(s: &str) -> anyhow::Result<v1::AlertState> {
         "resolved" => v1::AlertState::Resolved,
         other => anyhow::bail!("unknown state {other:?} (pending, firing, resolved)"),
     })
-}
-
-fn silence_state_name(s: i32) -> &'static str {
-    match v1::SilenceState::try_from(s) {
-        Ok(v1::SilenceState::Pending) => "pending",
-        Ok(v1::SilenceState::Active) => "active",
-        Ok(v1::SilenceState::Expired) => "expired",
-        _ => "-",
-    }
 }
 
 fn value(v: &Option<v1::Value>) -> String {
@@ -186,7 +176,7 @@ fn alert_detail(a: &v1::Alert) -> String {
         rows.push(vec!["evaluation error".into(), a.evaluation_error.clone()]);
     }
     if let Some(ack) = &a.acknowledged {
-        rows.push(vec!["acknowledged".into(), format!("by {} {} {}", ack.by, ts(&ack.at), ack.comment)]);
+        rows.push(vec!["acknowledged".into(), format!("by {} {} {}", ack.actor, ts(&ack.at), ack.comment)]);
     }
     if !a.silenced_by.is_empty() {
         rows.push(vec!["silenced by".into(), a.silenced_by.join(", ")]);
@@ -244,6 +234,9 @@ fn event_line(id: Option<u64>, kind: &str, a: &v1::Alert) -> String {
 /// `alerts watch`: follow `Alerts.Subscribe`, resuming after the last id seen.
 pub async fn watch(server: String, out: Output, args: WatchArgs) -> anyhow::Result<()> {
     use tokio_stream::StreamExt;
+    let heartbeat = driftwatch_proto::duration::parse(&args.heartbeat)
+        .map_err(|e| anyhow::anyhow!("--heartbeat: {e}"))?
+        .clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(300));
     let request = |since: u64, first: bool| -> anyhow::Result<v1::SubscribeRequest> {
         Ok(v1::SubscribeRequest {
             since_event_id: since,
@@ -252,11 +245,11 @@ pub async fn watch(server: String, out: Output, args: WatchArgs) -> anyhow::Resu
             matchers: args.matchers.iter().map(|m| parse_matcher(m)).collect::<anyhow::Result<_>>()?,
             rules: args.rules.clone(),
             hosts: args.hosts.clone(),
-            heartbeat_seconds: args.heartbeat.clamp(1, 300),
+            heartbeat_interval: Some(driftwatch_proto::duration::to_proto(heartbeat)),
         })
     };
     request(0, true)?; // bad filters fail now, not on the first reconnect
-    let dead_after = std::time::Duration::from_secs(u64::from(args.heartbeat.clamp(1, 300)) * 3);
+    let dead_after = heartbeat * 3;
     let mut last = args.since.unwrap_or(0);
     let mut first = true;
     let mut backoff = std::time::Duration::from_millis(250);
@@ -346,12 +339,11 @@ pub async fn list(ch: Channel, out: Output, args: AlertsArgs) -> anyhow::Result<
     Ok(())
 }
 
-pub async fn ack(ch: Channel, out: Output, id: String, by: String, comment: String) -> anyhow::Result<()> {
+pub async fn ack(ch: Channel, out: Output, id: String, comment: String) -> anyhow::Result<()> {
     let mut c = AlertsClient::new(ch);
     let a = find(&mut c, &id).await?;
-    let by = if by.trim().is_empty() { "unknown".to_string() } else { by };
     let a = c
-        .acknowledge(v1::AcknowledgeRequest { fingerprint: a.fingerprint, by, comment })
+        .acknowledge(v1::AcknowledgeRequest { fingerprint: a.fingerprint, comment })
         .await
         .map_err(status_err)?
         .into_inner();
@@ -390,14 +382,13 @@ fn matcher_text(m: &v1::Matcher) -> String {
 pub async fn silence(ch: Channel, out: Output, cmd: SilenceCmd) -> anyhow::Result<()> {
     let mut c = AlertsClient::new(ch);
     match cmd {
-        SilenceCmd::Add { matchers, duration, comment, by } => {
+        SilenceCmd::Add { matchers, duration, comment } => {
             let matchers = matchers.iter().map(|m| parse_matcher(m)).collect::<anyhow::Result<Vec<_>>>()?;
             let s = c
                 .create_silence(v1::CreateSilenceRequest {
                     matchers,
-                    duration,
+                    duration: Some(crate::output::duration_arg(&duration, "duration")?),
                     comment,
-                    created_by: if by.trim().is_empty() { "unknown".into() } else { by },
                     ..Default::default()
                 })
                 .await
@@ -424,11 +415,11 @@ pub async fn silence(ch: Channel, out: Output, cmd: SilenceCmd) -> anyhow::Resul
                         .map(|s| {
                             vec![
                                 s.id.clone(),
-                                silence_state_name(s.state).into(),
+                                driftwatch_proto::silence_state_name(s.state).into(),
                                 s.matchers.iter().map(matcher_text).collect::<Vec<_>>().join(","),
                                 ts(&s.starts_at),
                                 s.ends_at.map(|t| crate::output::until(&t)).unwrap_or_default(),
-                                s.created_by.clone(),
+                                s.actor.clone(),
                                 s.comment.clone(),
                             ]
                         })

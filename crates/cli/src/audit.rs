@@ -44,7 +44,7 @@ pub async fn run(ch: Channel, out: Output, args: AuditArgs) -> anyhow::Result<()
         newest_first: args.newest,
         limit,
     };
-    let r = AuditClient::new(ch).list_events(req).await.map_err(status_err)?.into_inner();
+    let r = AuditClient::new(ch).list_audit_events(req).await.map_err(status_err)?.into_inner();
     match out {
         Output::Json => println!("{}", to_json(&r, "ListAuditEventsResponse")?),
         Output::Table => {

@@ -27,9 +27,6 @@ pub enum BaselineCmd {
         /// Why (recorded with the version).
         #[arg(long, default_value = "")]
         reason: String,
-        /// Who (recorded with the version).
-        #[arg(long, env = "USER", default_value = "")]
-        author: String,
     },
     /// Show a baseline: the newest version, or --version N.
     Show {
@@ -66,20 +63,18 @@ pub enum BaselineCmd {
         /// A resource expectation to drop; repeatable.
         #[arg(long = "remove-resource", value_name = "METRIC")]
         remove_resources: Vec<String>,
+        /// Why (recorded with the version).
         #[arg(long, default_value = "")]
         reason: String,
-        #[arg(long, env = "USER", default_value = "")]
-        author: String,
     },
     /// Compare a host's file with its effective baseline (same as `diff HOST PATH --baseline`).
     Diff { host_id: String, path: String },
     /// Record the deletion of a baseline as a new version (history stays readable).
     Delete {
         name: String,
+        /// Why (recorded with the version).
         #[arg(long, default_value = "")]
         reason: String,
-        #[arg(long, env = "USER", default_value = "")]
-        author: String,
     },
 }
 
@@ -105,13 +100,12 @@ fn key_value(s: &str) -> anyhow::Result<v1::KeyValue> {
 pub async fn run(channel: Channel, out: Output, cmd: BaselineCmd) -> anyhow::Result<()> {
     let mut c = BaselinesClient::new(channel.clone());
     let b = match cmd {
-        BaselineCmd::Pin { host_id, name, path, selector, resources, reason, author } => {
+        BaselineCmd::Pin { host_id, name, path, selector, resources, reason } => {
             let r = v1::PinBaselineRequest {
                 host_id,
                 name,
                 path: path.unwrap_or_default(),
                 selector: selector.unwrap_or_default(),
-                author,
                 reason,
                 include_resources: resources.is_some(),
                 resource_metrics: resources
@@ -139,18 +133,7 @@ pub async fn run(channel: Channel, out: Output, cmd: BaselineCmd) -> anyhow::Res
             }
             return Ok(());
         }
-        BaselineCmd::Set {
-            name,
-            path,
-            set,
-            remove,
-            promote,
-            from_host,
-            resources,
-            remove_resources,
-            reason,
-            author,
-        } => {
+        BaselineCmd::Set { name, path, set, remove, promote, from_host, resources, remove_resources, reason } => {
             let set = set.iter().map(|s| key_value(s)).collect::<anyhow::Result<Vec<_>>>()?;
             let set_resources = resources
                 .iter()
@@ -169,7 +152,6 @@ pub async fn run(channel: Channel, out: Output, cmd: BaselineCmd) -> anyhow::Res
                 remove,
                 promote_from_host_id: from_host.unwrap_or_default(),
                 promote_keys: promote,
-                author,
                 reason,
             };
             c.set_baseline_keys(r).await.map_err(crate::status_err)?.into_inner()
@@ -183,11 +165,9 @@ pub async fn run(channel: Channel, out: Output, cmd: BaselineCmd) -> anyhow::Res
             }
             return Ok(());
         }
-        BaselineCmd::Delete { name, reason, author } => c
-            .delete_baseline(v1::DeleteBaselineRequest { name, author, reason })
-            .await
-            .map_err(crate::status_err)?
-            .into_inner(),
+        BaselineCmd::Delete { name, reason } => {
+            c.delete_baseline(v1::DeleteBaselineRequest { name, reason }).await.map_err(crate::status_err)?.into_inner()
+        }
     };
     match out {
         Output::Json => println!("{}", to_json(&b, "Baseline")?),
@@ -209,7 +189,7 @@ fn list_table(bs: &[v1::Baseline]) -> String {
                 b.version.to_string(),
                 scope(b),
                 b.files.len().to_string(),
-                b.author.clone(),
+                b.actor.clone(),
                 ts(&b.created_at),
                 if b.deleted { "deleted".into() } else { b.reason.clone() },
             ]
@@ -226,7 +206,7 @@ fn detail(b: &v1::Baseline) -> String {
         if b.deleted { " (deleted)" } else { "" },
         scope(b),
         ts(&b.created_at),
-        b.author,
+        b.actor,
         b.reason
     );
     for f in &b.files {

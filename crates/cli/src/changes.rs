@@ -5,11 +5,13 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::Context;
 use driftwatch_proto::v1::{self, changes_client::ChangesClient, correct_request::Action};
-use driftwatch_server::changes::outcome_name;
-use driftwatch_server::changes::rollout::{host_state_name, is_terminal, state_name};
+use driftwatch_proto::{
+    change_outcome_name as outcome_name, rollout_host_state_name as host_state_name,
+    rollout_is_terminal as is_terminal, rollout_state_name as state_name,
+};
 use tonic::transport::Channel;
 
-use crate::output::{Output, table, to_json, ts};
+use crate::output::{Output, duration_arg, table, to_json, ts};
 use crate::status_err;
 
 #[derive(Debug, clap::Args)]
@@ -36,13 +38,12 @@ pub struct CorrectArgs {
     /// Show the exact diff the agent would write; write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Why (recorded in the audit log).
     #[arg(long, default_value = "")]
     reason: String,
-    #[arg(long, env = "USER", default_value = "")]
-    by: String,
-    /// Seconds to wait for the agent.
-    #[arg(long, default_value_t = 30)]
-    timeout: u32,
+    /// How long to wait for the agent: 30s, 2m.
+    #[arg(long, default_value = "30s")]
+    timeout: String,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -56,16 +57,16 @@ pub enum RolloutCmd {
     /// Stop a rollout and roll back every host it changed.
     Abort {
         id: String,
+        /// Why (recorded in the audit log).
         #[arg(long, default_value = "")]
         reason: String,
-        #[arg(long, env = "USER", default_value = "")]
-        by: String,
     },
     /// Continue a paused rollout.
     Resume {
         id: String,
-        #[arg(long, env = "USER", default_value = "")]
-        by: String,
+        /// Why (recorded in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -112,10 +113,9 @@ pub struct StartArgs {
     /// Follow the rollout until it ends.
     #[arg(long)]
     watch: bool,
+    /// Why (recorded with the rollout and in the audit log).
     #[arg(long, default_value = "")]
     reason: String,
-    #[arg(long, env = "USER", default_value = "")]
-    by: String,
 }
 
 fn key_values(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -127,11 +127,6 @@ fn key_values(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
             Ok((k.trim().to_string(), v.to_string()))
         })
         .collect()
-}
-
-fn seconds(text: &str, flag: &str) -> anyhow::Result<u32> {
-    let ms = driftwatch_rules::parse_duration_ms(text).map_err(|e| anyhow::anyhow!("--{flag} {text:?}: {e}"))?;
-    Ok(u32::try_from(ms / 1000).unwrap_or(u32::MAX))
 }
 
 fn short(h: &str) -> &str {
@@ -156,9 +151,8 @@ pub async fn correct(ch: Channel, out: Output, a: CorrectArgs) -> anyhow::Result
         path: a.path,
         action: Some(action),
         dry_run: a.dry_run,
-        requested_by: a.by,
         reason: a.reason,
-        timeout_seconds: a.timeout,
+        timeout: Some(duration_arg(&a.timeout, "timeout")?),
     };
     let r = ChangesClient::new(ch).correct(req).await.map_err(status_err)?.into_inner();
     let result = r.result.clone().unwrap_or_default();
@@ -210,15 +204,14 @@ pub async fn rollout(ch: Channel, out: Output, cmd: RolloutCmd) -> anyhow::Resul
                 remove_keys: a.remove,
                 restore_hash: a.restore_version.unwrap_or_default(),
                 waves: a.waves,
-                bake_seconds: seconds(&a.bake, "bake")?,
+                bake: Some(duration_arg(&a.bake, "bake")?),
                 gate_severity: crate::alerts::severity_arg(&a.gate_severity)? as i32,
                 on_failure: if a.on_failure == "pause" { v1::OnFailure::Pause } else { v1::OnFailure::RollBack } as i32,
                 dry_run: a.dry_run,
                 force: a.force,
                 promote_baseline: a.promote_baseline,
-                requested_by: a.by,
                 reason: a.reason,
-                host_timeout_seconds: seconds(&a.host_timeout, "host-timeout")?.max(1),
+                host_timeout: Some(duration_arg(&a.host_timeout, "host-timeout")?),
             };
             let r = c.start_rollout(req).await.map_err(status_err)?.into_inner();
             let rollout = r.rollout.clone().unwrap_or_default();
@@ -275,7 +268,7 @@ pub async fn rollout(ch: Channel, out: Output, cmd: RolloutCmd) -> anyhow::Resul
                                 x.selector.clone(),
                                 format!("{done}/{total}"),
                                 ts(&x.created_at),
-                                x.requested_by.clone(),
+                                x.actor.clone(),
                             ]
                         })
                         .collect();
@@ -285,24 +278,16 @@ pub async fn rollout(ch: Channel, out: Output, cmd: RolloutCmd) -> anyhow::Resul
             Ok(true)
         }
         RolloutCmd::Watch { id } => watch(c, out, id).await,
-        RolloutCmd::Abort { id, reason, by } => {
-            let r = c
-                .abort_rollout(v1::AbortRolloutRequest { id, requested_by: by, reason })
-                .await
-                .map_err(status_err)?
-                .into_inner();
+        RolloutCmd::Abort { id, reason } => {
+            let r = c.abort_rollout(v1::AbortRolloutRequest { id, reason }).await.map_err(status_err)?.into_inner();
             match out {
                 Output::Json => println!("{}", to_json(&r, "Rollout")?),
                 Output::Table => print!("{}", progress_text(&r, true)),
             }
             Ok(true)
         }
-        RolloutCmd::Resume { id, by } => {
-            let r = c
-                .resume_rollout(v1::ResumeRolloutRequest { id, requested_by: by })
-                .await
-                .map_err(status_err)?
-                .into_inner();
+        RolloutCmd::Resume { id, reason } => {
+            let r = c.resume_rollout(v1::ResumeRolloutRequest { id, reason }).await.map_err(status_err)?.into_inner();
             match out {
                 Output::Json => println!("{}", to_json(&r, "Rollout")?),
                 Output::Table => print!("{}", progress_text(&r, false)),
@@ -330,7 +315,7 @@ fn counts(r: &v1::Rollout) -> (usize, usize) {
 /// Follow a rollout; redraws in place on a terminal, one block per update otherwise.
 /// Exit status 1 unless it succeeded.
 async fn watch(mut c: ChangesClient<Channel>, out: Output, id: String) -> anyhow::Result<bool> {
-    let mut stream = c.watch_rollout(v1::GetRolloutRequest { id }).await.map_err(status_err)?.into_inner();
+    let mut stream = c.watch_rollout(v1::WatchRolloutRequest { id }).await.map_err(status_err)?.into_inner();
     let tty = std::io::stdout().is_terminal() && out == Output::Table;
     let mut drawn = 0usize;
     let mut last = v1::Rollout::default();

@@ -46,10 +46,9 @@ enum Command {
     /// Acknowledge an alert's current episode (ID: as `driftwatch alerts` shows it).
     Ack {
         id: String,
+        /// Why (shown with the alert and in the audit log).
         #[arg(long, short = 'c', default_value = "")]
         comment: String,
-        #[arg(long, env = "USER", default_value = "")]
-        by: String,
     },
     /// Change one file on one host now: restore baseline keys, set keys, or put back an
     /// earlier version. The agent checks its own allowlist and the file's hash, backs the
@@ -220,7 +219,7 @@ async fn query(server: &str, out: Output, cmd: Command) -> anyhow::Result<()> {
                                 x.severity.clone(),
                                 x.selector.clone(),
                                 x.target.clone(),
-                                x.r#for.clone(),
+                                crate::output::duration_text(&x.r#for),
                                 x.source.clone(),
                             ]
                         })
@@ -250,7 +249,7 @@ async fn query(server: &str, out: Output, cmd: Command) -> anyhow::Result<()> {
         Command::Up(_) | Command::Rules(_) => unreachable!("handled in main"),
         Command::Baseline(b) => baseline::run(ch, out, b).await?,
         Command::Alerts(a) => alerts::list(ch, out, a).await?,
-        Command::Ack { id, comment, by } => alerts::ack(ch, out, id, by, comment).await?,
+        Command::Ack { id, comment } => alerts::ack(ch, out, id, comment).await?,
         Command::Silence(cmd) => alerts::silence(ch, out, cmd).await?,
         Command::Audit(a) => audit::run(ch, out, a).await?,
         Command::Correct(a) => {
@@ -328,14 +327,6 @@ fn labels(l: &std::collections::BTreeMap<String, String>) -> String {
     l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
-fn state_name(s: i32) -> &'static str {
-    match v1::ConnectionState::try_from(s) {
-        Ok(v1::ConnectionState::Online) => "online",
-        Ok(v1::ConnectionState::Offline) => "offline",
-        _ => "unknown",
-    }
-}
-
 fn hosts_table(hosts: &[v1::HostSummary]) -> String {
     let rows: Vec<Vec<String>> = hosts
         .iter()
@@ -343,7 +334,7 @@ fn hosts_table(hosts: &[v1::HostSummary]) -> String {
             let r = h.resources.clone().unwrap_or_default();
             vec![
                 h.host_id.clone(),
-                state_name(h.state).into(),
+                driftwatch_proto::connection_state_name(h.state).into(),
                 ts(&h.last_seen),
                 labels(&h.labels),
                 format!("{}", h.file_count),
@@ -354,19 +345,6 @@ fn hosts_table(hosts: &[v1::HostSummary]) -> String {
         })
         .collect();
     table(&["HOST", "STATE", "LAST SEEN", "LABELS", "FILES", "PROBLEMS", "CPU CORES", "MEMORY"], &rows)
-}
-
-fn status_name(s: i32) -> &'static str {
-    match v1::FileStatus::try_from(s) {
-        Ok(v1::FileStatus::Ok) => "ok",
-        Ok(v1::FileStatus::ParseError) => "parse error",
-        Ok(v1::FileStatus::TooLarge) => "too large",
-        Ok(v1::FileStatus::Binary) => "binary",
-        Ok(v1::FileStatus::HashOnly) => "hash only",
-        Ok(v1::FileStatus::Missing) => "missing",
-        Ok(v1::FileStatus::Unreadable) => "unreadable",
-        _ => "unknown",
-    }
 }
 
 fn error_text(e: &Option<v1::FileError>) -> String {
@@ -382,7 +360,7 @@ fn host_detail(h: &v1::Host) -> String {
     let mut out = format!(
         "host:     {}\nstate:    {} (last seen {})\nlabels:   {}\nagent:    {}\nlast seq: {}  dropped by agent: {}\n",
         s.host_id,
-        state_name(s.state),
+        driftwatch_proto::connection_state_name(s.state),
         ts(&s.last_seen),
         labels(&s.labels),
         s.agent_version,
@@ -432,7 +410,7 @@ fn host_detail(h: &v1::Host) -> String {
             vec![
                 f.path.clone(),
                 driftwatch_proto::format_name(f.format).into(),
-                status_name(f.status).into(),
+                driftwatch_proto::file_status_name(f.status).into(),
                 f.key_count.to_string(),
                 bytes(f.size),
                 ts(&f.updated_at),
@@ -451,7 +429,7 @@ fn file_detail(f: &v1::File) -> String {
         f.host_id,
         s.path,
         driftwatch_proto::format_name(s.format),
-        status_name(s.status),
+        driftwatch_proto::file_status_name(s.status),
         bytes(s.size),
         s.mode & 0o7777,
         s.dir_mode & 0o7777,

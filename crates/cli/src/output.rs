@@ -98,6 +98,22 @@ pub fn bytes(n: u64) -> String {
     if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
+/// A duration flag (`--bake 5m`, `--timeout 1h30m`): the grammar of every driftwatch
+/// config and flag, as a `google.protobuf.Duration` for the request.
+pub fn duration_arg(text: &str, flag: &str) -> anyhow::Result<prost_types::Duration> {
+    driftwatch_proto::duration::parse(text)
+        .map(driftwatch_proto::duration::to_proto)
+        .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+}
+
+/// A duration from the server, as the flags take it (`1h30m`); `-` when absent.
+pub fn duration_text(d: &Option<prost_types::Duration>) -> String {
+    match d.as_ref().map(|d| driftwatch_proto::duration::from_proto("", d)) {
+        Some(Ok(d)) => driftwatch_proto::duration::format(d),
+        _ => "-".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

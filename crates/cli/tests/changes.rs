@@ -53,7 +53,7 @@ async fn correct_and_rollout_from_the_command_line() {
         async move { held_hash(&mut fleet, &path).await }
     })
     .await;
-    // Operator commands record who ran them: `--by` defaults to $USER.
+    // Operator commands record the caller the server knows (not $USER, not a flag).
     let cli = |server: &str, args: &[&str]| cli_env(server, args, &[("USER", "erin")]);
 
     // A dry run prints the exact diff and writes nothing.
@@ -108,7 +108,7 @@ async fn correct_and_rollout_from_the_command_line() {
     let (ok, out, err) = cli(&url, &["audit", "--action", "rollout."]);
     assert!(ok && out.contains("rollout.started") && out.contains("rollout.succeeded"), "{out}{err}");
     let (ok, out, _) = cli(&url, &["audit", "--action", "correction."]);
-    assert!(ok && out.contains("erin") && out.contains("correction.applied"), "{out}");
+    assert!(ok && out.contains("unauthenticated") && !out.contains("erin") && out.contains("correction.applied"), "{out}");
 
     agent.stop().await.unwrap();
     server.stop().await.unwrap();

@@ -12,6 +12,9 @@
 
 use std::time::Duration;
 
+/// The wire type (`google.protobuf.Duration`), for callers that build requests.
+pub use prost_types::Duration as ProtoDuration;
+
 /// Longest duration accepted: 100 years, far past any retention or window.
 pub const MAX: Duration = Duration::from_secs(100 * 365 * 86_400);
 
@@ -111,6 +114,11 @@ pub fn format(d: Duration) -> String {
 /// [`format`] of milliseconds (negative counts as zero).
 pub fn format_ms(ms: i64) -> String {
     format(Duration::from_millis(ms.max(0) as u64))
+}
+
+/// Whole seconds → `google.protobuf.Duration` (request builders, tests).
+pub fn seconds(n: u64) -> prost_types::Duration {
+    prost_types::Duration { seconds: n as i64, nanos: 0 }
 }
 
 /// `std::time::Duration` → `google.protobuf.Duration`.

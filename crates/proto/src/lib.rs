@@ -7,6 +7,9 @@
 
 pub mod codec;
 pub mod duration;
+mod names;
+
+pub use names::*;
 
 pub mod v1 {
     tonic::include_proto!("driftwatch.v1");
@@ -31,56 +34,6 @@ pub fn timestamp_from_millis(ms: i64) -> Timestamp {
 /// protobuf `Timestamp` → milliseconds since the Unix epoch.
 pub fn timestamp_millis(t: &Timestamp) -> i64 {
     t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
-}
-
-/// A `Format` value's short name, as rules (`meta.format`) and the CLI show it: env, ini,
-/// yaml, json, toml, text (unknown values are tracked as text).
-pub fn format_name(f: i32) -> &'static str {
-    match v1::Format::try_from(f) {
-        Ok(v1::Format::Env) => "env",
-        Ok(v1::Format::Ini) => "ini",
-        Ok(v1::Format::Yaml) => "yaml",
-        Ok(v1::Format::Json) => "json",
-        Ok(v1::Format::Toml) => "toml",
-        _ => "text",
-    }
-}
-
-/// A `Severity` value as operators write it: info, low, medium, high, critical.
-pub fn severity_name(s: i32) -> &'static str {
-    match v1::Severity::try_from(s) {
-        Ok(v1::Severity::Info) => "info",
-        Ok(v1::Severity::Low) => "low",
-        Ok(v1::Severity::Medium) => "medium",
-        Ok(v1::Severity::High) => "high",
-        Ok(v1::Severity::Critical) => "critical",
-        _ => "unspecified",
-    }
-}
-
-/// An `AlertState` value: pending, firing, resolved (anything else: inactive).
-pub fn alert_state_name(s: i32) -> &'static str {
-    match v1::AlertState::try_from(s) {
-        Ok(v1::AlertState::Pending) => "pending",
-        Ok(v1::AlertState::Firing) => "firing",
-        Ok(v1::AlertState::Resolved) => "resolved",
-        _ => "inactive",
-    }
-}
-
-/// An `AlertEventKind` value: pending, fired, resolved, cleared, acknowledged,
-/// silenced, unsilenced.
-pub fn alert_event_kind_name(k: v1::AlertEventKind) -> &'static str {
-    match k {
-        v1::AlertEventKind::Pending => "pending",
-        v1::AlertEventKind::Fired => "fired",
-        v1::AlertEventKind::Resolved => "resolved",
-        v1::AlertEventKind::Cleared => "cleared",
-        v1::AlertEventKind::Acknowledged => "acknowledged",
-        v1::AlertEventKind::Silenced => "silenced",
-        v1::AlertEventKind::Unsilenced => "unsilenced",
-        v1::AlertEventKind::Unspecified => "unspecified",
-    }
 }
 
 /// Now, as milliseconds since the Unix epoch.

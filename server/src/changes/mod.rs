@@ -35,6 +35,8 @@ pub use service::ChangesService;
 
 /// How long a correction waits for the agent by default.
 const DEFAULT_CORRECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a caller may ask a correction to wait for its agent.
+const MAX_CORRECT_TIMEOUT: Duration = Duration::from_secs(600);
 pub use crate::audit::SERVER_ACTOR;
 
 /// What corrections and rollouts need from the rest of the server.
@@ -117,13 +119,13 @@ impl ChangesCore {
     }
 
     /// One correction, start to finish: build the change, send it, wait, audit.
-    pub async fn correct(&self, req: v1::CorrectRequest) -> Result<v1::CorrectResponse, ServerError> {
+    pub async fn correct(&self, req: v1::CorrectRequest, actor: &str) -> Result<v1::CorrectResponse, ServerError> {
         let host = req.host_id.trim().to_string();
         let path = req.path.trim().to_string();
         if host.is_empty() || path.is_empty() {
             return Err(ServerError::InvalidArgument("host_id and path are required".into()));
         }
-        let actor = crate::audit::actor(&req.requested_by);
+        let actor = actor.to_string();
         let current = self.state.file_state(&host, &path)?;
         let mut change = v1::ApplyChange {
             change_id: self.dispatcher.new_id("c"),
@@ -187,15 +189,16 @@ impl ChangesCore {
                 (format!("restore version {}", short(hash)), Vec::new())
             }
         };
-        let timeout = if req.timeout_seconds == 0 {
-            DEFAULT_CORRECT_TIMEOUT
-        } else {
-            Duration::from_secs(req.timeout_seconds.into())
-        };
+        let timeout =
+            driftwatch_proto::duration::from_proto_or("timeout", req.timeout.as_ref(), DEFAULT_CORRECT_TIMEOUT)
+                .map_err(ServerError::InvalidArgument)?;
+        if !(Duration::from_secs(1)..=MAX_CORRECT_TIMEOUT).contains(&timeout) {
+            return Err(ServerError::InvalidArgument("timeout must be between 1s and 10m".into()));
+        }
         let change_id = change.change_id.clone();
         tracing::info!(host = %host, path = %path, change = %change_id, what = %what, dry_run = req.dry_run, "correction sent");
         let result = self.dispatcher.apply(&host, change, timeout).await?;
-        let outcome = outcome_name(result.outcome);
+        let outcome = driftwatch_proto::change_outcome_name(result.outcome);
         tracing::info!(host = %host, path = %path, change = %change_id, outcome, "correction result");
         self.audit
             .record(crate::audit::AuditEntry {
@@ -226,21 +229,6 @@ pub(crate) fn audit_detail(what: &str, keys: &[String], reason: &str, message: &
         d.push_str(&format!("; {message}"));
     }
     d
-}
-
-/// The outcome as a word (audit actions, CLI, logs).
-pub fn outcome_name(outcome: i32) -> &'static str {
-    match v1::ChangeOutcome::try_from(outcome).unwrap_or(v1::ChangeOutcome::Unspecified) {
-        v1::ChangeOutcome::Unspecified => "unspecified",
-        v1::ChangeOutcome::Applied => "applied",
-        v1::ChangeOutcome::DryRun => "dry_run",
-        v1::ChangeOutcome::Refused => "refused",
-        v1::ChangeOutcome::Conflict => "conflict",
-        v1::ChangeOutcome::Failed => "failed",
-        v1::ChangeOutcome::RolledBack => "rolled_back",
-        v1::ChangeOutcome::Rejected => "rejected",
-        v1::ChangeOutcome::Unchanged => "unchanged",
-    }
 }
 
 pub(crate) fn short(hash: &str) -> &str {

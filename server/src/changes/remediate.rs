@@ -222,7 +222,6 @@ async fn attempt(
                 host_id: host.to_string(),
                 path: path.to_string(),
                 action: Some(v1::correct_request::Action::RestoreBaseline(v1::RestoreBaseline { keys })),
-                requested_by: SERVER_ACTOR.to_string(),
                 reason: format!(
                     "remediation (attempt {} of {}): rule {} fired",
                     limiter.attempts(host, path),
@@ -235,10 +234,10 @@ async fn attempt(
             let core = core.clone();
             let (host, path) = (host.to_string(), path.to_string());
             tokio::spawn(async move {
-                match core.correct(req).await {
+                match core.correct(req, SERVER_ACTOR).await {
                     Ok(r) => {
                         let outcome = r.result.as_ref().map_or(0, |r| r.outcome);
-                        tracing::info!(host = %host, path = %path, change = %r.change_id, outcome = super::outcome_name(outcome), "remediation attempted");
+                        tracing::info!(host = %host, path = %path, change = %r.change_id, outcome = driftwatch_proto::change_outcome_name(outcome), "remediation attempted");
                     }
                     Err(e) => tracing::warn!(host = %host, path = %path, error = %e, "remediation could not be sent"),
                 }

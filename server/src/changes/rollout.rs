@@ -35,7 +35,7 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub(crate) enum Control {
     Abort { by: String, reason: String },
-    Resume { by: String },
+    Resume { by: String, reason: String },
 }
 
 struct Live {
@@ -67,12 +67,17 @@ impl Registry {
     }
 }
 
-pub fn is_terminal(state: i32) -> bool {
-    matches!(RS::try_from(state), Ok(RS::Succeeded | RS::Failed | RS::RolledBack | RS::Aborted))
-}
-
 fn now_ts() -> prost_types::Timestamp {
     driftwatch_proto::timestamp_from_millis(driftwatch_proto::now_millis())
+}
+
+/// How long a rollout waits for an offline host (at least a second).
+fn host_timeout(r: &v1::Rollout) -> Duration {
+    r.host_timeout
+        .as_ref()
+        .and_then(|d| driftwatch_proto::duration::from_proto("host_timeout", d).ok())
+        .unwrap_or(DEFAULT_HOST_TIMEOUT)
+        .max(Duration::from_secs(1))
 }
 
 /// The file a rollout changes on one host.
@@ -92,6 +97,7 @@ impl ChangesCore {
     pub async fn start_rollout(
         self: &Arc<Self>,
         req: v1::StartRolloutRequest,
+        actor: &str,
     ) -> Result<v1::StartRolloutResponse, ServerError> {
         let invalid = ServerError::InvalidArgument;
         let selector_text = req.selector.trim().to_string();
@@ -120,11 +126,12 @@ impl ChangesCore {
             Ok(OnFailure::Pause) => OnFailure::Pause,
             _ => OnFailure::RollBack,
         };
-        let host_timeout = if req.host_timeout_seconds == 0 {
-            DEFAULT_HOST_TIMEOUT.as_secs() as u32
-        } else {
-            req.host_timeout_seconds
-        };
+        let host_timeout =
+            driftwatch_proto::duration::from_proto_or("host_timeout", req.host_timeout.as_ref(), DEFAULT_HOST_TIMEOUT)
+                .map_err(invalid)?
+                .max(Duration::from_secs(1));
+        let bake =
+            driftwatch_proto::duration::from_proto_or("bake", req.bake.as_ref(), Duration::ZERO).map_err(invalid)?;
 
         // Targets: hosts the selector picks that watch the file (or one match of the
         // glob), in a stable order.
@@ -163,7 +170,7 @@ impl ChangesCore {
             self.rollouts
                 .all()
                 .into_iter()
-                .filter(|r| !is_terminal(r.state))
+                .filter(|r| !driftwatch_proto::rollout_is_terminal(r.state))
                 .filter(|r| {
                     r.waves.iter().flat_map(|w| &w.hosts).any(|h| {
                         ids.contains(h.host_id.as_str())
@@ -207,15 +214,15 @@ impl ChangesCore {
             set_keys: req.set_keys.clone(),
             remove_keys: req.remove_keys.clone(),
             restore_hash: restore,
-            bake_seconds: req.bake_seconds,
+            bake: Some(driftwatch_proto::duration::to_proto(bake)),
             gate_severity: gate as i32,
             on_failure: on_failure as i32,
             promote_baseline: req.promote_baseline,
-            requested_by: crate::audit::actor(&req.requested_by),
+            actor: actor.to_string(),
             reason: req.reason.clone(),
             created_at: Some(now),
             updated_at: Some(now),
-            host_timeout_seconds: host_timeout,
+            host_timeout: Some(driftwatch_proto::duration::to_proto(host_timeout)),
             forced_past: if req.force { preflight.clone() } else { Vec::new() },
             ..Default::default()
         };
@@ -253,9 +260,7 @@ impl ChangesCore {
                 format!("; forced past pre-flight: {}", plan::describe_findings(&rollout.forced_past))
             }
         );
-        self.audit
-            .record(Self::audit_entry(&rollout, &rollout.requested_by, "rollout.started", "", "", "", &detail))
-            .await;
+        self.audit.record(Self::audit_entry(&rollout, &rollout.actor, "rollout.started", "", "", "", &detail)).await;
         tracing::info!(rollout = %rollout.id, path = %path, hosts = targets.len(), waves = rollout.waves.len(), "rollout started");
         self.spawn_rollout(rollout.clone());
         Ok(v1::StartRolloutResponse { rollout: Some(rollout), preflight })
@@ -278,7 +283,7 @@ impl ChangesCore {
                 Ok(r) => {
                     h.after_hash = r.after_hash;
                     h.diff = r.diff;
-                    h.message = format!("{}: {}", super::outcome_name(r.outcome), r.message);
+                    h.message = format!("{}: {}", driftwatch_proto::change_outcome_name(r.outcome), r.message);
                 }
                 Err(e) => h.message = format!("no diff: {e}"),
             });
@@ -301,7 +306,7 @@ impl ChangesCore {
             set_text: r.set_keys.clone(),
             remove_keys: r.remove_keys.clone(),
             restore_hash: r.restore_hash.clone(),
-            reason: format!("rollout {} by {}", r.id, r.requested_by),
+            reason: format!("rollout {} by {}", r.id, r.actor),
             ..Default::default()
         }
     }
@@ -374,7 +379,7 @@ impl ChangesCore {
     /// Continue every rollout the store says was under way (after a restart).
     pub async fn resume_rollouts(self: &Arc<Self>, stored: Vec<v1::Rollout>) {
         for r in stored {
-            if is_terminal(r.state) {
+            if driftwatch_proto::rollout_is_terminal(r.state) {
                 continue;
             }
             tracing::info!(rollout = %r.id, state = r.state, "resuming rollout after restart");
@@ -389,16 +394,16 @@ impl ChangesCore {
         self.load_rollout(id).await?.ok_or_else(|| ServerError::NotFound(format!("no rollout '{id}'")))
     }
 
-    pub async fn abort_rollout(&self, req: v1::AbortRolloutRequest) -> Result<v1::Rollout, ServerError> {
+    pub async fn abort_rollout(&self, req: v1::AbortRolloutRequest, actor: &str) -> Result<v1::Rollout, ServerError> {
         let Some(control) = self.rollouts.control(&req.id) else {
             let r = self.get_rollout(&req.id).await?;
             return Err(ServerError::FailedPrecondition(format!(
                 "rollout '{}' has already ended ({})",
                 r.id,
-                state_name(r.state)
+                driftwatch_proto::rollout_state_name(r.state)
             )));
         };
-        let by = crate::audit::actor(&req.requested_by);
+        let by = actor.to_string();
         let mut rx = self.rollouts.subscribe(&req.id).ok_or_else(|| ServerError::NotFound(req.id.clone()))?;
         control
             .send(Control::Abort { by, reason: req.reason })
@@ -406,7 +411,7 @@ impl ChangesCore {
             .map_err(|_| ServerError::FailedPrecondition("the rollout has just ended".into()))?;
         // Answer once the rollback is done: the caller sees the final state.
         loop {
-            if is_terminal(rx.borrow_and_update().state) {
+            if driftwatch_proto::rollout_is_terminal(rx.borrow_and_update().state) {
                 return Ok(rx.borrow().clone());
             }
             if rx.changed().await.is_err() {
@@ -415,48 +420,22 @@ impl ChangesCore {
         }
     }
 
-    pub async fn resume_rollout(&self, req: v1::ResumeRolloutRequest) -> Result<v1::Rollout, ServerError> {
+    pub async fn resume_rollout(&self, req: v1::ResumeRolloutRequest, actor: &str) -> Result<v1::Rollout, ServerError> {
         let r = self.get_rollout(&req.id).await?;
         if r.state != RS::Paused as i32 {
             return Err(ServerError::FailedPrecondition(format!(
                 "rollout '{}' is {}, not paused",
                 r.id,
-                state_name(r.state)
+                driftwatch_proto::rollout_state_name(r.state)
             )));
         }
         let control = self.rollouts.control(&req.id).ok_or_else(|| ServerError::NotFound(req.id.clone()))?;
-        let by = crate::audit::actor(&req.requested_by);
+        let by = actor.to_string();
         control
-            .send(Control::Resume { by })
+            .send(Control::Resume { by, reason: req.reason })
             .await
             .map_err(|_| ServerError::FailedPrecondition("rollout ended".into()))?;
         self.get_rollout(&req.id).await
-    }
-}
-
-pub fn state_name(s: i32) -> &'static str {
-    match RS::try_from(s).unwrap_or(RS::Unspecified) {
-        RS::Unspecified => "unspecified",
-        RS::Pending => "pending",
-        RS::Running => "running",
-        RS::Paused => "paused",
-        RS::Succeeded => "succeeded",
-        RS::Failed => "failed",
-        RS::RolledBack => "rolled_back",
-        RS::Aborted => "aborted",
-    }
-}
-
-pub fn host_state_name(s: i32) -> &'static str {
-    match HS::try_from(s).unwrap_or(HS::Unspecified) {
-        HS::Unspecified => "unspecified",
-        HS::Waiting => "waiting",
-        HS::Applying => "applying",
-        HS::Applied => "applied",
-        HS::Failed => "failed",
-        HS::Skipped => "skipped",
-        HS::RolledBack => "rolled_back",
-        HS::RollbackFailed => "rollback_failed",
     }
 }
 
@@ -581,8 +560,9 @@ impl RolloutTask {
             c = self.control.recv() => match c {
                 None => Some(Stop::Shutdown),
                 Some(Control::Abort { by, reason }) => Some(Stop::Abort { by, reason }),
-                Some(Control::Resume { by }) => {
-                    self.note(&by, "rollout.resumed", "", "", "", "");
+                Some(Control::Resume { by, reason }) => {
+                    let detail = if reason.trim().is_empty() { String::new() } else { format!("reason: {}", reason.trim()) };
+                    self.note(&by, "rollout.resumed", "", "", "", &detail);
                     None
                 }
             },
@@ -636,7 +616,7 @@ impl RolloutTask {
             .filter(|h| matches!(HS::try_from(h.state), Ok(HS::Waiting | HS::Applying)))
             .cloned()
             .collect();
-        let timeout = Duration::from_secs(r.host_timeout_seconds.max(1).into());
+        let timeout = host_timeout(&r);
         let mut tasks = tokio::task::JoinSet::new();
         let mut queue = todo.into_iter();
         // Stripped once per wave: a per-host copy of the whole rollout would be
@@ -707,9 +687,11 @@ impl RolloutTask {
         let bake_until_ms = match &r.waves[w].bake_until {
             Some(t) => driftwatch_proto::timestamp_millis(t),
             None => {
-                let t = driftwatch_proto::now_millis() + i64::from(r.bake_seconds) * 1000;
+                let bake = r.bake.as_ref().and_then(|d| driftwatch_proto::duration::from_proto("bake", d).ok());
+                let bake_ms = bake.unwrap_or_default().as_millis() as i64;
+                let t = driftwatch_proto::now_millis() + bake_ms;
                 self.update(|r| r.waves[w].bake_until = Some(driftwatch_proto::timestamp_from_millis(t)));
-                if r.bake_seconds > 0 {
+                if bake_ms > 0 {
                     self.save().await;
                 }
                 t
@@ -791,7 +773,7 @@ impl RolloutTask {
         })
         .await;
         let r = self.snapshot();
-        let timeout = Duration::from_secs(r.host_timeout_seconds.max(1).into());
+        let timeout = host_timeout(&r);
         let mut tasks = tokio::task::JoinSet::new();
         let lite = r.clone_for_host();
         for h in r.waves.iter().flat_map(|w| &w.hosts) {
@@ -839,7 +821,7 @@ impl RolloutTask {
             r.rolling_back_to = RS::Unspecified as i32;
         })
         .await;
-        tracing::info!(rollout = %self.r.borrow().id, state = state_name(state as i32), %reason, "rollout stopped");
+        tracing::info!(rollout = %self.r.borrow().id, state = driftwatch_proto::rollout_state_name(state as i32), %reason, "rollout stopped");
     }
 
     async fn succeed(&mut self) {
@@ -951,7 +933,7 @@ async fn apply_host(
                 _ => {
                     h.state = HS::Failed as i32;
                     h.after_hash = res.after_hash;
-                    h.message = format!("{}: {}", super::outcome_name(res.outcome), h.message);
+                    h.message = format!("{}: {}", driftwatch_proto::change_outcome_name(res.outcome), h.message);
                     event(h, "rollout.host_failed")
                 }
             }
@@ -1021,7 +1003,7 @@ async fn rollback_host(
         }
         Ok(res) => {
             h.state = HS::RollbackFailed as i32;
-            h.message = format!("rollback {}: {}", super::outcome_name(res.outcome), res.message);
+            h.message = format!("rollback {}: {}", driftwatch_proto::change_outcome_name(res.outcome), res.message);
             event(h, "rollout.host_rollback_failed")
         }
         Err(e) => {
@@ -1066,12 +1048,14 @@ impl ChangesCore {
                 promote_keys: r.set_keys.keys().cloned().collect(),
                 promote_from_host_id: host,
                 remove: r.remove_keys.iter().filter(|k| base_keys.contains(k)).cloned().collect(),
-                author: r.requested_by.clone(),
                 reason: format!("promoted by rollout {}", r.id),
                 ..Default::default()
             };
+            // The promotion is the rollout's starter's act.
+            let mut request = tonic::Request::new(req);
+            request.extensions_mut().insert(crate::principal::Principal::named(r.actor.clone()));
             self.baselines_service
-                .set_baseline_keys(tonic::Request::new(req))
+                .set_baseline_keys(request)
                 .await
                 .map_err(|s| ServerError::FailedPrecondition(s.message().to_string()))?;
             if !names.contains(&name) {

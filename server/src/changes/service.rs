@@ -9,8 +9,8 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::ChangesCore;
-use super::rollout::is_terminal;
 use crate::error::ServerError;
+use crate::principal::Principal;
 
 const DEFAULT_LIST: usize = 50;
 const MAX_LIST: usize = 1000;
@@ -56,14 +56,16 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::Rollout, Status>> + Send
 #[tonic::async_trait]
 impl Changes for ChangesService {
     async fn correct(&self, request: Request<v1::CorrectRequest>) -> Result<Response<v1::CorrectResponse>, Status> {
-        Ok(Response::new(self.core.correct(request.into_inner()).await?))
+        let actor = Principal::of(&request).to_string();
+        Ok(Response::new(self.core.correct(request.into_inner(), &actor).await?))
     }
 
     async fn start_rollout(
         &self,
         request: Request<v1::StartRolloutRequest>,
     ) -> Result<Response<v1::StartRolloutResponse>, Status> {
-        Ok(Response::new(self.core.start_rollout(request.into_inner()).await?))
+        let actor = Principal::of(&request).to_string();
+        Ok(Response::new(self.core.start_rollout(request.into_inner(), &actor).await?))
     }
 
     async fn get_rollout(&self, request: Request<v1::GetRolloutRequest>) -> Result<Response<v1::Rollout>, Status> {
@@ -91,7 +93,7 @@ impl Changes for ChangesService {
 
     async fn watch_rollout(
         &self,
-        request: Request<v1::GetRolloutRequest>,
+        request: Request<v1::WatchRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
         let id = request.into_inner().id.trim().to_string();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -101,7 +103,7 @@ impl Changes for ChangesService {
                 tokio::spawn(async move {
                     loop {
                         let r = live.borrow_and_update().clone();
-                        let done = is_terminal(r.state);
+                        let done = driftwatch_proto::rollout_is_terminal(r.state);
                         if tx.send(Ok(r)).await.is_err() || done {
                             return;
                         }
@@ -124,13 +126,15 @@ impl Changes for ChangesService {
     }
 
     async fn abort_rollout(&self, request: Request<v1::AbortRolloutRequest>) -> Result<Response<v1::Rollout>, Status> {
-        Ok(Response::new(self.core.abort_rollout(request.into_inner()).await?))
+        let actor = Principal::of(&request).to_string();
+        Ok(Response::new(self.core.abort_rollout(request.into_inner(), &actor).await?))
     }
 
     async fn resume_rollout(
         &self,
         request: Request<v1::ResumeRolloutRequest>,
     ) -> Result<Response<v1::Rollout>, Status> {
-        Ok(Response::new(self.core.resume_rollout(request.into_inner()).await?))
+        let actor = Principal::of(&request).to_string();
+        Ok(Response::new(self.core.resume_rollout(request.into_inner(), &actor).await?))
     }
 }

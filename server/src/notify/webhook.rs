@@ -107,7 +107,7 @@ pub fn alert_json(a: &v1::Alert) -> Json {
         "active_since": ts(&a.active_since),
         "fired_at": ts(&a.fired_at),
         "resolved_at": ts(&a.resolved_at),
-        "acknowledged": a.acknowledged.as_ref().map(|k| json!({"by": k.by, "comment": k.comment, "at": ts(&k.at)})),
+        "acknowledged": a.acknowledged.as_ref().map(|k| json!({"actor": k.actor, "comment": k.comment, "at": ts(&k.at)})),
         "silenced_by": a.silenced_by,
         "evaluation_error": a.evaluation_error,
     })

@@ -759,8 +759,13 @@ async fn subscribers(
         handles.push(tokio::spawn(async move {
             let ch = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
             let mut c = v1::alerts_client::AlertsClient::new(ch);
-            let mut s =
-                c.subscribe(v1::SubscribeRequest { heartbeat_seconds: 5, ..Default::default() }).await?.into_inner();
+            let mut s = c
+                .subscribe(v1::SubscribeRequest {
+                    heartbeat_interval: Some(driftwatch_proto::duration::seconds(5)),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
             ready.wait().await;
             while let Some(m) = s.next().await {
                 if let Some(v1::subscribe_response::Kind::Event(e)) = m?.kind {
@@ -939,8 +944,7 @@ async fn rollout(
             path: BENCH_PATH.into(),
             set_keys: [("POOL_SIZE".to_string(), "12".to_string())].into(),
             waves,
-            bake_seconds: 0,
-            requested_by: "driftwatch-sim".into(),
+            bake: Some(driftwatch_proto::duration::seconds(0)),
             reason: "rollout benchmark".into(),
             ..Default::default()
         })
@@ -953,7 +957,11 @@ async fn rollout(
     let mut watch = match poll {
         Some(_) => None,
         None => Some(
-            changes.watch_rollout(v1::GetRolloutRequest { id: id.clone() }).await.context("WatchRollout")?.into_inner(),
+            changes
+                .watch_rollout(v1::WatchRolloutRequest { id: id.clone() })
+                .await
+                .context("WatchRollout")?
+                .into_inner(),
         ),
     };
     // When this client first saw each wave done, and how many updates it read.
