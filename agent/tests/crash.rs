@@ -324,7 +324,14 @@ async fn crash_at(fault: &str) {
     wait_until("the leftover temp file to be removed", &mut agent, || temp_files(&app).is_empty()).await;
     assert_eq!(std::fs::read(&target).unwrap(), content);
     if fault == "pause_before_rename" {
-        assert!(agent.log().contains("removed a temp file left by an interrupted write"), "{}", agent.log());
+        // The line is written just after the removal: wait for it, do not race it.
+        let log = agent.log.clone();
+        let logged = move || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("removed a temp file left by an interrupted write")
+        };
+        wait_until("the removal to be logged", &mut agent, logged).await;
     }
 }
 

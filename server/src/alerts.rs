@@ -1,10 +1,12 @@
 //! `Alerts` service: list and acknowledge alerts, manage silences, read the event log.
 //!
-//! Reads come from the engine's alert book; changes go through the engine (one
+//! Reads come from the alert book; changes go through the engine (one
 //! sequencer for event ids) and return once durable.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::alert_book::AlertBook;
 use crate::audit::{AuditEntry, AuditLog};
 use crate::engine::{Command, EngineHandle};
 use crate::error::ServerError;
@@ -34,6 +37,7 @@ const CATCH_UP_PAGE: usize = 1000;
 
 pub struct AlertsService {
     pub engine: EngineHandle,
+    pub book: Arc<AlertBook>,
     pub state: Arc<FleetState>,
     pub reader: Arc<Mutex<Store>>,
     pub hub: Arc<EventHub>,
@@ -117,7 +121,7 @@ impl Stream for SubscriberStream {
             Poll::Ready(Some(m)) => Poll::Ready(Some(Ok(m))),
             Poll::Ready(None) => {
                 self.done = true;
-                Poll::Ready(self.end.lock().expect("end lock").take().map(Err))
+                Poll::Ready(self.end.lock().take().map(Err))
             }
             Poll::Pending => Poll::Pending,
         }
@@ -269,10 +273,7 @@ impl AlertsService {
             loop {
                 let reader = self.reader.clone();
                 let after = sub.last;
-                let page = tokio::task::spawn_blocking(move || {
-                    reader.lock().expect("reader lock").events_after(after, CATCH_UP_PAGE)
-                })
-                .await;
+                let page = tokio::task::spawn_blocking(move || reader.lock().events_after(after, CATCH_UP_PAGE)).await;
                 let page = match page {
                     Ok(Ok(p)) => p,
                     Ok(Err(e)) => {
@@ -366,15 +367,7 @@ impl Alerts for AlertsService {
         let last = if catch_up { r.since_event_id } else { newest };
         let mut sub = Subscriber { filter, tx, last, heartbeat, stall: self.stall };
         if r.include_firing {
-            let firing: Vec<v1::Alert> = {
-                let book = self.engine.book.read().expect("alert book lock");
-                book.alerts
-                    .values()
-                    .map(|t| &t.alert)
-                    .filter(|a| a.state == v1::AlertState::Firing as i32 && sub.filter.matches(a))
-                    .cloned()
-                    .collect()
-            };
+            let firing = self.book.alerts_where(|a| a.state == v1::AlertState::Firing as i32 && sub.filter.matches(a));
             for a in firing {
                 // The buffer is fresh; a snapshot larger than it waits for the client.
                 if sub.send(Kind::Firing(a)).await.is_err() {
@@ -384,6 +377,7 @@ impl Alerts for AlertsService {
         }
         let this = AlertsService {
             engine: self.engine.clone(),
+            book: self.book.clone(),
             state: self.state.clone(),
             reader: self.reader.clone(),
             hub: self.hub.clone(),
@@ -400,7 +394,7 @@ impl Alerts for AlertsService {
             metrics.subscribers.dec();
             if let Stop::Status(s) = stop {
                 tracing::info!(reason = %s.message(), "subscriber stream ended");
-                *end_slot.lock().expect("end lock") = Some(s);
+                *end_slot.lock() = Some(s);
             }
             // Only now close the channel: the stream yields the status after the queue.
             drop(sub);
@@ -422,17 +416,10 @@ impl Alerts for AlertsService {
     ) -> Result<Response<v1::ListAlertsResponse>, Status> {
         let r = request.into_inner();
         let filter = AlertFilter::new(&r)?;
-        let mut alerts: Vec<v1::Alert> = {
-            let book = self.engine.book.read().expect("alert book lock");
-            book.alerts
-                .values()
-                .filter(|t| {
-                    let labels = self.state.hosts.get(&t.alert.host_id).map(|h| h.labels.clone());
-                    filter.matches(&t.alert, labels.as_ref())
-                })
-                .map(|t| t.alert.clone())
-                .collect()
-        };
+        let mut alerts = self.book.alerts_where(|a| {
+            let labels = self.state.hosts.get(&a.host_id).map(|h| h.labels.clone());
+            filter.matches(a, labels.as_ref())
+        });
         let changed = |a: &v1::Alert| {
             [&a.resolved_at, &a.fired_at, &a.active_since]
                 .into_iter()
@@ -455,10 +442,9 @@ impl Alerts for AlertsService {
 
     async fn get_alert(&self, request: Request<v1::GetAlertRequest>) -> Result<Response<v1::Alert>, Status> {
         let fp = request.into_inner().fingerprint;
-        let book = self.engine.book.read().expect("alert book lock");
-        book.alerts
+        self.book
             .get(&fp)
-            .map(|t| Response::new(t.alert.clone()))
+            .map(Response::new)
             .ok_or_else(|| ServerError::NotFound(format!("no alert with fingerprint {fp:?}")).into())
     }
 
@@ -522,13 +508,7 @@ impl Alerts for AlertsService {
     ) -> Result<Response<v1::ListSilencesResponse>, Status> {
         let r = request.into_inner();
         let now = driftwatch_proto::now_millis();
-        let book = self.engine.book.read().expect("alert book lock");
-        let mut silences: Vec<v1::Silence> = book
-            .silences
-            .values()
-            .map(|s| s.view(now))
-            .filter(|s| r.include_expired || s.state != v1::SilenceState::Expired as i32)
-            .collect();
+        let mut silences = self.book.silence_views(now, r.include_expired);
         silences.sort_by_key(|s| (s.state, std::cmp::Reverse(s.starts_at.map(|t| t.seconds).unwrap_or(0))));
         Ok(Response::new(v1::ListSilencesResponse { silences }))
     }
@@ -561,11 +541,10 @@ impl Alerts for AlertsService {
         let r = request.into_inner();
         let limit = if r.limit == 0 { 1000 } else { r.limit.min(MAX_EVENTS) } as usize;
         let reader = self.reader.clone();
-        let records =
-            tokio::task::spawn_blocking(move || reader.lock().expect("reader lock").events_after(r.after_id, limit))
-                .await
-                .map_err(|e| ServerError::Unavailable(format!("event read task: {e}")))?
-                .map_err(ServerError::from)?;
+        let records = tokio::task::spawn_blocking(move || reader.lock().events_after(r.after_id, limit))
+            .await
+            .map_err(|e| ServerError::Unavailable(format!("event read task: {e}")))?
+            .map_err(ServerError::from)?;
         let events = records
             .into_iter()
             .filter_map(|rec| match v1::AlertEvent::decode(rec.payload.as_slice()) {

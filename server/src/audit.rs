@@ -7,7 +7,9 @@
 //! A caller whose change is itself a store write should put [`AuditLog::op`] in the
 //! same write item, so the change and its audit event commit together.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use driftwatch_proto::v1::{self, audit_server::Audit};
@@ -186,7 +188,7 @@ impl Audit for AuditService {
             limit: r.limit as usize,
         };
         let reader = self.reader.clone();
-        let records = tokio::task::spawn_blocking(move || reader.lock().expect("reader lock").list_audit(&filter))
+        let records = tokio::task::spawn_blocking(move || reader.lock().list_audit(&filter))
             .await
             .map_err(|e| ServerError::Unavailable(format!("audit read task: {e}")))?
             .map_err(ServerError::from)?;
@@ -212,7 +214,7 @@ mod tests {
     }
 
     fn list(reader: &Arc<Mutex<Store>>) -> Vec<AuditRecord> {
-        reader.lock().unwrap().list_audit(&AuditFilter::default()).unwrap()
+        reader.lock().list_audit(&AuditFilter::default()).unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

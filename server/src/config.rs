@@ -96,7 +96,7 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     pub max_files_per_host: usize,
     pub max_batch: usize,
-    pub retention: crate::engine::Retention,
+    pub retention: crate::retention::Retention,
     /// Audit events older than this are pruned (`[retention] audit`).
     pub audit_retention: Duration,
     /// `[[notifiers]]`, validated.
@@ -127,7 +127,7 @@ impl ServerConfig {
             heartbeat_interval: Duration::from_secs(15),
             max_files_per_host: 10_000,
             max_batch: 2_000,
-            retention: crate::engine::Retention::default(),
+            retention: crate::retention::Retention::default(),
             audit_retention: DEFAULT_AUDIT_RETENTION,
             notifiers: Vec::new(),
             subscriber_ring: crate::hub::RING,
@@ -205,7 +205,7 @@ impl ServerConfig {
         if max_batch == 0 {
             field_err("limits.max_batch", "must be at least 1".into());
         }
-        let mut retention = crate::engine::Retention::default();
+        let mut retention = crate::retention::Retention::default();
         let mut audit_retention = DEFAULT_AUDIT_RETENTION;
         let r = &file.retention;
         for (field, value, slot, min) in [

@@ -17,8 +17,8 @@ pub const SHORT_FINGERPRINT: usize = 16;
 #[derive(Clone)]
 pub struct FleetService {
     pub state: Arc<FleetState>,
-    pub baselines: Arc<tokio::sync::Mutex<crate::baselines::BaselineSet>>,
-    pub reader: Arc<std::sync::Mutex<driftwatch_store::Store>>,
+    pub baselines: Arc<crate::baselines::SharedBaselines>,
+    pub reader: Arc<parking_lot::Mutex<driftwatch_store::Store>>,
 }
 
 /// Longest window a resource summary may cover.
@@ -157,7 +157,7 @@ impl FleetService {
         let reader = self.reader.clone();
         let h = host.clone();
         let (raw, rollups) = tokio::task::spawn_blocking(move || {
-            let store = reader.lock().expect("reader lock");
+            let store = reader.lock();
             Ok::<_, driftwatch_store::StoreError>((
                 store.resource_history(&h, from, to + 1)?,
                 store.resource_rollups(&h, from, to + 1)?,
@@ -209,7 +209,7 @@ impl FleetService {
     async fn diff_baseline(&self, host: &str, path: &str) -> Result<v1::DiffResponse, ServerError> {
         let labels = self.state.hosts.get(host).ok_or_else(|| unknown_host(host))?.labels.clone();
         let (right, right_hash) = self.file_keys(host, path)?;
-        let set = self.baselines.lock().await;
+        let set = self.baselines.current();
         let b = set.effective(host, &labels).ok_or_else(|| {
             ServerError::NotFound(format!("no baseline applies to host '{host}' (PinBaseline makes one)"))
         })?;

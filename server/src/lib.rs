@@ -3,6 +3,7 @@
 //!
 //! Entry point: [`start`] (used by `main.rs`, `driftwatch up` and the tests).
 
+pub mod alert_book;
 pub mod alerts;
 pub mod audit;
 pub mod baselines;
@@ -16,6 +17,8 @@ pub mod hub;
 pub mod metrics;
 pub mod notify;
 pub mod principal;
+pub mod retention;
+pub mod rule_input;
 pub mod rules_service;
 pub mod selector;
 pub mod silences;
@@ -31,6 +34,7 @@ use driftwatch_proto::v1::{
     baselines_server::BaselinesServer, changes_server::ChangesServer, fleet_server::FleetServer,
     rules_server::RulesServer,
 };
+use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ServerConfig, ServerFile, StorageConfig};
@@ -50,6 +54,8 @@ pub struct RunningServer {
     pub metrics: Arc<metrics::Metrics>,
     /// The rule engine (tests use `flush` to wait for evaluation).
     pub engine: engine::EngineHandle,
+    /// Every alert and silence as the engine last left them.
+    pub alerts: Arc<alert_book::AlertBook>,
     /// Configured notifiers (status for tests and the Alerts API).
     pub notifiers: Arc<notify::Notifiers>,
     /// The audit log (who changed what); `Audit.ListEvents` reads it. It holds a store
@@ -110,7 +116,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     })
     .await
     .map_err(|e| ServerError::Unavailable(format!("store open task failed: {e}")))??;
-    let reader = Arc::new(std::sync::Mutex::new(reader));
+    let reader = Arc::new(parking_lot::Mutex::new(reader));
     let Loaded { hosts, files, resources, baselines: baseline_records, alerts, silences, max_event_id } = loaded;
 
     let state = state::FleetState::new();
@@ -135,7 +141,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     if skipped_baselines > 0 {
         tracing::warn!(skipped = skipped_baselines, "some stored baseline versions do not decode");
     }
-    let baseline_set = Arc::new(tokio::sync::Mutex::new(baseline_set));
+    let baseline_set = baselines::SharedBaselines::new(baseline_set);
 
     let metrics = metrics::Metrics::new();
     let (writer_tx, writer_thread) = writer::spawn(store, state.clone(), metrics.clone(), config.max_batch);
@@ -143,19 +149,39 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     tracing::info!(alerts = alerts.len(), silences = silences.len(), last_event = max_event_id, "alert state loaded");
     let hub = hub::EventHub::with_capacity(max_event_id, config.subscriber_ring.max(16));
     let notifiers = notify::Notifiers::new(config.notifiers.clone(), metrics.clone())?;
+    let book = Arc::new(alert_book::AlertBook::new(
+        alerts.iter().filter_map(|r| match v1::Alert::decode(r.payload.as_slice()) {
+            Ok(a) => Some(alert_book::Tracked::restored(a)),
+            Err(e) => {
+                tracing::warn!(fingerprint = %r.fingerprint, error = %e, "stored alert does not decode; skipped");
+                None
+            }
+        }),
+        silences.iter().filter_map(|s| {
+            match v1::Silence::decode(s.payload.as_slice())
+                .map_err(|e| e.to_string())
+                .and_then(silences::ActiveSilence::new)
+            {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!(silence = %s.id, error = %e, "stored silence does not load; skipped");
+                    None
+                }
+            }
+        }),
+    ));
     let (engine, engine_thread) = engine::spawn(engine::EngineInit {
         rules: rules.clone(),
         state: state.clone(),
-        baselines: baseline_set.clone(),
+        baselines: baseline_set.current(),
+        book: book.clone(),
         writer: writer_tx.clone(),
         metrics: metrics.clone(),
         reader: Some(reader.clone()),
-        alerts,
-        silences,
         max_event_id,
         retention: config.retention,
         hub: hub.clone(),
-        router: Some(notifiers.router()),
+        router: (!notifiers.is_empty()).then(|| notifiers.clone() as Arc<dyn engine::EventRouter>),
     });
     let rules_handle = rules_service::RulesHandle::new(
         config.rules.clone(),
@@ -177,7 +203,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     }
 
     let shutdown = CancellationToken::new();
-    let notifier_tasks = notifiers.start(writer_tx.clone(), reader.clone(), engine.book.clone(), shutdown.clone());
+    let notifier_tasks = notifiers.start(writer_tx.clone(), reader.clone(), book.clone(), shutdown.clone());
     let audit_retention = audit.spawn_retention(config.audit_retention, config.retention.interval, shutdown.clone());
     let audit_grpc = audit::AuditService { reader: reader.clone() };
     let dispatcher = changes::Dispatcher::new(state.clone());
@@ -202,6 +228,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     };
     let alerts_service = alerts::AlertsService {
         engine: engine.clone(),
+        book: book.clone(),
         state: state.clone(),
         reader: reader.clone(),
         hub: hub.clone(),
@@ -218,6 +245,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         baselines_service: baselines.clone(),
         rules: rules_handle.clone(),
         engine: engine.clone(),
+        book: book.clone(),
         writer: gateway.writer.clone(),
         dispatcher,
         audit: audit.clone(),
@@ -337,6 +365,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         state,
         metrics,
         engine,
+        alerts: book,
         notifiers,
         audit,
         changes: changes_core,

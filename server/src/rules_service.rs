@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use driftwatch_proto::v1::{self, rules_server::Rules};
@@ -96,11 +98,11 @@ impl RulesHandle {
     }
 
     pub fn current(&self) -> Option<Arc<RuleSet>> {
-        self.inner.lock().expect("rules lock").current.clone()
+        self.inner.lock().current.clone()
     }
 
     pub fn status(&self) -> v1::ReloadStatus {
-        self.inner.lock().expect("rules lock").status.clone()
+        self.inner.lock().status.clone()
     }
 
     /// Load the directory; on success swap the rules in, else keep the old ones.
@@ -114,7 +116,7 @@ impl RulesHandle {
     /// `rules.reloaded` / `rules.reload_failed`; one that finds nothing new is not.
     pub async fn reload_by(&self, reason: &str, actor: &str) -> v1::ReloadStatus {
         let _one = self.reload_lock.lock().await;
-        let Some(dir) = self.inner.lock().expect("rules lock").dir.clone() else { return self.status() };
+        let Some(dir) = self.inner.lock().dir.clone() else { return self.status() };
         self.metrics.rules_reloads.inc();
         let d = dir.clone();
         let (loaded, hash) = tokio::task::spawn_blocking(move || {
@@ -127,7 +129,13 @@ impl RulesHandle {
             let err = RuleError { file: dir.clone(), line: 0, column: 0, message: format!("load task: {e}") };
             (Err(vec![err]), String::new())
         });
-        let (status, audit) = self.apply(&dir, loaded, hash, reason, actor);
+        let (status, audit, loaded) = self.apply(&dir, loaded, hash, reason, actor);
+        if let Some(set) = loaded {
+            // Pushed, not sent: a full engine queue must not lose a reload.
+            if let Err(e) = self.engine.push(EvalMsg::Rules(Some(set))).await {
+                tracing::error!(error = %e, "new rules not handed to the rule engine");
+            }
+        }
         if let Some(entry) = audit {
             self.audit.record(entry).await;
         }
@@ -135,7 +143,7 @@ impl RulesHandle {
     }
 
     /// Swap a loaded set in (or keep the old one and the problems); the audit event to
-    /// record, if anything changed.
+    /// record, if anything changed, and the set for the engine, if one loaded.
     fn apply(
         &self,
         dir: &Path,
@@ -143,9 +151,10 @@ impl RulesHandle {
         hash: String,
         reason: &str,
         actor: &str,
-    ) -> (v1::ReloadStatus, Option<AuditEntry>) {
+    ) -> (v1::ReloadStatus, Option<AuditEntry>, Option<Arc<RuleSet>>) {
         let now = Some(driftwatch_proto::timestamp(std::time::SystemTime::now()));
-        let mut st = self.inner.lock().expect("rules lock");
+        let mut new_set = None;
+        let mut st = self.inner.lock();
         st.status.last_attempt = now;
         let before = st.running_hash.clone();
         let entry = |action: &str, detail: String| AuditEntry {
@@ -180,7 +189,7 @@ impl RulesHandle {
                 self.metrics.rules_loaded.set(set.len() as i64);
                 self.metrics.rules_last_reload_success.set(1);
                 tracing::info!(dir = %dir.display(), rules = set.len(), reason, "rules reloaded");
-                self.engine.send(EvalMsg::Rules(Some(set)));
+                new_set = Some(set);
             }
             Err(errors) => {
                 st.status.ok = false;
@@ -208,12 +217,12 @@ impl RulesHandle {
                 st.attempted_hash = Some(hash.clone());
             }
         }
-        (st.status.clone(), audit)
+        (st.status.clone(), audit, new_set)
     }
 
     /// Poll the directory until `shutdown`; reload on any change.
     pub fn watch(&self, shutdown: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
-        let dir = self.inner.lock().expect("rules lock").dir.clone()?;
+        let dir = self.inner.lock().dir.clone()?;
         let this = self.clone();
         Some(tokio::spawn(async move {
             let d = dir.clone();
@@ -221,7 +230,7 @@ impl RulesHandle {
                 tokio::task::spawn_blocking(move || (dir_signature(&d), rules_hash(&d))).await.unwrap_or_default();
             {
                 // What the running rules were loaded from, as far as the poll can tell.
-                let mut st = this.inner.lock().expect("rules lock");
+                let mut st = this.inner.lock();
                 st.running_hash.get_or_insert_with(|| hash.clone());
                 st.attempted_hash.get_or_insert(hash);
             }

@@ -7,8 +7,10 @@
 //! before doing anything else with that host.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use driftwatch_proto::v1::{self, ServerMessage, server_message};
@@ -95,14 +97,10 @@ impl Dispatcher {
         };
         let (tx, rx) = oneshot::channel();
         let id = change.change_id.clone();
-        self.inner
-            .pending
-            .lock()
-            .expect("pending lock")
-            .insert(id.clone(), Pending { host: host.to_string(), reply: tx });
+        self.inner.pending.lock().insert(id.clone(), Pending { host: host.to_string(), reply: tx });
         let msg = ServerMessage { kind: Some(server_message::Kind::ApplyChange(change)) };
         if let Err(e) = sender.try_send(msg) {
-            self.inner.pending.lock().expect("pending lock").remove(&id);
+            self.inner.pending.lock().remove(&id);
             return Err(match e {
                 tokio::sync::mpsc::error::TrySendError::Full(_) => {
                     ServerError::ResourceExhausted(format!("host '{host}' has too many changes in flight"))
@@ -128,7 +126,7 @@ impl Dispatcher {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(_)) => Err(ServerError::Unavailable("change dispatcher dropped".into())),
             Err(_) => {
-                self.inner.pending.lock().expect("pending lock").remove(&id);
+                self.inner.pending.lock().remove(&id);
                 Err(ServerError::DeadlineExceeded(format!(
                     "no result from host '{host}' within {} s for change {id}",
                     timeout.as_secs()
@@ -139,7 +137,7 @@ impl Dispatcher {
 
     /// An agent's result. Ignored unless it answers a change sent to that very host.
     pub fn complete(&self, host: &str, result: v1::ChangeResult) {
-        let mut pending = self.inner.pending.lock().expect("pending lock");
+        let mut pending = self.inner.pending.lock();
         match pending.get(&result.change_id) {
             Some(p) if p.host == host => {
                 let p = pending.remove(&result.change_id).expect("present");
@@ -206,7 +204,7 @@ mod tests {
         assert!(matches!(d.send("down", change("b")), Err(ServerError::Unavailable(_))));
         let e = d.apply("web-1", change("c"), Duration::from_millis(20)).await.unwrap_err();
         assert!(matches!(e, ServerError::DeadlineExceeded(_)), "{e}");
-        assert!(d.inner.pending.lock().unwrap().is_empty());
+        assert!(d.inner.pending.lock().is_empty());
         assert!(!d.wait_connected("down", Instant::now() + Duration::from_millis(10)).await);
         assert!(d.wait_connected("web-1", Instant::now()).await);
     }

@@ -46,15 +46,17 @@ pub struct ChangesCore {
     pub baselines_service: BaselinesService,
     pub rules: RulesHandle,
     pub engine: EngineHandle,
+    /// Rollout gates and remediation read the alerts here.
+    pub book: Arc<crate::alert_book::AlertBook>,
     pub writer: WriteSender,
     pub dispatcher: Dispatcher,
     pub audit: AuditLog,
-    pub reader: Arc<std::sync::Mutex<driftwatch_store::Store>>,
+    pub reader: Arc<parking_lot::Mutex<driftwatch_store::Store>>,
     pub shutdown: CancellationToken,
     pub(crate) rollouts: rollout::Registry,
 }
 
-use crate::engine::{file_meta, key_map};
+use crate::rule_input::{file_meta, key_map};
 
 /// The file rules a change would newly fire on one host: evaluated on the candidate
 /// keys, minus what already matches on the current keys (the change did not cause it).
@@ -112,7 +114,7 @@ impl ChangesCore {
     /// Baseline keys of one file for one host (its effective baseline).
     pub(crate) async fn baseline_keys(&self, host: &str, path: &str) -> Option<(String, Vec<v1::KeyValue>)> {
         let labels = self.state.hosts.get(host)?.labels.clone();
-        let set = self.baselines_service.baselines.lock().await;
+        let set = self.baselines_service.baselines.current();
         let b = set.effective(host, &labels)?;
         let f = b.files.iter().find(|f| f.path == path)?;
         Some((b.name.clone(), f.keys.clone()))

@@ -122,15 +122,8 @@ fn remediable(core: &ChangesCore, a: &v1::Alert) -> bool {
 
 /// Remediable alerts firing on (host, path), by key.
 fn firing_keys(core: &ChangesCore, host: &str, path: &str) -> BTreeSet<String> {
-    let alerts: Vec<v1::Alert> = {
-        let book = core.engine.book.read().expect("alert book lock");
-        book.alerts
-            .values()
-            .map(|t| &t.alert)
-            .filter(|a| a.host_id == host && a.path == path && a.state == v1::AlertState::Firing as i32)
-            .cloned()
-            .collect()
-    };
+    let alerts =
+        core.book.alerts_where(|a| a.host_id == host && a.path == path && a.state == v1::AlertState::Firing as i32);
     alerts.into_iter().filter(|a| remediable(core, a)).map(|a| a.key).collect()
 }
 
@@ -184,10 +177,7 @@ pub async fn run(core: Arc<ChangesCore>, hub: Arc<crate::hub::EventHub>, setting
                 Err(RecvError::Lagged(n)) => {
                     // Missed events: take what fires now from the alert book instead.
                     tracing::warn!(missed = n, "remediation fell behind the alert events; rescanning firing alerts");
-                    let firing: Vec<v1::Alert> = {
-                        let book = core.engine.book.read().expect("alert book lock");
-                        book.alerts.values().map(|t| t.alert.clone()).filter(|a| a.state == v1::AlertState::Firing as i32).collect()
-                    };
+                    let firing = core.book.firing();
                     for a in firing.iter().filter(|a| remediable(&core, a)) {
                         schedule(&mut due, a);
                     }

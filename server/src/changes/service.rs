@@ -25,7 +25,7 @@ impl ChangesCore {
     pub(crate) async fn load_rollout(&self, id: &str) -> Result<Option<v1::Rollout>, ServerError> {
         let reader = self.reader.clone();
         let id = id.to_string();
-        let rec = tokio::task::spawn_blocking(move || reader.lock().expect("reader lock").get_rollout(&id))
+        let rec = tokio::task::spawn_blocking(move || reader.lock().get_rollout(&id))
             .await
             .map_err(|e| ServerError::Unavailable(format!("store read: {e}")))??;
         Ok(rec.and_then(|r| v1::Rollout::decode(r.body.as_slice()).ok()))
@@ -34,10 +34,9 @@ impl ChangesCore {
     /// Stored rollouts (newest first), optionally only in some states.
     pub(crate) async fn load_rollouts(&self, states: Vec<i32>, limit: usize) -> Result<Vec<v1::Rollout>, ServerError> {
         let reader = self.reader.clone();
-        let recs =
-            tokio::task::spawn_blocking(move || reader.lock().expect("reader lock").load_rollouts(&states, limit))
-                .await
-                .map_err(|e| ServerError::Unavailable(format!("store read: {e}")))??;
+        let recs = tokio::task::spawn_blocking(move || reader.lock().load_rollouts(&states, limit))
+            .await
+            .map_err(|e| ServerError::Unavailable(format!("store read: {e}")))??;
         Ok(recs
             .into_iter()
             .filter_map(|r| match v1::Rollout::decode(r.body.as_slice()) {

@@ -1,10 +1,13 @@
 //! Notifiers: webhooks and Alertmanagers told about alert events, durably.
 //!
-//! Routing happens on the rule-engine thread: for each event, [`Notifiers::router`]
-//! returns the outbox rows of every notifier target whose filters take it, and the
-//! engine writes them in the same transaction as the event. A delivery is therefore
-//! never lost (no row without a durable event) and never invented. One event is
-//! one row per target (`(notifier, event_id, repeat)` is unique in the store).
+//! Routing happens on the rule-engine thread: for each event, [`Notifiers`] (the
+//! engine's [`EventRouter`]) returns the outbox rows of every notifier target whose
+//! filters take it, and the engine writes them in the same transaction as the
+//! event. A delivery is therefore never lost (no row without a durable event) and
+//! never invented. One event is one row per target (`(notifier, event_id, repeat)`
+//! is unique in the store). Once that transaction has committed, the writer thread
+//! calls [`EventRouter::committed`], which wakes the targets that got rows: a
+//! target reads its outbox when there is something to read, never before.
 //!
 //! A target is one endpoint: a webhook, or one Alertmanager instance (each
 //! instance gets every notification). Each target has one delivery task that reads
@@ -45,8 +48,10 @@ pub mod webhook;
 mod worker;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use driftwatch_proto::v1;
@@ -56,7 +61,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Filter, NotifierConfig, NotifierFile, NotifierKind};
 
-use crate::engine::{AlertBook, Router};
+use crate::alert_book::AlertBook;
+use crate::engine::EventRouter;
 use crate::error::ServerError;
 use crate::metrics::{Metrics, NotifierLabels};
 use crate::writer::WriteSender;
@@ -97,11 +103,11 @@ struct Target {
     /// Where to POST.
     endpoint: String,
     labels: NotifierLabels,
-    /// Poked when rows are queued for this target.
+    /// Woken when rows for this target are durable (or a repeat was queued).
     wake: tokio::sync::Notify,
-    /// Highest event id the router queued for this target (the worker polls quickly
-    /// until it sees it committed).
-    want: AtomicU64,
+    /// Highest event id routed to this target, and the highest it was woken for.
+    routed: AtomicU64,
+    woken: AtomicU64,
     state: Mutex<TargetState>,
     /// Webhooks with repeats: fingerprint → last notification of the firing episode.
     repeats: Mutex<HashMap<String, LastSent>>,
@@ -174,7 +180,8 @@ impl Notifiers {
                     endpoint,
                     labels,
                     wake: tokio::sync::Notify::new(),
-                    want: AtomicU64::new(0),
+                    routed: AtomicU64::new(0),
+                    woken: AtomicU64::new(0),
                     state: Mutex::new(TargetState {
                         breaker: Breaker::new(c.delivery.breaker_failures, c.delivery.breaker_cooldown),
                         delivered: 0,
@@ -204,12 +211,6 @@ impl Notifiers {
         self.targets.is_empty()
     }
 
-    /// The engine's hook: the outbox rows for one event (see the module docs).
-    pub fn router(self: &Arc<Self>) -> Router {
-        let me = self.clone();
-        Arc::new(move |ev: &v1::AlertEvent| me.route(ev, driftwatch_proto::now_millis()))
-    }
-
     fn route(&self, ev: &v1::AlertEvent, now_ms: i64) -> Vec<Op> {
         let Some(alert) = &ev.alert else { return Vec::new() };
         let kind = v1::AlertEventKind::try_from(ev.kind).unwrap_or(v1::AlertEventKind::Unspecified);
@@ -219,7 +220,7 @@ impl Notifiers {
             let cfg = &self.configs[t.notifier];
             let notify = routes(&cfg.filter, kind, alert);
             if matches!(cfg.kind, NotifierKind::Webhook { repeat_interval: Some(_), .. }) {
-                let mut reps = t.repeats.lock().expect("repeats lock");
+                let mut reps = t.repeats.lock();
                 match kind {
                     v1::AlertEventKind::Resolved | v1::AlertEventKind::Cleared => {
                         reps.remove(&alert.fingerprint);
@@ -244,8 +245,8 @@ impl Notifiers {
                 created_ms: now_ms,
                 ..Default::default()
             }));
-            t.want.fetch_max(ev.id, Ordering::Relaxed);
-            t.wake.notify_one();
+            // Not woken yet: the row is not committed (see `committed`).
+            t.routed.fetch_max(ev.id, Ordering::AcqRel);
         }
         ops
     }
@@ -260,7 +261,7 @@ impl Notifiers {
             .iter()
             .map(|t| {
                 let cfg = &self.configs[t.notifier];
-                let s = t.state.lock().expect("notifier state lock");
+                let s = t.state.lock();
                 v1::NotifierStatus {
                     name: cfg.name.clone(),
                     kind: cfg.kind_name().to_string(),
@@ -284,7 +285,7 @@ impl Notifiers {
         self: &Arc<Self>,
         writer: WriteSender,
         reader: Arc<Mutex<Store>>,
-        book: Arc<RwLock<AlertBook>>,
+        book: Arc<AlertBook>,
         shutdown: CancellationToken,
     ) -> NotifierTasks {
         let ctx = Arc::new(worker::Ctx { notifiers: self.clone(), writer, reader, book, shutdown });
@@ -301,6 +302,25 @@ impl Notifiers {
         }
         tracing::info!(notifiers = self.configs.len(), targets = self.targets.len(), "notifiers started");
         NotifierTasks { handles }
+    }
+}
+
+impl EventRouter for Notifiers {
+    fn route(&self, event: &v1::AlertEvent) -> Vec<Op> {
+        Notifiers::route(self, event, driftwatch_proto::now_millis())
+    }
+
+    /// Called on the writer thread after the commit holding events up to
+    /// `last_event_id`: wake every target that got rows since it was last woken.
+    fn committed(&self, last_event_id: u64) {
+        for t in &self.targets {
+            let routed = t.routed.load(Ordering::Acquire);
+            if routed > t.woken.load(Ordering::Acquire) {
+                // A target routed a later event (not yet committed) is woken again then.
+                t.woken.fetch_max(routed.min(last_event_id), Ordering::AcqRel);
+                t.wake.notify_one();
+            }
+        }
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::engine::EventRouter;
 
 fn configs(toml_text: &str) -> Vec<NotifierConfig> {
     #[derive(serde::Deserialize)]
@@ -57,7 +58,7 @@ const TWO: &str = r#"
 #[test]
 fn router_queues_one_row_per_routed_target() {
     let n = Notifiers::new(configs(TWO), Metrics::new()).unwrap();
-    let route = n.router();
+    let route = |ev: &v1::AlertEvent| EventRouter::route(&*n, ev);
     let prod = [("env", "production"), ("alertname", "workers-above-12")];
     let a = alert("f1", v1::Severity::High, v1::AlertState::Firing, &prod);
     let ops = route(&event(7, v1::AlertEventKind::Fired, &a));
@@ -92,8 +93,13 @@ fn router_queues_one_row_per_routed_target() {
         assert!(route(&event(11, k, &a)).is_empty(), "{k:?}");
     }
     assert_eq!(rows(&route(&event(12, v1::AlertEventKind::Resolved, &a))).len(), 3);
-    // The router pokes the targets it queued for.
-    assert_eq!(n.targets[0].want.load(Ordering::Relaxed), 12);
+    // Targets are woken only once the rows are committed, up to what committed.
+    assert_eq!(n.targets[0].routed.load(Ordering::Relaxed), 12);
+    assert_eq!(n.targets[0].woken.load(Ordering::Relaxed), 0, "not before the commit");
+    n.committed(10);
+    assert_eq!(n.targets[0].woken.load(Ordering::Relaxed), 10, "rows up to 10 are readable");
+    n.committed(12);
+    assert_eq!(n.targets[0].woken.load(Ordering::Relaxed), 12);
 }
 
 #[test]
@@ -153,10 +159,10 @@ fn fired_events_start_repeat_bookkeeping_and_resolutions_end_it() {
     .unwrap();
     let a = alert("f", v1::Severity::High, v1::AlertState::Firing, &[]);
     n.route(&event(5, v1::AlertEventKind::Fired, &a), 42);
-    assert_eq!(n.targets[0].repeats.lock().unwrap().get("f"), Some(&LastSent { event_id: 5, repeat: 0, at_ms: 42 }));
-    assert!(n.targets[1].repeats.lock().unwrap().is_empty(), "repeat_interval 0: no repeats");
+    assert_eq!(n.targets[0].repeats.lock().get("f"), Some(&LastSent { event_id: 5, repeat: 0, at_ms: 42 }));
+    assert!(n.targets[1].repeats.lock().is_empty(), "repeat_interval 0: no repeats");
     n.route(&event(6, v1::AlertEventKind::Resolved, &a), 43);
-    assert!(n.targets[0].repeats.lock().unwrap().is_empty());
+    assert!(n.targets[0].repeats.lock().is_empty());
 }
 
 #[test]
@@ -174,11 +180,10 @@ fn status_lists_every_target_with_a_closed_circuit_at_start() {
     );
     assert!(s.iter().all(|s| s.circuit == "closed" && s.delivered == 0 && s.pending == 0 && s.last_error.is_empty()));
     assert!(
-        Notifiers::new(Vec::new(), Metrics::new()).unwrap().router()(&event(
-            1,
-            v1::AlertEventKind::Fired,
-            &alert("f", v1::Severity::High, v1::AlertState::Firing, &[])
-        ))
+        EventRouter::route(
+            &*Notifiers::new(Vec::new(), Metrics::new()).unwrap(),
+            &event(1, v1::AlertEventKind::Fired, &alert("f", v1::Severity::High, v1::AlertState::Firing, &[]))
+        )
         .is_empty()
     );
 }
@@ -230,7 +235,7 @@ async fn rows_past_max_age_are_dropped_and_counted_the_rest_kept() {
     let tasks = n.start(writer.clone(), reader.clone(), Arc::default(), token.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let rows = reader.lock().unwrap().outbox_rows("hook").unwrap();
+        let rows = reader.lock().outbox_rows("hook").unwrap();
         if rows.len() == 1 {
             assert_eq!(rows[0].event_id, 2, "the fresh row stays");
             break;

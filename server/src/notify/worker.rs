@@ -2,7 +2,9 @@
 //! and the Alertmanager resend loops.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use driftwatch_proto::v1;
@@ -12,23 +14,21 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::{LastSent, NotifierConfig, NotifierKind, Notifiers, REPEAT_KIND, Target, alertmanager, breaker, webhook};
-use crate::engine::AlertBook;
+use crate::alert_book::AlertBook;
 use crate::writer::{WriteItem, WriteSender};
 
 pub(super) struct Ctx {
     pub notifiers: Arc<Notifiers>,
     pub writer: WriteSender,
     pub reader: Arc<Mutex<Store>>,
-    pub book: Arc<RwLock<AlertBook>>,
+    pub book: Arc<AlertBook>,
     pub shutdown: CancellationToken,
 }
 
-/// How often a target looks at its outbox when nothing pokes it.
+/// How often a target looks at its outbox when nothing wakes it. New rows wake it
+/// once their transaction has committed, so this only bounds how late a missed
+/// wake-up (there should be none) or a row written by another path is seen.
 const POLL: Duration = Duration::from_secs(2);
-/// After a poke, rows are polled for this often, for at most `FAST_WINDOW`, until
-/// the engine's write holding them has committed.
-const FAST_POLL: Duration = Duration::from_millis(5);
-const FAST_WINDOW: Duration = Duration::from_secs(2);
 /// Rows read per look (the oldest pending row of each alert).
 const HEADS: usize = 256;
 /// Age limit and pruning of delivered rows run this often.
@@ -52,7 +52,7 @@ async fn read<T: Send + 'static>(
     f: impl FnOnce(&Store) -> driftwatch_store::Result<T> + Send + 'static,
 ) -> Result<T, String> {
     let reader = ctx.reader.clone();
-    tokio::task::spawn_blocking(move || f(&reader.lock().expect("reader lock")).map_err(|e| e.to_string()))
+    tokio::task::spawn_blocking(move || f(&reader.lock()).map_err(|e| e.to_string()))
         .await
         .map_err(|e| format!("read task: {e}"))?
 }
@@ -80,17 +80,17 @@ fn millis(d: Duration) -> i64 {
 
 impl Target {
     fn allow(&self) -> bool {
-        self.state.lock().expect("notifier state lock").breaker.allow(Instant::now())
+        self.state.lock().breaker.allow(Instant::now())
     }
 
     fn cancel_attempt(&self) {
-        self.state.lock().expect("notifier state lock").breaker.cancel();
+        self.state.lock().breaker.cancel();
     }
 
     /// Returns true when this success ended a failing streak.
     fn succeeded(&self, at_ms: i64, delivery: bool, n: &Notifiers) -> bool {
         let recovered = {
-            let mut s = self.state.lock().expect("notifier state lock");
+            let mut s = self.state.lock();
             if delivery {
                 s.delivered += 1;
             }
@@ -108,7 +108,7 @@ impl Target {
 
     /// Returns (this failure opened the circuit, consecutive failures).
     fn failed(&self, at_ms: i64, error: &str, n: &Notifiers) -> (bool, u32) {
-        let mut s = self.state.lock().expect("notifier state lock");
+        let mut s = self.state.lock();
         s.failed += 1;
         s.last_failure_ms = Some(at_ms);
         s.last_error = error.to_string();
@@ -121,8 +121,6 @@ impl Target {
 /// One target's delivery loop.
 pub(super) async fn deliver_loop(ctx: Arc<Ctx>, t: Arc<Target>) {
     let cfg = ctx.notifiers.configs[t.notifier].clone();
-    let mut seen_event_id = 0u64;
-    let mut fast_until: Option<Instant> = None;
     let mut next_housekeeping = Instant::now();
     while !ctx.shutdown.is_cancelled() {
         if Instant::now() >= next_housekeeping {
@@ -134,8 +132,7 @@ pub(super) async fn deliver_loop(ctx: Arc<Ctx>, t: Arc<Target>) {
         match read(&ctx, move |s| Ok((s.outbox_heads(&key, HEADS)?, s.outbox_summary(&key)?))).await {
             Err(e) => tracing::warn!(notifier = %t.key, error = %e, "cannot read the outbox; trying again"),
             Ok((heads, summary)) => {
-                seen_event_id = seen_event_id.max(summary.max_event_id);
-                t.state.lock().expect("notifier state lock").pending = summary.pending;
+                t.state.lock().pending = summary.pending;
                 ctx.notifiers.metrics.notifications_pending.get_or_create(&t.labels).set(summary.pending as i64);
                 let mut worked = false;
                 let mut next_due = None;
@@ -163,7 +160,7 @@ pub(super) async fn deliver_loop(ctx: Arc<Ctx>, t: Arc<Target>) {
                     }
                 }
                 let now = Instant::now();
-                let blocked = t.state.lock().expect("notifier state lock").breaker.blocked_until(now);
+                let blocked = t.state.lock().breaker.blocked_until(now);
                 wait = if worked {
                     // Delivered or rescheduled something: the queue changed, look again.
                     Duration::ZERO
@@ -174,13 +171,9 @@ pub(super) async fn deliver_loop(ctx: Arc<Ctx>, t: Arc<Target>) {
                 };
             }
         }
-        if t.want.load(std::sync::atomic::Ordering::Relaxed) > seen_event_id
-            && fast_until.is_some_and(|f| Instant::now() < f)
-        {
-            wait = wait.min(FAST_POLL);
-        }
         tokio::select! {
-            _ = t.wake.notified() => fast_until = Some(Instant::now() + FAST_WINDOW),
+            // Rows for us just committed (see `Notifiers::committed`): read them now.
+            _ = t.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = ctx.shutdown.cancelled() => break,
         }
@@ -227,10 +220,7 @@ async fn attempt(ctx: &Ctx, t: &Target, cfg: &NotifierConfig, row: &OutboxRecord
         NotifierKind::Alertmanager { resend_interval, .. } => {
             // The alert as it is now when the book still has it: a fired row delivered
             // late must not re-fire an alert that resolved meanwhile.
-            let current = {
-                let book = ctx.book.read().expect("alert book lock");
-                ev.alert.as_ref().and_then(|a| book.alerts.get(&a.fingerprint)).map(|t| t.alert.clone())
-            };
+            let current = ev.alert.as_ref().and_then(|a| ctx.book.get(&a.fingerprint));
             let Some(alert) = current.or(ev.alert) else { return Outcome::Skipped("event without an alert") };
             if !alert.silenced_by.is_empty() {
                 return Outcome::Skipped("alert silenced");
@@ -252,11 +242,8 @@ async fn attempt(ctx: &Ctx, t: &Target, cfg: &NotifierConfig, row: &OutboxRecord
 /// The alert of a repeat row is still in the same firing episode, unsilenced.
 fn still_firing(ctx: &Ctx, ev: &v1::AlertEvent) -> bool {
     let Some(a) = &ev.alert else { return false };
-    let book = ctx.book.read().expect("alert book lock");
-    book.alerts.get(&a.fingerprint).is_some_and(|t| {
-        t.alert.state == v1::AlertState::Firing as i32
-            && t.alert.silenced_by.is_empty()
-            && t.alert.fired_at == a.fired_at
+    ctx.book.get(&a.fingerprint).is_some_and(|now| {
+        now.state == v1::AlertState::Firing as i32 && now.silenced_by.is_empty() && now.fired_at == a.fired_at
     })
 }
 
@@ -331,7 +318,7 @@ async fn record(ctx: &Ctx, t: &Target, cfg: &NotifierConfig, row: &OutboxRecord,
     let written = write(ctx, ops).await;
     if delivered_or_skipped {
         // Status stays current between looks at the outbox.
-        let mut s = t.state.lock().expect("notifier state lock");
+        let mut s = t.state.lock();
         s.pending = s.pending.saturating_sub(1);
     }
     written
@@ -351,7 +338,7 @@ async fn housekeeping(ctx: &Ctx, t: &Target, cfg: &NotifierConfig) {
         Ok(0) => {}
         Ok(dropped) => {
             tracing::error!(notifier = %t.key, url = %t.url, dropped, max_age_s = cfg.delivery.max_age.as_secs(), "undelivered notifications older than max_age dropped");
-            t.state.lock().expect("notifier state lock").expired += dropped;
+            t.state.lock().expired += dropped;
             ctx.notifiers.metrics.notifications_expired.get_or_create(&t.labels).inc_by(dropped);
             ops.push(Op::OutboxExpire { notifier: t.key.clone(), created_before_ms: expire_before });
         }
@@ -395,16 +382,16 @@ pub(super) async fn startup_and_repeats(ctx: Arc<Ctx>) {
                 continue;
             }
         };
-        let book = ctx.book.read().expect("alert book lock");
-        let mut reps = t.repeats.lock().expect("repeats lock");
+        let mut reps = t.repeats.lock();
         for r in rows {
             if !matches!(r.kind.as_str(), "fired" | "unsilenced" | REPEAT_KIND) {
                 continue;
             }
             // Only a row of the alert's current firing episode counts.
-            let current = book.alerts.get(&r.fingerprint).is_some_and(|tr| {
-                tr.alert.state == v1::AlertState::Firing as i32 && fired_at_ms(&tr.alert) <= r.created_ms
-            });
+            let current = ctx
+                .book
+                .get(&r.fingerprint)
+                .is_some_and(|a| a.state == v1::AlertState::Firing as i32 && fired_at_ms(&a) <= r.created_ms);
             if current {
                 reps.entry(r.fingerprint).or_insert(LastSent {
                     event_id: r.event_id,
@@ -431,16 +418,15 @@ pub(super) async fn startup_and_repeats(ctx: Arc<Ctx>) {
 async fn repeat_pass(ctx: &Ctx, targets: &[(Arc<Target>, Duration)]) -> bool {
     let now = now_ms();
     let (firing, firing_fps): (Vec<v1::Alert>, HashSet<String>) = {
-        let book = ctx.book.read().expect("alert book lock");
-        let all = book.alerts.values().filter(|t| t.alert.state == v1::AlertState::Firing as i32);
-        let fps = all.clone().map(|t| t.alert.fingerprint.clone()).collect();
-        (all.filter(|t| t.alert.silenced_by.is_empty()).map(|t| t.alert.clone()).collect(), fps)
+        let all = ctx.book.firing();
+        let fps = all.iter().map(|a| a.fingerprint.clone()).collect();
+        (all.into_iter().filter(|a| a.silenced_by.is_empty()).collect(), fps)
     };
     let mut ops = Vec::new();
     let mut poke = Vec::new();
     for (t, every) in targets {
         let filter = &ctx.notifiers.configs[t.notifier].filter;
-        let mut reps = t.repeats.lock().expect("repeats lock");
+        let mut reps = t.repeats.lock();
         // Alerts that left the firing state without an event we saw (pruned) are forgotten.
         reps.retain(|fp, _| firing_fps.contains(fp));
         let before = ops.len();
@@ -502,9 +488,8 @@ pub(super) async fn resend_loop(ctx: Arc<Ctx>, t: Arc<Target>, every: Duration) 
         wait = every;
         let now = now_ms();
         let docs = {
-            let book = ctx.book.read().expect("alert book lock");
             let f = &cfg.filter;
-            let selected = book.alerts.values().map(|t| &t.alert).filter(|a| {
+            let selected = ctx.book.alerts_where(|a| {
                 let wanted = if a.state == v1::AlertState::Resolved as i32 {
                     f.wants(v1::AlertEventKind::Resolved)
                 } else {
@@ -512,7 +497,7 @@ pub(super) async fn resend_loop(ctx: Arc<Ctx>, t: Arc<Target>, every: Duration) 
                 };
                 wanted && a.silenced_by.is_empty() && f.selects(a)
             });
-            alertmanager::resend_set(selected, now, every)
+            alertmanager::resend_set(selected.iter(), now, every)
         };
         if docs.is_empty() || !t.allow() {
             continue;

@@ -1,18 +1,22 @@
 //! `Baselines` service: named, versioned sets of expected key values.
 //!
-//! Every version of every baseline is held in memory (they are few and small)
-//! and written through the group-commit writer; a call returns only once its
-//! version is durable. Versions of one name are assigned under one lock held
-//! across the write, so two concurrent edits can never claim the same version.
+//! Every version of every baseline is held in memory (they are few and small;
+//! [`set`] is the data and its pure edits) and written through the group-commit
+//! writer; a call returns only once its version is durable. Versions are
+//! assigned under one edit lock held across the write, so two concurrent edits
+//! can never claim the same version. Once durable, the new snapshot replaces the
+//! current one for every reader and is pushed to the rule engine.
 
-use std::collections::BTreeMap;
+mod set;
+
 use std::sync::Arc;
 
 use driftwatch_proto::v1::{self, baselines_server::Baselines};
 use driftwatch_store::{BaselineRecord, Op};
 use prost::Message;
-use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
+
+pub use set::{BaselineSet, SharedBaselines, edit_file, edit_resources};
 
 use crate::audit::{AuditEntry, AuditLog};
 use crate::error::ServerError;
@@ -23,129 +27,10 @@ use crate::writer::{WriteItem, WriteSender};
 
 const MAX_NAME_LEN: usize = 128;
 
-/// Every version of every baseline, by name, oldest first.
-#[derive(Debug, Default)]
-pub struct BaselineSet {
-    versions: BTreeMap<String, Vec<v1::Baseline>>,
-}
-
-impl BaselineSet {
-    /// Rebuild from the store; a version that does not decode is skipped (and counted).
-    pub fn load(records: Vec<BaselineRecord>) -> (Self, usize) {
-        let mut set = Self::default();
-        let mut skipped = 0;
-        for r in records {
-            match v1::Baseline::decode(r.content.as_slice()) {
-                Ok(b) => set.versions.entry(r.name).or_default().push(b),
-                Err(e) => {
-                    tracing::warn!(baseline = %r.name, version = r.version, error = %e, "stored baseline does not decode; skipped");
-                    skipped += 1;
-                }
-            }
-        }
-        (set, skipped)
-    }
-
-    pub fn latest(&self, name: &str) -> Option<&v1::Baseline> {
-        self.versions.get(name).and_then(|v| v.last())
-    }
-
-    pub fn version(&self, name: &str, version: u64) -> Option<&v1::Baseline> {
-        self.versions.get(name).and_then(|v| v.iter().find(|b| b.version == version))
-    }
-
-    fn live(&self) -> impl Iterator<Item = &v1::Baseline> {
-        self.versions.values().filter_map(|v| v.last()).filter(|b| !b.deleted)
-    }
-
-    /// The baseline that applies to a host: the newest pinned for the host itself,
-    /// else the newest whose selector matches its labels.
-    pub fn effective(&self, host_id: &str, labels: &BTreeMap<String, String>) -> Option<&v1::Baseline> {
-        let newest = |a: &&v1::Baseline, b: &&v1::Baseline| {
-            let t = |x: &v1::Baseline| x.created_at.map(|t| (t.seconds, t.nanos)).unwrap_or_default();
-            t(a).cmp(&t(b)).then_with(|| a.name.cmp(&b.name))
-        };
-        self.live().filter(|b| b.host_id == host_id).max_by(newest).or_else(|| {
-            self.live()
-                .filter(|b| b.host_id.is_empty() && Selector::parse(&b.selector).is_ok_and(|s| s.matches(labels)))
-                .max_by(newest)
-        })
-    }
-}
-
-/// Apply an edit to one file of a baseline's files: set (in place, or appended),
-/// then remove. Fails when the edit changes nothing or removes a key that is not there.
-pub fn edit_file(
-    files: &mut Vec<v1::BaselineFile>,
-    path: &str,
-    set: Vec<v1::KeyValue>,
-    remove: &[String],
-) -> Result<(), ServerError> {
-    if set.is_empty() && remove.is_empty() {
-        return Err(ServerError::InvalidArgument("nothing to change: give set, remove or promote_keys".into()));
-    }
-    let idx = match files.iter().position(|f| f.path == path) {
-        Some(i) => i,
-        None => {
-            files.push(v1::BaselineFile { path: path.to_string(), keys: Vec::new() });
-            files.len() - 1
-        }
-    };
-    let file = &mut files[idx];
-    for kv in set {
-        if kv.key.is_empty() || kv.value.is_none() {
-            return Err(ServerError::InvalidArgument("every key to set needs a key and a value".into()));
-        }
-        match file.keys.iter_mut().find(|k| k.key == kv.key) {
-            Some(existing) => existing.value = kv.value,
-            None => file.keys.push(kv),
-        }
-    }
-    for key in remove {
-        let before = file.keys.len();
-        file.keys.retain(|k| &k.key != key);
-        if file.keys.len() == before {
-            return Err(ServerError::NotFound(format!("baseline has no key '{key}' in {path}")));
-        }
-    }
-    if file.keys.is_empty() {
-        files.remove(idx);
-    }
-    Ok(())
-}
-
-/// Set (in place, or appended) then remove resource expectations.
-pub fn edit_resources(
-    resources: &mut Vec<v1::ResourceExpectation>,
-    set: Vec<v1::ResourceExpectation>,
-    remove: &[String],
-) -> Result<(), ServerError> {
-    for e in set {
-        if e.metric.trim().is_empty() || !e.value.is_finite() {
-            return Err(ServerError::InvalidArgument(format!(
-                "resource expectation needs a metric name and a finite value (got {:?} = {})",
-                e.metric, e.value
-            )));
-        }
-        match resources.iter_mut().find(|r| r.metric == e.metric) {
-            Some(r) => r.value = e.value,
-            None => resources.push(e),
-        }
-    }
-    for m in remove {
-        let idx = resources
-            .iter()
-            .position(|r| &r.metric == m)
-            .ok_or_else(|| ServerError::NotFound(format!("the baseline has no resource expectation '{m}'")))?;
-        resources.remove(idx);
-    }
-    Ok(())
-}
-
 #[derive(Clone)]
 pub struct BaselinesService {
     pub state: Arc<FleetState>,
-    pub baselines: Arc<Mutex<BaselineSet>>,
+    pub baselines: Arc<SharedBaselines>,
     pub writer: WriteSender,
     pub engine: crate::engine::EngineHandle,
     pub audit: AuditLog,
@@ -157,7 +42,7 @@ impl BaselinesService {
     /// actor, target and the version are filled in here.
     async fn commit(
         &self,
-        set: &mut BaselineSet,
+        set: &BaselineSet,
         mut b: v1::Baseline,
         action: &str,
         audit: AuditEntry,
@@ -192,10 +77,11 @@ impl BaselinesService {
         self.writer.send(item).await.map_err(|_| gone())?;
         durable.await.map_err(|_| gone())?;
         tracing::info!(baseline = %b.name, version = b.version, actor = %b.actor, deleted = b.deleted, "baseline version stored");
-        set.versions.entry(b.name.clone()).or_default().push(b.clone());
+        let next = Arc::new(set.with_version(b.clone()));
+        self.baselines.publish(next.clone());
         // Rules compare against baselines: what drifts from them just changed.
         let host = (!b.host_id.is_empty()).then(|| b.host_id.clone());
-        self.engine.send(crate::engine::EvalMsg::Reevaluate { host });
+        self.engine.push(crate::engine::EvalMsg::Baselines { set: next, host }).await?;
         Ok(b)
     }
 
@@ -325,7 +211,8 @@ impl Baselines for BaselinesService {
         }
         let audit =
             AuditEntry { host_id: host_id.to_string(), path: r.path.trim().to_string(), detail, ..Default::default() };
-        let mut set = self.baselines.lock().await;
+        let _edit = self.baselines.edit().await;
+        let set = self.baselines.current();
         let b = v1::Baseline {
             name,
             host_id: if selector.is_empty() { host_id.to_string() } else { String::new() },
@@ -336,13 +223,13 @@ impl Baselines for BaselinesService {
             reason: r.reason,
             ..Default::default()
         };
-        Ok(Response::new(for_query(self.commit(&mut set, b, "baseline.pinned", audit).await?)))
+        Ok(Response::new(for_query(self.commit(&set, b, "baseline.pinned", audit).await?)))
     }
 
     async fn get_baseline(&self, request: Request<v1::GetBaselineRequest>) -> Result<Response<v1::Baseline>, Status> {
         let r = request.into_inner();
         let name = valid_name(&r.name)?;
-        let set = self.baselines.lock().await;
+        let set = self.baselines.current();
         let b = if r.version == 0 {
             live_or_not_found(&set, name)?
         } else {
@@ -357,15 +244,7 @@ impl Baselines for BaselinesService {
         request: Request<v1::ListBaselinesRequest>,
     ) -> Result<Response<v1::ListBaselinesResponse>, Status> {
         let all = request.get_ref().include_deleted;
-        let set = self.baselines.lock().await;
-        let baselines = set
-            .versions
-            .values()
-            .filter_map(|v| v.last())
-            .filter(|b| all || !b.deleted)
-            .cloned()
-            .map(for_query)
-            .collect();
+        let baselines = self.baselines.current().newest(all).cloned().map(for_query).collect();
         Ok(Response::new(v1::ListBaselinesResponse { baselines }))
     }
 
@@ -399,7 +278,8 @@ impl Baselines for BaselinesService {
                 set_keys.push(kv.clone());
             }
         }
-        let mut set = self.baselines.lock().await;
+        let _edit = self.baselines.edit().await;
+        let set = self.baselines.current();
         let mut b = live_or_not_found(&set, name)?.clone();
         if !resources_only {
             edit_file(&mut b.files, path, set_keys, &r.remove)?;
@@ -407,7 +287,7 @@ impl Baselines for BaselinesService {
         edit_resources(&mut b.resources, r.set_resources, &r.remove_resources)?;
         b.actor = actor;
         b.reason = r.reason;
-        Ok(Response::new(for_query(self.commit(&mut set, b, action, audit).await?)))
+        Ok(Response::new(for_query(self.commit(&set, b, action, audit).await?)))
     }
 
     async fn delete_baseline(
@@ -417,7 +297,8 @@ impl Baselines for BaselinesService {
         let actor = Principal::of(&request).to_string();
         let r = request.into_inner();
         let name = valid_name(&r.name)?;
-        let mut set = self.baselines.lock().await;
+        let _edit = self.baselines.edit().await;
+        let set = self.baselines.current();
         let last = live_or_not_found(&set, name)?;
         let audit = AuditEntry {
             host_id: last.host_id.clone(),
@@ -437,97 +318,13 @@ impl Baselines for BaselinesService {
             reason: r.reason,
             ..Default::default()
         };
-        Ok(Response::new(for_query(self.commit(&mut set, b, "baseline.deleted", audit).await?)))
+        Ok(Response::new(for_query(self.commit(&set, b, "baseline.deleted", audit).await?)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use driftwatch_proto::v1::Value;
-
-    fn kv(k: &str, v: i64) -> v1::KeyValue {
-        v1::KeyValue { key: k.into(), value: Some(Value::int(v)) }
-    }
-
-    fn baseline(name: &str, version: u64, host: &str, selector: &str, at: i64, deleted: bool) -> v1::Baseline {
-        v1::Baseline {
-            name: name.into(),
-            version,
-            host_id: host.into(),
-            selector: selector.into(),
-            created_at: Some(driftwatch_proto::timestamp_from_millis(at)),
-            deleted,
-            ..Default::default()
-        }
-    }
-
-    fn set_of(bs: Vec<v1::Baseline>) -> BaselineSet {
-        let mut s = BaselineSet::default();
-        for b in bs {
-            s.versions.entry(b.name.clone()).or_default().push(b);
-        }
-        s
-    }
-
-    #[test]
-    fn host_baseline_wins_over_selector_and_newest_wins_among_equals() {
-        let labels: BTreeMap<String, String> = [("env".into(), "production".into())].into();
-        let s = set_of(vec![
-            baseline("fleet", 1, "", "env=production", 10, false),
-            baseline("fleet-new", 1, "", "env=production", 20, false),
-            baseline("other-env", 1, "", "env=staging", 30, false),
-        ]);
-        assert_eq!(s.effective("web-1", &labels).unwrap().name, "fleet-new");
-        let s = set_of(vec![
-            baseline("fleet", 1, "", "env=production", 50, false),
-            baseline("web-1-tuned", 1, "web-1", "", 10, false),
-        ]);
-        assert_eq!(s.effective("web-1", &labels).unwrap().name, "web-1-tuned");
-        assert_eq!(s.effective("web-2", &labels).unwrap().name, "fleet");
-        assert!(s.effective("web-2", &BTreeMap::new()).is_none());
-    }
-
-    #[test]
-    fn a_deleted_baseline_applies_to_nobody() {
-        let s = set_of(vec![baseline("t", 1, "web-1", "", 10, false), baseline("t", 2, "web-1", "", 20, true)]);
-        assert!(s.effective("web-1", &BTreeMap::new()).is_none());
-        assert_eq!(s.version("t", 1).unwrap().version, 1);
-        assert!(live_or_not_found(&s, "t").unwrap_err().to_string().contains("deleted in version 2"));
-    }
-
-    #[test]
-    fn edit_sets_in_place_appends_and_removes() {
-        let mut files = vec![v1::BaselineFile { path: "/a".into(), keys: vec![kv("A", 1), kv("B", 2)] }];
-        edit_file(&mut files, "/a", vec![kv("B", 3), kv("C", 4)], &["A".into()]).unwrap();
-        assert_eq!(files[0].keys, vec![kv("B", 3), kv("C", 4)]);
-        edit_file(&mut files, "/new", vec![kv("X", 1)], &[]).unwrap();
-        assert_eq!(files.len(), 2);
-        // Removing the last key drops the file from the baseline.
-        edit_file(&mut files, "/new", vec![], &["X".into()]).unwrap();
-        assert_eq!(files.len(), 1);
-    }
-
-    #[test]
-    fn edit_errors_are_clear() {
-        let mut files = vec![v1::BaselineFile { path: "/a".into(), keys: vec![kv("A", 1)] }];
-        assert!(matches!(edit_file(&mut files, "/a", vec![], &[]), Err(ServerError::InvalidArgument(_))));
-        assert!(matches!(edit_file(&mut files, "/a", vec![], &["Z".into()]), Err(ServerError::NotFound(_))));
-        let no_value = v1::KeyValue { key: "A".into(), value: None };
-        assert!(matches!(edit_file(&mut files, "/a", vec![no_value], &[]), Err(ServerError::InvalidArgument(_))));
-    }
-
-    #[test]
-    fn resource_expectations_edit() {
-        let e = |m: &str, v: f64| v1::ResourceExpectation { metric: m.into(), value: v };
-        let mut r = vec![e("memory_used_bytes", 1.0)];
-        edit_resources(&mut r, vec![e("memory_used_bytes", 2.0), e("cpu_cores_used", 10.4)], &[]).unwrap();
-        assert_eq!(r, vec![e("memory_used_bytes", 2.0), e("cpu_cores_used", 10.4)]);
-        edit_resources(&mut r, vec![], &["memory_used_bytes".into()]).unwrap();
-        assert_eq!(r, vec![e("cpu_cores_used", 10.4)]);
-        assert!(matches!(edit_resources(&mut r, vec![], &["nope".into()]), Err(ServerError::NotFound(_))));
-        assert!(matches!(edit_resources(&mut r, vec![e("x", f64::NAN)], &[]), Err(ServerError::InvalidArgument(_))));
-    }
 
     #[test]
     fn names_are_checked() {
@@ -535,5 +332,19 @@ mod tests {
         assert!(valid_name("").is_err());
         assert!(valid_name("has space").is_err());
         assert!(valid_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn a_deleted_baseline_is_not_found_with_its_version() {
+        let b = |version, deleted| v1::Baseline {
+            name: "t".into(),
+            version,
+            host_id: "web-1".into(),
+            deleted,
+            ..Default::default()
+        };
+        let s = BaselineSet::default().with_version(b(1, false)).with_version(b(2, true));
+        assert!(live_or_not_found(&s, "t").unwrap_err().to_string().contains("deleted in version 2"));
+        assert!(live_or_not_found(&s, "nope").unwrap_err().to_string().contains("no baseline"));
     }
 }

@@ -1,0 +1,110 @@
+//! Operator commands the engine runs in queue order (acknowledge, silences, system
+//! alerts, flush), so their events get ids from the same sequencer as evaluation's.
+
+use driftwatch_proto::v1;
+use driftwatch_store::{Op, SilenceRecord};
+use prost::Message;
+
+use super::{Command, Engine};
+use crate::error::ServerError;
+use crate::silences::ActiveSilence;
+
+impl Engine {
+    pub(super) fn command(&mut self, c: Command) {
+        let now = driftwatch_proto::now_millis();
+        match c {
+            Command::Acknowledge { fingerprint, by, comment, reply } => {
+                let result = self.acknowledge(&fingerprint, by, comment, now);
+                let result = result.map(|a| (a, self.flush_durable()));
+                let _ = reply.send(result);
+            }
+            Command::CreateSilence { mut silence, reply } => {
+                silence.id = new_id();
+                let result = match ActiveSilence::new(silence) {
+                    Ok(a) => {
+                        let view = a.view(now);
+                        self.store_silence(&a, now);
+                        self.book.put_silence(a);
+                        self.silence_boundaries(now);
+                        Ok((view, self.flush_durable()))
+                    }
+                    Err(e) => Err(ServerError::InvalidArgument(e)),
+                };
+                let _ = reply.send(result);
+            }
+            Command::ExpireSilence { id, reply } => {
+                let existing = self.book.silence(&id);
+                let result = match existing {
+                    None => Err(ServerError::NotFound(format!("no silence {id:?}"))),
+                    Some(s) if s.state_at(now) == v1::SilenceState::Expired => {
+                        Err(ServerError::FailedPrecondition(format!("silence {id:?} has already expired")))
+                    }
+                    Some(s) => {
+                        let mut silence = s.silence.clone();
+                        silence.ends_at = Some(driftwatch_proto::timestamp_from_millis(now));
+                        // A pending silence ends before it starts: it never silenced anything.
+                        if s.starts_ms > now {
+                            silence.starts_at = silence.ends_at;
+                        }
+                        silence.updated_at = Some(driftwatch_proto::timestamp_from_millis(now));
+                        match ActiveSilence::new(silence) {
+                            Ok(a) => {
+                                let view = a.view(now);
+                                self.store_silence(&a, now);
+                                self.book.put_silence(a);
+                                self.silence_boundaries(now);
+                                Ok((view, self.flush_durable()))
+                            }
+                            Err(e) => Err(ServerError::InvalidArgument(e)),
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::SystemAlert(a) => self.system_alert(a, now),
+            Command::Flush { reply } => {
+                let _ = reply.send(self.flush_durable());
+            }
+        }
+    }
+
+    pub(super) fn acknowledge(
+        &mut self,
+        fp: &str,
+        by: String,
+        comment: String,
+        now: i64,
+    ) -> Result<v1::Alert, ServerError> {
+        let Some(mut t) = self.book.tracked(fp) else {
+            return Err(ServerError::NotFound(format!("no alert with fingerprint {fp:?}")));
+        };
+        if !matches!(v1::AlertState::try_from(t.alert.state), Ok(v1::AlertState::Pending | v1::AlertState::Firing)) {
+            return Err(ServerError::FailedPrecondition(format!(
+                "alert {fp} is resolved; only pending or firing alerts can be acknowledged"
+            )));
+        }
+        t.alert.acknowledged =
+            Some(v1::Acknowledgement { actor: by, comment, at: Some(driftwatch_proto::timestamp_from_millis(now)) });
+        self.persist(fp, &t.alert, now);
+        self.event(v1::AlertEventKind::Acknowledged, &t.alert, now);
+        let alert = t.alert.clone();
+        self.book.put(t);
+        Ok(alert)
+    }
+
+    pub(super) fn store_silence(&mut self, s: &ActiveSilence, now: i64) {
+        self.ops.push(Op::Silence(SilenceRecord {
+            id: s.silence.id.clone(),
+            starts_ms: s.starts_ms,
+            ends_ms: s.ends_ms,
+            updated_ms: now,
+            payload: s.silence.encode_to_vec(),
+        }));
+    }
+}
+
+/// 16 random bytes, hex: silence ids.
+fn new_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
