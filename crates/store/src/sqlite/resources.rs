@@ -1,4 +1,5 @@
-//! Downsampling of raw resource samples into per-bucket aggregates.
+//! Resource samples: reads of raw samples, and their downsampling into
+//! per-bucket rollups.
 //!
 //! Raw samples are opaque to the store, so the caller supplies the decoder
 //! (`extract`: blob -> (metric, value) pairs). Each chunk is rolled up and its
@@ -9,39 +10,32 @@ use std::collections::HashMap;
 
 use rusqlite::{TransactionBehavior, params};
 
-use crate::{Result, Store, sqlite};
-
-/// Decodes one raw sample blob into its (metric, value) pairs.
-pub type Extract = dyn Fn(&[u8]) -> Vec<(String, f64)>;
-
-/// Aggregate of one metric of one host over the bucket starting at `bucket_ms`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct RollupRecord {
-    pub host_id: String,
-    pub metric: String,
-    /// Start of the bucket (a multiple of the bucket width, in ms since the epoch).
-    pub bucket_ms: i64,
-    pub count: u64,
-    pub sum: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl RollupRecord {
-    pub fn mean(&self) -> f64 {
-        if self.count == 0 { f64::NAN } else { self.sum / self.count as f64 }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Agg {
-    count: u64,
-    sum: f64,
-    min: f64,
-    max: f64,
-}
+use super::{Store, sqlite};
+use crate::error::Result;
+use crate::records::{Extract, ResourceRecord, RollupRecord};
 
 impl Store {
+    /// The newest resource sample of every host.
+    pub fn latest_resources(&self) -> Result<Vec<ResourceRecord>> {
+        self.query_rows(
+            "SELECT r.host_id, r.seq, r.sampled_ms, r.sample FROM resources r
+             JOIN (SELECT host_id, MAX(id) AS id FROM resources GROUP BY host_id) m ON r.id = m.id
+             ORDER BY r.host_id",
+            [],
+            resource_row,
+        )
+    }
+
+    /// One host's samples with `from_ms <= sampled_ms < to_ms`, oldest first.
+    pub fn resource_history(&self, host_id: &str, from_ms: i64, to_ms: i64) -> Result<Vec<ResourceRecord>> {
+        self.query_rows(
+            "SELECT host_id, seq, sampled_ms, sample FROM resources
+             WHERE host_id = ?1 AND sampled_ms >= ?2 AND sampled_ms < ?3 ORDER BY sampled_ms, id",
+            params![host_id, from_ms, to_ms],
+            resource_row,
+        )
+    }
+
     /// Roll up every raw sample with `sampled_ms < before_ms` into buckets of
     /// `bucket_ms`, deleting the raw rows, `chunk` samples per transaction.
     /// Returns how many raw samples were rolled up (and deleted).
@@ -155,20 +149,17 @@ impl Store {
                  WHERE host_id = ?1 AND bucket_ms >= ?2 AND bucket_ms < ?3 ORDER BY bucket_ms, metric",
             )
             .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map(params![host_id, from_ms, to_ms], |r| {
-                Ok(RollupRecord {
-                    host_id: r.get(0)?,
-                    metric: r.get(1)?,
-                    bucket_ms: r.get(2)?,
-                    count: r.get::<_, i64>(3)? as u64,
-                    sum: r.get(4)?,
-                    min: r.get(5)?,
-                    max: r.get(6)?,
-                })
+        self.collect_rows(&mut st, params![host_id, from_ms, to_ms], |r| {
+            Ok(RollupRecord {
+                host_id: r.get(0)?,
+                metric: r.get(1)?,
+                bucket_ms: r.get(2)?,
+                count: r.get::<_, i64>(3)? as u64,
+                sum: r.get(4)?,
+                min: r.get(5)?,
+                max: r.get(6)?,
             })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        })
     }
 
     /// Retention: delete rollups of buckets starting before `before_ms`; returns how many.
@@ -177,6 +168,19 @@ impl Store {
             .execute("DELETE FROM resource_rollups WHERE bucket_ms < ?1", params![before_ms])
             .map_err(|e| self.err(e))
     }
+}
+
+/// Running count, sum, min and max of one (host, metric, bucket) within a chunk.
+#[derive(Clone, Copy)]
+struct Agg {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+fn resource_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ResourceRecord> {
+    Ok(ResourceRecord { host_id: r.get(0)?, seq: r.get::<_, i64>(1)? as u64, sampled_ms: r.get(2)?, sample: r.get(3)? })
 }
 
 #[cfg(test)]
