@@ -20,17 +20,7 @@ impl Engine {
             }
             Command::CreateSilence { mut silence, reply } => {
                 silence.id = new_id();
-                let result = match ActiveSilence::new(silence) {
-                    Ok(a) => {
-                        let view = a.view(now);
-                        self.store_silence(&a, now);
-                        self.book.put_silence(a);
-                        self.silence_boundaries(now);
-                        Ok((view, self.flush_durable()))
-                    }
-                    Err(e) => Err(ServerError::InvalidArgument(e)),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(self.save_silence(silence, now));
             }
             Command::ExpireSilence { id, reply } => {
                 let existing = self.book.silence(&id);
@@ -47,16 +37,7 @@ impl Engine {
                             silence.starts_at = silence.ends_at;
                         }
                         silence.updated_at = Some(driftwatch_proto::timestamp_from_millis(now));
-                        match ActiveSilence::new(silence) {
-                            Ok(a) => {
-                                let view = a.view(now);
-                                self.store_silence(&a, now);
-                                self.book.put_silence(a);
-                                self.silence_boundaries(now);
-                                Ok((view, self.flush_durable()))
-                            }
-                            Err(e) => Err(ServerError::InvalidArgument(e)),
-                        }
+                        self.save_silence(silence, now)
                     }
                 };
                 let _ = reply.send(result);
@@ -92,14 +73,20 @@ impl Engine {
         Ok(alert)
     }
 
-    pub(super) fn store_silence(&mut self, s: &ActiveSilence, now: i64) {
+    /// Hold a new or changed silence, write it, and re-mark the alerts it covers.
+    fn save_silence(&mut self, silence: v1::Silence, now: i64) -> Result<(v1::Silence, super::Durable), ServerError> {
+        let active = ActiveSilence::new(silence).map_err(ServerError::InvalidArgument)?;
+        let view = active.view(now);
         self.ops.push(Op::Silence(SilenceRecord {
-            id: s.silence.id.clone(),
-            starts_ms: s.starts_ms,
-            ends_ms: s.ends_ms,
+            id: active.silence.id.clone(),
+            starts_ms: active.starts_ms,
+            ends_ms: active.ends_ms,
             updated_ms: now,
-            payload: s.silence.encode_to_vec(),
+            payload: active.silence.encode_to_vec(),
         }));
+        self.book.put_silence(active);
+        self.silence_boundaries(now);
+        Ok((view, self.flush_durable()))
     }
 }
 
