@@ -494,9 +494,11 @@ fn evaluation_cost() {
 #[test]
 #[ignore = "benchmark: prints timings (cargo test -p driftwatch-rules --release -- --ignored --nocapture)"]
 fn evaluation_cost_per_rule() {
-    use crate::eval::{CelCache, Scope, run_cel};
-    use crate::expr::{ExprKind, compile};
-    use crate::fast::{FVal, eval_bool};
+    use crate::check::ExprKind;
+    use crate::eval::{CelCache, run_cel};
+    use crate::expr::compile;
+    use crate::fast::eval_bool;
+    use crate::scope::{FVal, Scope};
     let host = bench_host();
     let samples = &histories(1_800_000_000_000)[0].1;
     for source in ["true", "value > 1.0", "is_number(value) && double(value) > 20.5", "avg('1h') > 0.0"] {

@@ -15,57 +15,13 @@ use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use driftwatch_proto::v1::Value;
 
-use crate::expr::{self, Compiled, VARIABLES};
-use crate::fast::{self, FVal, HistoryMemo};
+use crate::expr::{self, Compiled};
+use crate::fast;
+use crate::history::HistoryMemo;
+use crate::input::{AgentInput, FileInput, FileMeta, HostInfo, ResourceInput};
 use crate::schema::unflatten;
-use crate::{
-    AgentInput, FileGlob, FileInput, FileMeta, HostInfo, Outcome, OutcomeRef, ResourceInput, Rule, RuleSet, Target,
-    ValueRef, key_hash,
-};
-
-/// Everything a rule's expression may read, borrowed from the inputs.
-#[derive(Clone, Copy)]
-pub(crate) struct Scope<'a> {
-    pub value: FVal<'a>,
-    pub baseline: FVal<'a>,
-    pub previous: FVal<'a>,
-    pub key: Option<&'a str>,
-    pub path: &'a str,
-    pub metric: &'a str,
-    pub connected: bool,
-    pub last_seen: i64,
-    pub file: Option<&'a BTreeMap<String, Value>>,
-    pub meta: Option<&'a FileMeta>,
-    pub host: &'a HostInfo,
-    /// (now_ms, samples) for the history functions.
-    pub history: Option<(i64, &'a [(i64, f64)])>,
-    pub schema_errors: Option<&'a [String]>,
-    /// The key bound by `file.exists(k, ...)` / `file.all(k, ...)` on the fast path.
-    pub iter: FVal<'a>,
-    pub memo: Option<&'a HistoryMemo>,
-}
-
-impl<'a> Scope<'a> {
-    pub(crate) fn new(host: &'a HostInfo) -> Self {
-        Scope {
-            value: FVal::Null,
-            baseline: FVal::Null,
-            previous: FVal::Null,
-            key: None,
-            path: "",
-            metric: "",
-            connected: false,
-            last_seen: 0,
-            file: None,
-            meta: None,
-            host,
-            history: None,
-            schema_errors: None,
-            iter: FVal::Null,
-            memo: None,
-        }
-    }
-}
+use crate::scope::{FVal, Scope, VARIABLES};
+use crate::{FileGlob, Outcome, OutcomeRef, Rule, RuleSet, Target, ValueRef, key_hash};
 
 type BoxVal<'a> = Box<dyn Val + 'a>;
 

@@ -73,6 +73,14 @@
 //! CEL for anything else and for every error (see the `fast` module). `evaluate_*` return
 //! owned [`Outcome`]s; `evaluate_*_with` hand out borrowed [`OutcomeRef`]s instead and
 //! allocate nothing per outcome (`BENCHMARKS.md` has the figures).
+//!
+//! # Modules
+//!
+//! Imports run one way, each module only from those before it:
+//! `alert`, `schema`, `metrics`, `history`, `input` (no crate imports) → `scope` (what an
+//! expression reads) → `fast` (the direct evaluator) → `check` (compile-time checks) →
+//! `expr` (CEL: compile, run) → this file (rules, rule sets, outcomes) → `eval`
+//! (evaluation), `load` (rule files) → `testing` (`driftwatch rules test`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -80,18 +88,22 @@ use std::path::PathBuf;
 use driftwatch_proto::v1::Value;
 
 pub mod alert;
+mod check;
 mod eval;
 mod expr;
 mod fast;
+mod history;
+mod input;
 mod load;
 mod metrics;
 mod schema;
+mod scope;
 pub mod testing;
 
 pub use alert::{AlertState, AlertStatus, Observation, Severity, Timing, Transition, fingerprint, step};
 pub use driftwatch_proto::duration::parse_ms as parse_duration_ms;
-pub use load::RESOURCE_METRICS;
-pub use metrics::{for_each_resource_metric, resource_metrics};
+pub use input::{AgentInput, FileInput, FileMeta, HostInfo, ResourceInput};
+pub use metrics::{RESOURCE_METRICS, for_each_resource_metric, resource_metrics};
 pub use schema::unflatten;
 
 /// A problem in a rule file, with its place (1-based; 0 when unknown).
@@ -260,7 +272,7 @@ impl Rule {
             selector: BTreeMap::new(),
             target: Target::AgentOffline,
             expr: "false".to_string(),
-            compiled: expr::compile("false", expr::ExprKind::Agent).expect("the constant false compiles"),
+            compiled: expr::compile("false", check::ExprKind::Agent).expect("the constant false compiles"),
             schema: None,
             timing: Timing::default(),
             severity,
@@ -269,6 +281,13 @@ impl Rule {
             remediate: None,
             source: PathBuf::new(),
         }
+    }
+
+    /// The resource history this rule needs, in ms: its `for` or the longest window its
+    /// history functions are given (`avg('2h')`), whichever is longer, plus a minute for
+    /// sample jitter. Only resource rules read history.
+    pub fn history_window_ms(&self) -> i64 {
+        self.timing.for_ms.max(self.compiled.window_ms) + 60_000
     }
 
     /// The JSON Schema file of `target.schema`, resolved against the rule file's directory.
@@ -327,62 +346,6 @@ impl Rule {
 #[derive(Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Rule>,
-}
-
-/// A host as the rules see it.
-#[derive(Debug, Clone, Default)]
-pub struct HostInfo {
-    pub id: String,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// File metadata visible as `meta`.
-#[derive(Debug, Clone, Default)]
-pub struct FileMeta {
-    /// st_mode as the agent sends it; `meta.mode` shows only the permission bits (& 0o7777).
-    pub mode: u32,
-    /// st_mode of the directory holding the file; 0 when unknown. `meta.dir_mode` shows
-    /// only the permission bits.
-    pub dir_mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    /// env, ini, yaml, json, toml, text.
-    pub format: String,
-    pub exists: bool,
-    pub parse_error: Option<String>,
-}
-
-/// One file snapshot to evaluate.
-#[derive(Debug, Clone, Copy)]
-pub struct FileInput<'a> {
-    pub path: &'a str,
-    pub keys: &'a BTreeMap<String, Value>,
-    pub meta: &'a FileMeta,
-    /// The effective baseline's keys for this file, if any.
-    pub baseline: Option<&'a BTreeMap<String, Value>>,
-    /// The previous snapshot's keys of this file, if any.
-    pub previous: Option<&'a BTreeMap<String, Value>>,
-}
-
-/// One resource metric's history to evaluate: samples `(time_ms, value)` in time order,
-/// the last one being the current value.
-#[derive(Debug, Clone, Copy)]
-pub struct ResourceInput<'a> {
-    pub metric: &'a str,
-    pub samples: &'a [(i64, f64)],
-    /// The baseline's expectation for this metric, if any.
-    pub baseline: Option<f64>,
-    /// End of the history window (usually the last sample's time).
-    pub now_ms: i64,
-}
-
-/// Agent connectivity, for `target: {agent: offline}` rules.
-#[derive(Debug, Clone, Copy)]
-pub struct AgentInput {
-    pub connected: bool,
-    pub last_seen_ms: i64,
-    pub now_ms: i64,
 }
 
 /// The result of one rule for one (host, file, key) or (host, metric) or (host).
@@ -485,6 +448,21 @@ impl OutcomeRef<'_> {
 }
 
 impl RuleSet {
+    /// Resource history kept when no rule asks for a longer window: 1 h.
+    pub const MIN_HISTORY_MS: i64 = 3_600_000;
+    /// Upper bound of the resource history kept in memory, whatever a rule asks for: 24 h
+    /// (the server keeps raw samples this long in its store).
+    pub const MAX_HISTORY_MS: i64 = 86_400_000;
+
+    /// How much resource history to keep per series, in ms: the longest any resource rule
+    /// needs ([`Rule::history_window_ms`]), at least [`MIN_HISTORY_MS`](Self::MIN_HISTORY_MS)
+    /// and at most [`MAX_HISTORY_MS`](Self::MAX_HISTORY_MS). The server and `rules test`
+    /// both keep this much.
+    pub fn history_window_ms(&self) -> i64 {
+        let resource_rules = self.rules.iter().filter(|r| matches!(r.target, Target::Resource { .. }));
+        resource_rules.map(Rule::history_window_ms).fold(Self::MIN_HISTORY_MS, i64::max).min(Self::MAX_HISTORY_MS)
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }

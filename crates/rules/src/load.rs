@@ -6,11 +6,14 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use driftwatch_proto::duration::parse_ms as parse_duration_ms;
+
 use crate::alert::{Severity, Timing};
-use crate::expr::{self, ExprKind};
+use crate::check::ExprKind;
+use crate::expr;
+use crate::metrics::{RESOURCE_METRICS, valid_metric};
 use crate::schema::Schema;
 use crate::{KeyPattern, Remediation, Rule, RuleError, RuleSet, Target};
-use driftwatch_proto::duration::parse_ms as parse_duration_ms;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,37 +67,6 @@ struct TargetDoc {
 
 /// The expression of a schema rule that has none.
 const SCHEMA_DEFAULT_EXPR: &str = "size(schema_errors) > 0";
-
-/// Resource metrics a rule may name (besides `process_group.<name>.{count,rss_bytes,cpu_percent}`
-/// and `disk.<mount>.used_percent`).
-pub const RESOURCE_METRICS: &[&str] = &[
-    "cpu_percent",
-    "cpu_cores_used",
-    "load_1",
-    "load_5",
-    "load_15",
-    "memory_used_bytes",
-    "memory_total_bytes",
-    "swap_used_bytes",
-    "disk_used_percent",
-];
-
-pub(crate) fn valid_metric(m: &str) -> bool {
-    if RESOURCE_METRICS.contains(&m) {
-        return true;
-    }
-    if let Some(rest) = m.strip_prefix("process_group.")
-        && let Some((name, field)) = rest.rsplit_once('.')
-    {
-        return !name.is_empty() && matches!(field, "count" | "rss_bytes" | "cpu_percent");
-    }
-    if let Some(rest) = m.strip_prefix("disk.")
-        && let Some(mount) = rest.strip_suffix(".used_percent")
-    {
-        return !mount.is_empty();
-    }
-    false
-}
 
 /// Lines (0-based index) where a YAML key `key:` starts (after optional `- `), with the
 /// column (0-based) of the key.

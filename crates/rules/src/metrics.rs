@@ -1,10 +1,43 @@
 //! Resource samples as named metrics: the one mapping from a [`ResourceSample`] to the
-//! metric names rules use (`target.resource`), for rule history and downsampling alike.
+//! metric names rules use (`target.resource`), for rule history and downsampling alike,
+//! and the names a rule may use.
 
 use driftwatch_proto::v1::ResourceSample;
 
+/// Resource metrics a rule may name (besides `process_group.<name>.{count,rss_bytes,cpu_percent}`
+/// and `disk.<mount>.used_percent`).
+pub const RESOURCE_METRICS: &[&str] = &[
+    "cpu_percent",
+    "cpu_cores_used",
+    "load_1",
+    "load_5",
+    "load_15",
+    "memory_used_bytes",
+    "memory_total_bytes",
+    "swap_used_bytes",
+    "disk_used_percent",
+];
+
+/// Whether a rule (or a `rules test` series) may name metric `m`.
+pub(crate) fn valid_metric(m: &str) -> bool {
+    if RESOURCE_METRICS.contains(&m) {
+        return true;
+    }
+    if let Some(rest) = m.strip_prefix("process_group.")
+        && let Some((name, field)) = rest.rsplit_once('.')
+    {
+        return !name.is_empty() && matches!(field, "count" | "rss_bytes" | "cpu_percent");
+    }
+    if let Some(rest) = m.strip_prefix("disk.")
+        && let Some(mount) = rest.strip_suffix(".used_percent")
+    {
+        return !mount.is_empty();
+    }
+    false
+}
+
 /// Call `f` with every metric of `sample` a rule can name, and its value:
-/// [`RESOURCE_METRICS`](crate::RESOURCE_METRICS) in that order (`disk_used_percent` is the
+/// [`RESOURCE_METRICS`] in that order (`disk_used_percent` is the
 /// fullest disk's, left out when the sample has no disk), then
 /// `disk.<mount>.used_percent` per disk, then
 /// `process_group.<name>.{count,rss_bytes,cpu_percent}` per group.
@@ -60,8 +93,6 @@ mod tests {
     use driftwatch_proto::v1::{DiskUsage, ProcessGroupUsage, ResourceSample};
 
     use super::*;
-    use crate::RESOURCE_METRICS;
-    use crate::load::valid_metric;
 
     fn sample() -> ResourceSample {
         ResourceSample {

@@ -159,6 +159,44 @@ fn history_functions_only_in_resource_rules_and_durations_checked() {
 }
 
 #[test]
+fn history_window_covers_for_and_every_duration_in_the_expression() {
+    let rules = load(
+        "groups:\n  - name: g\n    rules:\n      - name: trend\n        target: {resource: memory_used_bytes}\n        expr: \"samples('1h') >= 30 && min_over(\\\"10m\\\") > avg('2h')\"\n      - name: for\n        target: {resource: cpu_cores_used}\n        expr: \"value > 12.0\"\n        for: 5m\n",
+    )
+    .unwrap();
+    assert_eq!(rules.rules()[0].history_window_ms(), 2 * 3_600_000 + 60_000);
+    assert_eq!(rules.rules()[1].history_window_ms(), 5 * 60_000 + 60_000);
+    assert_eq!(rules.history_window_ms(), 2 * 3_600_000 + 60_000);
+}
+
+#[test]
+fn history_window_counts_only_what_history_functions_are_given() {
+    let window = |expr: &str| load(&one_rule("{resource: cpu_percent}", expr)).unwrap().rules()[0].history_window_ms();
+    // Either side of a computed window could be the one used.
+    assert_eq!(window("\"avg(value > 1.0 ? '3h' : '20m') > 1.0\""), 3 * 3_600_000 + 60_000);
+    // A duration outside a history function reads no history.
+    assert_eq!(window("\"value > seconds('5h') && avg('30m') > 1.0\""), 30 * 60_000 + 60_000);
+    assert_eq!(window("\"metric != '2h' && value > 1.0\""), 60_000);
+    // The longer of `for` and the windows.
+    let rules =
+        load("groups:\n  - name: g\n    rules:\n      - name: r\n        target: {resource: cpu_percent}\n        expr: \"avg('10m') > 1.0\"\n        for: 2h\n")
+            .unwrap();
+    assert_eq!(rules.rules()[0].history_window_ms(), 2 * 3_600_000 + 60_000);
+}
+
+#[test]
+fn rule_set_history_window_is_within_an_hour_and_a_day() {
+    let set = |target: &str, expr: &str| load(&one_rule(target, expr)).unwrap().history_window_ms();
+    assert_eq!(RuleSet::default().history_window_ms(), RuleSet::MIN_HISTORY_MS);
+    assert_eq!(set("{resource: cpu_percent}", "\"avg('5m') > 1.0\""), 3_600_000);
+    assert_eq!(set("{resource: cpu_percent}", "\"avg('3h') > 1.0\""), 3 * 3_600_000 + 60_000);
+    assert_eq!(set("{resource: cpu_percent}", "\"avg('2d') > 1.0\""), RuleSet::MAX_HISTORY_MS);
+    assert_eq!(RuleSet::MAX_HISTORY_MS, 86_400_000);
+    // Only resource rules keep history.
+    assert_eq!(set("{agent: offline}", "\"value > seconds('3h')\""), 3_600_000);
+}
+
+#[test]
 fn target_must_be_exactly_one_kind() {
     let errs = errors(&one_rule("{file: \"*.env\", resource: cpu_percent}", "\"true\""));
     assert!(errs.iter().any(|e| e.contains("give exactly one of")), "{errs:?}");

@@ -6,10 +6,13 @@ use driftwatch_proto::v1::Value;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 
-use super::{FVal, HistoryMemo, eval, eval_bool};
-use crate::eval::{CelCache, Scope, run_cel, run_cel_value};
-use crate::expr::{Compiled, ExprKind, compile};
-use crate::{FileMeta, HostInfo};
+use super::exec::{eval, eval_bool};
+use crate::check::ExprKind;
+use crate::eval::{CelCache, run_cel, run_cel_value};
+use crate::expr::{Compiled, compile};
+use crate::history::HistoryMemo;
+use crate::input::{FileMeta, HostInfo};
+use crate::scope::{FVal, Scope};
 
 fn host() -> HostInfo {
     HostInfo { id: "h1".into(), labels: [("env".to_string(), "production".to_string())].into() }
