@@ -4,15 +4,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use driftwatch_rules::Rule;
-
-/// Resource history kept in memory when no rule asks for a longer window.
-pub(super) const MIN_HISTORY_MS: i64 = 60 * 60 * 1000;
 /// Sample density kept per series: `window / MAX_SERIES` is the least sum of two
 /// consecutive gaps, so a window holds at most `2 × MAX_SERIES` samples.
 const MAX_SERIES: usize = 2048;
-/// Upper bound of the in-memory history (raw samples are kept this long in the store).
-pub(super) const MAX_HISTORY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// One host's series.
 #[derive(Default)]
@@ -42,22 +36,6 @@ pub(super) fn push(series: &mut VecDeque<(i64, f64)>, t: i64, value: f64, window
     while series.front().is_some_and(|&(ts, _)| ts <= t - window_ms) {
         series.pop_front();
     }
-}
-
-/// The longest history a resource rule needs: its `for` and every duration literal
-/// in its expression (`avg('1h')`), plus a margin for sample jitter.
-pub(super) fn window_of(rule: &Rule) -> i64 {
-    let mut longest = rule.timing.for_ms;
-    for quote in ['\'', '"'] {
-        for (i, part) in rule.expr.split(quote).enumerate() {
-            if i % 2 == 1
-                && let Ok(ms) = driftwatch_rules::parse_duration_ms(part)
-            {
-                longest = longest.max(ms);
-            }
-        }
-    }
-    longest + 60_000
 }
 
 #[cfg(test)]
@@ -92,16 +70,5 @@ mod tests {
             assert_eq!(s.back().unwrap().1, (n - 1) as f64, "the newest value is always current");
             assert!(s.front().unwrap().0 > (n - 1) * every - window, "nothing older than the window");
         }
-    }
-
-    #[test]
-    fn history_window_covers_for_and_every_duration_in_the_expression() {
-        let rules = driftwatch_rules::RuleSet::from_text(
-            std::path::Path::new("r.yaml"),
-            "groups:\n  - name: g\n    rules:\n      - name: trend\n        target: {resource: memory_used_bytes}\n        expr: \"samples('1h') >= 30 && min_over(\\\"10m\\\") > avg('2h')\"\n      - name: for\n        target: {resource: cpu_cores_used}\n        expr: \"value > 12.0\"\n        for: 5m\n",
-        )
-        .unwrap();
-        assert_eq!(window_of(&rules.rules()[0]), 2 * 3_600_000 + 60_000);
-        assert_eq!(window_of(&rules.rules()[1]), 5 * 60_000 + 60_000);
     }
 }

@@ -304,7 +304,7 @@ impl Engine {
             rules: None,
             rule_index: HashMap::new(),
             history_metrics: HashSet::new(),
-            history_ms: history::MIN_HISTORY_MS,
+            history_ms: RuleSet::MIN_HISTORY_MS,
             has_agent_rules: false,
             state: init.state,
             baselines: init.baselines,
@@ -418,7 +418,8 @@ impl Engine {
     fn set_rules(&mut self, rules: Option<Arc<RuleSet>>) {
         self.rule_index.clear();
         self.history_metrics.clear();
-        self.history_ms = history::MIN_HISTORY_MS;
+        // The rules crate owns how much history a rule needs (`driftwatch rules test` uses the same).
+        self.history_ms = rules.as_ref().map_or(RuleSet::MIN_HISTORY_MS, |s| s.history_window_ms());
         self.has_agent_rules = false;
         if let Some(set) = &rules {
             for (i, r) in set.rules().iter().enumerate() {
@@ -426,14 +427,12 @@ impl Engine {
                 match &r.target {
                     Target::Resource { metric } => {
                         self.history_metrics.insert(metric.clone());
-                        self.history_ms = self.history_ms.max(history::window_of(r));
                     }
                     Target::AgentOffline => self.has_agent_rules = true,
                     Target::File { .. } => {}
                 }
             }
         }
-        self.history_ms = self.history_ms.min(history::MAX_HISTORY_MS);
         self.rules = rules;
         // Metrics no rule looks at any more need no history.
         for h in self.history.values_mut() {
