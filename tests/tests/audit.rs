@@ -117,12 +117,7 @@ async fn every_change_is_audited_filtered_and_kept_across_a_restart() {
     })
     .await
     .unwrap();
-    b.delete_baseline(v1::DeleteBaselineRequest {
-        name: "tuned".into(),
-        reason: "retired".into(),
-    })
-    .await
-    .unwrap();
+    b.delete_baseline(v1::DeleteBaselineRequest { name: "tuned".into(), reason: "retired".into() }).await.unwrap();
     let events = list(&mut audit, Default::default()).await;
     assert_eq!(actions(&events), ["baseline.pinned", "baseline.keys_set", "baseline.promoted", "baseline.deleted"]);
     let who: Vec<&str> = events.iter().map(|e| e.actor.as_str()).collect();

@@ -141,12 +141,7 @@ async fn pin_drift_promote_edit_delete_and_restart() {
     assert_eq!(fleet.diff(diff_req("web-1", &env)).await.unwrap().into_inner().baseline_name, "tuned");
 
     // Delete: the host falls back to the selector baseline; history stays readable.
-    b.delete_baseline(v1::DeleteBaselineRequest {
-        name: "tuned".into(),
-        reason: "retired".into(),
-    })
-    .await
-    .unwrap();
+    b.delete_baseline(v1::DeleteBaselineRequest { name: "tuned".into(), reason: "retired".into() }).await.unwrap();
     let e = b.get_baseline(v1::GetBaselineRequest { name: "tuned".into(), version: 0 }).await.unwrap_err();
     assert!(e.code() == Code::NotFound && e.message().contains("deleted in version 3"), "{e:?}");
     assert_eq!(fleet.diff(diff_req("web-1", &env)).await.unwrap().into_inner().baseline_name, "test-fleet");

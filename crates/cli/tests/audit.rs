@@ -44,7 +44,10 @@ async fn audit_lists_filters_and_pages_in_table_and_json() {
     let lines: Vec<&str> = out.lines().collect();
     assert!(*ok && lines.len() == 4, "{out}{err}");
     assert!(lines[0].starts_with("ID") && lines[0].contains("ACTOR") && lines[0].contains("DETAIL"), "{out}");
-    assert!(lines[1].starts_with("1 ") && lines[1].contains("unauthenticated") && lines[1].contains("silence.created"), "{out}");
+    assert!(
+        lines[1].starts_with("1 ") && lines[1].contains("unauthenticated") && lines[1].contains("silence.created"),
+        "{out}"
+    );
     assert!(lines[1].contains(silence) && lines[1].contains("alertname=workers-high"), "{out}");
     assert!(lines[2].starts_with("2 ") && lines[2].contains("unauthenticated") && lines[2].contains("silence.expired"));
     assert!(lines[3].starts_with("3 ") && lines[3].contains("unauthenticated"), "{out}");

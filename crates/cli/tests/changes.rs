@@ -108,7 +108,10 @@ async fn correct_and_rollout_from_the_command_line() {
     let (ok, out, err) = cli(&url, &["audit", "--action", "rollout."]);
     assert!(ok && out.contains("rollout.started") && out.contains("rollout.succeeded"), "{out}{err}");
     let (ok, out, _) = cli(&url, &["audit", "--action", "correction."]);
-    assert!(ok && out.contains("unauthenticated") && !out.contains("erin") && out.contains("correction.applied"), "{out}");
+    assert!(
+        ok && out.contains("unauthenticated") && !out.contains("erin") && out.contains("correction.applied"),
+        "{out}"
+    );
 
     agent.stop().await.unwrap();
     server.stop().await.unwrap();

@@ -128,7 +128,10 @@ async fn hosts_file_diff_in_table_and_json() {
     let (ok, _, err) = &results[9];
     assert!(!*ok && err.contains("not found") && err.contains("has no file"), "{err}");
     let (ok, out, err) = &results[10];
-    assert!(*ok && out.contains("version 2") && out.contains("by unauthenticated") && out.contains("launch"), "{out}{err}");
+    assert!(
+        *ok && out.contains("version 2") && out.contains("by unauthenticated") && out.contains("launch"),
+        "{out}{err}"
+    );
     let (ok, out, _) = &results[11];
     assert!(*ok && out.contains("changed  WORKERS") && out.contains("20") && out.contains("16"), "{out}");
     let (ok, out, _) = &results[12];
