@@ -169,14 +169,15 @@ async fn reload_for_ack_silence_offline_errors_and_restart() {
     })
     .await;
 
-    // Hot reload: a new rule file is running within a second or so.
+    // Hot reload: a new rule file is picked up without a restart (polled four times a
+    // second; the deadline is generous on purpose: how fast is a figure, not a test).
     let started = Instant::now();
     std::fs::write(
         rules.join("offline.yaml"),
         "groups:\n  - name: fleet\n    rules:\n      - name: agent-offline\n        target: {agent: offline}\n        expr: \"value > 1.0\"\n        severity: critical\n",
     )
     .unwrap();
-    wait_for("reloaded rules", Duration::from_secs(5), || {
+    wait_for("reloaded rules", Duration::from_secs(20), || {
         let mut r = rules_api.clone();
         async move {
             let l = r.list_rules(v1::ListRulesRequest {}).await.unwrap().into_inner();
@@ -188,7 +189,7 @@ async fn reload_for_ack_silence_offline_errors_and_restart() {
 
     // A broken file: refused with file:line:col, the previous rules keep running.
     std::fs::write(rules.join("broken.yaml"), "groups:\n  - name: b\n    rules:\n      - name: x\n        target: {file: \"*.env\", key: A}\n        expr: \"value >\"\n").unwrap();
-    let status = wait_for("failed reload", Duration::from_secs(5), || {
+    let status = wait_for("failed reload", Duration::from_secs(20), || {
         let mut r = rules_api.clone();
         async move {
             let c = r.check_rules(v1::CheckRulesRequest::default()).await.unwrap().into_inner();
@@ -208,7 +209,7 @@ async fn reload_for_ack_silence_offline_errors_and_restart() {
     std::fs::write(&file, "WORKERS=4\nNAME=web\nRETRIES=5\n").unwrap();
     wait_state(&mut alerts, "workers-high", v1::AlertState::Resolved).await;
     std::fs::remove_file(rules.join("broken.yaml")).unwrap();
-    wait_for("good reload", Duration::from_secs(5), || {
+    wait_for("good reload", Duration::from_secs(20), || {
         let mut r = rules_api.clone();
         async move { r.list_rules(v1::ListRulesRequest {}).await.unwrap().into_inner().status.unwrap().ok.then_some(()) }
     })

@@ -1,20 +1,23 @@
-//! Corrections and rollouts end to end: real server, real agents (in-process, each
-//! with its own directory), the web2img fixture and its regression policy.
+//! Corrections and rollouts end to end: a real server, and real agents, each its own
+//! process of the `driftwatch-agent` binary with its own directory (config, state dir,
+//! watched file, log) and the fleet key they all share; the web2img fixture and its
+//! regression policy.
 //!
 //! - remediation puts a regressed host back to its baseline, comments intact;
 //! - a failing health command makes the agent restore the previous file;
 //! - every refusal (allowlist, `..`, symlink out, stale hash, unparsable) writes nothing;
 //! - rollouts: pre-flight refusal naming the rule, forced → first wave fires → rolled
 //!   back to identical bytes; a resource breach during the bake rolls back; a harmless
-//!   change completes and promotes the baseline; offline hosts are skipped; abort;
-//!   a server restart resumes a rollout.
+//!   change completes and promotes the baseline; offline hosts (stopped agents) are
+//!   skipped; pause, resume and abort; a host whose agent allows no writes fails the
+//!   gate; a server restart resumes a rollout and finishes a rollback.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use driftwatch_agent::RunningAgent;
-use driftwatch_agent::config::FileCommands;
+use driftwatch_agent::AgentFile;
+use driftwatch_agent::config::{FileCommandsFile, ProcessGroupFile};
 use driftwatch_proto::v1::{
     self, alerts_client::AlertsClient, audit_client::AuditClient, baselines_client::BaselinesClient,
     changes_client::ChangesClient,
@@ -56,37 +59,94 @@ async fn server_with(dir: &Path, extra: &[(&str, &str)], tune: impl FnOnce(&mut 
 
 struct Host {
     id: String,
+    /// The host's own directory: its agent's config, state dir and log, and `etc/`.
+    dir: PathBuf,
     file: PathBuf,
-    agent: Option<RunningAgent>,
+    config: AgentFile,
+    agent: AgentProcess,
+}
+
+impl Host {
+    /// Take the host offline (its agent process stopped) and wait until the server says so.
+    async fn go_offline(&mut self, server: &RunningServer) {
+        self.agent.stop().await;
+        wait_for(&format!("{} offline", self.id), T, || {
+            let s = server.state.clone();
+            let id = self.id.clone();
+            async move { s.hosts.get(&id).is_some_and(|h| h.connection.is_none()).then_some(()) }
+        })
+        .await;
+    }
+
+    /// Start its agent again with `config` and wait until the server holds its file.
+    async fn come_back_with(&mut self, server: &RunningServer, config: AgentFile) {
+        self.agent.start_again_with(&config);
+        self.config = config;
+        wait_for(&format!("{} online", self.id), T, || {
+            let s = server.state.clone();
+            let id = self.id.clone();
+            async move { s.hosts.get(&id).is_some_and(|h| h.connection.is_some()).then_some(()) }
+        })
+        .await;
+        server_file(server, &self.id, &self.file).await;
+    }
+}
+
+/// The config of a web2img host's agent: labels env=production, service=web2img, the
+/// fleet key shared by every host under `root`, the directory of `file` writable, and
+/// `reload` / `health` commands for it.
+fn web_agent(
+    server: &RunningServer,
+    root: &Path,
+    id: &str,
+    file: &Path,
+    reload: &[&str],
+    health: &[&str],
+) -> AgentFile {
+    let dir = root.join(id);
+    let argv = |a: &[&str]| (!a.is_empty()).then(|| a.iter().map(|s| s.to_string()).collect());
+    AgentFile {
+        labels: WEB.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        writable: vec![file.parent().unwrap().display().to_string()],
+        files: vec![FileCommandsFile {
+            path: file.display().to_string(),
+            reload: argv(reload),
+            health: argv(health),
+            timeout: Some("10s".into()),
+        }],
+        fleet_key_file: Some(fleet_key(root)),
+        ..agent_file(&server_url(server), id, &dir.join("state"), &[file.display().to_string()])
+    }
 }
 
 /// A web2img host: the production .env in its own directory, writable, with
-/// reload and health commands of the test's choosing.
+/// reload and health commands of the test's choosing, watched by its own agent process.
 async fn web_host(server: &RunningServer, root: &Path, id: &str, health: &[&str]) -> Host {
     web_host_with(server, root, id, &["sh", "-c", "echo reloaded"], health).await
 }
 
 async fn web_host_with(server: &RunningServer, root: &Path, id: &str, reload: &[&str], health: &[&str]) -> Host {
-    let dir = root.join(id);
-    let app = dir.join("etc");
+    let file = web_file(root, id);
+    start_host(root, id, file.clone(), web_agent(server, root, id, &file, reload, health))
+}
+
+/// `<root>/<id>/etc/.env.production`, the production fixture.
+fn web_file(root: &Path, id: &str) -> PathBuf {
+    let app = root.join(id).join("etc");
     std::fs::create_dir_all(&app).unwrap();
     let file = app.join(".env.production");
     std::fs::write(&file, fixture(".env.production")).unwrap();
-    let mut c = agent_config(server, id, &dir.join("state"), &[file.display().to_string()]);
-    c.labels = WEB.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    c.writable = vec![app.display().to_string()];
-    c.files = vec![FileCommands {
-        path: file.display().to_string(),
-        reload: Some(reload.iter().map(|s| s.to_string()).collect()),
-        health: (!health.is_empty()).then(|| health.iter().map(|s| s.to_string()).collect()),
-        timeout: Duration::from_secs(10),
-    }];
-    let agent = start_agent(c).await;
-    Host { id: id.to_string(), file, agent: Some(agent) }
+    file
+}
+
+fn start_host(root: &Path, id: &str, file: PathBuf, config: AgentFile) -> Host {
+    let dir = root.join(id);
+    let agent = AgentProcess::start(&dir, &config);
+    Host { id: id.to_string(), dir, file, config, agent }
 }
 
 async fn channel(server: &RunningServer) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr)).unwrap().connect().await.unwrap()
+    connect(&server_url(server)).await
 }
 
 async fn server_file(server: &RunningServer, host: &str, path: &Path) -> v1::FileState {
@@ -360,9 +420,11 @@ async fn refusals_write_nothing() {
     std::os::unix::fs::symlink(&target, &link).unwrap();
     std::fs::write(&broken, "{\"workers\": 4,").unwrap();
     let watch: Vec<String> = [&ok, &other, &link, &broken].iter().map(|p| p.display().to_string()).collect();
-    let mut c = agent_config(&server, "h1", &root.join("state"), &watch);
-    c.writable = vec![allowed.display().to_string()];
-    let _agent = start_agent(c).await;
+    let c = AgentFile {
+        writable: vec![allowed.display().to_string()],
+        ..agent_file(&server_url(&server), "h1", &root.join("state"), &watch)
+    };
+    let _agent = AgentProcess::start(&root, &c);
     for p in [&ok, &other, &link] {
         server_file(&server, "h1", p).await;
     }
@@ -482,9 +544,14 @@ async fn refusals_write_nothing() {
 
 /// A fleet of `n` web2img hosts, their files as the server holds them.
 async fn fleet(server: &RunningServer, root: &Path, n: usize) -> Vec<Host> {
+    fleet_reloading(server, root, n, &["sh", "-c", "echo reloaded"]).await
+}
+
+/// [`fleet`] with `reload` as every host's reload command.
+async fn fleet_reloading(server: &RunningServer, root: &Path, n: usize, reload: &[&str]) -> Vec<Host> {
     let mut hosts = Vec::new();
     for i in 0..n {
-        hosts.push(web_host(server, root, &format!("web-{i:02}"), &["sh", "-c", "true"]).await);
+        hosts.push(web_host_with(server, root, &format!("web-{i:02}"), reload, &["sh", "-c", "true"]).await);
     }
     for h in &hosts {
         server_file(server, &h.id, &h.file).await;
@@ -505,6 +572,11 @@ fn start(path: &Path, set: &[(&str, &str)]) -> v1::StartRolloutRequest {
         gate_severity: v1::Severity::High as i32,
         ..Default::default()
     }
+}
+
+/// Start a rollout; its id.
+async fn started(changes: &mut ChangesClient<Channel>, req: v1::StartRolloutRequest) -> String {
+    changes.start_rollout(req).await.unwrap().into_inner().rollout.unwrap().id
 }
 
 async fn until_done(changes: &mut ChangesClient<Channel>, id: &str) -> v1::Rollout {
@@ -593,13 +665,8 @@ async fn harmless_rollout_completes_skips_offline_hosts_and_promotes_the_baselin
         })
         .await
         .unwrap();
-    // One host is down for the whole rollout.
-    hosts[3].agent.take().unwrap().stop().await.unwrap();
-    wait_for("web-03 offline", T, || {
-        let s = server.state.clone();
-        async move { s.hosts.get("web-03").is_some_and(|h| h.connection.is_none()).then_some(()) }
-    })
-    .await;
+    // One host is down for the whole rollout: its agent process is stopped.
+    hosts[3].go_offline(&server).await;
     let mut changes = ChangesClient::new(ch.clone());
 
     // A dry run: the plan and every host's diff, nothing written.
@@ -736,77 +803,94 @@ async fn abort_rolls_back_and_a_restarted_server_resumes_a_rollout() {
     server.stop().await.unwrap();
 }
 
-const SIM_PATH: &str = "/etc/web2img/.env.production";
-
-/// `n` protocol-level web2img agents holding SIM_PATH (pool 12, workers 8), once the
-/// server holds all their files; with their first content hashes.
-async fn sim_fleet(server: &RunningServer, n: usize) -> (Vec<ChangeAgent>, Vec<String>) {
-    let url = format!("http://{}", server.grpc_addr);
-    let keys: driftwatch_tests::change_agent::Keys =
-        [("BROWSER_POOL_MAX_SIZE".to_string(), v1::Value::int(12)), ("WORKERS".to_string(), v1::Value::int(8))].into();
-    let mut agents = Vec::new();
-    for i in 0..n {
-        agents.push(ChangeAgent::connect(&url, &format!("sim-{i}"), WEB, SIM_PATH, keys.clone()).await);
-    }
-    let originals = agents.iter().map(|a| a.hash()).collect();
-    wait_for("every simulated host holds the file", T, || {
-        let s = server.state.clone();
-        async move { (s.hosts.iter().filter(|h| h.files.contains_key(SIM_PATH)).count() == n).then_some(()) }
-    })
-    .await;
-    (agents, originals)
-}
-
-/// Memory above 6 GiB with no `for`: the bake is seconds, not the policy's 5 minutes.
+/// A process group sampled by the agents of `loaded_fleet`: a test makes one host's
+/// resources breach it by starting that host's load program.
 const LOAD_RULE: &str = r#"groups:
   - name: canary-load
     rules:
-      - name: memory-above-6gib-now
+      - name: load-process-running
         selector: {service: web2img}
-        target: {resource: memory_used_bytes}
-        expr: "value > 6442450944.0"
+        target: {resource: process_group.load.count}
+        expr: "value > 0.0"
         severity: high
-        annotations: {summary: "memory {{ value }} above 6 GiB"}
+        annotations: {summary: "{{ value }} load processes running"}
 "#;
+
+/// The load program of host `id`: a copy of `sleep` under a name only that host's agent
+/// counts in its process group `load` (the hosts of a test share one machine).
+fn load_program(id: &str) -> String {
+    format!("dwload-{id}")
+}
+
+/// `sleep` from PATH.
+fn sleep_binary() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|d| d.join("sleep")).find(|p| p.is_file()).expect("sleep in PATH")
+}
+
+/// `n` web2img hosts whose agents also sample resources (every 200 ms), each counting
+/// its own load program as the process group `load`; their files as the server holds them.
+async fn loaded_fleet(server: &RunningServer, root: &Path, n: usize) -> Vec<Host> {
+    let sleep = sleep_binary();
+    let mut hosts = Vec::new();
+    for i in 0..n {
+        let id = format!("web-{i:02}");
+        let file = web_file(root, &id);
+        std::fs::copy(&sleep, root.join(&id).join(load_program(&id))).unwrap();
+        let config = AgentFile {
+            resource_interval: Some("200ms".into()),
+            process_groups: vec![ProcessGroupFile { name: "load".into(), pattern: load_program(&id) }],
+            ..web_agent(server, root, &id, &file, &["sh", "-c", "true"], &[])
+        };
+        hosts.push(start_host(root, &id, file, config));
+    }
+    for h in &hosts {
+        server_file(server, &h.id, &h.file).await;
+    }
+    hosts
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resource_breach_on_the_canary_during_the_bake_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
     let server = server_with_rules(dir.path(), &[("load.yaml", LOAD_RULE)]).await;
-    let path = SIM_PATH;
-    let (agents, originals) = sim_fleet(&server, 3).await;
+    let hosts = loaded_fleet(&server, dir.path(), 3).await;
+    let originals: Vec<Vec<u8>> = hosts.iter().map(|h| std::fs::read(&h.file).unwrap()).collect();
     let mut changes = ChangesClient::new(channel(&server).await);
     // WORKERS 8 → 10 fires no rule: pre-flight lets it through.
     let r = changes
         .start_rollout(v1::StartRolloutRequest {
             waves: vec!["1".into(), "100%".into()],
             bake: Some(driftwatch_proto::duration::seconds(30)),
-            ..start(Path::new(path), &[("WORKERS", "10")])
+            ..start(&fleet_glob(dir.path()), &[("WORKERS", "10")])
         })
         .await
         .unwrap()
         .into_inner();
     assert!(r.preflight.is_empty());
     let id = r.rollout.unwrap().id;
-    wait_for("the canary baking", T, || {
+    let applied = wait_for("the canary baking", T, || {
         let mut c = changes.clone();
         let id = id.clone();
         async move {
             let x = c.get_rollout(v1::GetRolloutRequest { id }).await.unwrap().into_inner();
-            (x.waves[0].bake_until.is_some() && hosts_in(&x, v1::RolloutHostState::Applied).len() == 1).then_some(())
+            let applied = hosts_in(&x, v1::RolloutHostState::Applied);
+            (x.waves[0].bake_until.is_some() && applied.len() == 1).then_some(applied)
         }
     })
     .await;
-    let canary = agents.iter().find(|a| a.applied() == 1).expect("one agent applied the change");
-    assert_ne!(canary.hash(), originals[0]);
-    // The new setting makes the canary's memory climb past the line.
-    canary.send_resources(7.0 * 1024.0 * 1024.0 * 1024.0, 2.0);
+    let canary = hosts.iter().find(|h| h.id == applied[0]).expect("the canary is one of the hosts");
+    assert!(std::fs::read_to_string(&canary.file).unwrap().contains("WORKERS=10\n"), "the canary has the change");
+    // The new setting makes the canary start a process its agent counts in `load`.
+    let mut load = std::process::Command::new(canary.dir.join(load_program(&canary.id)));
+    load.arg("60");
+    let _load = ChildProcess::spawn("load", load, None).unwrap();
     let done = until_done(&mut changes, &id).await;
     assert_eq!(done.state, v1::RolloutState::RolledBack as i32, "{done:#?}");
-    assert!(done.stop_reason.contains("memory-above-6gib-now"), "{}", done.stop_reason);
-    assert!(done.findings.iter().any(|f| f.rule == "memory-above-6gib-now" && f.host_id == canary.host()));
-    for (a, h) in agents.iter().zip(&originals) {
-        assert_eq!(&a.hash(), h, "{} back to its previous content", a.host());
+    assert!(done.stop_reason.contains("load-process-running"), "{}", done.stop_reason);
+    assert!(done.findings.iter().any(|f| f.rule == "load-process-running" && f.host_id == canary.id));
+    for (h, b) in hosts.iter().zip(&originals) {
+        assert_eq!(&std::fs::read(&h.file).unwrap(), b, "{} back to its previous content", h.id);
     }
     assert_eq!(hosts_in(&done, v1::RolloutHostState::Waiting).len(), 2, "the second wave never started");
     server.stop().await.unwrap();
@@ -816,8 +900,12 @@ async fn a_resource_breach_on_the_canary_during_the_bake_rolls_back() {
 async fn a_paused_rollout_resumes_or_aborts_and_a_refusing_host_fails_the_gate() {
     let dir = tempfile::tempdir().unwrap();
     let server = server_with_rules(dir.path(), &[]).await;
-    let path = SIM_PATH;
-    let (agents, originals) = sim_fleet(&server, 3).await;
+    // A reload that takes a moment: each host's watcher reports the new file before its
+    // result, so the server has seen every applied file when the last wave's gate fails
+    // at once on the refusing host. (The other order is
+    // `a_failed_wave_rolls_back_a_host_whose_new_file_the_server_has_not_seen_yet`.)
+    let mut hosts = fleet_reloading(&server, dir.path(), 3, &["sh", "-c", "sleep 0.3"]).await;
+    let originals: Vec<Vec<u8>> = hosts.iter().map(|h| std::fs::read(&h.file).unwrap()).collect();
     let mut changes = ChangesClient::new(channel(&server).await);
     let reader = changes.clone();
     let state_of = |id: String| {
@@ -826,19 +914,16 @@ async fn a_paused_rollout_resumes_or_aborts_and_a_refusing_host_fails_the_gate()
     };
 
     // Forced past pre-flight, pausing on failure: the canary's alert pauses it.
-    let id = changes
-        .start_rollout(v1::StartRolloutRequest {
+    let id = started(
+        &mut changes,
+        v1::StartRolloutRequest {
             waves: vec!["1".into(), "2".into(), "100%".into()],
             force: true,
             on_failure: v1::OnFailure::Pause as i32,
-            ..start(Path::new(path), &[("BROWSER_POOL_MAX_SIZE", "30")])
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .rollout
-        .unwrap()
-        .id;
+            ..start(&fleet_glob(dir.path()), &[("BROWSER_POOL_MAX_SIZE", "30")])
+        },
+    )
+    .await;
     let paused = wait_for("paused", T, || {
         let f = state_of(id.clone());
         async move { Some(f.await).filter(|r| r.state == v1::RolloutState::Paused as i32) }
@@ -864,38 +949,80 @@ async fn a_paused_rollout_resumes_or_aborts_and_a_refusing_host_fails_the_gate()
         .into_inner();
     assert_eq!(aborted.state, v1::RolloutState::Aborted as i32, "{aborted:#?}");
     assert_eq!(hosts_in(&aborted, v1::RolloutHostState::RolledBack).len(), 2);
-    for (a, h) in agents.iter().zip(&originals) {
-        assert_eq!(&a.hash(), h, "{} back to its previous content", a.host());
+    for (h, b) in hosts.iter().zip(&originals) {
+        assert_eq!(&std::fs::read(&h.file).unwrap(), b, "{} back to its previous content", h.id);
     }
     let e =
         changes.resume_rollout(v1::ResumeRolloutRequest { id: id.clone(), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
 
-    // A host whose agent refuses fails the wave's gate: the applied hosts go back.
+    // A host whose agent refuses (restarted with nothing writable) fails the wave's gate:
+    // the applied hosts go back.
     let order: Vec<String> = {
-        let mut ids: Vec<String> = agents.iter().map(|a| a.host().to_string()).collect();
+        let mut ids: Vec<String> = hosts.iter().map(|h| h.id.clone()).collect();
         ids.sort();
         ids
     };
-    agents.iter().find(|a| a.host() == order[1]).unwrap().set_behaviour(Behaviour::Refuse);
-    let id = changes
-        .start_rollout(v1::StartRolloutRequest {
+    let refusing = hosts.iter_mut().find(|h| h.id == order[1]).unwrap();
+    refusing.go_offline(&server).await;
+    let no_writes = AgentFile { writable: Vec::new(), ..refusing.config.clone() };
+    refusing.come_back_with(&server, no_writes).await;
+    let id = started(
+        &mut changes,
+        v1::StartRolloutRequest {
             waves: vec!["1".into(), "100%".into()],
-            ..start(Path::new(path), &[("BROWSER_POOL_MAX_SIZE", "14")])
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .rollout
-        .unwrap()
-        .id;
+            ..start(&fleet_glob(dir.path()), &[("BROWSER_POOL_MAX_SIZE", "14")])
+        },
+    )
+    .await;
     let done = until_done(&mut changes, &id).await;
     assert_eq!(done.state, v1::RolloutState::RolledBack as i32, "{done:#?}");
     assert!(done.stop_reason.contains(&order[1]) && done.stop_reason.contains("refused"), "{}", done.stop_reason);
     assert_eq!(hosts_in(&done, v1::RolloutHostState::Failed), vec![order[1].clone()]);
-    for (a, h) in agents.iter().zip(&originals) {
-        assert_eq!(&a.hash(), h, "{} back to its previous content", a.host());
+    for (h, b) in hosts.iter().zip(&originals) {
+        assert_eq!(&std::fs::read(&h.file).unwrap(), b, "{} back to its previous content", h.id);
     }
+    server.stop().await.unwrap();
+}
+
+/// The server's view of a host's file lags that host's result by the agent's watcher
+/// (debounce, read, spool, send): a wave whose gate fails at once (another host refused)
+/// must still roll back a host that applied the change before the server saw its new
+/// file. A watcher debounce of 2 s makes that window certain.
+///
+/// Fails today: `rollback_host` (server/src/changes/rollout.rs) takes the stale view
+/// (`current == before_hash`) for "already back to its previous content", reports the
+/// host ROLLED_BACK and leaves the new content on it.
+#[ignore = "server bug: rollback_host skips an applied host whose new file it has not seen yet"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_wave_rolls_back_a_host_whose_new_file_the_server_has_not_seen_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let server = server_with_rules(root, &[]).await;
+    let reload: &[&str] = &["sh", "-c", "true"];
+    let file = web_file(root, "web-00");
+    let slow = AgentFile { debounce: Some("2s".into()), ..web_agent(&server, root, "web-00", &file, reload, &[]) };
+    let slow = start_host(root, "web-00", file, slow);
+    let file = web_file(root, "web-01");
+    let refusing = AgentFile { writable: Vec::new(), ..web_agent(&server, root, "web-01", &file, reload, &[]) };
+    let refusing = start_host(root, "web-01", file, refusing);
+    for h in [&slow, &refusing] {
+        server_file(&server, &h.id, &h.file).await;
+    }
+    let before = std::fs::read(&slow.file).unwrap();
+    let mut changes = ChangesClient::new(channel(&server).await);
+    let id = started(
+        &mut changes,
+        v1::StartRolloutRequest {
+            waves: vec!["100%".into()],
+            ..start(&fleet_glob(root), &[("BROWSER_POOL_MAX_SIZE", "14")])
+        },
+    )
+    .await;
+    let done = until_done(&mut changes, &id).await;
+    assert_eq!(done.state, v1::RolloutState::RolledBack as i32, "{done:#?}");
+    assert_eq!(hosts_in(&done, v1::RolloutHostState::Failed), vec!["web-01".to_string()]);
+    assert_eq!(std::fs::read(&slow.file).unwrap(), before, "web-00 back to its previous bytes: {done:#?}");
     server.stop().await.unwrap();
 }
 
@@ -920,18 +1047,15 @@ async fn a_rollback_cut_short_by_a_server_restart_is_finished_after_it() {
     }
     let before: Vec<Vec<u8>> = hosts.iter().map(|h| std::fs::read(&h.file).unwrap()).collect();
     let mut changes = ChangesClient::new(channel(&server).await);
-    let id = changes
-        .start_rollout(v1::StartRolloutRequest {
+    let id = started(
+        &mut changes,
+        v1::StartRolloutRequest {
             waves: vec!["1".into(), "100%".into()],
             force: true,
             ..start(&fleet_glob(dir.path()), &[("BROWSER_POOL_MAX_SIZE", "30")])
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .rollout
-        .unwrap()
-        .id;
+        },
+    )
+    .await;
     let rolling = wait_for("the rollback under way", T, || {
         let mut c = changes.clone();
         let id = id.clone();

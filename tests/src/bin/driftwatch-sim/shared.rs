@@ -1,0 +1,242 @@
+//! What every scenario uses: the server process, virtual agents on the gateway
+//! protocol, percentiles and `RESULT` lines.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use driftwatch_proto::v1;
+use driftwatch_tests::gateway::{AgentTx, hello, open_agent_stream};
+use driftwatch_tests::{ChildProcess, free_port, sibling_binary};
+
+/// `RESULT <scenario> key=value ...`: the lines BENCHMARKS.md quotes.
+macro_rules! result {
+    ($($t:tt)*) => {
+        println!("RESULT {}", format_args!($($t)*))
+    };
+}
+pub(crate) use result;
+
+/// The server under test: a `driftwatch-server` process this simulator started (killed
+/// if the simulator dies first), or one given by `--server`.
+pub struct ServerProc {
+    pub url: String,
+    child: Option<ChildProcess>,
+    pid: Option<u32>,
+    /// host:port of the server's /metrics, when this process started it.
+    metrics: Option<String>,
+}
+
+/// How the started server is configured.
+#[derive(Debug, Default)]
+pub struct ServerSetup {
+    /// `--rules`
+    pub rules: Option<PathBuf>,
+    /// `--config`: a server TOML file (e.g. with `[[notifiers]]`).
+    pub config: Option<PathBuf>,
+}
+
+impl ServerProc {
+    /// A server started elsewhere (`--server URL`, `--server-pid PID`).
+    pub fn external(url: String, pid: Option<u32>) -> Self {
+        Self { url, child: None, pid, metrics: None }
+    }
+
+    pub fn spawn(bin: &Option<PathBuf>, dir: &Path, setup: &ServerSetup, log: &str) -> anyhow::Result<Self> {
+        let bin = bin.clone().unwrap_or_else(|| sibling_binary("driftwatch-server"));
+        let port = free_port();
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(&bin);
+        if let Some(c) = &setup.config {
+            cmd.arg("--config").arg(c);
+        }
+        if let Some(r) = &setup.rules {
+            cmd.arg("--rules").arg(r);
+        }
+        cmd.args(["--insecure", "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &metrics, "--log", log])
+            .arg("--data")
+            .arg(dir.join("server-data"));
+        let child = ChildProcess::spawn("driftwatch-server", cmd, None)
+            .with_context(|| format!("start {} (build it first: cargo build --release)", bin.display()))?;
+        let pid = child.pid();
+        Ok(Self { url: format!("http://127.0.0.1:{port}"), child: Some(child), pid: Some(pid), metrics: Some(metrics) })
+    }
+
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(ch) = tonic::transport::Endpoint::from_shared(self.url.clone())?.connect().await {
+                let mut c = v1::fleet_client::FleetClient::new(ch);
+                if c.list_hosts(v1::ListHostsRequest::default()).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("server at {} did not come up", self.url);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A new connection to the server.
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(tonic::transport::Endpoint::from_shared(self.url.clone())?.connect().await?)
+    }
+
+    /// One counter or gauge from /metrics (plain HTTP/1.0 GET: no client dependency).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics.as_ref()?).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    pub fn rss(&self) -> Option<u64> {
+        self.pid.and_then(rss_bytes)
+    }
+
+    /// SIGTERM for a clean drain (killed after 15 s).
+    pub async fn stop(&mut self) {
+        if let Some(c) = &mut self.child {
+            c.stop(Duration::from_secs(15)).await;
+        }
+    }
+}
+
+pub fn raise_nofile() {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain libc calls on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// utime + stime of a process in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The `p` quantile (0..=1) of sorted durations.
+pub fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Milliseconds of a duration, for RESULT lines.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// p50, p99 and max of sorted durations, in milliseconds.
+pub fn p50_p99_max_ms(sorted: &[Duration]) -> (f64, f64, f64) {
+    (ms(pct(sorted, 0.50)), ms(pct(sorted, 0.99)), ms(sorted.last().copied().unwrap_or_default()))
+}
+
+/// The latency from an event's time (ms since the epoch, server clock) to now (this
+/// machine's clock: the same one on loopback).
+pub fn since_event(at_ms: i64) -> Duration {
+    Duration::from_millis((driftwatch_proto::now_millis() - at_ms).max(0) as u64)
+}
+
+/// A `.env` file state of `keys` numeric settings; `version` is SETTING_NUMBER_0 and the
+/// content hash.
+pub fn file_state(path: &str, keys: usize, version: u64) -> v1::FileState {
+    v1::FileState {
+        path: path.to_string(),
+        format: v1::Format::Env as i32,
+        status: v1::FileStatus::Ok as i32,
+        exists: true,
+        size: 40 * keys as u64,
+        mode: 0o100644,
+        content_hash: format!("{version:064x}"),
+        keys: (0..keys)
+            .map(|k| v1::KeyValue {
+                key: format!("SETTING_NUMBER_{k}"),
+                value: Some(if k == 0 { v1::Value::int(version as i64) } else { v1::Value::int(k as i64 * 10) }),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// A virtual agent: its stream to the server.
+pub struct SimAgent {
+    pub tx: AgentTx,
+    pub inbound: tonic::Streaming<v1::ServerMessage>,
+}
+
+pub async fn connect_agent(url: &str, host_id: &str) -> anyhow::Result<SimAgent> {
+    connect_agent_labels(url, host_id, [("sim".to_string(), "true".to_string())].into()).await
+}
+
+pub async fn connect_agent_labels(
+    url: &str,
+    host_id: &str,
+    labels: std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<SimAgent> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(20))
+        .connect()
+        .await?;
+    let (tx, inbound) =
+        open_agent_stream(ch, hello(host_id, labels, "sim", "sim")).await.context("expected a welcome")?;
+    Ok(SimAgent { tx, inbound })
+}
+
+pub fn snapshot(seq: u64, full: bool, files: Vec<v1::FileState>) -> v1::AgentMessage {
+    driftwatch_tests::gateway::snapshot(v1::Snapshot { seq, full, files, ..Default::default() })
+}
+
+/// The rule the `subscribers` and `notify` scenarios fire and resolve: LEVEL above 100.
+pub fn level_rules(dir: &Path) -> anyhow::Result<PathBuf> {
+    let d = dir.join("bench-rules");
+    std::fs::create_dir_all(&d)?;
+    std::fs::write(
+        d.join("bench.yaml"),
+        "groups:\n  - name: bench\n    rules:\n      - name: level-above-100\n        target: {file: \"*.env\", key: LEVEL}\n        expr: \"is_number(value) && value > 100\"\n        severity: high\n",
+    )?;
+    Ok(d)
+}
+
+/// One agent whose file's LEVEL flips above and below the line of [`level_rules`]: every
+/// change is one alert event (fired, then resolved, ...).
+pub struct LevelFlipper {
+    agent: SimAgent,
+    changes: u64,
+}
+
+impl LevelFlipper {
+    pub async fn connect(url: &str, host: &str) -> anyhow::Result<Self> {
+        Ok(Self { agent: connect_agent(url, host).await?, changes: 0 })
+    }
+
+    /// The next change: LEVEL 500 (fires) on even changes, 1 (resolves) on odd ones.
+    pub fn flip(&mut self) -> anyhow::Result<()> {
+        let i = self.changes;
+        self.changes += 1;
+        let level = if i.is_multiple_of(2) { 500 } else { 1 };
+        let mut f = file_state("/etc/sim/app.env", 2, i + 1);
+        f.keys.push(v1::KeyValue { key: "LEVEL".into(), value: Some(v1::Value::int(level)) });
+        self.agent.tx.send(snapshot(i + 1, i == 0, vec![f])).context("the agent's stream ended")?;
+        Ok(())
+    }
+}
