@@ -544,14 +544,10 @@ async fn refusals_write_nothing() {
 
 /// A fleet of `n` web2img hosts, their files as the server holds them.
 async fn fleet(server: &RunningServer, root: &Path, n: usize) -> Vec<Host> {
-    fleet_reloading(server, root, n, &["sh", "-c", "echo reloaded"]).await
-}
-
-/// [`fleet`] with `reload` as every host's reload command.
-async fn fleet_reloading(server: &RunningServer, root: &Path, n: usize, reload: &[&str]) -> Vec<Host> {
+    let reload = ["sh", "-c", "echo reloaded"];
     let mut hosts = Vec::new();
     for i in 0..n {
-        hosts.push(web_host_with(server, root, &format!("web-{i:02}"), reload, &["sh", "-c", "true"]).await);
+        hosts.push(web_host_with(server, root, &format!("web-{i:02}"), &reload, &["sh", "-c", "true"]).await);
     }
     for h in &hosts {
         server_file(server, &h.id, &h.file).await;
@@ -900,11 +896,7 @@ async fn a_resource_breach_on_the_canary_during_the_bake_rolls_back() {
 async fn a_paused_rollout_resumes_or_aborts_and_a_refusing_host_fails_the_gate() {
     let dir = tempfile::tempdir().unwrap();
     let server = server_with_rules(dir.path(), &[]).await;
-    // A reload that takes a moment: each host's watcher reports the new file before its
-    // result, so the server has seen every applied file when the last wave's gate fails
-    // at once on the refusing host. (The other order is
-    // `a_failed_wave_rolls_back_a_host_whose_new_file_the_server_has_not_seen_yet`.)
-    let mut hosts = fleet_reloading(&server, dir.path(), 3, &["sh", "-c", "sleep 0.3"]).await;
+    let mut hosts = fleet(&server, dir.path(), 3).await;
     let originals: Vec<Vec<u8>> = hosts.iter().map(|h| std::fs::read(&h.file).unwrap()).collect();
     let mut changes = ChangesClient::new(channel(&server).await);
     let reader = changes.clone();
@@ -989,11 +981,7 @@ async fn a_paused_rollout_resumes_or_aborts_and_a_refusing_host_fails_the_gate()
 /// (debounce, read, spool, send): a wave whose gate fails at once (another host refused)
 /// must still roll back a host that applied the change before the server saw its new
 /// file. A watcher debounce of 2 s makes that window certain.
-///
-/// Fails today: `rollback_host` (server/src/changes/rollout.rs) takes the stale view
-/// (`current == before_hash`) for "already back to its previous content", reports the
-/// host ROLLED_BACK and leaves the new content on it.
-#[ignore = "server bug: rollback_host skips an applied host whose new file it has not seen yet"]
+/// (`rollback_host` once took that stale view for "already back".)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_wave_rolls_back_a_host_whose_new_file_the_server_has_not_seen_yet() {
     let dir = tempfile::tempdir().unwrap();

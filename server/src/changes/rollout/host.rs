@@ -108,11 +108,9 @@ pub(super) async fn rollback_host(
         // Never written (refused, conflict, failed before writing): nothing to undo.
         return (h, None);
     }
-    if current == h.before_hash {
-        h.state = HS::RolledBack as i32;
-        h.message = "already back to its previous content".into();
-        return event(h, "rollout.host_rolled_back");
-    }
+    // An applied host always gets the restore, even when the server's copy of its
+    // file reads as the old content: that copy may not have caught up with what the
+    // agent wrote. The agent answers CONFLICT with the old hash when it is already back.
     let deadline = Instant::now() + timeout;
     if !core.dispatcher.wait_connected(&h.host_id, deadline).await {
         h.state = HS::RollbackFailed as i32;
