@@ -312,12 +312,24 @@ mod tests {
 
     #[test]
     fn timeout_kills_the_whole_group() {
-        let started = Instant::now();
-        // The grandchild `sleep` holds the pipe open: it must die with the group.
-        let r = run(&sh("echo started; sleep 30; echo never"), Duration::from_secs(2), Path::new("/x"));
-        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+        // The grandchild `sleep` holds the pipe open: it must die with the group, or
+        // `run` would wait for it. It says its pid, so the test can look for it after.
+        let r = run(&sh("sleep 30 & echo sleeper=$!; wait; echo never"), Duration::from_secs(2), Path::new("/x"));
         assert_eq!(r.failure.as_deref(), Some("timed out after 2s and was killed"));
-        assert!(r.tail.contains("started") && !r.tail.contains("never"), "{}", r.tail);
+        assert!(!r.tail.contains("never"), "{}", r.tail);
+        let pid: u32 =
+            r.tail.lines().find_map(|l| l.strip_prefix("sleeper=")).expect("the pid line").trim().parse().unwrap();
+        // Killed and reaped by its parent shell's death (init adopts and reaps it): gone,
+        // or at most a zombie on its way out.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+            if state.as_deref().is_none_or(|s| s.split_whitespace().nth(2) == Some("Z")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the grandchild {pid} outlived its group: {state:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

@@ -145,10 +145,6 @@ fn read_current(path: &Path, max: u64) -> std::result::Result<Option<Current>, (
     Ok(Some((buf, meta)))
 }
 
-fn outcome_name(o: i32) -> &'static str {
-    ChangeOutcome::try_from(o).map_or("UNKNOWN", |o| o.as_str_name().trim_start_matches("CHANGE_OUTCOME_"))
-}
-
 impl Applier {
     /// Open the backup store (when anything is writable), read the fault injection
     /// setting, and remove temp files an interrupted write left next to writable and
@@ -224,7 +220,7 @@ impl Applier {
         {
             tracing::info!(
                 change_id = %c.change_id,
-                outcome = outcome_name(r.outcome),
+                outcome = driftwatch_proto::change_outcome_name(r.outcome),
                 "change already handled; sending its result again"
             );
             return r.clone();
@@ -248,7 +244,7 @@ impl Applier {
                 tracing::$level!(
                     change_id = %result.change_id,
                     path = %result.path,
-                    outcome = outcome_name(result.outcome),
+                    outcome = driftwatch_proto::change_outcome_name(result.outcome),
                     before = %short(&result.before_hash),
                     after = %short(&result.after_hash),
                     backup = %short(&result.backup_hash),
