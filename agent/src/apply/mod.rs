@@ -24,6 +24,7 @@
 pub mod allow;
 pub mod backup;
 pub mod commands;
+pub mod plan;
 pub mod write;
 
 #[cfg(test)]
@@ -37,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use driftwatch_formats::{EditError, EditOp, FileStatus, Format, Limits, Masker, NewValue};
+use driftwatch_formats::{Format, Limits, Masker};
 use driftwatch_proto::v1::{ApplyChange, ChangeOutcome, ChangeResult};
 
 use crate::config::{AgentConfig, FileCommands};
@@ -87,21 +88,6 @@ fn end(mut r: ChangeResult, outcome: ChangeOutcome, message: impl Into<String>) 
         r.after_hash = r.before_hash.clone();
     }
     Done { result: r, log_message: None }
-}
-
-fn format_name(f: Format) -> &'static str {
-    driftwatch_proto::format_name(f as i32)
-}
-
-/// A short label for an edit error, for the log (the message itself may quote a value).
-fn edit_error_label(e: &EditError) -> String {
-    match e {
-        EditError::Unsupported { format, .. } => format!("format {format} cannot be edited in place"),
-        EditError::UnknownKey(k) => format!("unknown key {k}"),
-        EditError::Masked(_) => "a masked value was sent".into(),
-        EditError::InvalidInput(_) => "invalid input".into(),
-        EditError::Verification(_) => "the edited file did not verify".into(),
-    }
 }
 
 /// A file's content and metadata.
@@ -287,7 +273,7 @@ impl Applier {
     }
 
     fn run(&mut self, c: &ApplyChange) -> Done {
-        let mut r = ChangeResult { change_id: c.change_id.clone(), path: c.path.clone(), ..Default::default() };
+        let r = ChangeResult { change_id: c.change_id.clone(), path: c.path.clone(), ..Default::default() };
         // 1. The allowlist, before anything is read.
         let real = match self.allow.check(&c.path) {
             Ok(p) => p,
@@ -297,128 +283,30 @@ impl Applier {
         let Some(backups) = self.backups.as_ref() else {
             return end(r, ChangeOutcome::Refused, allow::NOTHING_WRITABLE);
         };
-        if c.change_id.is_empty() {
-            return end(r, ChangeOutcome::Rejected, "the change has no change_id");
-        }
-        let edits = !c.set_keys.is_empty() || !c.set_text.is_empty() || !c.remove_keys.is_empty();
-        let restore = !c.restore_hash.is_empty();
-        if edits && restore {
-            return end(r, ChangeOutcome::Rejected, "a change is either key edits or restore_hash, not both");
-        }
-        if !edits && !restore {
-            return end(
-                r,
-                ChangeOutcome::Rejected,
-                "the change asks for nothing (no keys to set or remove, no restore_hash)",
-            );
+        if let Err(m) = plan::validate(c) {
+            return end(r, ChangeOutcome::Rejected, m);
         }
         let current = match read_current(&real, self.limits.max_file_bytes) {
             Ok(c) => c,
             Err((o, m)) => return end(r, o, m),
         };
-        r.before_hash = current.as_ref().map(|(b, _)| self.masker.fingerprint(b)).unwrap_or_default();
 
-        // 2. The expected hash.
-        if c.expected_hash.is_empty() {
-            // A restore of a missing file: the server's view of it has no hash either.
-            let recreate = restore && current.is_none();
-            if !c.dry_run && !recreate {
-                return end(r, ChangeOutcome::Rejected, "expected_hash is required (only a dry run may omit it)");
-            }
-        } else if c.expected_hash != r.before_hash {
-            let m = if current.is_none() {
-                format!("the file does not exist (expected hash {}); nothing written", short(&c.expected_hash))
-            } else {
-                format!(
-                    "the file changed: expected hash {}, found {}; nothing written",
-                    short(&c.expected_hash),
-                    short(&r.before_hash)
-                )
-            };
-            return end(r, ChangeOutcome::Conflict, m);
-        }
-
-        // 3. The new content.
+        // 2.–4. Expected hash, new content, parse check, diff; a dry run stops there.
         let requested = Path::new(&c.path);
         let format = self.format_for(requested, &real);
-        let new: Vec<u8> = if restore {
-            match backups.get(&c.restore_hash) {
-                Ok(Some(b)) => b,
-                Ok(None) => {
-                    return end(r, ChangeOutcome::Rejected, format!("no backup with hash {}", short(&c.restore_hash)));
-                }
-                Err(e) => return end(r, ChangeOutcome::Failed, e.to_string()),
-            }
-        } else {
-            let Some((old, _)) = &current else {
-                return end(r, ChangeOutcome::Rejected, "the file does not exist; only restore_hash can create it");
-            };
-            let Ok(text) = std::str::from_utf8(old) else {
-                return end(r, ChangeOutcome::Rejected, "the file is not UTF-8 text; keys cannot be edited");
-            };
-            let mut ops = Vec::with_capacity(c.set_keys.len() + c.set_text.len() + c.remove_keys.len());
-            for kv in &c.set_keys {
-                let Some(v) = &kv.value else {
-                    return end(r, ChangeOutcome::Rejected, format!("set_keys: '{}' has no value", kv.key));
-                };
-                ops.push(EditOp::Set { key: kv.key.clone(), value: NewValue::Typed(v.clone()) });
-            }
-            for (k, t) in &c.set_text {
-                ops.push(EditOp::Set { key: k.clone(), value: NewValue::Text(t.clone()) });
-            }
-            for k in &c.remove_keys {
-                ops.push(EditOp::Remove { key: k.clone() });
-            }
-            match driftwatch_formats::edit(format, text, &ops) {
-                Ok(s) => s.into_bytes(),
-                Err(e) => {
-                    let label = edit_error_label(&e);
-                    let mut d = end(r, ChangeOutcome::Rejected, e.to_string());
-                    d.log_message = Some(label);
-                    return d;
-                }
-            }
+        let held = plan::Held {
+            format,
+            content: current.as_ref().map(|(b, _)| b.as_slice()),
+            backup: &|hash: &str| backups.get(hash).map_err(|e| e.to_string()),
         };
-        if format != Format::Text {
-            let a = driftwatch_formats::analyze(&new, format, &self.masker, &self.limits);
-            let what = if restore { "the backup" } else { "the result" };
-            match a.status {
-                FileStatus::ParseError => {
-                    let e = a.error.unwrap_or_default();
-                    let at =
-                        if e.line > 0 { format!(" (line {}, column {})", e.line, e.column) } else { String::new() };
-                    return end(
-                        r,
-                        ChangeOutcome::Rejected,
-                        format!("{what} would not parse as {}: {}{at}", format_name(format), e.message),
-                    );
-                }
-                FileStatus::Binary => {
-                    return end(r, ChangeOutcome::Rejected, format!("{what} is not text ({})", format_name(format)));
-                }
-                FileStatus::TooLarge => {
-                    return end(r, ChangeOutcome::Rejected, format!("{what} is larger than max_file_bytes"));
-                }
-                _ => {}
+        let (mut r, new, after_hash) = match plan::plan(c, r, held, &self.masker, &self.limits) {
+            plan::Planned::Ended { result, outcome, message, log_message } => {
+                let mut d = end(result, outcome, message);
+                d.log_message = log_message;
+                return d;
             }
-        }
-        let after_hash = self.masker.fingerprint(&new);
-        if let Some((old, _)) = &current
-            && *old == new
-        {
-            return end(r, ChangeOutcome::Unchanged, "the file already has this content; nothing written");
-        }
-        let old_bytes: &[u8] = current.as_ref().map_or(&[], |(b, _)| b.as_slice());
-        r.diff = match (std::str::from_utf8(old_bytes), std::str::from_utf8(&new)) {
-            (Ok(a), Ok(b)) => driftwatch_formats::unified_diff(&c.path, a, b, &self.masker),
-            _ => "(binary content: no diff)\n".into(),
+            plan::Planned::Write { result, new, after_hash } => (result, new, after_hash),
         };
-
-        // 4. A dry run stops here.
-        if c.dry_run {
-            r.after_hash = after_hash;
-            return end(r, ChangeOutcome::DryRun, "dry run: nothing written");
-        }
 
         // 5. Backups of both contents, durable before the write.
         let meta = match &current {
