@@ -3,16 +3,14 @@
 
 #![allow(dead_code)] // each test binary uses its own part of it
 
-use std::future::Future;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 /// Run `driftwatch --server SERVER ARGS…`: (success, stdout, stderr).
 pub fn cli(server: &str, args: &[&str]) -> (bool, String, String) {
     cli_env(server, args, &[])
 }
 
-/// As [`cli`], with extra environment variables (e.g. `USER`, which `--by` defaults to).
+/// As [`cli`], with extra environment variables.
 pub fn cli_env(server: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_driftwatch"))
         .arg("--server")
@@ -28,18 +26,7 @@ pub fn cli_env(server: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, Stri
     )
 }
 
-/// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
-pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Poll `f` until it returns `Some`, or panic with `what` after `timeout` (the
+/// end-to-end harness's wait: one definition for every test crate).
+#[allow(unused_imports)] // each test binary uses its own part of it
+pub use driftwatch_tests::wait_for as wait_until;
