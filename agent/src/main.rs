@@ -58,8 +58,13 @@ fn main() -> anyhow::Result<()> {
     let config = resolve(args)?;
     driftwatch_agent::memory::single_arena();
     // One thread is plenty for a watcher and a stream; blocking work (file reads,
-    // hashing, sysinfo, spool fsync) goes to the small blocking pool.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(4).build()?;
+    // hashing, sysinfo, spool fsync) goes to the small blocking pool, whose threads
+    // do not linger once idle (see `memory`).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .thread_keep_alive(driftwatch_agent::memory::BLOCKING_KEEP_ALIVE)
+        .build()?;
     rt.block_on(async move {
         let agent = driftwatch_agent::start(config).await?;
         let token = agent.shutdown_token();

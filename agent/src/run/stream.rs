@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use driftwatch_proto::v1::{self, AgentMessage, ServerMessage, agent_message, server_message};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::acks::{AbortOnDrop, read_server};
@@ -61,6 +62,8 @@ async fn one_stream(shared: &Arc<Shared>, token: &CancellationToken, backoff: &m
     let mut sent_upto = server_acked.max(local_acked);
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.tick().await;
+    // When to hand back the memory of a full listing that went out.
+    let mut trim_at: Option<Instant> = None;
     loop {
         // Send everything spooled beyond what this stream has sent.
         loop {
@@ -71,6 +74,9 @@ async fn one_stream(shared: &Arc<Shared>, token: &CancellationToken, backoff: &m
             }
             for snap in batch {
                 sent_upto = snap.seq;
+                if snap.full {
+                    trim_at = Some(Instant::now() + memory::TRIM_AFTER_LISTING);
+                }
                 tx.send(AgentMessage { kind: Some(agent_message::Kind::Snapshot(snap)) })
                     .await
                     .map_err(|_| AgentError::Watch("stream closed while sending".into()))?;
@@ -88,6 +94,10 @@ async fn one_stream(shared: &Arc<Shared>, token: &CancellationToken, backoff: &m
             }
             _ = shared.spooled.notified() => {}
             _ = shared.results.ready.notified() => send_results(shared, &tx).await?,
+            _ = sleep_until(trim_at) => {
+                trim_at = None;
+                tokio::task::spawn_blocking(memory::release_free_pages);
+            }
             _ = heartbeat.tick() => {
                 // Bursts (a full snapshot is read back, encoded and buffered by the
                 // transport) leave freed pages behind: hand them back while idle.
@@ -111,5 +121,13 @@ async fn one_stream(shared: &Arc<Shared>, token: &CancellationToken, backoff: &m
                 Some(server_message::Kind::Ack(_)) | None => {}
             },
         }
+    }
+}
+
+/// Sleeps until `at`; never wakes when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
