@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::{Tracked, Tracker, is_dir};
+use super::{Tracked, Tracker, is_dir, warn_cap_once};
 use crate::watch::pattern::Kind;
 
 /// At most this many files are tracked (explicit paths always are).
@@ -78,14 +78,8 @@ impl Tracker {
         }
         let Some(i) = self.glob_match(path) else { return false };
         if self.files.len() >= MAX_FILES {
-            if !self.warned_files {
-                self.warned_files = true;
-                tracing::warn!(
-                    limit = MAX_FILES,
-                    path = %path.display(),
-                    "too many matching files: not tracking any more (narrow the watch patterns)"
-                );
-            }
+            let message = "too many matching files: not tracking any more (narrow the watch patterns)";
+            warn_cap_once(&mut self.warned_files, MAX_FILES, path, message);
             return false;
         }
         self.files.insert(

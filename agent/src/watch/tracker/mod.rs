@@ -64,6 +64,14 @@ fn is_dir(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_dir())
 }
 
+/// Log that a cap is reached, once (`warned` remembers it): a host over a cap would
+/// otherwise log it on every scan.
+fn warn_cap_once(warned: &mut bool, limit: usize, path: &Path, message: &str) {
+    if !std::mem::replace(warned, true) {
+        tracing::warn!(limit, path = %path.display(), "{message}");
+    }
+}
+
 /// Keys of `map` equal to or below `dir`.
 fn under<'a, V>(map: &'a BTreeMap<PathBuf, V>, dir: &'a Path) -> impl Iterator<Item = &'a PathBuf> + 'a {
     map.range::<Path, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))

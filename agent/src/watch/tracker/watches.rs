@@ -7,7 +7,7 @@ use std::path::Path;
 
 use inotify::WatchDescriptor;
 
-use super::{Tracker, is_dir};
+use super::{Tracker, is_dir, warn_cap_once};
 use crate::watch::inotify::DIR_MASK;
 
 /// At most this many directories are watched; the rest rely on the periodic rescan.
@@ -72,14 +72,8 @@ impl Tracker {
             return true;
         }
         if self.watches.len() >= MAX_WATCHES && !self.watches.contains_key(dir) {
-            if !self.warned_watches {
-                self.warned_watches = true;
-                tracing::warn!(
-                    limit = MAX_WATCHES,
-                    path = %dir.display(),
-                    "too many directories to watch: the rest are only seen by the periodic rescan"
-                );
-            }
+            let message = "too many directories to watch: the rest are only seen by the periodic rescan";
+            warn_cap_once(&mut self.warned_watches, MAX_WATCHES, dir, message);
             return false;
         }
         match self.inotify.add(dir, DIR_MASK) {
