@@ -37,7 +37,7 @@ struct Args {
     #[arg(long = "writable", value_name = "PATH_OR_GLOB")]
     writable: Vec<String>,
     /// How often to sample CPU, memory, disk and process groups (0 turns it off) [default: 10s].
-    #[arg(long, env = "DRIFTWATCH_RESOURCE_INTERVAL", value_name = "DURATION")]
+    #[arg(long, env = "DRIFTWATCH_RESOURCE_INTERVAL", value_name = "DURATION", value_parser = duration_text)]
     resource_interval: Option<String>,
     /// Where the spool and the local key live [default: ./driftwatch-agent-state].
     #[arg(long, env = "DRIFTWATCH_STATE_DIR")]
@@ -58,8 +58,13 @@ fn main() -> anyhow::Result<()> {
     let config = resolve(args)?;
     driftwatch_agent::memory::single_arena();
     // One thread is plenty for a watcher and a stream; blocking work (file reads,
-    // hashing, sysinfo, spool fsync) goes to the small blocking pool.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(4).build()?;
+    // hashing, sysinfo, spool fsync) goes to the small blocking pool, whose threads
+    // do not linger once idle (see `memory`).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .thread_keep_alive(driftwatch_agent::memory::BLOCKING_KEEP_ALIVE)
+        .build()?;
     rt.block_on(async move {
         let agent = driftwatch_agent::start(config).await?;
         let token = agent.shutdown_token();
@@ -71,6 +76,12 @@ fn main() -> anyhow::Result<()> {
         agent.wait().await?;
         Ok(())
     })
+}
+
+/// A duration flag, checked with the one duration grammar so that a bad value is
+/// refused naming the flag; it is then resolved with the config like every duration.
+fn duration_text(text: &str) -> Result<String, String> {
+    driftwatch_agent::config::parse_duration(text).map(|_| text.to_string())
 }
 
 fn resolve(args: Args) -> anyhow::Result<AgentConfig> {
@@ -104,5 +115,20 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_flags_use_the_shared_grammar_and_name_the_flag() {
+        let args = Args::try_parse_from(["driftwatch-agent", "--resource-interval", "1h30m"]).unwrap();
+        assert_eq!(args.resource_interval.as_deref(), Some("1h30m"));
+        let err = Args::try_parse_from(["driftwatch-agent", "--resource-interval", "10"]).unwrap_err().to_string();
+        assert!(err.contains("--resource-interval") && err.contains("needs a unit"), "{err}");
+        let err = Args::try_parse_from(["driftwatch-agent", "--resource-interval", "5x"]).unwrap_err().to_string();
+        assert!(err.contains("--resource-interval") && err.contains("unknown unit"), "{err}");
     }
 }

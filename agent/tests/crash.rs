@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driftwatch_formats::Masker;
@@ -18,6 +18,7 @@ use driftwatch_proto::v1::{
     Ack, AgentMessage, ApplyChange, ChangeOutcome, ChangeResult, FileState, ServerMessage, Welcome, agent_message,
     server_message,
 };
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -73,7 +74,7 @@ impl AgentGateway for Gateway {
                         for f in &s.files {
                             let _ = events.send(Event::File(f.clone()));
                             let send = {
-                                let mut p = plan.lock().unwrap();
+                                let mut p = plan.lock();
                                 match p.as_ref() {
                                     Some(plan) if plan.path == f.path && !f.content_hash.is_empty() => p.take(),
                                     _ => None,
@@ -244,7 +245,7 @@ fn masker(dir: &Path) -> Masker {
 async fn applied_change_is_reported_and_seen_by_the_watcher() {
     let (_t, dir) = setup();
     let mut server = server().await;
-    *server.plan.lock().unwrap() = Some(plan(&dir, "apply-1"));
+    *server.plan.lock() = Some(plan(&dir, "apply-1"));
     let mut agent = Agent::start(&server.url, &dir, None, 1);
     let result = server
         .wait_for("the change result", &mut agent, |e| match e {
@@ -277,7 +278,7 @@ async fn crash_at(fault: &str) {
     let app = dir.join("app");
     let target = app.join("app.env");
     let mut server = server().await;
-    *server.plan.lock().unwrap() = Some(plan(&dir, "crash-1"));
+    *server.plan.lock() = Some(plan(&dir, "crash-1"));
     let mut agent = Agent::start(&server.url, &dir, Some(fault), 1);
     let marker = dir.join("state/fault-paused");
     wait_until("the fault marker", &mut agent, || marker.exists()).await;

@@ -18,7 +18,7 @@
 //!    health; a failure puts the previous content back (atomically too), reloads again
 //!    and reports ROLLED_BACK.
 //!
-//! [`Applier::apply`] is blocking and handles one change at a time; `run.rs` feeds it
+//! [`Applier::apply`] is blocking and handles one change at a time; `run/changes.rs` feeds it
 //! from a dedicated thread, in arrival order.
 
 pub mod allow;

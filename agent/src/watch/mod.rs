@@ -21,8 +21,10 @@
 //! - One thread owns the event loop; the state sits behind a mutex shared with
 //!   [`FileWatcher::full_scan`]. Dropping the [`FileWatcher`] stops the thread.
 
+mod debounce;
 mod inotify;
 pub(crate) mod pattern;
+mod pending;
 mod read;
 mod tracker;
 
@@ -31,11 +33,12 @@ mod tests;
 
 use std::io::{PipeReader, PipeWriter};
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driftwatch_formats::{Limits, Masker};
 use driftwatch_proto::v1::FileState;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::error::{AgentError, Result};
@@ -45,12 +48,11 @@ pub use pattern::WatchPattern;
 // `inotify` is our module below; `::inotify` is the crate.
 use self::inotify::Wake;
 use ::inotify::Inotify;
+use debounce::Debounce;
 use pattern::Compiled;
-use tracker::{Pending, Tracker};
+use pending::Pending;
+use tracker::Tracker;
 
-/// Longest wait between the first event of a burst and processing it (unless the
-/// configured debounce is longer).
-const MAX_COALESCE: Duration = Duration::from_millis(100);
 /// Batches waiting for the consumer.
 const CHANNEL_CAPACITY: usize = 64;
 
@@ -85,10 +87,6 @@ impl std::fmt::Debug for FileWatcher {
     }
 }
 
-fn lock(t: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {
-    t.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl FileWatcher {
     /// Set up inotify and start the watcher thread (which arms the watches). Does not
     /// read any file: call [`FileWatcher::full_scan`] for the initial state.
@@ -121,7 +119,7 @@ impl FileWatcher {
     /// or not), record them as sent, and start a new generation: batches stamped with
     /// an older generation were computed before this scan and are stale.
     pub fn full_scan(&self) -> (u64, Vec<FileState>) {
-        lock(&self.tracker).full_scan()
+        self.tracker.lock().full_scan()
     }
 }
 
@@ -134,33 +132,24 @@ fn event_loop(
     rescan_every: Duration,
 ) {
     {
-        let mut t = lock(&tracker);
+        let mut t = tracker.lock();
         if t.generation() == 0 {
             t.discover();
         }
         tracing::info!(watches = t.watch_count(), files = t.file_count(), "file watcher started");
     }
-    let max_wait = MAX_COALESCE.max(debounce);
+    let mut burst = Debounce::new(debounce);
     let mut pending = Pending::default();
-    let mut first: Option<Instant> = None;
-    let mut last = Instant::now();
     let mut next_rescan = Instant::now() + rescan_every;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let deadline = match first {
-            Some(f) => (last + debounce).min(f + max_wait).min(next_rescan),
-            None => next_rescan,
-        };
+        let deadline = burst.deadline().map_or(next_rescan, |d| d.min(next_rescan));
         match inotify::wait(ino.as_fd(), stop.as_fd(), deadline.saturating_duration_since(Instant::now())) {
             Wake::Stop => break,
             Wake::Timeout => {}
             Wake::Ready => match inotify::drain(&mut ino, &mut buf, |ev| pending.push(ev.wd, ev.mask, ev.name)) {
                 Ok(0) => {}
-                Ok(_) => {
-                    let now = Instant::now();
-                    first.get_or_insert(now);
-                    last = now;
-                }
+                Ok(_) => burst.events(Instant::now()),
                 Err(e) => {
                     // Not expected; do not spin on it.
                     tracing::error!(error = %e, "cannot read inotify events; relying on the periodic rescan");
@@ -172,19 +161,16 @@ fn event_loop(
             break;
         }
         let now = Instant::now();
-        let due = first.is_some_and(|f| now >= last + debounce || now >= f + max_wait);
+        let due = burst.take_due(now);
         let rescan_due = now >= next_rescan;
         if !due && !rescan_due {
             continue;
         }
         let (generation, files) = {
-            let mut t = lock(&tracker);
+            let mut t = tracker.lock();
             let mut files = Vec::new();
-            if due {
-                first = None;
-                if !pending.is_empty() {
-                    files = t.apply(std::mem::take(&mut pending));
-                }
+            if due && !pending.is_empty() {
+                files = t.apply(std::mem::take(&mut pending));
             }
             if rescan_due {
                 next_rescan = now + rescan_every;

@@ -12,7 +12,8 @@
 use std::ops::Range;
 use std::path::Path;
 
-use similar::{ChangeTag, DiffOp, TextDiff};
+use similar::algorithms::{Capture, Compact, Replace, myers};
+use similar::{ChangeTag, DiffOp, DiffableStr, group_diff_ops};
 
 use crate::flatten::{Node, Scalar, infer_text, mask_scalar};
 use crate::{Format, Masker, detect_format, is_secret_key_name, secret_reason};
@@ -32,12 +33,12 @@ pub fn unified_diff(path: &str, old: &str, new: &str, masker: &Masker) -> String
     }
     let secrets = known_secrets(path, old, new, masker);
     let shown = path.trim_start_matches('/');
-    let diff = TextDiff::from_lines(old, new);
+    let (old, new) = (old.tokenize_lines(), new.tokenize_lines());
     let mut out = format!("--- a/{shown}\n+++ b/{shown}\n");
-    for group in diff.grouped_ops(CONTEXT) {
+    for group in group_diff_ops(line_ops(&old, &new), CONTEXT) {
         out.push_str(&hunk_header(&group));
         for op in &group {
-            for change in diff.iter_changes(op) {
+            for change in op.iter_changes(&old, &new) {
                 out.push(match change.tag() {
                     ChangeTag::Equal => ' ',
                     ChangeTag::Delete => '-',
@@ -53,6 +54,17 @@ pub fn unified_diff(path: &str, old: &str, new: &str, masker: &Masker) -> String
         }
     }
     out
+}
+
+/// The ops of a line diff: what `similar::TextDiff::from_lines` computes (Myers, then
+/// compaction and replace detection), with Myers called directly. `TextDiff` picks its
+/// algorithm at run time, which links every algorithm `similar` has into the agent.
+fn line_ops(old: &[&str], new: &[&str]) -> Vec<DiffOp> {
+    let mut d = Compact::new(Replace::new(Capture::new()), old, new);
+    match myers::diff(&mut d, old, 0..old.len(), new, 0..new.len()) {
+        Ok(()) => d.into_inner().into_inner().into_ops(),
+        Err(never) => match never {},
+    }
 }
 
 /// `@@ -start,len +start,len @@`, GNU style: `,1` left out, an empty range starts at the line
@@ -343,6 +355,37 @@ mod tests {
     }
     fn mark(v: &str) -> String {
         marker(&masker(), v)
+    }
+
+    proptest::proptest! {
+        /// Myers called directly gives the ops `TextDiff` gives, on small inputs and on
+        /// inputs above its 100-line threshold (where it trims and remaps lines first).
+        #[test]
+        fn line_ops_are_those_of_text_diff(
+            old in proptest::collection::vec(0u8..6, 0..240),
+            edits in proptest::collection::vec((0usize..240, 0u8..8), 0..12),
+            crlf in proptest::bool::ANY,
+            last_newline in proptest::bool::ANY,
+        ) {
+            let eol = if crlf { "\r\n" } else { "\n" };
+            let text = |lines: &[u8]| {
+                let mut t: String = lines.iter().map(|l| format!("k{l}=v{eol}")).collect();
+                if !last_newline && !t.is_empty() {
+                    t.truncate(t.len() - eol.len());
+                }
+                t
+            };
+            let mut new = old.clone();
+            for (at, line) in edits {
+                match line {
+                    6 if !new.is_empty() => { new.remove(at % new.len()); }
+                    _ => new.insert(at.min(new.len()), line % 6),
+                }
+            }
+            let (old, new) = (text(&old), text(&new));
+            let expected = similar::TextDiff::from_lines(old.as_str(), new.as_str()).ops().to_vec();
+            proptest::prop_assert_eq!(line_ops(&old.tokenize_lines(), &new.tokenize_lines()), expected);
+        }
     }
 
     #[test]

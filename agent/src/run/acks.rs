@@ -1,0 +1,48 @@
+//! The server's side of a stream, read on its own task so that acks are processed
+//! even while the stream task waits for room to send (otherwise both sides could
+//! wait on each other). An ack drops everything up to its seq from the spool: the
+//! server has stored it durably.
+
+use std::sync::Arc;
+
+use driftwatch_proto::v1::{ServerMessage, server_message};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use super::{Shared, spool_call};
+use crate::error::{AgentError, Result};
+
+/// Read until the stream ends: record acks in the spool and pass every other message
+/// to the stream task on `others`. An error status from the server ends the stream.
+pub(super) async fn read_server(
+    shared: Arc<Shared>,
+    mut inbound: tonic::Streaming<ServerMessage>,
+    others: mpsc::UnboundedSender<ServerMessage>,
+) -> Result<()> {
+    while let Some(msg) = inbound.next().await {
+        match msg {
+            Ok(ServerMessage { kind: Some(server_message::Kind::Ack(a)) }) => {
+                let seq = a.seq;
+                if let Err(e) = spool_call(&shared, move |s| s.ack(seq)).await {
+                    tracing::error!(error = %e, "cannot record ack in spool");
+                }
+            }
+            Ok(other) => {
+                if others.send(other).is_err() {
+                    break;
+                }
+            }
+            Err(status) => return Err(AgentError::Rejected(status)),
+        }
+    }
+    Ok(())
+}
+
+/// Aborts the reader task when the stream task leaves the connection.
+pub(super) struct AbortOnDrop(pub tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

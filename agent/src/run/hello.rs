@@ -1,0 +1,105 @@
+//! Opening a stream: connect, introduce the agent (Hello: host, labels, spool id,
+//! what it holds as acknowledged), and take the server's Welcome (what the server
+//! has durably stored, and its settings).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use driftwatch_proto::v1::{
+    self, AgentMessage, ServerMessage, agent_gateway_client::AgentGatewayClient, agent_message, server_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use super::{AGENT_VERSION, Shared, spool_call};
+use crate::backoff::{Backoff, MIN_CONNECT_TIMEOUT};
+use crate::error::{AgentError, Result};
+
+/// Heartbeat period when the server's Welcome does not set one.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// A stream past its Welcome.
+pub(super) struct Session {
+    /// Messages to the server.
+    pub tx: mpsc::Sender<AgentMessage>,
+    /// The server's side; the Welcome is already taken.
+    pub inbound: tonic::Streaming<ServerMessage>,
+    /// Everything up to here is durable on the server (and dropped from the spool).
+    pub server_acked: u64,
+    /// What the spool held as acknowledged when the Hello went out.
+    pub local_acked: u64,
+    pub heartbeat_every: Duration,
+}
+
+/// Connect, send Hello, wait for Welcome, and drop from the spool what the server
+/// already stored. Resets `backoff` once the server has welcomed us.
+pub(super) async fn open(shared: &Arc<Shared>, backoff: &mut Backoff) -> Result<Session> {
+    let cfg = &shared.config;
+    let endpoint = tonic::transport::Endpoint::from_shared(cfg.server.clone())
+        .map_err(|e| AgentError::Connect { url: cfg.server.clone(), message: e.to_string() })?
+        .connect_timeout(MIN_CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| AgentError::Connect { url: cfg.server.clone(), message: error_chain(&e) })?;
+    let mut client = AgentGatewayClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
+
+    let (spool_id, acked, dropped) = {
+        let s = shared.spool.lock();
+        (s.spool_id().to_string(), s.acked(), s.dropped())
+    };
+    let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+    let hello = v1::Hello {
+        host_id: cfg.host_id.clone(),
+        labels: cfg.labels.clone(),
+        agent_version: AGENT_VERSION.to_string(),
+        spool_id,
+        last_acked_seq: acked,
+        dropped_snapshots: dropped,
+        fleet_key_id: shared.key_id.clone(),
+    };
+    tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) })
+        .await
+        .map_err(|_| AgentError::Watch("outbound channel closed".into()))?;
+    let response =
+        client.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map_err(AgentError::Rejected)?;
+    let mut inbound = response.into_inner();
+    let welcome = match inbound.next().await {
+        Some(Ok(ServerMessage { kind: Some(server_message::Kind::Welcome(w)) })) => w,
+        Some(Ok(_)) => return Err(AgentError::Watch("server did not start with welcome".into())),
+        Some(Err(s)) => return Err(AgentError::Rejected(s)),
+        None => return Err(AgentError::Watch("server closed the stream before welcome".into())),
+    };
+    backoff.reset();
+    shared.status.connected.store(true, Ordering::Relaxed);
+    shared.status.connections.fetch_add(1, Ordering::Relaxed);
+    let server_acked = welcome.acked_seq;
+    spool_call(shared, move |s| s.ack(server_acked)).await?;
+    // The server's setting, within sane bounds (a zero or absurd value must not spin or starve).
+    let heartbeat_every = welcome
+        .settings
+        .as_ref()
+        .and_then(|s| s.heartbeat_interval.as_ref())
+        .and_then(|d| driftwatch_proto::duration::from_proto("heartbeat_interval", d).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_HEARTBEAT)
+        .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    tracing::info!(server = %cfg.server, acked_seq = server_acked, "connected");
+    Ok(Session { tx, inbound, server_acked, local_acked: acked, heartbeat_every })
+}
+
+/// An error with its causes, for the log (transport errors hide the useful part).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,217 @@
+//! The agent's tasks, wired with channels:
+//! - producer ([`producer`]): turns watcher batches and resource samples into
+//!   snapshots and appends them to the spool (blocking I/O on the blocking pool);
+//! - stream ([`stream`]): keeps one gRPC stream to the server (with connection
+//!   backoff), resends the spool's unacknowledged snapshots, sends new ones as they
+//!   land, and heartbeats; [`hello`] opens a stream, [`acks`] reads the server's side
+//!   and drops what it acknowledges from the spool;
+//! - applier ([`changes`]): a dedicated thread that applies the changes the server
+//!   sends, one at a time in arrival order (`apply`); its results wait in a small
+//!   queue until a stream can send them (also after a reconnect).
+//!
+//! One `CancellationToken` stops them all.
+
+mod acks;
+mod changes;
+mod hello;
+mod producer;
+mod stream;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use driftwatch_formats::Masker;
+use driftwatch_proto::v1;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::Applier;
+use crate::config::AgentConfig;
+use crate::error::{AgentError, Result};
+use crate::resources::ResourceSampler;
+use crate::spool::Spool;
+use crate::watch::{FileWatcher, WatchConfig};
+use changes::ResultQueue;
+
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Live counters, for logs and tests.
+#[derive(Debug, Default)]
+pub struct AgentStatus {
+    pub connected: AtomicBool,
+    pub connections: AtomicU64,
+    pub acked_seq: AtomicU64,
+    pub last_seq: AtomicU64,
+    pub pending: AtomicU64,
+    pub dropped: AtomicU64,
+    pub snapshots_sent: AtomicU64,
+    /// Changes from the server handled (any outcome).
+    pub changes_handled: AtomicU64,
+}
+
+/// What the tasks share.
+struct Shared {
+    config: AgentConfig,
+    spool: Mutex<Spool>,
+    /// Something new is in the spool.
+    spooled: Notify,
+    /// The producer should send a full snapshot next.
+    want_full: Notify,
+    status: Arc<AgentStatus>,
+    key_id: String,
+    /// To the applier thread; taken (closed) at shutdown.
+    changes: Mutex<Option<std::sync::mpsc::Sender<v1::ApplyChange>>>,
+    results: Arc<ResultQueue>,
+}
+
+/// A started agent.
+pub struct RunningAgent {
+    pub status: Arc<AgentStatus>,
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl RunningAgent {
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+    pub async fn wait(self) -> Result<()> {
+        self.task.await.map_err(|e| AgentError::Watch(format!("agent task failed: {e}")))?
+    }
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown();
+        self.wait().await
+    }
+}
+
+/// Load the fleet key from the configured file, or create a host-local one in
+/// the state dir (fingerprints then do not compare across hosts: say so).
+pub fn load_fleet_key(config: &AgentConfig) -> Result<Vec<u8>> {
+    let path = match &config.fleet_key_file {
+        Some(p) => p.clone(),
+        None => {
+            let p = config.state_dir.join("fleet.key");
+            if !p.exists() {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::create_dir_all(&config.state_dir).map_err(|e| AgentError::io(&config.state_dir, e))?;
+                let key = hex::encode(rand::random::<[u8; 32]>());
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&p)
+                    .map_err(|e| AgentError::io(&p, e))?;
+                f.write_all(key.as_bytes()).map_err(|e| AgentError::io(&p, e))?;
+                tracing::warn!(path = %p.display(), "no fleet_key_file configured: generated a host-local key; masked values will not compare equal across hosts");
+            }
+            p
+        }
+    };
+    let key = std::fs::read(&path).map_err(|e| AgentError::io(&path, e))?;
+    let trimmed = key.trim_ascii();
+    if trimmed.len() < 16 {
+        return Err(AgentError::Config(format!("{}: the fleet key must be at least 16 bytes", path.display())));
+    }
+    Ok(trimmed.to_vec())
+}
+
+/// Start the agent's tasks. Fails fast on a bad state dir or watch setup.
+pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
+    let token = CancellationToken::new();
+    let cfg = config.clone();
+    let (spool, key) = tokio::task::spawn_blocking(move || {
+        let key = load_fleet_key(&cfg)?;
+        let spool = Spool::open(&cfg.state_dir.join("spool"), cfg.spool_max_bytes)?;
+        Ok::<_, AgentError>((spool, key))
+    })
+    .await
+    .map_err(|e| AgentError::Watch(format!("start-up task failed: {e}")))??;
+    let masker = Arc::new(Masker::new(&key));
+    // Before the watcher starts: this also removes temp files a crash left behind.
+    let (cfg, m) = (config.clone(), masker.clone());
+    let applier = tokio::task::spawn_blocking(move || Applier::open(&cfg, m))
+        .await
+        .map_err(|e| AgentError::Watch(format!("start-up task failed: {e}")))??;
+    let status = Arc::new(AgentStatus::default());
+    status.acked_seq.store(spool.acked(), Ordering::Relaxed);
+    status.last_seq.store(spool.last_seq(), Ordering::Relaxed);
+    status.pending.store(spool.pending(), Ordering::Relaxed);
+    status.dropped.store(spool.dropped(), Ordering::Relaxed);
+    tracing::info!(
+        host = %config.host_id,
+        spool_id = %spool.spool_id(),
+        pending = spool.pending(),
+        acked = spool.acked(),
+        "agent starting"
+    );
+    let (watcher, changes) = FileWatcher::start(
+        WatchConfig {
+            patterns: config.watch.clone(),
+            debounce: config.debounce,
+            rescan_interval: config.rescan_interval,
+            limits: config.limits.clone(),
+        },
+        masker.clone(),
+    )?;
+    let sampler = if config.resource_interval.is_zero() {
+        None
+    } else {
+        Some(ResourceSampler::new(config.process_groups.clone())?)
+    };
+    let results = Arc::new(ResultQueue::default());
+    let (change_tx, change_rx) = std::sync::mpsc::channel();
+    let applier_thread = changes::spawn_applier(applier, change_rx, results.clone(), status.clone(), token.clone())?;
+    let shared = Arc::new(Shared {
+        key_id: masker.key_id(),
+        config,
+        spool: Mutex::new(spool),
+        spooled: Notify::new(),
+        want_full: Notify::new(),
+        status: status.clone(),
+        changes: Mutex::new(Some(change_tx)),
+        results,
+    });
+    let t = token.clone();
+    let task = tokio::spawn(async move {
+        let producer = tokio::spawn(producer::produce(shared.clone(), Arc::new(watcher), changes, sampler, t.clone()));
+        let streamer = tokio::spawn(stream::stream_loop(shared.clone(), t.clone()));
+        let (p, s) = tokio::join!(producer, streamer);
+        changes::drain_applier(&shared, &applier_thread).await;
+        let p = p.map_err(|e| AgentError::Watch(format!("producer task failed: {e}")))?;
+        s.map_err(|e| AgentError::Watch(format!("stream task failed: {e}")))?;
+        tracing::info!("agent stopped");
+        p
+    });
+    Ok(RunningAgent { status, token, task })
+}
+
+/// The current time as a protobuf timestamp (`taken_at`, `sent_at`).
+fn now() -> Option<driftwatch_proto::Timestamp> {
+    Some(driftwatch_proto::timestamp(std::time::SystemTime::now()))
+}
+
+/// Run `f` on the spool off the async workers and publish the spool's counters;
+/// wake the producer when the spool asks for a full snapshot.
+async fn spool_call<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut Spool) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let s = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut spool = s.spool.lock();
+        let r = f(&mut spool);
+        s.status.acked_seq.store(spool.acked(), Ordering::Relaxed);
+        s.status.pending.store(spool.pending(), Ordering::Relaxed);
+        if spool.take_need_full() {
+            s.want_full.notify_one();
+        }
+        r
+    })
+    .await
+    .map_err(|e| AgentError::Watch(format!("spool task failed: {e}")))?
+}
