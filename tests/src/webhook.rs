@@ -1,8 +1,10 @@
 //! A webhook receiver on `127.0.0.1:0` (`POST /hook`) that records every request and
 //! can fail on demand: for the notifier tests and the simulator's `notify` benchmark.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -59,7 +61,7 @@ async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes
         || s.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
     let status = if failing { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    s.hits.lock().expect("hits lock").push(Hit {
+    s.hits.lock().push(Hit {
         at,
         at_ms,
         status: status.as_u16(),
@@ -88,7 +90,7 @@ impl Receiver {
 
     /// Every request so far, in arrival order.
     pub fn hits(&self) -> Vec<Hit> {
-        self.state.hits.lock().expect("hits lock").clone()
+        self.state.hits.lock().clone()
     }
 
     /// Successful deliveries of `kind` notifications.

@@ -4,7 +4,9 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use driftwatch_proto::v1::{self, value::Kind};
 use driftwatch_tests::*;
@@ -14,7 +16,7 @@ struct Capture(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        self.0.lock().extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -133,7 +135,7 @@ async fn canary_secrets_never_leave_the_parser() {
     let n = scan_dir(&dir.path().join("server"));
     assert!(n >= 1, "database files scanned");
     scan_dir(&dir.path().join("agent"));
-    let captured = logs.0.lock().unwrap().clone();
+    let captured = logs.0.lock().clone();
     assert!(captured.len() > 1000, "trace logging captured ({} bytes)", captured.len());
     scan("logs", &captured);
 }

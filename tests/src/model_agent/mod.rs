@@ -18,7 +18,9 @@ mod decide;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use driftwatch_formats::{Format, Limits, Masker};
 use driftwatch_proto::v1::{self, agent_message, server_message};
@@ -143,7 +145,7 @@ impl ChangeAgent {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        f(&mut self.state.lock().expect("change agent lock"))
+        f(&mut self.state.lock())
     }
 
     pub fn host(&self) -> &str {
@@ -180,12 +182,12 @@ async fn read_loop(state: Arc<Mutex<State>>, mut inbound: tonic::Streaming<v1::S
     let why = loop {
         match tokio_stream::StreamExt::next(&mut inbound).await {
             Some(Ok(v1::ServerMessage { kind: Some(server_message::Kind::ApplyChange(c)) })) => {
-                state.lock().expect("change agent lock").handle(&c);
+                state.lock().handle(&c);
             }
             Some(Ok(_)) => {}
             Some(Err(status)) => break format!("stream failed: {status}"),
             None => break "stream ended".to_string(),
         }
     };
-    state.lock().expect("change agent lock").ended = Some(why);
+    state.lock().ended = Some(why);
 }
