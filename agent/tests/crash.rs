@@ -57,6 +57,13 @@ fn msg(kind: server_message::Kind) -> Result<ServerMessage, Status> {
 impl AgentGateway for Gateway {
     type ConnectStream = OutStream;
 
+    async fn enroll(
+        &self,
+        _request: Request<driftwatch_proto::v1::EnrollRequest>,
+    ) -> Result<Response<driftwatch_proto::v1::EnrollResponse>, Status> {
+        Err(Status::unimplemented("this test's gateway does not enroll"))
+    }
+
     async fn connect(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<OutStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);

@@ -55,6 +55,14 @@ impl Agg {
 
 #[tonic::async_trait]
 impl Fleet for FleetService {
+    async fn revoke_host(&self, _request: Request<v1::RevokeHostRequest>) -> Result<Response<v1::Host>, Status> {
+        Err(Status::unimplemented("revocation is not wired in yet"))
+    }
+
+    async fn set_host_labels(&self, _request: Request<v1::SetHostLabelsRequest>) -> Result<Response<v1::Host>, Status> {
+        Err(Status::unimplemented("host labels are not wired in yet"))
+    }
+
     async fn list_hosts(
         &self,
         request: Request<v1::ListHostsRequest>,

@@ -54,6 +54,10 @@ type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send
 impl AgentGateway for Gateway {
     type ConnectStream = OutStream;
 
+    async fn enroll(&self, _request: Request<v1::EnrollRequest>) -> Result<Response<v1::EnrollResponse>, Status> {
+        Err(Status::unimplemented("enrollment is not wired in yet"))
+    }
+
     async fn connect(
         &self,
         request: Request<Streaming<AgentMessage>>,
@@ -248,6 +252,9 @@ impl ConnTask {
                 tracing::info!(host = %self.host_id, change = %r.change_id, outcome = r.outcome, "change result");
                 self.gw.changes.complete(&self.host_id, r);
                 Ok(())
+            }
+            Some(agent_message::Kind::RenewCertificate(_)) => {
+                Err(ServerError::InvalidArgument("certificate renewal needs TLS".into()))
             }
             Some(agent_message::Kind::Hello(_)) => Err(ServerError::InvalidArgument("hello sent twice".into())),
             None => Err(ServerError::InvalidArgument("empty agent message".into())),

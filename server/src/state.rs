@@ -143,6 +143,7 @@ impl HostEntry {
             resources: self.resources.clone(),
             last_seq: self.stored_seq,
             dropped_snapshots: self.dropped_snapshots,
+            identity: None,
         }
     }
 }

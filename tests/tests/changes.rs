@@ -29,9 +29,15 @@ use tonic::transport::Channel;
 const WEB: &[(&str, &str)] = &[("env", "production"), ("service", "web2img")];
 const T: Duration = Duration::from_secs(30);
 
+/// The repository's copies of the web2img fixtures (the tests build without shared/).
 fn fixture(name: &str) -> String {
-    let dir = fixtures_dir().expect("shared fixtures next to the repository");
-    std::fs::read_to_string(dir.join("web2img").join(name)).expect("fixture")
+    let path = match name {
+        ".env.regressed" => {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/scenarios/web2img.env.regressed")
+        }
+        other => example_configs().join("web2img").join(other),
+    };
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn examples_rules() -> PathBuf {

@@ -118,6 +118,7 @@ async fn one_stream(shared: &Arc<Shared>, token: &CancellationToken, backoff: &m
                 }
                 Some(server_message::Kind::ApplyChange(c)) => queue_change(shared, c),
                 Some(server_message::Kind::Welcome(_)) => tracing::warn!("unexpected second welcome ignored"),
+                Some(server_message::Kind::CertificateIssued(_)) => tracing::warn!("certificate renewal not handled yet"),
                 Some(server_message::Kind::Ack(_)) | None => {}
             },
         }

@@ -53,7 +53,8 @@ impl Ca {
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.distinguished_name.push(DnType::OrganizationName, "driftwatch");
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - BACKDATE;
         params.not_after = now + CA_LIFETIME;
@@ -102,7 +103,9 @@ impl Ca {
             let san = match name.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
                 Err(_) => SanType::DnsName(
-                    name.clone().try_into().map_err(|_| PkiError::BadIdentity(format!("{name:?} is not a DNS name")))?,
+                    name.clone()
+                        .try_into()
+                        .map_err(|_| PkiError::BadIdentity(format!("{name:?} is not a DNS name")))?,
                 ),
             };
             if !params.subject_alt_names.contains(&san) {
@@ -119,8 +122,8 @@ impl Ca {
     /// SANs and extensions come from here, never from the request. The CSR's own
     /// signature is checked (the requester holds the key).
     pub fn sign_request(&self, csr_pem: &str, identity: &Identity, lifetime: Duration) -> Result<Issued> {
-        let der =
-            CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes()).map_err(|e| PkiError::BadRequest(e.to_string()))?;
+        let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+            .map_err(|e| PkiError::BadRequest(e.to_string()))?;
         let csr = CertificateSigningRequestParams::from_der(&der).map_err(|e| PkiError::BadRequest(e.to_string()))?;
         let mut params = leaf_params(lifetime);
         let name = match identity {
@@ -237,7 +240,10 @@ mod tests {
     fn server_certificates_carry_names_and_addresses() {
         let ca = Ca::generate("test CA").unwrap();
         let s = ca
-            .issue_server(&["localhost".into(), "127.0.0.1".into(), "dw.example".into(), "localhost".into()], Duration::from_secs(60))
+            .issue_server(
+                &["localhost".into(), "127.0.0.1".into(), "dw.example".into(), "localhost".into()],
+                Duration::from_secs(60),
+            )
             .unwrap();
         let info = inspect_pem(&s.cert_pem).unwrap();
         assert_eq!(info.dns_names, vec!["localhost".to_string(), "dw.example".to_string()]);
