@@ -37,6 +37,27 @@ pub struct ServerFile {
     pub notifiers: Vec<crate::notify::NotifierFile>,
     #[serde(default)]
     pub remediation: RemediationFile,
+    /// More names for the built-in server certificate (`--tls-san`, repeatable).
+    pub tls_san: Option<Vec<String>>,
+    #[serde(default)]
+    pub tls: TlsFile,
+}
+
+/// `[tls]`: bring your own PKI. Without `cert`/`key` the server runs its built-in CA
+/// in `DATA/tls`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Server certificate chain, PEM.
+    pub cert: Option<PathBuf>,
+    /// Its private key, PEM.
+    pub key: Option<PathBuf>,
+    /// CA bundle that agent and operator client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+    /// Lifetime of agent certificates the server issues (default 30d).
+    pub cert_lifetime: Option<String>,
+    /// How often the certificate files are checked for changes (default 10s).
+    pub reload_interval: Option<String>,
 }
 
 /// `[remediation]`: how often rules with `remediate:` may correct one host's file.
@@ -106,6 +127,8 @@ pub struct ServerConfig {
     pub subscriber_ring: usize,
     pub subscriber_stall: Duration,
     pub remediation: crate::changes::remediate::RemediationSettings,
+    /// None: `--insecure` (plaintext, loopback only).
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -133,7 +156,24 @@ impl ServerConfig {
             subscriber_ring: crate::hub::RING,
             subscriber_stall: Duration::from_secs(10),
             remediation: Default::default(),
+            tls: None,
         }
+    }
+
+    /// Like [`ServerConfig::for_tests`], but over TLS with the built-in CA in `data/tls`.
+    pub fn for_tests_tls(data: impl Into<PathBuf>) -> Self {
+        let data = data.into();
+        let mut c = Self::for_tests(data.clone());
+        c.insecure = false;
+        c.tls = Some(crate::tls::TlsConfig {
+            source: crate::tls::TlsSource::BuiltIn {
+                dir: data.join("tls"),
+                sans: vec!["localhost".into(), "127.0.0.1".into()],
+            },
+            cert_lifetime: driftwatch_pki::DEFAULT_CERT_LIFETIME,
+            reload_interval: crate::tls::DEFAULT_RELOAD_INTERVAL,
+        });
+        c
     }
 
     /// Path of the SQLite database file.
@@ -165,7 +205,7 @@ impl ServerConfig {
             (Some(d), None) => Some(StorageConfig::DataDir(d.clone())),
             (None, None) => Some(StorageConfig::DataDir(PathBuf::from(DEFAULT_DATA_DIR))),
         };
-        let rules = match file.rules {
+        let rules = match file.rules.clone() {
             Some(r) => {
                 if !r.is_dir() {
                     field_err("rules", format!("{} is not a directory", r.display()));
@@ -246,16 +286,23 @@ impl ServerConfig {
         for (field, msg) in notifier_errors {
             field_err(&field, msg);
         }
-        if let Some(addr) = listen {
-            if !insecure {
-                field_err("insecure", "TLS is not configured: pass --insecure (loopback development only)".into());
-            } else if !addr.ip().is_loopback() {
-                field_err(
-                    "listen",
-                    format!("--insecure is for loopback development only; refusing to serve plaintext on {addr}"),
-                );
-            }
+        if let Some(addr) = listen
+            && insecure
+            && !addr.ip().is_loopback()
+        {
+            field_err(
+                "listen",
+                format!("--insecure is for loopback development only; refusing to serve plaintext on {addr}"),
+            );
         }
+        let tls = if insecure {
+            if file.tls.cert.is_some() || file.tls.key.is_some() || file.tls.client_ca.is_some() {
+                field_err("tls", "--insecure serves plaintext; remove [tls] or --insecure".into());
+            }
+            None
+        } else {
+            resolve_tls(&file, listen, storage.as_ref(), &mut field_err)
+        };
         if !errors.is_empty() {
             return Err(ServerError::Config(errors));
         }
@@ -276,6 +323,7 @@ impl ServerConfig {
             subscriber_ring: crate::hub::RING,
             subscriber_stall: Duration::from_secs(10),
             remediation,
+            tls,
         })
     }
 
@@ -285,6 +333,78 @@ impl ServerConfig {
             std::fs::read_to_string(path).map_err(|e| ServerError::Config(vec![format!("{}: {e}", path.display())]))?;
         toml::from_str(&text).map_err(|e| ServerError::Config(vec![format!("{}: {}", path.display(), e.message())]))
     }
+}
+
+/// `[tls]` and `--tls-san` → where the listener's certificates come from.
+fn resolve_tls(
+    file: &ServerFile,
+    listen: Option<SocketAddr>,
+    storage: Option<&StorageConfig>,
+    field_err: &mut impl FnMut(&str, String),
+) -> Option<crate::tls::TlsConfig> {
+    let t = &file.tls;
+    let mut duration = |field: &str, v: &Option<String>, default: Duration, min: Duration| match v {
+        None => default,
+        Some(v) => match driftwatch_proto::duration::parse(v) {
+            Ok(d) if d >= min => d,
+            Ok(_) => {
+                field_err(field, format!("must be at least {}", driftwatch_proto::duration::format(min)));
+                default
+            }
+            Err(e) => {
+                field_err(field, e);
+                default
+            }
+        },
+    };
+    let cert_lifetime =
+        duration("tls.cert_lifetime", &t.cert_lifetime, driftwatch_pki::DEFAULT_CERT_LIFETIME, Duration::from_secs(60));
+    let reload_interval = duration(
+        "tls.reload_interval",
+        &t.reload_interval,
+        crate::tls::DEFAULT_RELOAD_INTERVAL,
+        Duration::from_millis(100),
+    );
+    let source = match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => {
+            for (field, p) in
+                [("tls.cert", Some(cert)), ("tls.key", Some(key)), ("tls.client_ca", t.client_ca.as_ref())]
+            {
+                if let Some(p) = p
+                    && !p.is_file()
+                {
+                    field_err(field, format!("{} is not a readable file", p.display()));
+                }
+            }
+            if file.tls_san.as_ref().is_some_and(|s| !s.is_empty()) {
+                field_err("tls_san", "names go into the built-in CA's server certificate; with [tls] cert they are the certificate's own".into());
+            }
+            crate::tls::TlsSource::Files { cert: cert.clone(), key: key.clone(), client_ca: t.client_ca.clone() }
+        }
+        (None, None) => {
+            if t.client_ca.is_some() {
+                field_err("tls.client_ca", "goes with tls.cert and tls.key (the built-in CA trusts its own)".into());
+            }
+            let dir = match storage? {
+                StorageConfig::DataDir(d) => d.join("tls"),
+                StorageConfig::SqliteFile(p) => p.parent().unwrap_or(Path::new(".")).join("tls"),
+            };
+            let sans = crate::tls::bootstrap::default_sans(file.tls_san.as_deref().unwrap_or(&[]), listen?);
+            for s in &sans {
+                if s.parse::<std::net::IpAddr>().is_err()
+                    && !s.chars().all(|c| c.is_ascii_alphanumeric() || ".-*".contains(c))
+                {
+                    field_err("tls_san", format!("{s:?} is neither a DNS name nor an IP address"));
+                }
+            }
+            crate::tls::TlsSource::BuiltIn { dir, sans }
+        }
+        _ => {
+            field_err("tls", "give both cert and key, or neither (the built-in CA)".into());
+            return None;
+        }
+    };
+    Some(crate::tls::TlsConfig { source, cert_lifetime, reload_interval })
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -337,13 +457,50 @@ mod tests {
     }
 
     #[test]
-    fn plaintext_refused_off_loopback_and_without_insecure() {
+    fn plaintext_refused_off_loopback_and_tls_is_the_default() {
         let f = ServerFile { listen: Some("0.0.0.0:50051".into()), ..base() };
         let err = ServerConfig::resolve(f, "flags").unwrap_err().to_string();
         assert!(err.contains("loopback development only"), "{err}");
-        let f = ServerFile { insecure: Some(false), ..Default::default() };
-        let err = ServerConfig::resolve(f, "flags").unwrap_err().to_string();
-        assert!(err.contains("TLS is not configured"), "{err}");
+        let f = ServerFile {
+            listen: Some("0.0.0.0:50051".into()),
+            data: Some("/var/lib/dw".into()),
+            tls_san: Some(vec!["dw.example".into()]),
+            ..Default::default()
+        };
+        let c = ServerConfig::resolve(f, "flags").unwrap();
+        let Some(crate::tls::TlsConfig { source: crate::tls::TlsSource::BuiltIn { dir, sans }, .. }) = c.tls else {
+            panic!("built-in CA expected")
+        };
+        assert_eq!(dir, PathBuf::from("/var/lib/dw/tls"));
+        assert_eq!(sans[0], "dw.example");
+        assert!(sans.contains(&"localhost".to_string()));
+    }
+
+    #[test]
+    fn tls_files_are_checked_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("c.pem");
+        std::fs::write(&cert, "x").unwrap();
+        let f: ServerFile = toml::from_str(&format!(
+            "tls_san = [\"a\"]\n[tls]\ncert = {cert:?}\nclient_ca = \"/nope/ca.pem\"\ncert_lifetime = \"1s\"\nreload_interval = \"soon\""
+        ))
+        .unwrap();
+        let Err(ServerError::Config(errs)) = ServerConfig::resolve(f, "server.toml") else { panic!() };
+        let text = errs.join("\n");
+        for want in ["tls: give both cert and key", "tls.cert_lifetime: must be at least 1m", "tls.reload_interval"] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+        let f: ServerFile = toml::from_str(&format!(
+            "tls_san = [\"a\"]\n[tls]\ncert = {cert:?}\nkey = {cert:?}\nclient_ca = \"/nope/ca.pem\""
+        ))
+        .unwrap();
+        let Err(ServerError::Config(errs)) = ServerConfig::resolve(f, "server.toml") else { panic!() };
+        let text = errs.join("\n");
+        for want in ["tls.client_ca: /nope/ca.pem is not a readable file", "tls_san: names go into the built-in"] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+        let f: ServerFile = toml::from_str("insecure = true\n[tls]\nclient_ca = \"/x\"").unwrap();
+        assert!(ServerConfig::resolve(f, "f").unwrap_err().to_string().contains("--insecure serves plaintext"));
     }
 
     #[test]

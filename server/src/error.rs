@@ -16,6 +16,10 @@ pub enum ServerError {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
@@ -37,6 +41,8 @@ impl From<ServerError> for tonic::Status {
             ServerError::NotFound(m) => Status::not_found(m),
             ServerError::AlreadyExists(m) => Status::already_exists(m),
             ServerError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ServerError::PermissionDenied(m) => Status::permission_denied(m),
+            ServerError::Unauthenticated(m) => Status::unauthenticated(m),
             ServerError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ServerError::Unavailable(m) => Status::unavailable(m),
             ServerError::DeadlineExceeded(m) => Status::deadline_exceeded(m),

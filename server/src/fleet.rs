@@ -19,6 +19,10 @@ pub struct FleetService {
     pub state: Arc<FleetState>,
     pub baselines: Arc<crate::baselines::SharedBaselines>,
     pub reader: Arc<parking_lot::Mutex<driftwatch_store::Store>>,
+    /// Host identities (enrollment, revocation, server-side labels).
+    pub identities: Arc<crate::enroll::Identities>,
+    pub writer: crate::writer::WriteSender,
+    pub engine: crate::engine::EngineHandle,
 }
 
 /// Longest window a resource summary may cover.
@@ -55,12 +59,50 @@ impl Agg {
 
 #[tonic::async_trait]
 impl Fleet for FleetService {
-    async fn revoke_host(&self, _request: Request<v1::RevokeHostRequest>) -> Result<Response<v1::Host>, Status> {
-        Err(Status::unimplemented("revocation is not wired in yet"))
+    async fn revoke_host(&self, request: Request<v1::RevokeHostRequest>) -> Result<Response<v1::Host>, Status> {
+        let actor = crate::principal::Principal::of(&request);
+        let r = request.into_inner();
+        let id = r.host_id.trim();
+        self.identities.revoke_host(id, &r.reason, actor.name()).await?;
+        // Durable first; then the open stream goes at once, with the reason.
+        if let Some(h) = self.state.hosts.get(id)
+            && let Some(c) = &h.connection
+        {
+            let why = if r.reason.trim().is_empty() { String::new() } else { format!(": {}", r.reason.trim()) };
+            let _ = c.cut.send(Some(Status::permission_denied(format!("host '{id}' was revoked{why}"))));
+        }
+        tracing::info!(host = %id, %actor, reason = %r.reason, "host revoked");
+        Ok(Response::new(self.host(id).unwrap_or_else(|_| v1::Host {
+            summary: Some(v1::HostSummary {
+                host_id: id.to_string(),
+                identity: self.identities.identity_of(id),
+                ..Default::default()
+            }),
+            files: Vec::new(),
+        })))
     }
 
-    async fn set_host_labels(&self, _request: Request<v1::SetHostLabelsRequest>) -> Result<Response<v1::Host>, Status> {
-        Err(Status::unimplemented("host labels are not wired in yet"))
+    async fn set_host_labels(&self, request: Request<v1::SetHostLabelsRequest>) -> Result<Response<v1::Host>, Status> {
+        let actor = crate::principal::Principal::of(&request);
+        let r = request.into_inner();
+        let id = r.host_id.trim().to_string();
+        if !self.state.hosts.contains_key(&id) {
+            return Err(ServerError::NotFound(format!("no host '{id}'")).into());
+        }
+        self.identities.set_labels(&id, &r.set, &r.remove, &r.reason, actor.name()).await?;
+        let record = {
+            let mut h =
+                self.state.hosts.get_mut(&id).ok_or_else(|| ServerError::NotFound(format!("no host '{id}'")))?;
+            for k in &r.remove {
+                h.labels.remove(k);
+            }
+            h.labels.extend(r.set.clone());
+            h.record(&id)
+        };
+        let _ = self.writer.send(crate::writer::WriteItem { host: Some(record), ..Default::default() }).await;
+        // Which rules select the host may have changed.
+        self.engine.send(crate::engine::EvalMsg::Reevaluate { host: Some(id.clone()) });
+        Ok(Response::new(self.host(&id)?))
     }
 
     async fn list_hosts(
@@ -68,34 +110,20 @@ impl Fleet for FleetService {
         request: Request<v1::ListHostsRequest>,
     ) -> Result<Response<v1::ListHostsResponse>, Status> {
         let selector = Selector::parse(&request.get_ref().selector).map_err(ServerError::InvalidArgument)?;
-        let mut hosts: Vec<v1::HostSummary> =
-            self.state.hosts.iter().filter(|h| selector.matches(&h.labels)).map(|h| h.summary(h.key())).collect();
+        let mut hosts: Vec<v1::HostSummary> = self
+            .state
+            .hosts
+            .iter()
+            .filter(|h| selector.matches(&h.labels))
+            .map(|h| self.summary(&h, h.key()))
+            .collect();
         hosts.sort_by(|a, b| a.host_id.cmp(&b.host_id));
         Ok(Response::new(v1::ListHostsResponse { hosts }))
     }
 
     async fn get_host(&self, request: Request<v1::GetHostRequest>) -> Result<Response<v1::Host>, Status> {
         let id = required(&request.get_ref().host_id, "host_id")?;
-        let h = self.state.hosts.get(id).ok_or_else(|| unknown_host(id))?;
-        let files = h
-            .files
-            .iter()
-            .map(|(path, f)| {
-                let s = f.state();
-                v1::FileSummary {
-                    path: path.clone(),
-                    format: s.format,
-                    status: s.status,
-                    size: s.size,
-                    key_count: s.keys.len() as u32,
-                    content_hash: s.content_hash,
-                    modified_at: s.modified_at,
-                    error: s.error,
-                    updated_at: Some(driftwatch_proto::timestamp_from_millis(f.updated_ms)),
-                }
-            })
-            .collect();
-        Ok(Response::new(v1::Host { summary: Some(h.summary(id)), files }))
+        Ok(Response::new(self.host(id)?))
     }
 
     async fn get_file(&self, request: Request<v1::GetFileRequest>) -> Result<Response<v1::File>, Status> {
@@ -138,6 +166,36 @@ impl Fleet for FleetService {
         out.left_content_hash = left_hash;
         out.right_content_hash = right_hash;
         Ok(Response::new(out))
+    }
+}
+
+impl FleetService {
+    /// One host with its files and identity.
+    fn host(&self, id: &str) -> Result<v1::Host, Status> {
+        let h = self.state.hosts.get(id).ok_or_else(|| unknown_host(id))?;
+        let files = h
+            .files
+            .iter()
+            .map(|(path, f)| {
+                let s = f.state();
+                v1::FileSummary {
+                    path: path.clone(),
+                    format: s.format,
+                    status: s.status,
+                    size: s.size,
+                    key_count: s.keys.len() as u32,
+                    content_hash: s.content_hash,
+                    modified_at: s.modified_at,
+                    error: s.error,
+                    updated_at: Some(driftwatch_proto::timestamp_from_millis(f.updated_ms)),
+                }
+            })
+            .collect();
+        Ok(v1::Host { summary: Some(self.summary(&h, id)), files })
+    }
+
+    fn summary(&self, h: &crate::state::HostEntry, id: &str) -> v1::HostSummary {
+        v1::HostSummary { identity: self.identities.identity_of(id), ..h.summary(id) }
     }
 }
 

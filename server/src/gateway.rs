@@ -1,6 +1,8 @@
 //! `AgentGateway.Connect`: one long-lived stream per agent.
 //!
-//! Per stream: read Hello (refuse a host id that is connected already), answer
+//! Per stream: read Hello (over TLS its host id must be the certificate's, and a
+//! newer stream replaces an older one; under `--insecure` a host id that is
+//! connected already is refused), answer
 //! Welcome with the durably stored seq, then apply snapshots to the in-memory
 //! state and hand them to the group-commit writer; Acks go out only when the
 //! writer has committed. Duplicates (seq already applied for this spool) are not
@@ -27,7 +29,6 @@ use crate::state::{Connection, FileEntry, FleetState, HostEntry};
 use crate::writer::{AckTarget, WriteItem, WriteSender};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_HOST_ID_LEN: usize = 253;
 const MAX_LABELS: usize = 64;
 const MAX_PATH_LEN: usize = 4096;
 
@@ -43,10 +44,21 @@ pub struct Gateway {
     pub engine: crate::engine::EngineHandle,
     /// Where agents' change results go.
     pub changes: crate::changes::Dispatcher,
+    /// Enrollment, labels and revocation.
+    pub identities: Arc<crate::enroll::Identities>,
+    /// The TLS material (its trusted CAs go to enrolling agents); None under `--insecure`.
+    pub tls: Option<Arc<crate::tls::TlsMaterial>>,
 }
 
-/// A claimed host id: its id, connection id, ack and command channels, and the Welcome.
-type Registered = (String, u64, watch::Receiver<u64>, mpsc::Receiver<ServerMessage>, v1::Welcome);
+/// A claimed host id: its id, connection id, ack, command and cut channels, and the Welcome.
+struct Registered {
+    host_id: String,
+    conn_id: u64,
+    acks: watch::Receiver<u64>,
+    commands: mpsc::Receiver<ServerMessage>,
+    cut: watch::Receiver<Option<Status>>,
+    welcome: v1::Welcome,
+}
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
 
@@ -54,15 +66,29 @@ type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send
 impl AgentGateway for Gateway {
     type ConnectStream = OutStream;
 
-    async fn enroll(&self, _request: Request<v1::EnrollRequest>) -> Result<Response<v1::EnrollResponse>, Status> {
-        Err(Status::unimplemented("enrollment is not wired in yet"))
+    async fn enroll(&self, request: Request<v1::EnrollRequest>) -> Result<Response<v1::EnrollResponse>, Status> {
+        let peer = peer_of(&request);
+        let req = request.into_inner();
+        let issued = self.identities.enroll(&req).await.map_err(|e| {
+            tracing::warn!(%peer, proposed = %req.host_id, error = %e, "enrollment refused");
+            Status::from(e)
+        })?;
+        tracing::info!(host = %issued.host_id, %peer, "agent enrolled");
+        Ok(Response::new(v1::EnrollResponse {
+            host_id: issued.host_id,
+            certificate_pem: issued.cert_pem,
+            ca_pem: self.tls.as_ref().map(|t| t.trusted_ca_pem()).unwrap_or_default(),
+            not_after: Some(prost_types::Timestamp { seconds: issued.not_after, nanos: 0 }),
+            labels: issued.labels,
+        }))
     }
 
     async fn connect(
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        let peer = peer_of(&request);
+        let caller = request.extensions().get::<crate::access::AgentCaller>().cloned();
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
             Ok(Some(Ok(AgentMessage { kind: Some(agent_message::Kind::Hello(h)) }))) => h,
@@ -73,8 +99,8 @@ impl AgentGateway for Gateway {
             Ok(None) => return Err(Status::cancelled("stream closed before hello")),
             Err(_) => return Err(self.refuse(&peer, ServerError::InvalidArgument("no hello within 10 s".into()))),
         };
-        let (host_id, conn_id, acks_rx, commands_rx, welcome) =
-            self.register(&hello, &peer).map_err(|e| self.refuse(&peer, e))?;
+        let Registered { host_id, conn_id, acks: acks_rx, commands: commands_rx, cut, welcome } =
+            self.register(&hello, &peer, caller.as_ref()).map_err(|e| self.refuse(&peer, e))?;
         tracing::info!(host = %host_id, %peer, agent_version = %hello.agent_version, acked_seq = welcome.acked_seq, "agent connected");
         self.metrics.connected_agents.inc();
 
@@ -91,6 +117,8 @@ impl AgentGateway for Gateway {
             tx,
             acks: acks_rx,
             commands: commands_rx,
+            cut,
+            caller,
         };
         tokio::spawn(conn.run());
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -105,14 +133,20 @@ impl Gateway {
     }
 
     /// Validate the Hello and claim the host id for this connection.
-    fn register(&self, hello: &v1::Hello, peer: &str) -> Result<Registered, ServerError> {
+    fn register(
+        &self,
+        hello: &v1::Hello,
+        peer: &str,
+        caller: Option<&crate::access::AgentCaller>,
+    ) -> Result<Registered, ServerError> {
         let id = hello.host_id.trim();
-        if id.is_empty()
-            || id.len() > MAX_HOST_ID_LEN
-            || !id.chars().all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
+        driftwatch_pki::check_host_id(id).map_err(|e| ServerError::InvalidArgument(format!("host_id {e}")))?;
+        if let Some(c) = caller
+            && c.host_id != id
         {
-            return Err(ServerError::InvalidArgument(format!(
-                "host_id must be 1-{MAX_HOST_ID_LEN} characters of A-Z a-z 0-9 . _ - :"
+            return Err(ServerError::PermissionDenied(format!(
+                "hello says host '{id}' but the client certificate is for host '{}'",
+                c.host_id
             )));
         }
         if hello.labels.len() > MAX_LABELS {
@@ -131,10 +165,16 @@ impl Gateway {
         let conn_id = self.state.next_connection_id();
         let mut entry = self.state.hosts.entry(id.to_string()).or_insert_with(|| HostEntry::new(now));
         if let Some(c) = &entry.connection {
-            return Err(ServerError::AlreadyExists(format!(
-                "host '{id}' is already connected (from {}); a second agent may not claim its id",
-                c.peer
-            )));
+            if caller.is_none() {
+                return Err(ServerError::AlreadyExists(format!(
+                    "host '{id}' is already connected (from {}); a second agent may not claim its id",
+                    c.peer
+                )));
+            }
+            // The same certificate again: the agent reconnected while its old stream
+            // looks alive (a half-open connection). The newer stream wins.
+            tracing::info!(host = %id, old = %c.peer, new = %peer, "a newer stream of the same host replaces the old one");
+            let _ = c.cut.send(Some(Status::aborted("replaced by a newer stream of the same host")));
         }
         let mut reset_seqs = false;
         if entry.spool_id != hello.spool_id {
@@ -152,8 +192,9 @@ impl Gateway {
             }
             reset_seqs = true;
         }
-        let relabelled = entry.labels != hello.labels && !entry.files.is_empty();
-        entry.labels = hello.labels.clone();
+        let labels = self.identities.labels_for(id, &hello.labels);
+        let relabelled = entry.labels != labels && !entry.files.is_empty();
+        entry.labels = labels;
         entry.agent_version = hello.agent_version.clone();
         entry.fleet_key_id = hello.fleet_key_id.clone();
         entry.dropped_snapshots = entry.dropped_snapshots.max(hello.dropped_snapshots);
@@ -161,7 +202,8 @@ impl Gateway {
         let (acks, acks_rx) = watch::channel(entry.stored_seq);
         // Changes are few and each waits for its result: a small queue is plenty.
         let (commands, commands_rx) = mpsc::channel(64);
-        entry.connection = Some(Connection { id: conn_id, since_ms: now, peer: peer.to_string(), acks, commands });
+        let (cut, cut_rx) = watch::channel(None);
+        entry.connection = Some(Connection { id: conn_id, since_ms: now, peer: peer.to_string(), acks, commands, cut });
         let welcome = v1::Welcome {
             acked_seq: entry.stored_seq,
             settings: Some(v1::AgentSettings {
@@ -178,8 +220,13 @@ impl Gateway {
             self.engine.send(EvalMsg::Reevaluate { host: Some(id.to_string()) });
         }
         self.changes.host_connected(id);
-        Ok((id.to_string(), conn_id, acks_rx, commands_rx, welcome))
+        Ok(Registered { host_id: id.to_string(), conn_id, acks: acks_rx, commands: commands_rx, cut: cut_rx, welcome })
     }
+}
+
+/// The peer's address, for logs.
+fn peer_of<T>(request: &Request<T>) -> String {
+    request.extensions().get::<crate::tls::PeerInfo>().map_or_else(|| "unknown".into(), |p| p.remote.to_string())
 }
 
 struct ConnTask {
@@ -191,6 +238,8 @@ struct ConnTask {
     tx: mpsc::Sender<Result<ServerMessage, Status>>,
     acks: watch::Receiver<u64>,
     commands: mpsc::Receiver<ServerMessage>,
+    cut: watch::Receiver<Option<Status>>,
+    caller: Option<crate::access::AgentCaller>,
 }
 
 impl ConnTask {
@@ -202,6 +251,11 @@ impl ConnTask {
             tokio::select! {
                 biased;
                 _ = self.gw.shutdown.cancelled() => break "server shutting down".into(),
+                _ = self.cut.changed() => {
+                    let status = self.cut.borrow().clone().unwrap_or_else(|| Status::aborted("stream cut"));
+                    let _ = self.tx.send(Err(status.clone())).await;
+                    break format!("cut: {}", status.message());
+                }
                 Some(cmd) = self.commands.recv() => {
                     if self.tx.send(Ok(cmd)).await.is_err() { break "agent went away".into(); }
                 }
@@ -253,8 +307,26 @@ impl ConnTask {
                 self.gw.changes.complete(&self.host_id, r);
                 Ok(())
             }
-            Some(agent_message::Kind::RenewCertificate(_)) => {
-                Err(ServerError::InvalidArgument("certificate renewal needs TLS".into()))
+            Some(agent_message::Kind::RenewCertificate(r)) => {
+                let Some(caller) = &self.caller else {
+                    return Err(ServerError::FailedPrecondition("certificate renewal needs TLS".into()));
+                };
+                let issued = match self.gw.identities.renew(&caller.host_id, r.csr_pem).await {
+                    Ok(c) => {
+                        tracing::info!(host = %self.host_id, not_after = c.not_after, "certificate renewed");
+                        v1::CertificateIssued {
+                            certificate_pem: c.cert_pem,
+                            not_after: Some(prost_types::Timestamp { seconds: c.not_after, nanos: 0 }),
+                            error: String::new(),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(host = %self.host_id, error = %e, "certificate renewal refused");
+                        v1::CertificateIssued { error: e.to_string(), ..Default::default() }
+                    }
+                };
+                let msg = ServerMessage { kind: Some(server_message::Kind::CertificateIssued(issued)) };
+                self.tx.send(Ok(msg)).await.map_err(|_| ServerError::Unavailable("agent went away".into()))
             }
             Some(agent_message::Kind::Hello(_)) => Err(ServerError::InvalidArgument("hello sent twice".into())),
             None => Err(ServerError::InvalidArgument("empty agent message".into())),

@@ -3,6 +3,7 @@
 //!
 //! Entry point: [`start`] (used by `main.rs`, `driftwatch up` and the tests).
 
+pub mod access;
 pub mod alert_book;
 pub mod alerts;
 pub mod audit;
@@ -10,6 +11,7 @@ pub mod baselines;
 pub mod changes;
 pub mod config;
 pub mod engine;
+pub mod enroll;
 pub mod error;
 pub mod fleet;
 pub mod gateway;
@@ -23,6 +25,7 @@ pub mod rules_service;
 pub mod selector;
 pub mod silences;
 pub mod state;
+pub mod tls;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -31,8 +34,8 @@ use std::time::Duration;
 
 use driftwatch_proto::v1::{
     self, agent_gateway_server::AgentGatewayServer, alerts_server::AlertsServer, audit_server::AuditServer,
-    baselines_server::BaselinesServer, changes_server::ChangesServer, fleet_server::FleetServer,
-    rules_server::RulesServer,
+    baselines_server::BaselinesServer, changes_server::ChangesServer, enrollment_server::EnrollmentServer,
+    fleet_server::FleetServer, rules_server::RulesServer,
 };
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -111,13 +114,25 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             alerts: store.load_alerts()?,
             silences: store.load_silences()?,
             max_event_id: store.max_event_id()?,
+            tokens: store.load_identities(enroll::records::TOKEN_KIND)?,
+            identities: store.load_identities(enroll::records::HOST_KIND)?,
         };
         Ok::<_, ServerError>((store, reader, loaded))
     })
     .await
     .map_err(|e| ServerError::Unavailable(format!("store open task failed: {e}")))??;
     let reader = Arc::new(parking_lot::Mutex::new(reader));
-    let Loaded { hosts, files, resources, baselines: baseline_records, alerts, silences, max_event_id } = loaded;
+    let Loaded {
+        hosts,
+        files,
+        resources,
+        baselines: baseline_records,
+        alerts,
+        silences,
+        max_event_id,
+        tokens: token_records,
+        identities: identity_records,
+    } = loaded;
 
     let state = state::FleetState::new();
     let (n_hosts, n_files) = (hosts.len(), files.len());
@@ -191,6 +206,24 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         audit.clone(),
     );
 
+    let tls = match config.tls.clone() {
+        Some(t) => Some((
+            tokio::task::spawn_blocking(move || tls::TlsMaterial::load(t.source))
+                .await
+                .map_err(|e| ServerError::Unavailable(format!("TLS setup task failed: {e}")))??,
+            config.tls.clone().expect("some"),
+        )),
+        None => None,
+    };
+    let deny = tls::DenyList::default();
+    let identities = enroll::Identities::load(
+        token_records,
+        identity_records,
+        deny.clone(),
+        writer_tx.clone(),
+        tls.as_ref().and_then(|(m, _)| m.built_in()),
+        config.tls.as_ref().map_or(driftwatch_pki::DEFAULT_CERT_LIFETIME, |t| t.cert_lifetime),
+    );
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let grpc_addr = listener.local_addr()?;
     let metrics_listener = match config.metrics_listen {
@@ -217,8 +250,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         max_files_per_host: config.max_files_per_host,
         shutdown: shutdown.clone(),
         engine: engine.clone(),
+        identities: identities.clone(),
+        tls: tls.as_ref().map(|(m, _)| m.clone()),
     };
-    let fleet = fleet::FleetService { state: state.clone(), baselines: baseline_set.clone(), reader: reader.clone() };
+    let fleet = fleet::FleetService {
+        state: state.clone(),
+        baselines: baseline_set.clone(),
+        reader: reader.clone(),
+        identities: identities.clone(),
+        writer: gateway.writer.clone(),
+        engine: engine.clone(),
+    };
+    let enrollment = enroll::service::EnrollmentService { identities: identities.clone() };
     let baselines = baselines::BaselinesService {
         state: state.clone(),
         baselines: baseline_set,
@@ -274,6 +317,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     health_reporter.set_serving::<RulesServer<rules_service::RulesService>>().await;
     health_reporter.set_serving::<AuditServer<audit::AuditService>>().await;
     health_reporter.set_serving::<ChangesServer<changes::ChangesService>>().await;
+    health_reporter.set_serving::<EnrollmentServer<enroll::service::EnrollmentService>>().await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -286,8 +330,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let reflection_v1alpha =
         reflection().build_v1alpha().map_err(|e| ServerError::Unavailable(format!("reflection: {e}")))?;
 
+    let access = access::AccessLayer {
+        mode: if tls.is_some() { access::Mode::Tls } else { access::Mode::Insecure },
+        deny: deny.clone(),
+    };
     let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        .layer(access)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(AgentGatewayServer::new(gateway).max_decoding_message_size(config.max_message_bytes))
@@ -297,6 +345,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         .add_service(RulesServer::new(rules_grpc))
         .add_service(AuditServer::new(audit_grpc))
         .add_service(ChangesServer::new(changes_grpc))
+        .add_service(EnrollmentServer::new(enrollment))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -311,9 +360,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         })
     });
 
+    let tls_reload = tls.as_ref().map(|(m, c)| m.clone().spawn_reload(c.reload_interval, shutdown.clone()));
+    let incoming = match &tls {
+        Some((material, _)) => {
+            tracing::info!(%grpc_addr, "serving gRPC over TLS");
+            tls::listener::serve_tls(listener, material.clone(), shutdown.clone())
+        }
+        None => tls::listener::serve_plain(listener, shutdown.clone()),
+    };
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         // The router future owns every service (and with them every writer sender);
         // it must be gone, not just finished, before the writer can drain.
         let result = {
@@ -334,6 +390,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         health_reporter.set_not_serving::<FleetServer<fleet::FleetService>>().await;
         if let Some(t) = metrics_task {
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+        if let Some(t) = tls_reload {
+            let _ = t.await;
         }
         // Deliveries stop first: they write through the writer, which drains after the engine.
         notifier_tasks.join(DRAIN_DEADLINE).await;
@@ -383,4 +442,6 @@ struct Loaded {
     alerts: Vec<driftwatch_store::AlertRecord>,
     silences: Vec<driftwatch_store::SilenceRecord>,
     max_event_id: u64,
+    tokens: Vec<driftwatch_store::IdentityRecord>,
+    identities: Vec<driftwatch_store::IdentityRecord>,
 }

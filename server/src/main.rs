@@ -32,8 +32,14 @@ struct Args {
     #[arg(long, env = "DRIFTWATCH_METRICS_LISTEN")]
     metrics_listen: Option<String>,
     /// Plaintext gRPC without authentication. Loopback development only; refused on other addresses.
+    /// Without it the server serves TLS: with [tls] files, or its built-in CA in DATA/tls.
     #[arg(long, env = "DRIFTWATCH_INSECURE")]
     insecure: bool,
+    /// A name or address agents and operators use to reach this server; it goes into the
+    /// built-in CA's server certificate (repeatable; the listen address, the hostname and
+    /// localhost are always in).
+    #[arg(long = "tls-san", value_name = "NAME", env = "DRIFTWATCH_TLS_SAN", value_delimiter = ',')]
+    tls_san: Vec<String>,
     /// Log filter, e.g. info or driftwatch_server=debug.
     #[arg(long, env = "DRIFTWATCH_LOG", default_value = "info")]
     log: String,
@@ -58,6 +64,9 @@ async fn main() -> anyhow::Result<()> {
     file.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     if args.insecure {
         file.insecure = Some(true);
+    }
+    if !args.tls_san.is_empty() {
+        file.tls_san = Some(args.tls_san);
     }
     let config = ServerConfig::resolve(file, &source)?;
     let server = driftwatch_server::start(config).await?;

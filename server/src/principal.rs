@@ -3,9 +3,9 @@
 //! actor and the `actor` field of what the call creates (an acknowledgement, a
 //! silence, a baseline version, a rollout).
 //!
-//! Until access control exists every call is [`Principal::UNAUTHENTICATED`]; an
-//! authentication layer will put the caller's `Principal` into the request's
-//! extensions, and nothing else has to change.
+//! The access layer (`crate::access`) puts the caller's `Principal` into the
+//! request's extensions: `insecure-local` under `--insecure`, an operator
+//! certificate's name, or `loopback` for a TLS caller on the server's host.
 
 use tonic::Request;
 
@@ -14,8 +14,13 @@ use tonic::Request;
 pub struct Principal(String);
 
 impl Principal {
-    /// The principal of a call nobody authenticated.
+    /// The principal of a call nobody authenticated (only reachable without the
+    /// access layer: in-process tests calling a service directly).
     pub const UNAUTHENTICATED: &str = "unauthenticated";
+    /// Every operator call of a `--insecure` server (loopback development).
+    pub const INSECURE_LOCAL: &str = "insecure-local";
+    /// An operator call over TLS from the server's own host, without credentials.
+    pub const LOOPBACK: &str = "loopback";
 
     /// The principal of `request`: the one an authentication layer attached, else
     /// [`Principal::UNAUTHENTICATED`].

@@ -32,6 +32,9 @@ pub struct Connection {
     pub acks: watch::Sender<u64>,
     /// Messages for the agent (changes to apply), forwarded by the connection task.
     pub commands: tokio::sync::mpsc::Sender<v1::ServerMessage>,
+    /// Cancelled to cut the stream now (its host was revoked, or a newer stream of
+    /// the same certificate replaced it); the reason goes to the agent as a status.
+    pub cut: tokio::sync::watch::Sender<Option<tonic::Status>>,
 }
 
 /// The current version of one watched file.

@@ -44,6 +44,13 @@ pub struct ServerCert {
     pub not_after: i64,
 }
 
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Ca").field("fingerprint", &self.fingerprint()).finish_non_exhaustive()
+    }
+}
+
 impl Ca {
     /// A new CA with a fresh P-256 key, valid for ten years.
     pub fn generate(common_name: &str) -> Result<Self> {
@@ -122,10 +129,25 @@ impl Ca {
     /// SANs and extensions come from here, never from the request. The CSR's own
     /// signature is checked (the requester holds the key).
     pub fn sign_request(&self, csr_pem: &str, identity: &Identity, lifetime: Duration) -> Result<Issued> {
+        let now = OffsetDateTime::now_utc();
+        self.sign_request_between(csr_pem, identity, now - BACKDATE, now + lifetime)
+    }
+
+    /// [`Ca::sign_request`] with an explicit validity period (tests of expiry, and
+    /// certificates for clocks known to be off).
+    pub fn sign_request_between(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Issued> {
         let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
             .map_err(|e| PkiError::BadRequest(e.to_string()))?;
         let csr = CertificateSigningRequestParams::from_der(&der).map_err(|e| PkiError::BadRequest(e.to_string()))?;
-        let mut params = leaf_params(lifetime);
+        let mut params = leaf_params(Duration::ZERO);
+        params.not_before = not_before;
+        params.not_after = not_after;
         let name = match identity {
             Identity::Host(n) | Identity::Operator(n) => n,
         };

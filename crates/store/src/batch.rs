@@ -5,8 +5,8 @@
 //! transaction (group commit); a backend applies them in order, all or none.
 
 use crate::records::{
-    AlertRecord, AuditRecord, BaselineRecord, EventRecord, FileRecord, HostRecord, OutboxRecord, ResourceRecord,
-    RolloutRecord, SilenceRecord,
+    AlertRecord, AuditRecord, BaselineRecord, EventRecord, FileRecord, HostRecord, IdentityRecord, OutboxRecord,
+    ResourceRecord, RolloutRecord, SilenceRecord,
 };
 
 /// One write, applied in order within a batch.
@@ -51,6 +51,8 @@ pub enum Op {
     PutRollout(RolloutRecord),
     /// Append an audit event (its id is assigned by the store).
     Audit(AuditRecord),
+    /// Insert or replace an identity record (by kind and id).
+    PutIdentity(IdentityRecord),
 }
 
 /// Operations committed together in one transaction.

@@ -41,7 +41,7 @@ pub use batch::{Batch, Op};
 pub use error::{Result, StoreError};
 pub use records::{
     AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX, AlertRecord, AuditFilter, AuditRecord, BaselineRecord, EventRecord, Extract,
-    FileRecord, HostRecord, OutboxRecord, OutboxSummary, ResourceRecord, RolloutRecord, RollupRecord, SilenceRecord,
-    StoreStats,
+    FileRecord, HostRecord, IdentityRecord, OutboxRecord, OutboxSummary, ResourceRecord, RolloutRecord, RollupRecord,
+    SilenceRecord, StoreStats,
 };
 pub use sqlite::Store;

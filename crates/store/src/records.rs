@@ -168,6 +168,17 @@ pub struct RolloutRecord {
     pub body: Vec<u8>,
 }
 
+/// One durable fact about fleet identity: an enrollment token or an enrolled host,
+/// keyed by (`kind`, `id`). `body` is the server's encoding, opaque here.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IdentityRecord {
+    /// `token` or `host`.
+    pub kind: String,
+    pub id: String,
+    pub updated_ms: i64,
+    pub body: Vec<u8>,
+}
+
 /// One entry of the audit log: who changed what, when.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AuditRecord {

@@ -162,7 +162,14 @@ mod tests {
         let (commands, rx) = tokio::sync::mpsc::channel(4);
         let (acks, _) = tokio::sync::watch::channel(0);
         let mut h = HostEntry::new(0);
-        h.connection = Some(Connection { id: 1, since_ms: 0, peer: "test".into(), acks, commands });
+        h.connection = Some(Connection {
+            id: 1,
+            since_ms: 0,
+            peer: "test".into(),
+            acks,
+            commands,
+            cut: tokio::sync::watch::channel(None).0,
+        });
         state.hosts.insert(host.into(), h);
         rx
     }

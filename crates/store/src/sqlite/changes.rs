@@ -5,9 +5,18 @@ use rusqlite::params;
 
 use super::Store;
 use crate::error::Result;
-use crate::records::{AuditFilter, AuditRecord, BaselineRecord, RolloutRecord};
+use crate::records::{AuditFilter, AuditRecord, BaselineRecord, IdentityRecord, RolloutRecord};
 
 impl Store {
+    /// Every identity record of one kind, by id.
+    pub fn load_identities(&self, kind: &str) -> Result<Vec<IdentityRecord>> {
+        self.query_rows(
+            "SELECT kind, id, updated_ms, body FROM identity_records WHERE kind = ?1 ORDER BY id",
+            params![kind],
+            |r| Ok(IdentityRecord { kind: r.get(0)?, id: r.get(1)?, updated_ms: r.get(2)?, body: r.get(3)? }),
+        )
+    }
+
     /// The newest version of every baseline name (including deletion markers), by name.
     pub fn latest_baselines(&self) -> Result<Vec<BaselineRecord>> {
         self.baselines_where(
@@ -272,5 +281,35 @@ mod tests {
         let mut s = Store::open(&path).unwrap();
         s.write_batch(&Batch { ops: vec![audit(2000, "a.b", "", "")] }).unwrap();
         assert_eq!(audit_ids(&s, AuditFilter::default()), vec![5]);
+    }
+
+    #[test]
+    fn identity_records_replace_by_kind_and_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("d.db")).unwrap();
+        let rec = |kind: &str, id: &str, ms: i64, body: &[u8]| {
+            Op::PutIdentity(crate::IdentityRecord {
+                kind: kind.into(),
+                id: id.into(),
+                updated_ms: ms,
+                body: body.to_vec(),
+            })
+        };
+        s.write_batch(&Batch {
+            ops: vec![
+                rec("token", "t1", 1, b"a"),
+                rec("host", "t1", 2, b"h"),
+                rec("token", "t1", 3, b"b"),
+                rec("token", "t0", 4, b"c"),
+            ],
+        })
+        .unwrap();
+        let tokens = s.load_identities("token").unwrap();
+        assert_eq!(
+            tokens.iter().map(|r| (r.id.as_str(), r.body.as_slice())).collect::<Vec<_>>(),
+            vec![("t0", &b"c"[..]), ("t1", &b"b"[..])]
+        );
+        assert_eq!(s.load_identities("host").unwrap().len(), 1);
+        assert!(s.load_identities("other").unwrap().is_empty());
     }
 }

@@ -149,6 +149,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
      CREATE INDEX audit_events_by_action ON audit_events (action, id);
      CREATE INDEX audit_events_by_host ON audit_events (host_id, id);
      CREATE INDEX audit_events_by_change ON audit_events (change_id, id);",
+    // 6: fleet identity: enrollment tokens (their hashes, never the secrets) and
+    // enrolled hosts (labels, issued certificate serials, revocation), encoded bodies.
+    "CREATE TABLE identity_records (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (kind, id)
+     ) STRICT;",
 ];
 
 impl Store {

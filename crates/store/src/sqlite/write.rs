@@ -14,8 +14,8 @@ use super::{Store, sqlite};
 use crate::batch::{Batch, Op};
 use crate::error::Result;
 use crate::records::{
-    AlertRecord, AuditRecord, BaselineRecord, EventRecord, FileRecord, HostRecord, OutboxRecord, ResourceRecord,
-    RolloutRecord, SilenceRecord,
+    AlertRecord, AuditRecord, BaselineRecord, EventRecord, FileRecord, HostRecord, IdentityRecord, OutboxRecord,
+    ResourceRecord, RolloutRecord, SilenceRecord,
 };
 
 impl Store {
@@ -107,7 +107,16 @@ fn apply(st: &mut Statements<'_>, op: &Op) -> rusqlite::Result<()> {
         Op::OutboxPrune { notifier, delivered_before_ms } => outbox_prune(st, notifier, *delivered_before_ms),
         Op::PutRollout(r) => put_rollout(st, r),
         Op::Audit(a) => add_audit(st, a),
+        Op::PutIdentity(r) => put_identity(st, r),
     }
+}
+
+fn put_identity(st: &mut Statements<'_>, r: &IdentityRecord) -> rusqlite::Result<()> {
+    st.execute(
+        "INSERT INTO identity_records (kind, id, updated_ms, body) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (kind, id) DO UPDATE SET updated_ms = ?3, body = ?4",
+        params![r.kind, r.id, r.updated_ms, r.body],
+    )
 }
 
 fn put_host(st: &mut Statements<'_>, h: &HostRecord) -> rusqlite::Result<()> {
