@@ -107,7 +107,7 @@ async fn reload_for_ack_silence_offline_errors_and_restart() {
         .unwrap()
         .into_inner();
     let ack = acked.acknowledged.as_ref().unwrap();
-    assert_eq!((ack.actor.as_str(), ack.comment.as_str()), ("unauthenticated", "looking"));
+    assert_eq!((ack.actor.as_str(), ack.comment.as_str()), ("insecure-local", "looking"));
     let e = alerts
         .acknowledge(v1::AcknowledgeRequest { fingerprint: "nope".into(), ..Default::default() })
         .await

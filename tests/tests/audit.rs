@@ -121,7 +121,7 @@ async fn every_change_is_audited_filtered_and_kept_across_a_restart() {
     let events = list(&mut audit, Default::default()).await;
     assert_eq!(actions(&events), ["baseline.pinned", "baseline.keys_set", "baseline.promoted", "baseline.deleted"]);
     let who: Vec<&str> = events.iter().map(|e| e.actor.as_str()).collect();
-    assert_eq!(who, ["unauthenticated"; 4], "the caller, as the server knows it (requests name nobody)");
+    assert_eq!(who, ["insecure-local"; 4], "the caller, as the server knows it (requests name nobody)");
     assert!(events.iter().all(|e| e.target == "tuned"), "{events:#?}");
     assert!(events[0].detail.contains("version 1") && events[0].detail.contains("host h1"), "{events:#?}");
     assert!(events[0].detail.contains("reason: launch"), "{:?}", events[0].detail);
@@ -165,14 +165,14 @@ async fn every_change_is_audited_filtered_and_kept_across_a_restart() {
     let events = list(&mut audit, v1::ListAuditEventsRequest { after_id: 4, ..Default::default() }).await;
     assert_eq!(actions(&events), ["alert.acknowledged", "silence.created", "silence.expired"]);
     let ack = &events[0];
-    assert_eq!((ack.actor.as_str(), ack.target.as_str()), ("unauthenticated", fired.fingerprint.as_str()));
+    assert_eq!((ack.actor.as_str(), ack.target.as_str()), ("insecure-local", fired.fingerprint.as_str()));
     assert_eq!((ack.host_id.as_str(), ack.path.as_str()), ("h1", path.as_str()));
     assert!(ack.detail.contains("app/workers-high key WORKERS") && ack.detail.contains("comment: looking"));
     let (created, expired) = (&events[1], &events[2]);
-    assert_eq!((created.actor.as_str(), created.target.as_str()), ("unauthenticated", silence.id.as_str()));
+    assert_eq!((created.actor.as_str(), created.target.as_str()), ("insecure-local", silence.id.as_str()));
     assert!(created.detail.contains("alertname=workers-high") && created.detail.contains("comment: maintenance"));
-    assert_eq!((expired.actor.as_str(), expired.target.as_str()), ("unauthenticated", silence.id.as_str()));
-    assert!(expired.detail.contains("created by unauthenticated"), "{:?}", expired.detail);
+    assert_eq!((expired.actor.as_str(), expired.target.as_str()), ("insecure-local", silence.id.as_str()));
+    assert!(expired.detail.contains("created by insecure-local"), "{:?}", expired.detail);
 
     // Rules: a new file is picked up by the poll, as the server itself.
     replace_file(&rules.join("more.yaml"), MORE_RULES);

@@ -50,7 +50,7 @@ async fn pin_drift_promote_edit_delete_and_restart() {
         .unwrap()
         .into_inner();
     assert_eq!(pinned.version, 1);
-    assert_eq!(pinned.actor, "unauthenticated");
+    assert_eq!(pinned.actor, "insecure-local");
     assert!(pinned.files.iter().any(|f| f.path == env.display().to_string()));
     let d = fleet.diff(diff_req("web-1", &env)).await.unwrap().into_inner();
     assert_eq!((d.added, d.removed, d.changed), (0, 0, 0), "{d:#?}");
@@ -79,7 +79,7 @@ async fn pin_drift_promote_edit_delete_and_restart() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((v2.version, v2.actor.as_str()), (2, "unauthenticated"), "the caller, not a name in the request");
+    assert_eq!((v2.version, v2.actor.as_str()), (2, "insecure-local"), "the caller, not a name in the request");
     let d = fleet.diff(diff_req("web-1", &env)).await.unwrap().into_inner();
     assert_eq!((d.added, d.removed, d.changed, d.baseline_version), (0, 0, 0, 2), "{d:#?}");
     // Masked values are pinned by fingerprint and shown short, as GetFile shows them.

@@ -384,7 +384,7 @@ async fn failing_health_command_puts_the_previous_file_back_and_says_so() {
     assert!(result.diff.contains("+BROWSER_POOL_MAX_SIZE=14"), "{}", result.diff);
     let events = audit(&server, "correction.rolled_back").await;
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].actor, "unauthenticated");
+    assert_eq!(events[0].actor, "insecure-local");
 
     // A dry run shows the exact diff and writes nothing.
     let dry = changes
@@ -766,7 +766,7 @@ async fn abort_rolls_back_and_a_restarted_server_resumes_a_rollout() {
         .unwrap()
         .into_inner();
     assert_eq!(aborted.state, v1::RolloutState::Aborted as i32, "{aborted:#?}");
-    assert!(aborted.stop_reason.contains("unauthenticated") && aborted.stop_reason.contains("wrong ticket"));
+    assert!(aborted.stop_reason.contains("insecure-local") && aborted.stop_reason.contains("wrong ticket"));
     for (h, b) in hosts.iter().zip(&before) {
         assert_eq!(&std::fs::read(&h.file).unwrap(), b, "{} back to its previous bytes", h.id);
     }

@@ -45,12 +45,12 @@ async fn audit_lists_filters_and_pages_in_table_and_json() {
     assert!(*ok && lines.len() == 4, "{out}{err}");
     assert!(lines[0].starts_with("ID") && lines[0].contains("ACTOR") && lines[0].contains("DETAIL"), "{out}");
     assert!(
-        lines[1].starts_with("1 ") && lines[1].contains("unauthenticated") && lines[1].contains("silence.created"),
+        lines[1].starts_with("1 ") && lines[1].contains("insecure-local") && lines[1].contains("silence.created"),
         "{out}"
     );
     assert!(lines[1].contains(silence) && lines[1].contains("alertname=workers-high"), "{out}");
-    assert!(lines[2].starts_with("2 ") && lines[2].contains("unauthenticated") && lines[2].contains("silence.expired"));
-    assert!(lines[3].starts_with("3 ") && lines[3].contains("unauthenticated"), "{out}");
+    assert!(lines[2].starts_with("2 ") && lines[2].contains("insecure-local") && lines[2].contains("silence.expired"));
+    assert!(lines[3].starts_with("3 ") && lines[3].contains("insecure-local"), "{out}");
     assert!(lines[1].contains('T') && lines[1].contains('Z'), "absolute UTC times: {out}");
 
     let (ok, out, err) = &results[5];
@@ -60,7 +60,7 @@ async fn audit_lists_filters_and_pages_in_table_and_json() {
     assert_eq!(events.len(), 1, "{out}");
     assert_eq!((events[0]["id"].as_str(), events[0]["action"].as_str()), (Some("2"), Some("silence.expired")));
     assert_eq!(events[0]["target"].as_str(), Some(silence));
-    assert!(events[0]["detail"].as_str().unwrap().contains("created by unauthenticated"), "{out}");
+    assert!(events[0]["detail"].as_str().unwrap().contains("created by insecure-local"), "{out}");
 
     let (ok, out, _) = &results[6];
     assert!(*ok && out.lines().count() == 2 && out.lines().nth(1).unwrap().starts_with("3 "), "{out}");

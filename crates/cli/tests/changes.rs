@@ -109,7 +109,7 @@ async fn correct_and_rollout_from_the_command_line() {
     assert!(ok && out.contains("rollout.started") && out.contains("rollout.succeeded"), "{out}{err}");
     let (ok, out, _) = cli(&url, &["audit", "--action", "correction."]);
     assert!(
-        ok && out.contains("unauthenticated") && !out.contains("erin") && out.contains("correction.applied"),
+        ok && out.contains("insecure-local") && !out.contains("erin") && out.contains("correction.applied"),
         "{out}"
     );
 

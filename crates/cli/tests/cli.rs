@@ -129,7 +129,7 @@ async fn hosts_file_diff_in_table_and_json() {
     assert!(!*ok && err.contains("not found") && err.contains("has no file"), "{err}");
     let (ok, out, err) = &results[10];
     assert!(
-        *ok && out.contains("version 2") && out.contains("by unauthenticated") && out.contains("launch"),
+        *ok && out.contains("version 2") && out.contains("by insecure-local") && out.contains("launch"),
         "{out}{err}"
     );
     let (ok, out, _) = &results[11];
@@ -242,7 +242,7 @@ async fn alerts_ack_and_silences() {
     assert!(*ok && out.starts_with("acknowledged"), "{out}{err}");
     let (ok, out, _) = &results[3];
     let j: serde_json::Value = serde_json::from_str(out).unwrap();
-    assert!(*ok && j["alerts"][0]["acknowledged"]["actor"] == "unauthenticated", "{out}");
+    assert!(*ok && j["alerts"][0]["acknowledged"]["actor"] == "insecure-local", "{out}");
     let (ok, _, err) = &results[4];
     assert!(!*ok && err.contains("unknown severity"), "{err}");
     let (ok, out, err) = &results[5];
