@@ -43,6 +43,25 @@ struct Args {
     /// Log filter, e.g. info or driftwatch_server=debug.
     #[arg(long, env = "DRIFTWATCH_LOG", default_value = "info")]
     log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Rotate the built-in fleet CA with an overlap (the running server picks each step up).
+    RotateCa {
+        #[command(subcommand)]
+        step: RotateStep,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum RotateStep {
+    /// Make the next CA: trusted at once, it signs new agent certificates; writes tls/ca-bundle.pem.
+    Prepare,
+    /// Serve with the next CA once every client trusts the bundle; the old one stays trusted for client certificates.
+    Finish,
 }
 
 #[tokio::main]
@@ -69,6 +88,9 @@ async fn main() -> anyhow::Result<()> {
         file.tls_san = Some(args.tls_san);
     }
     let config = ServerConfig::resolve(file, &source)?;
+    if let Some(Command::RotateCa { step }) = args.command {
+        return rotate_ca(&config, step);
+    }
     let server = driftwatch_server::start(config).await?;
     tracing::info!(grpc = %server.grpc_addr, metrics = ?server.metrics_addr, "driftwatch-server listening");
     let token = server.shutdown_token();
@@ -78,6 +100,30 @@ async fn main() -> anyhow::Result<()> {
         token.cancel();
     });
     server.wait().await?;
+    Ok(())
+}
+
+fn rotate_ca(config: &ServerConfig, step: RotateStep) -> anyhow::Result<()> {
+    use driftwatch_server::tls::{TlsSource, rotate};
+    let Some(TlsSource::BuiltIn { dir, .. }) = config.tls.as_ref().map(|t| &t.source) else {
+        anyhow::bail!("rotate-ca is for the built-in CA; with [tls] files, rotate in your own PKI and update client_ca");
+    };
+    let ca = driftwatch_server::tls::BuiltInCa { dir: dir.clone() };
+    match step {
+        RotateStep::Prepare => {
+            let p = rotate::prepare(&ca)?;
+            println!("next CA created (sha256 {}); it signs new agent certificates from now on.", p.fingerprint);
+            println!("Give {} to every agent and operator as --ca-file, then run `rotate-ca finish`.", p.bundle.display());
+        }
+        RotateStep::Finish => {
+            let previous = rotate::finish(&ca)?;
+            println!("the server now presents a certificate from the new CA.");
+            println!(
+                "The old CA stays trusted for agent certificates until you delete {} (when every agent has renewed).",
+                previous.display()
+            );
+        }
+    }
     Ok(())
 }
 

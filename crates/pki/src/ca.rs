@@ -101,6 +101,14 @@ impl Ca {
             .unwrap_or_default()
     }
 
+    /// Whether this CA issued the certificate (PEM), by key identifier.
+    pub fn issued(&self, cert_pem: &str) -> bool {
+        let (Ok(me), Ok(leaf)) = (crate::inspect_pem(&self.cert_pem), crate::inspect_pem(cert_pem)) else {
+            return false;
+        };
+        me.subject_key_id.is_some() && leaf.authority_key_id == me.subject_key_id
+    }
+
     /// A server certificate for these DNS names and IP addresses, with a new key.
     pub fn issue_server(&self, names: &[String], lifetime: Duration) -> Result<ServerCert> {
         let key = KeyPair::generate().map_err(sign_err)?;
@@ -211,6 +219,11 @@ mod tests {
         assert_eq!(info.not_after, issued.not_after);
         assert!(!info.is_ca);
         assert_eq!(info.public_key_der, key.public_key_der(), "the certificate is for the requester's key");
+        let ca_info = inspect_pem(ca.cert_pem()).unwrap();
+        assert!(ca_info.subject_key_id.is_some());
+        assert_eq!(info.authority_key_id, ca_info.subject_key_id, "the leaf names its issuer");
+        assert!(ca.issued(&issued.cert_pem));
+        assert!(!Ca::generate("other").unwrap().issued(&issued.cert_pem));
     }
 
     #[test]

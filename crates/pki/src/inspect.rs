@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
-use x509_parser::extensions::GeneralName;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
 
 use crate::{Identity, PkiError, Result};
 
@@ -28,6 +28,10 @@ pub struct CertInfo {
     pub public_key_der: Vec<u8>,
     /// SHA-256 of the DER, `AB:CD:…`.
     pub fingerprint: String,
+    /// Subject and authority key identifiers: which CA issued a certificate
+    /// (its AKI is the CA's SKI).
+    pub subject_key_id: Option<Vec<u8>>,
+    pub authority_key_id: Option<Vec<u8>>,
 }
 
 /// Read a DER certificate.
@@ -57,6 +61,15 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo> {
         _ => None,
     };
     let is_ca = cert.basic_constraints().ok().flatten().is_some_and(|bc| bc.value.ca);
+    let mut subject_key_id = None;
+    let mut authority_key_id = None;
+    for ext in cert.extensions() {
+        match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => subject_key_id = Some(k.0.to_vec()),
+            ParsedExtension::AuthorityKeyIdentifier(a) => authority_key_id = a.key_identifier.as_ref().map(|k| k.0.to_vec()),
+            _ => {}
+        }
+    }
     Ok(CertInfo {
         identity,
         uris,
@@ -68,6 +81,8 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo> {
         is_ca,
         public_key_der: cert.public_key().raw.to_vec(),
         fingerprint: fingerprint_sha256(der),
+        subject_key_id,
+        authority_key_id,
     })
 }
 

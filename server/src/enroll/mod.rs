@@ -386,8 +386,9 @@ async fn sign(
     lifetime: Duration,
 ) -> Result<driftwatch_pki::Issued, ServerError> {
     tokio::task::spawn_blocking(move || {
-        let cert = std::fs::read_to_string(ca.ca_cert())?;
-        let key = std::fs::read_to_string(ca.ca_key())?;
+        let (cert, key) = ca.signing();
+        let cert = std::fs::read_to_string(cert)?;
+        let key = std::fs::read_to_string(key)?;
         let ca = Ca::from_pem(&cert, &key).map_err(|e| ServerError::FailedPrecondition(format!("fleet CA: {e}")))?;
         ca.sign_request(&csr, &Identity::Host(host_id), lifetime)
             .map_err(|e| ServerError::InvalidArgument(e.to_string()))

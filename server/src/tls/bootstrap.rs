@@ -37,6 +37,21 @@ impl BuiltInCa {
     pub fn trusted_dir(&self) -> PathBuf {
         self.dir.join("trusted")
     }
+    /// The next CA while a rotation is under way (see `tls::rotate`).
+    pub fn next_dir(&self) -> PathBuf {
+        self.dir.join("next")
+    }
+
+    /// The CA that signs agent certificates: the next one during a rotation (so that
+    /// renewals move agents over), else the current one. (certificate, key) paths.
+    pub fn signing(&self) -> (PathBuf, PathBuf) {
+        let next = self.next_dir();
+        if next.join("ca.pem").exists() && next.join("ca.key").exists() {
+            (next.join("ca.pem"), next.join("ca.key"))
+        } else {
+            (self.ca_cert(), self.ca_key())
+        }
+    }
 
     /// Create what is missing: the CA (once), and a server certificate for `sans`
     /// when there is none, it has expired or is due, or it lacks one of `sans`.
@@ -55,7 +70,7 @@ impl BuiltInCa {
             tracing::info!(ca = %self.ca_cert().display(), "created the fleet CA");
             ca
         };
-        if self.server_cert_due(sans) {
+        if self.server_cert_due(sans, &ca) {
             let issued = ca.issue_server(sans, SERVER_CERT_LIFETIME).map_err(|e| config(&self.server_cert(), e))?;
             write_private(&self.server_key(), &issued.key_pem)?;
             write_public(&self.server_cert(), &issued.cert_pem)?;
@@ -64,8 +79,12 @@ impl BuiltInCa {
         Ok(ca)
     }
 
-    fn server_cert_due(&self, sans: &[String]) -> bool {
+    fn server_cert_due(&self, sans: &[String], ca: &Ca) -> bool {
         let Ok(pem) = std::fs::read_to_string(self.server_cert()) else { return true };
+        if !ca.issued(&pem) {
+            // The CA changed (a rotation finished): the server presents the new one's.
+            return true;
+        }
         if !self.server_key().exists() {
             return true;
         }

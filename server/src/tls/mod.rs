@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod listener;
 pub mod material;
 pub mod peer;
+pub mod rotate;
 
 use std::path::PathBuf;
 use std::time::Duration;
