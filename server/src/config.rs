@@ -551,13 +551,17 @@ mod tests {
     #[test]
     fn notifier_problems_are_reported_with_the_others() {
         let f: ServerFile = toml::from_str(
-            "insecure = true\nlisten = \"bad\"\n[[notifiers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"https://x/\"\n\n[[notifiers]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = [\"http://127.0.0.1:9093\"]\n",
+            "insecure = true\nlisten = \"bad\"\n[[notifiers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"https://x/\"\nca_file = \"/nonexistent/ca.pem\"\n\n[[notifiers]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = [\"http://127.0.0.1:9093\"]\n",
         )
         .unwrap();
         let Err(ServerError::Config(errs)) = ServerConfig::resolve(f, "server.toml") else { panic!() };
         assert_eq!(errs.len(), 2, "{errs:#?}");
         assert!(errs.iter().any(|e| e.starts_with("server.toml: listen:")));
-        assert!(errs.iter().any(|e| e.starts_with("server.toml: notifiers[0].url:") && e.contains("TLS")), "{errs:#?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("server.toml: notifiers[0].ca_file:") && e.contains("/nonexistent/ca.pem")),
+            "{errs:#?}"
+        );
         let f: ServerFile = toml::from_str(
             "insecure = true\n[[notifiers]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = [\"http://127.0.0.1:9093\"]\n",
         )

@@ -106,14 +106,19 @@ async fn main() -> anyhow::Result<()> {
 fn rotate_ca(config: &ServerConfig, step: RotateStep) -> anyhow::Result<()> {
     use driftwatch_server::tls::{TlsSource, rotate};
     let Some(TlsSource::BuiltIn { dir, .. }) = config.tls.as_ref().map(|t| &t.source) else {
-        anyhow::bail!("rotate-ca is for the built-in CA; with [tls] files, rotate in your own PKI and update client_ca");
+        anyhow::bail!(
+            "rotate-ca is for the built-in CA; with [tls] files, rotate in your own PKI and update client_ca"
+        );
     };
     let ca = driftwatch_server::tls::BuiltInCa { dir: dir.clone() };
     match step {
         RotateStep::Prepare => {
             let p = rotate::prepare(&ca)?;
             println!("next CA created (sha256 {}); it signs new agent certificates from now on.", p.fingerprint);
-            println!("Give {} to every agent and operator as --ca-file, then run `rotate-ca finish`.", p.bundle.display());
+            println!(
+                "Give {} to every agent and operator as --ca-file, then run `rotate-ca finish`.",
+                p.bundle.display()
+            );
         }
         RotateStep::Finish => {
             let previous = rotate::finish(&ca)?;

@@ -20,6 +20,7 @@ pub mod model_agent;
 pub mod process;
 pub mod sample_agent;
 pub mod server;
+pub mod test_ca;
 pub mod tls;
 pub mod wait;
 pub mod webhook;

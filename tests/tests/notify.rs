@@ -2,8 +2,9 @@
 //! test edits `BROWSER_POOL_MAX_SIZE` past the example rule's limit (20) and back,
 //! and a webhook receiver (an HTTP server in the test) or a real Alertmanager sees
 //! the alert fire and resolve. Also: a receiver failing its first calls (backoff,
-//! exactly one successful delivery per event), and undelivered notifications
-//! surviving a server restart.
+//! exactly one successful delivery per event), undelivered notifications
+//! surviving a server restart, and webhooks over TLS (a receiver with its own CA,
+//! a client certificate, an `Authorization` header, a URL that is a secret).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use driftwatch_proto::v1::{self, alerts_client::AlertsClient};
 use driftwatch_server::{RunningServer, ServerConfig};
+use driftwatch_tests::test_ca::TestCa;
 use driftwatch_tests::webhook::{Hit, Receiver};
 use driftwatch_tests::*;
 use hmac::{Hmac, Mac};
@@ -129,10 +131,15 @@ impl Env {
 }
 
 fn webhook_toml(url: &str, dir: &Path, extra: &str) -> String {
+    webhook_toml_with(&format!("url = \"{url}\""), dir, extra)
+}
+
+/// The webhook with `url_line` (`url = ...` or `url_file = ...`).
+fn webhook_toml_with(url_line: &str, dir: &Path, extra: &str) -> String {
     let secret = dir.join("hook.key");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     format!(
-        "[[notifiers]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}\"\nsecret_file = \"{}\"\n\
+        "[[notifiers]]\nname = \"hook\"\nkind = \"webhook\"\n{url_line}\nsecret_file = \"{}\"\n\
          matchers = [\"alertname={RULE}\"]\nselector = \"env=production\"\nmin_severity = \"high\"\n{extra}",
         secret.display()
     )
@@ -479,5 +486,104 @@ async fn an_alert_still_firing_is_repeated_until_it_resolves() {
     .await;
     let late: Vec<Hit> = rx.delivered("repeat").into_iter().filter(|h| h.at > resolved.at).collect();
     assert!(late.is_empty(), "no repeat after the resolution: {late:#?}");
+    env.stop().await;
+}
+
+/// The bearer token of the TLS tests, and the secret part of the webhook URL.
+const TOKEN: &str = "tls-test-token-4f1d";
+const URL_SECRET: &str = "T0PsEcReTpAtH";
+
+/// `url_file` holding the receiver's URL with a secret query string (the receiver
+/// serves `/hook` only), and `authorization_file` holding a bare token.
+fn secret_url_and_token(rx: &Receiver, dir: &Path) -> String {
+    let url_file = dir.join("hook.url");
+    std::fs::write(&url_file, format!("{}?key={URL_SECRET}\n", rx.url)).unwrap();
+    let token = dir.join("hook.token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    format!("url_file = \"{}\"\nauthorization_file = \"{}\"", url_file.display(), token.display())
+}
+
+/// What status, metrics and logs may show of the receiver's URL.
+fn shown(rx: &Receiver) -> String {
+    let host_port = rx.url.trim_start_matches("https://").trim_end_matches("/hook");
+    format!("https://{host_port}/…")
+}
+
+fn assert_no_secret(what: &str, text: &str) {
+    for secret in [TOKEN, URL_SECRET, "/hook"] {
+        assert!(!text.contains(secret), "{secret} shows in the {what}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_over_https_trusts_its_ca_file_and_sends_its_client_certificate_and_authorization() {
+    let ca = TestCa::default();
+    // The receiver requires a client certificate from the same CA (mutual TLS).
+    let rx = Receiver::start_tls(0, ca.server_config(&ca.issue(&["127.0.0.1", "localhost"]), true)).await;
+    let env = setup(|dir| {
+        let ca_file = ca.write(dir, "ca.pem");
+        let (cert, key) = ca.issue(&["driftwatch-server"]).write(dir, "client");
+        let extra = format!(
+            "ca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+            ca_file.display(),
+            cert.display(),
+            key.display()
+        );
+        webhook_toml_with(&secret_url_and_token(&rx, dir), dir, &extra)
+    })
+    .await;
+    env.break_it();
+    let fired = rx.wait_delivered("fired").await;
+    check_signature(&fired);
+    assert_eq!(fired.authorization, format!("Bearer {TOKEN}"), "a bare token is sent as a bearer token");
+    assert_eq!(fired.json["alert"]["rule"], RULE);
+    env.restore();
+    let resolved = rx.wait_delivered("resolved").await;
+    check_signature(&resolved);
+    assert_eq!(resolved.authorization, format!("Bearer {TOKEN}"));
+    let s = wait_for("both deliveries recorded", WAIT, || async {
+        env.server.notifiers.status().into_iter().find(|s| s.delivered == 2)
+    })
+    .await;
+    assert_eq!((s.failed_attempts, s.circuit.as_str()), (0, "closed"), "{s:?}");
+    assert_eq!(s.url, shown(&rx), "a URL from url_file is shown as scheme and host only");
+    assert_eq!(rx.handshake_failures(), 0);
+    let listed = env.alerts().await.list_notifiers(v1::ListNotifiersRequest {}).await.unwrap().into_inner().notifiers;
+    assert_no_secret("ListNotifiers answer", &format!("{listed:?}"));
+    assert_no_secret("metrics", &env.server.metrics.render());
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_ca_file_a_receiver_with_its_own_ca_is_refused_with_a_tls_error_and_no_secret_shown() {
+    let ca = TestCa::default();
+    let rx = Receiver::start_tls(0, ca.server_config(&ca.issue(&["127.0.0.1", "localhost"]), false)).await;
+    // The system roots do not know the test CA.
+    let env = setup(|dir| {
+        webhook_toml_with(&secret_url_and_token(&rx, dir), dir, "backoff = \"100ms\"\nmax_backoff = \"500ms\"\n")
+    })
+    .await;
+    env.break_it();
+    let s = wait_for("a failed delivery recorded", WAIT, || async {
+        env.server.notifiers.status().into_iter().find(|s| s.failed_attempts >= 1)
+    })
+    .await;
+    println!("last_error: {}", s.last_error);
+    assert!(s.last_error.to_lowercase().contains("certificate"), "a TLS error: {s:?}");
+    assert_eq!(s.delivered, 0);
+    assert_eq!(s.url, shown(&rx));
+    assert!(rx.hits().is_empty(), "no request got through: {:#?}", rx.hits());
+    // The client gave up in the handshake (the receiver may notice a moment later).
+    wait_for("the receiver to see a failed handshake", WAIT, || async { (rx.handshake_failures() >= 1).then_some(()) })
+        .await;
+    let listed = env.alerts().await.list_notifiers(v1::ListNotifiersRequest {}).await.unwrap().into_inner().notifiers;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].last_error, s.last_error);
+    assert_no_secret("status", &format!("{s:?}"));
+    assert_no_secret("ListNotifiers answer", &format!("{listed:?}"));
+    assert_no_secret("metrics", &env.server.metrics.render());
+    let rows = driftwatch_store::Store::open(&env.cfg.sqlite_path()).unwrap().outbox_rows("hook").unwrap();
+    assert!(rows.iter().all(|r| r.delivered_ms.is_none()), "{rows:#?}");
+    assert_no_secret("outbox", &rows.iter().map(|r| r.last_error.clone()).collect::<Vec<_>>().join("\n"));
     env.stop().await;
 }

@@ -44,6 +44,7 @@
 pub mod alertmanager;
 pub mod breaker;
 pub mod config;
+pub mod transport;
 pub mod webhook;
 mod worker;
 
@@ -98,10 +99,16 @@ struct Target {
     notifier: usize,
     /// The outbox's `notifier` column: the name, plus `@url` for Alertmanager instances.
     key: String,
-    /// As shown in status.
+    /// As shown in status, metrics labels and logs (a URL from `url_file` redacted).
     url: String,
-    /// Where to POST.
+    /// Where to POST; never shown.
     endpoint: String,
+    /// The notifier's client (its own when it has `ca_file` or a client certificate).
+    client: reqwest::Client,
+    /// The `Authorization` header, if any (marked sensitive).
+    authorization: Option<reqwest::header::HeaderValue>,
+    /// What error texts must not show (see [`transport::secrets`]).
+    secrets: Vec<String>,
     labels: NotifierLabels,
     /// Woken when rows for this target are durable (or a repeat was queued).
     wake: tokio::sync::Notify,
@@ -118,7 +125,6 @@ struct Target {
 pub struct Notifiers {
     configs: Vec<NotifierConfig>,
     targets: Vec<Arc<Target>>,
-    client: reqwest::Client,
     metrics: Arc<Metrics>,
     /// Completed webhook repeat scans (tests wait on it instead of sleeping).
     repeat_passes: std::sync::atomic::AtomicU64,
@@ -154,30 +160,50 @@ async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
 
 impl Notifiers {
     pub fn new(configs: Vec<NotifierConfig>, metrics: Arc<Metrics>) -> Result<Arc<Self>, ServerError> {
-        let client = reqwest::Client::builder()
-            // Straight to the endpoint: no environment proxies, no redirects (a 3xx is a failure).
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("driftwatch/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| ServerError::Unavailable(format!("notifier HTTP client: {e}")))?;
+        let client_error =
+            |name: &str, e: reqwest::Error| ServerError::Unavailable(format!("notifier {name}: HTTP client: {e}"));
+        // One client for the notifiers with the system roots and no client certificate
+        // (which loads the roots only when one of them speaks https://).
+        let plain = configs.iter().filter(|c| c.transport.is_plain());
+        let system_roots = plain.clone().any(NotifierConfig::any_https);
+        let shared = match plain.clone().next() {
+            Some(_) => {
+                Some(transport::Transport::default().client(system_roots).map_err(|e| client_error("(shared)", e))?)
+            }
+            None => None,
+        };
         let mut targets = Vec::new();
         for (i, c) in configs.iter().enumerate() {
+            let client = match &shared {
+                Some(shared) if c.transport.is_plain() => shared.clone(),
+                _ => c.transport.client(true).map_err(|e| client_error(&c.name, e))?,
+            };
+            let authorization = c.transport.authorization.clone();
             let endpoints: Vec<(String, String, String)> = match &c.kind {
-                NotifierKind::Webhook { url, .. } => vec![(c.name.clone(), url.clone(), url.clone())],
+                NotifierKind::Webhook { url, .. } => vec![(c.name.clone(), url.shown(), url.as_str().to_string())],
                 NotifierKind::Alertmanager { urls, .. } => urls
                     .iter()
                     .map(|u| (format!("{}@{u}", c.name), u.clone(), format!("{u}{}", alertmanager::ALERTS_PATH)))
                     .collect(),
             };
+            let url_secret = match &c.kind {
+                NotifierKind::Webhook { url, .. } => url.secret(),
+                NotifierKind::Alertmanager { .. } => None,
+            };
+            let secrets = transport::secrets(url_secret, authorization.as_ref());
             for (key, url, endpoint) in endpoints {
                 let labels = vec![("notifier".to_string(), c.name.clone()), ("url".to_string(), url.clone())];
+                if authorization.is_some() && endpoint.starts_with("http://") {
+                    tracing::warn!(notifier = %c.name, %url, "authorization_file over http://: the header is sent in clear");
+                }
                 targets.push(Arc::new(Target {
                     notifier: i,
                     key,
                     url,
                     endpoint,
+                    client: client.clone(),
+                    authorization: authorization.clone(),
+                    secrets: secrets.clone(),
                     labels,
                     wake: tokio::sync::Notify::new(),
                     routed: AtomicU64::new(0),
@@ -196,10 +222,10 @@ impl Notifiers {
                 }));
             }
             if let NotifierKind::Webhook { secret: None, url, .. } = &c.kind {
-                tracing::warn!(notifier = %c.name, %url, "webhook without secret_file: requests are not signed");
+                tracing::warn!(notifier = %c.name, url = %url.shown(), "webhook without secret_file: requests are not signed");
             }
         }
-        Ok(Arc::new(Self { configs, targets, client, metrics, repeat_passes: Default::default() }))
+        Ok(Arc::new(Self { configs, targets, metrics, repeat_passes: Default::default() }))
     }
 
     /// How many webhook repeat scans have completed.

@@ -254,3 +254,103 @@ async fn rows_past_max_age_are_dropped_and_counted_the_rest_kept() {
     drop(writer);
     tokio::task::spawn_blocking(move || writer_thread.join().unwrap()).await.unwrap();
 }
+
+/// Poll `f` until it returns Some; the deadline bounds a hang, it does not time anything.
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_file_url_and_the_authorization_never_show_in_status_metrics_or_errors() {
+    const PATH_SECRET: &str = "PaThSeCrEt";
+    const QUERY_SECRET: &str = "QuErYsEcReT";
+    const AUTH_SECRET: &str = "AuThSeCrEt-123";
+    // A receiver that quotes what it got (path, query, Authorization) in its error
+    // response, and an address nothing listens on (reqwest's errors name the URL).
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("none").to_string();
+        (axum::http::StatusCode::UNAUTHORIZED, format!("denied {uri} for {auth}"))
+    });
+    let echo_task = tokio::spawn(async move { axum::serve(echo, app).await.unwrap() });
+    let refused_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, content: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p.display().to_string()
+    };
+    let echo_url = write("echo.url", format!("http://{echo_addr}/services/T0/{PATH_SECRET}?token={QUERY_SECRET}\n"));
+    let refused_url = write("refused.url", format!("http://{refused_addr}/services/T1/{PATH_SECRET}\n"));
+    let auth = write("auth", format!("{AUTH_SECRET}\n"));
+    let notifier = |name: &str, url_file: &str| {
+        format!(
+            "[[notifiers]]\nname = \"{name}\"\nkind = \"webhook\"\nurl_file = \"{url_file}\"\n\
+             authorization_file = \"{auth}\"\nbackoff = \"10ms\"\nmax_backoff = \"50ms\"\n"
+        )
+    };
+    let db = dir.path().join("d.db");
+    let store = Store::open(&db).unwrap();
+    let reader = Arc::new(Mutex::new(Store::open(&db).unwrap()));
+    let metrics = Metrics::new();
+    let (writer, writer_thread) = crate::writer::spawn(store, crate::state::FleetState::new(), metrics.clone(), 16);
+    let n = Notifiers::new(
+        configs(&format!("{}\n{}", notifier("echo", &echo_url), notifier("refused", &refused_url))),
+        metrics.clone(),
+    )
+    .unwrap();
+    let a = alert("f", v1::Severity::High, v1::AlertState::Firing, &[]);
+    let ops = EventRouter::route(&*n, &event(1, v1::AlertEventKind::Fired, &a));
+    assert_eq!(ops.len(), 2);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    writer.send(crate::writer::WriteItem { ops, done: Some(tx), ..Default::default() }).await.unwrap();
+    rx.await.unwrap();
+    let token = CancellationToken::new();
+    let tasks = n.start(writer.clone(), reader.clone(), Arc::default(), token.clone());
+    n.committed(1);
+
+    let status = eventually("a failed attempt at both endpoints", || {
+        let s = n.status();
+        s.iter().all(|s| s.failed_attempts >= 1 && !s.last_error.is_empty()).then_some(s)
+    })
+    .await;
+    token.cancel();
+    tasks.join(Duration::from_secs(5)).await;
+
+    let shown = |addr: std::net::SocketAddr| format!("http://{addr}/…");
+    assert_eq!(status[0].url, shown(echo_addr), "scheme and host only");
+    assert_eq!(status[1].url, shown(refused_addr));
+    // The receiver got the header (and quoted it back): both quotes are scrubbed.
+    assert_eq!(status[0].last_error, "HTTP 401 Unauthorized: denied … for …", "{status:#?}");
+    assert!(status[1].last_error.contains("error sending request"), "{status:#?}");
+    let rows: Vec<String> = ["echo", "refused"]
+        .iter()
+        .flat_map(|k| reader.lock().outbox_rows(k).unwrap())
+        .map(|r| format!("{r:?}"))
+        .collect();
+    assert_eq!(rows.len(), 2);
+    let texts = [
+        ("status", format!("{status:?}")),
+        ("metrics", metrics.render()),
+        ("outbox rows", rows.join("\n")),
+        ("notifiers", format!("{n:?} {:?}", n.configs)),
+    ];
+    for (what, text) in &texts {
+        for secret in [PATH_SECRET, QUERY_SECRET, AUTH_SECRET, "/services/"] {
+            assert!(!text.contains(secret), "{secret} shows in the {what}: {text}");
+        }
+    }
+    assert!(texts[1].1.contains(&format!("url=\"{}\"", shown(echo_addr))), "{}", texts[1].1);
+    echo_task.abort();
+    drop(writer);
+    tokio::task::spawn_blocking(move || writer_thread.join().unwrap()).await.unwrap();
+}

@@ -38,7 +38,8 @@
 //! `secret_file` is set; verify it over the raw body bytes), `X-Driftwatch-Event-Id`
 //! (the event id), `Idempotency-Key` (`<event_id>` or `<event_id>-repeat-<n>`: the
 //! same for every attempt of one notification, so a receiver can drop the rare
-//! duplicate left by a crash between its 2xx and our commit). Any 2xx is success;
+//! duplicate left by a crash between its 2xx and our commit), and `Authorization`
+//! when `authorization_file` is set (see [`super::transport`]). Any 2xx is success;
 //! anything else, a timeout or a connection error is retried.
 
 use driftwatch_proto::v1;

@@ -79,6 +79,16 @@ fn millis(d: Duration) -> i64 {
 }
 
 impl Target {
+    /// A JSON POST to this endpoint, with its `Authorization` header if configured.
+    fn request(&self, timeout: Duration) -> reqwest::RequestBuilder {
+        let req =
+            self.client.post(&self.endpoint).timeout(timeout).header(reqwest::header::CONTENT_TYPE, "application/json");
+        match &self.authorization {
+            Some(v) => req.header(reqwest::header::AUTHORIZATION, v.clone()),
+            None => req,
+        }
+    }
+
     fn allow(&self) -> bool {
         self.state.lock().breaker.allow(Instant::now())
     }
@@ -189,7 +199,6 @@ async fn attempt(ctx: &Ctx, t: &Target, cfg: &NotifierConfig, row: &OutboxRecord
             return Outcome::Skipped("payload does not decode");
         }
     };
-    let client = &ctx.notifiers.client;
     let now = now_ms();
     match &cfg.kind {
         NotifierKind::Webhook { secret, .. } => {
@@ -206,16 +215,14 @@ async fn attempt(ctx: &Ctx, t: &Target, cfg: &NotifierConfig, row: &OutboxRecord
                     attempt: row.attempts + 1,
                 },
             );
-            let mut req = client
-                .post(&t.endpoint)
-                .timeout(cfg.delivery.timeout)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
+            let mut req = t
+                .request(cfg.delivery.timeout)
                 .header(webhook::EVENT_ID_HEADER, ev.id.to_string())
                 .header(webhook::IDEMPOTENCY_HEADER, webhook::idempotency_key(ev.id, row.repeat));
             if let Some(secret) = secret {
                 req = req.header(webhook::SIGNATURE_HEADER, webhook::signature(&secret.0, &body));
             }
-            post(req.body(body), cfg.delivery.timeout).await
+            post(t, req.body(body), cfg.delivery.timeout).await
         }
         NotifierKind::Alertmanager { resend_interval, .. } => {
             // The alert as it is now when the book still has it: a fired row delivered
@@ -229,12 +236,7 @@ async fn attempt(ctx: &Ctx, t: &Target, cfg: &NotifierConfig, row: &OutboxRecord
                 return Outcome::Skipped("alert neither firing nor resolved");
             };
             let body = serde_json::to_vec(&[doc]).expect("JSON values serialize");
-            let req = client
-                .post(&t.endpoint)
-                .timeout(cfg.delivery.timeout)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
-            post(req, cfg.delivery.timeout).await
+            post(t, t.request(cfg.delivery.timeout).body(body), cfg.delivery.timeout).await
         }
     }
 }
@@ -247,7 +249,17 @@ fn still_firing(ctx: &Ctx, ev: &v1::AlertEvent) -> bool {
     })
 }
 
-async fn post(req: reqwest::RequestBuilder, timeout: Duration) -> Outcome {
+/// Send; a failure's text never holds the URL or the `Authorization` value
+/// (reqwest's errors name the URL: dropped with `without_url`, and what is left,
+/// the cause chain and any response body, is scrubbed of the target's secrets).
+async fn post(t: &Target, req: reqwest::RequestBuilder, timeout: Duration) -> Outcome {
+    match send(req, timeout).await {
+        Outcome::Failed(msg) => Outcome::Failed(super::transport::scrub(&msg, &t.secrets)),
+        other => other,
+    }
+}
+
+async fn send(req: reqwest::RequestBuilder, timeout: Duration) -> Outcome {
     match req.send().await {
         Ok(resp) if resp.status().is_success() => Outcome::Delivered,
         Ok(mut resp) => {
@@ -266,7 +278,9 @@ async fn post(req: reqwest::RequestBuilder, timeout: Duration) -> Outcome {
         }
         Err(e) if e.is_timeout() => Outcome::Failed(format!("timed out after {}ms", timeout.as_millis())),
         Err(e) => {
-            // reqwest's message is generic; the cause (connection refused, reset) is in the chain.
+            // reqwest's message is generic; the cause (connection refused, reset, a
+            // certificate the server's CA did not sign) is in the chain.
+            let e = e.without_url();
             let mut msg = e.to_string();
             let mut source = std::error::Error::source(&e);
             while let Some(s) = source {
@@ -504,15 +518,9 @@ pub(super) async fn resend_loop(ctx: Arc<Ctx>, t: Arc<Target>, every: Duration) 
         }
         for chunk in docs.chunks(RESEND_CHUNK) {
             let body = serde_json::to_vec(chunk).expect("JSON values serialize");
-            let req = ctx
-                .notifiers
-                .client
-                .post(&t.endpoint)
-                .timeout(cfg.delivery.timeout)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
+            let req = t.request(cfg.delivery.timeout).body(body);
             let outcome = tokio::select! {
-                o = post(req, cfg.delivery.timeout) => o,
+                o = post(&t, req, cfg.delivery.timeout) => o,
                 _ = ctx.shutdown.cancelled() => {
                     t.cancel_attempt();
                     return;
