@@ -385,6 +385,9 @@ async fn failing_health_command_puts_the_previous_file_back_and_says_so() {
     let events = audit(&server, "correction.rolled_back").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].actor, "insecure-local");
+    // The server's view catches up with the rollback (the dry run's expected hash is that view).
+    let mut fleet = fleet_client(&server).await;
+    wait_file(&mut fleet, "web-1", &host.file, "the rolled-back file", |s| s.content_hash == result.before_hash).await;
 
     // A dry run shows the exact diff and writes nothing.
     let dry = changes
