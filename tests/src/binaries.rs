@@ -42,14 +42,35 @@ const AGENT_SOURCES: &[&str] = &[
 /// with the same profile, saying why. Once per test process.
 pub fn agent_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let bin = sibling_binary("driftwatch-agent");
-        if let Some(why) = stale(&bin, AGENT_SOURCES) {
-            build("driftwatch-agent", "driftwatch-agent", &why);
-        }
-        assert!(bin.is_file(), "{} is still missing after building it", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| fresh("driftwatch-agent", "driftwatch-agent", AGENT_SOURCES))
+}
+
+/// What the server binary is built from.
+const SERVER_SOURCES: &[&str] = &[
+    "server",
+    "crates/store",
+    "crates/rules",
+    "crates/pki",
+    "crates/formats/src",
+    "crates/proto/src",
+    "crates/proto/build.rs",
+    "proto",
+];
+
+/// The `driftwatch-server` binary of this build, built first when missing or stale
+/// (as [`agent_binary`]).
+pub fn server_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| fresh("driftwatch-server", "driftwatch-server", SERVER_SOURCES))
+}
+
+fn fresh(package: &str, name: &str, sources: &[&str]) -> PathBuf {
+    let bin = sibling_binary(name);
+    if let Some(why) = stale(&bin, sources) {
+        build(package, name, &why);
+    }
+    assert!(bin.is_file(), "{} is still missing after building it", bin.display());
+    bin
 }
 
 /// Why `bin` needs building (missing, or older than a file under `sources`), or `None`.

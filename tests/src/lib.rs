@@ -27,7 +27,7 @@ pub mod webhook;
 
 pub use agent::{agent_config, agent_config_url, agent_file, start_agent};
 pub use agent_process::{AgentProcess, agent_toml};
-pub use binaries::{agent_binary, outside_program, sibling_binary};
+pub use binaries::{agent_binary, outside_program, server_binary, sibling_binary};
 pub use files::{TEST_FLEET_KEY, copy_fixtures, example_configs, fixtures_dir, fleet_key, replace_file};
 pub use model_agent::ChangeAgent;
 pub use process::{ChildProcess, free_port};

@@ -284,20 +284,94 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
 
 /// The serial of the certificate the server presents right now.
 async fn peer_serial(addr: std::net::SocketAddr, ca_pem: &str) -> String {
+    try_peer_serial(addr, ca_pem).await.expect("TLS handshake with the server")
+}
+
+#[tokio::test]
+async fn the_fleet_ca_rotates_with_an_overlap_and_no_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::for_tests_tls(dir.path());
+    if let Some(t) = config.tls.as_mut() {
+        t.reload_interval = Duration::from_millis(200);
+    }
+    let server = start_server_with(config).await;
+    let (url, old_ca) = (tls_url(&server), server_ca(dir.path()));
+    let token = create_token(&url, &old_ca, token_req("", 5)).await;
+    let a = enroll(&url, &old_ca, &token, "host-a").await.unwrap();
+    stream_as(&url, &old_ca, &a, "host-a").await.expect("old-CA agent streams");
+
+    // Step 1, prepare: a next CA that signs from now on and is trusted at once.
+    let rotate = |step: &str| {
+        let out = std::process::Command::new(server_binary())
+            .args(["--data", dir.path().to_str().unwrap(), "rotate-ca", step])
+            .output()
+            .expect("driftwatch-server runs");
+        assert!(out.status.success(), "rotate-ca {step}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let said = rotate("prepare");
+    assert!(said.contains("ca-bundle.pem"), "{said}");
+    let bundle = std::fs::read_to_string(dir.path().join("tls/ca-bundle.pem")).unwrap();
+    let next_ca = std::fs::read_to_string(dir.path().join("tls/next/ca.pem")).unwrap();
+    let b = enroll(&url, &bundle, &token, "host-b").await.unwrap();
+    let next = Ca::from_pem(&next_ca, &std::fs::read_to_string(dir.path().join("tls/next/ca.key")).unwrap()).unwrap();
+    assert!(next.issued(&b.cert_pem), "enrollment during the overlap gets a next-CA certificate");
+    wait_for("the next CA trusted for client certificates", T, || {
+        let (url, bundle, b) = (url.clone(), bundle.clone(), b.clone());
+        async move { stream_as(&url, &bundle, &b, "host-b").await.ok().map(|_| ()) }
+    })
+    .await;
+    stream_as(&url, &old_ca, &a, "host-a").await.expect("old-CA agents keep streaming");
+
+    // Step 2, finish: the server presents a next-CA certificate; old-CA agents still stream.
+    rotate("finish");
+    let next_serial_issuer = next_ca.clone();
+    wait_for("the server certificate from the new CA", T, || {
+        let ca = next_serial_issuer.clone();
+        let addr = server.grpc_addr;
+        async move {
+            // Trusting only the new CA: the handshake succeeds once the server switched.
+            tokio::time::timeout(Duration::from_secs(5), try_peer_serial(addr, &ca)).await.ok().flatten()
+        }
+    })
+    .await;
+    assert!(tls_channel(&url, &old_ca, None).await.is_err(), "a client that trusts only the old CA is left behind");
+    stream_as(&url, &bundle, &a, "host-a").await.expect("the old CA is still trusted for agent certificates");
+    stream_as(&url, &bundle, &b, "host-b").await.expect("new-CA agent");
+
+    // Step 3: drop the old CA; its certificates are refused, the new ones are fine.
+    for e in std::fs::read_dir(dir.path().join("tls/trusted")).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("previous-ca-") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let refused = wait_for("the old CA dropped", T, || {
+        let (url, bundle, a) = (url.clone(), bundle.clone(), a.clone());
+        async move { stream_as(&url, &bundle, &a, "host-a").await.err() }
+    })
+    .await;
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    stream_as(&url, &next_ca, &b, "host-b").await.expect("new-CA agent, trusting only the new CA");
+    server.stop().await.unwrap();
+}
+
+/// Like [`peer_serial`], but `None` when the handshake fails.
+async fn try_peer_serial(addr: std::net::SocketAddr, ca_pem: &str) -> Option<String> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in driftwatch_pki::certs_from_pem(ca_pem).unwrap() {
-        roots.add(c).unwrap();
+    for c in driftwatch_pki::certs_from_pem(ca_pem).ok()? {
+        roots.add(c).ok()?;
     }
     #[allow(deprecated)]
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .unwrap()
+        .ok()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
-    let cert = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-    driftwatch_pki::inspect(&cert).unwrap().serial
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let tls = connector.connect(rustls_pki_types::ServerName::try_from("localhost").ok()?, tcp).await.ok()?;
+    let cert = tls.get_ref().1.peer_certificates()?[0].clone();
+    driftwatch_pki::inspect(&cert).ok().map(|i| i.serial)
 }
