@@ -10,6 +10,10 @@
 //!   driftwatch-sim subscribers --subscribers 1000 --events 200   alert event → every subscriber, p50/p99
 //!   driftwatch-sim rollout --agents 1000                    StartRollout → SUCCEEDED across 4 waves
 //!   driftwatch-sim notify --alerts 200                      alert fired → webhook delivery, p50/p99
+//!   driftwatch-sim --tls storm --agents 5000               every agent (re)connects at once: handshakes/s
+//!
+//! `--tls` starts the server with mutual TLS (its built-in CA); virtual agents then
+//! present certificates of their own (ingest, idle, storm, subscribers, notify).
 //!
 //! By default the server is the `driftwatch-server` binary next to this one,
 //! started on a free loopback port with a temporary data dir. One module per
@@ -22,6 +26,7 @@ mod latency;
 mod notify;
 mod rollout;
 mod shared;
+mod storm;
 mod subscribers;
 
 use std::path::PathBuf;
@@ -49,6 +54,10 @@ struct Cli {
     /// The started server's log filter (e.g. info,driftwatch_server=debug to see where time goes).
     #[arg(long, global = true, default_value = "warn")]
     server_log: String,
+    /// Serve mutual TLS (the server's built-in CA) instead of plaintext; every virtual
+    /// agent presents its own client certificate.
+    #[arg(long, global = true)]
+    tls: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -75,6 +84,14 @@ enum Cmd {
         /// connection): ingest must not slow down for them.
         #[arg(long, default_value_t = 0)]
         stuck_subscribers: usize,
+    },
+    /// Every agent connects at once, each with a full handshake: time until all are up.
+    Storm {
+        #[arg(long, default_value_t = 5000)]
+        agents: usize,
+        /// Seconds to hold the connections afterwards.
+        #[arg(long, default_value_t = 2)]
+        hold_secs: u64,
     },
     /// Many agents connected and idle (heartbeats only): server memory per agent.
     Idle {
@@ -170,7 +187,12 @@ fn main() -> anyhow::Result<()> {
                         None => None,
                     },
                     config: receiver.as_ref().map(|r| notify::server_config(tmp.path(), r)).transpose()?,
+                    tls: cli.tls,
                 };
+                if cli.tls && matches!(cli.cmd, Cmd::Latency { .. } | Cmd::AgentFootprint { .. } | Cmd::Rollout { .. })
+                {
+                    anyhow::bail!("--tls is for the ingest, idle, storm, subscribers and notify scenarios");
+                }
                 ServerProc::spawn(&cli.server_bin, tmp.path(), &setup, &cli.server_log)?
             }
         };
@@ -186,6 +208,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 ingest::run_with_stuck_subscribers(&server, run, stuck_subscribers).await
             }
+            Cmd::Storm { agents, hold_secs } => storm::run(&server, agents, Duration::from_secs(hold_secs)).await,
             Cmd::Idle { agents, files_per_agent, hold_secs } => {
                 idle::run(&server, agents, files_per_agent, Duration::from_secs(hold_secs)).await
             }

@@ -26,6 +26,8 @@ pub struct ServerProc {
     pid: Option<u32>,
     /// host:port of the server's /metrics, when this process started it.
     metrics: Option<String>,
+    /// The server's data dir, when this process started it.
+    data: Option<PathBuf>,
 }
 
 /// How the started server is configured.
@@ -35,12 +37,62 @@ pub struct ServerSetup {
     pub rules: Option<PathBuf>,
     /// `--config`: a server TOML file (e.g. with `[[notifiers]]`).
     pub config: Option<PathBuf>,
+    /// Serve mutual TLS with the built-in CA instead of `--insecure`.
+    pub tls: bool,
+}
+
+/// Under `--tls`: the server's fleet CA, which trusts the server and mints each virtual
+/// agent's client certificate (as enrollment would, without the RPC per agent).
+pub struct SimTls {
+    ca_pem: String,
+    ca: driftwatch_pki::Ca,
+    /// One key for every virtual agent: certificates differ, key generation is not what is measured.
+    key: driftwatch_pki::AgentKey,
+}
+
+static TLS: std::sync::OnceLock<SimTls> = std::sync::OnceLock::new();
+
+impl SimTls {
+    /// Use the CA in `data/tls` for every connection from now on.
+    pub fn enable(data: &Path) -> anyhow::Result<()> {
+        let ca_pem = std::fs::read_to_string(data.join("tls/ca.pem"))?;
+        let ca = driftwatch_pki::Ca::from_pem(&ca_pem, &std::fs::read_to_string(data.join("tls/ca.key"))?)?;
+        let _ = TLS.set(SimTls { ca_pem, ca, key: driftwatch_pki::AgentKey::generate() });
+        Ok(())
+    }
+
+    pub fn on() -> bool {
+        TLS.get().is_some()
+    }
+
+    /// A certificate for `host`: (cert, key) PEM.
+    pub fn mint(host: &str) -> anyhow::Result<(String, String)> {
+        let t = TLS.get().context("TLS is not enabled")?;
+        let csr = driftwatch_pki::certificate_request(&t.key, host)?;
+        let issued =
+            t.ca.sign_request(&csr, &driftwatch_pki::Identity::Host(host.into()), Duration::from_secs(86400))?;
+        Ok((issued.cert_pem, t.key.to_pem()))
+    }
+}
+
+/// An endpoint for `url`: under `--tls` trusting the fleet CA and, for an agent
+/// (`identity`: its cert and key), presenting its certificate.
+pub fn endpoint(url: &str, identity: Option<(String, String)>) -> anyhow::Result<tonic::transport::Endpoint> {
+    let ep = tonic::transport::Endpoint::from_shared(url.to_string())?;
+    let Some(t) = TLS.get() else { return Ok(ep) };
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&t.ca_pem))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    Ok(ep.tls_config(tls)?)
 }
 
 impl ServerProc {
     /// A server started elsewhere (`--server URL`, `--server-pid PID`).
     pub fn external(url: String, pid: Option<u32>) -> Self {
-        Self { url, child: None, pid, metrics: None }
+        Self { url, child: None, pid, metrics: None, data: None }
     }
 
     pub fn spawn(bin: &Option<PathBuf>, dir: &Path, setup: &ServerSetup, log: &str) -> anyhow::Result<Self> {
@@ -54,19 +106,36 @@ impl ServerProc {
         if let Some(r) = &setup.rules {
             cmd.arg("--rules").arg(r);
         }
-        cmd.args(["--insecure", "--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &metrics, "--log", log])
+        if !setup.tls {
+            cmd.arg("--insecure");
+        }
+        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &metrics, "--log", log])
             .arg("--data")
             .arg(dir.join("server-data"));
         let child = ChildProcess::spawn("driftwatch-server", cmd, None)
             .with_context(|| format!("start {} (build it first: cargo build --release)", bin.display()))?;
         let pid = child.pid();
-        Ok(Self { url: format!("http://127.0.0.1:{port}"), child: Some(child), pid: Some(pid), metrics: Some(metrics) })
+        let url = if setup.tls { format!("https://localhost:{port}") } else { format!("http://127.0.0.1:{port}") };
+        Ok(Self {
+            url,
+            child: Some(child),
+            pid: Some(pid),
+            metrics: Some(metrics),
+            data: Some(dir.join("server-data")),
+        })
     }
 
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(ch) = tonic::transport::Endpoint::from_shared(self.url.clone())?.connect().await {
+            // The server writes its CA on first start, before it listens.
+            if self.url.starts_with("https://")
+                && !SimTls::on()
+                && let Some(data) = &self.data
+            {
+                let _ = SimTls::enable(data);
+            }
+            if let Ok(ch) = endpoint(&self.url, None)?.connect().await {
                 let mut c = v1::fleet_client::FleetClient::new(ch);
                 if c.list_hosts(v1::ListHostsRequest::default()).await.is_ok() {
                     return Ok(());
@@ -79,9 +148,9 @@ impl ServerProc {
         }
     }
 
-    /// A new connection to the server.
+    /// A new connection to the server (an operator's, on its host).
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
-        Ok(tonic::transport::Endpoint::from_shared(self.url.clone())?.connect().await?)
+        Ok(endpoint(&self.url, None)?.connect().await?)
     }
 
     /// One counter or gauge from /metrics (plain HTTP/1.0 GET: no client dependency).
@@ -193,10 +262,8 @@ pub async fn connect_agent_labels(
     host_id: &str,
     labels: std::collections::BTreeMap<String, String>,
 ) -> anyhow::Result<SimAgent> {
-    let ch = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(20))
-        .connect()
-        .await?;
+    let identity = if SimTls::on() { Some(SimTls::mint(host_id)?) } else { None };
+    let ch = endpoint(url, identity)?.connect_timeout(Duration::from_secs(20)).connect().await?;
     let (tx, inbound) =
         open_agent_stream(ch, hello(host_id, labels, "sim", "sim")).await.context("expected a welcome")?;
     Ok(SimAgent { tx, inbound })
