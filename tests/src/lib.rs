@@ -17,6 +17,7 @@ pub mod binaries;
 pub mod files;
 pub mod gateway;
 pub mod model_agent;
+pub mod netns;
 pub mod process;
 pub mod sample_agent;
 pub mod server;

@@ -419,3 +419,43 @@ async fn your_own_pki_serves_and_authenticates_agents_without_enrollment() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     server.stop().await.unwrap();
 }
+
+/// Renewal on the authenticated stream: a new key's CSR in, a certificate for the
+/// stream's own host out; it streams, and the host's identity shows it.
+#[tokio::test]
+async fn a_host_renews_its_certificate_on_its_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::for_tests_tls(dir.path());
+    config.tls.as_mut().unwrap().cert_lifetime = Duration::from_secs(120);
+    let server = start_server_with(config).await;
+    let (url, ca) = (tls_url(&server), server_ca(dir.path()));
+    let token = create_token(&url, &ca, token_req("", 1)).await;
+    let first = enroll(&url, &ca, &token, "renew-1").await.unwrap();
+    let (tx, mut inbound) = stream_as(&url, &ca, &first, "renew-1").await.unwrap();
+
+    let key = AgentKey::generate();
+    let csr = certificate_request(&key, "whatever-the-agent-says").unwrap();
+    tx.send(v1::AgentMessage {
+        kind: Some(v1::agent_message::Kind::RenewCertificate(v1::RenewCertificate { csr_pem: csr })),
+    })
+    .unwrap();
+    let issued = loop {
+        match tokio::time::timeout(T, inbound.next()).await.expect("an answer").expect("stream open").unwrap().kind {
+            Some(v1::server_message::Kind::CertificateIssued(c)) => break c,
+            _ => continue,
+        }
+    };
+    assert!(issued.error.is_empty(), "{}", issued.error);
+    let info = driftwatch_pki::inspect_pem(&issued.certificate_pem).unwrap();
+    assert_eq!(info.identity, Some(Identity::Host("renew-1".into())), "the stream's identity, not the CSR's");
+    assert_eq!(info.public_key_der, key.public_key_der());
+    let lifetime = info.not_after - info.not_before;
+    assert!((120..=120 + 600).contains(&lifetime), "cert_lifetime (plus the backdating): {lifetime}");
+    let renewed = HostCert { host_id: "renew-1".into(), cert_pem: issued.certificate_pem, key_pem: key.to_pem() };
+    drop(tx);
+    let (_tx, _in) = stream_as(&url, &ca, &renewed, "renew-1").await.expect("the renewed certificate streams");
+    let mut fleet = FleetClient::new(tls_channel(&url, &ca, None).await.unwrap());
+    let identity = host(&mut fleet, "renew-1").await.unwrap().summary.unwrap().identity.unwrap();
+    assert_eq!(identity.certificate_serial, info.serial);
+    server.stop().await.unwrap();
+}
