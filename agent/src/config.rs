@@ -61,7 +61,14 @@ pub struct FileCommandsFile {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
+    /// `https://HOST:PORT` (with `ca_file`), or `http://` to a loopback address (with `insecure`).
     pub server: Option<String>,
+    /// PEM bundle of the CA(s) to trust for the server (the server's `DATA/tls/ca.pem`).
+    /// Needed with `https://`; the system's roots are never used for the fleet CA.
+    pub ca_file: Option<PathBuf>,
+    /// File holding an enrollment token (`driftwatch enroll-token create`), read when the
+    /// agent has to enroll: first start, or after its certificate expired.
+    pub enroll_token_file: Option<PathBuf>,
     pub host_id: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -116,6 +123,13 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub server: String,
+    /// The server URL's host, the name its TLS certificate must carry.
+    pub server_host: String,
+    /// `https://`: TLS with `ca_file`, enrollment and a client certificate.
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
+    pub enroll_token_file: Option<PathBuf>,
+    /// The configured (proposed) host id; over TLS the one in the certificate is used.
     pub host_id: String,
     pub labels: BTreeMap<String, String>,
     pub watch: Vec<WatchPattern>,
@@ -151,21 +165,60 @@ impl AgentConfig {
         let mut err = |field: &str, msg: String| errors.push(format!("{source}: {field}: {msg}"));
 
         let server = file.server.unwrap_or_else(|| DEFAULT_SERVER.to_string());
-        if !(server.starts_with("http://") || server.starts_with("https://")) {
-            err("server", format!("'{server}' must be a URL like http://127.0.0.1:50051"));
-        }
         let insecure = file.insecure.unwrap_or(false);
-        if server.starts_with("https://") {
-            err("server", "TLS is not available in this build; use http:// with --insecure on loopback".into());
-        } else if !insecure {
-            err("insecure", "plaintext http:// needs --insecure (loopback development only)".into());
-        }
         let host_id = file.host_id.unwrap_or_else(default_host_id);
         if host_id.is_empty()
             || host_id.len() > 253
             || !host_id.chars().all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
         {
             err("host_id", format!("'{host_id}' must be 1-253 characters of A-Z a-z 0-9 . _ - :"));
+        }
+        let (tls, server_host) = match server_url(&server) {
+            Err(e) => {
+                err("server", e);
+                (false, String::new())
+            }
+            Ok((tls, host)) => (tls, host),
+        };
+        if tls {
+            match &file.ca_file {
+                None => err(
+                    "ca_file",
+                    format!(
+                        "an https:// server needs ca_file (--ca-file): the PEM of the server's CA \
+                         (DATA/tls/ca.pem on the server); the system's roots are not trusted for {server}"
+                    ),
+                ),
+                Some(p) => {
+                    if let Err(e) = check_ca_file(p) {
+                        err("ca_file", e);
+                    }
+                }
+            }
+            if insecure {
+                err("insecure", "is for plaintext http:// on loopback; remove it for an https:// server".into());
+            }
+            if let Err(e) = driftwatch_pki::check_name(&host_id) {
+                err("host_id", format!("an enrolled host id goes into its certificate: {e}"));
+            }
+        } else if !server_host.is_empty() {
+            if !is_loopback(&server_host) {
+                err(
+                    "server",
+                    format!(
+                        "plaintext http:// is for loopback development only (127.0.0.0/8, ::1, localhost); \
+                         use https://{server_host}:PORT with ca_file"
+                    ),
+                );
+            } else if !insecure {
+                err("insecure", "plaintext http:// needs --insecure (loopback development only)".into());
+            }
+            if file.ca_file.is_some() {
+                err("ca_file", "is for an https:// server; the server URL is http://".into());
+            }
+            if file.enroll_token_file.is_some() {
+                err("enroll_token_file", "enrollment needs an https:// server (and ca_file)".into());
+            }
         }
         for (k, v) in &file.labels {
             if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)) {
@@ -285,6 +338,10 @@ impl AgentConfig {
         }
         Ok(Self {
             server,
+            server_host,
+            tls,
+            ca_file: file.ca_file,
+            enroll_token_file: file.enroll_token_file,
             host_id,
             labels: file.labels,
             watch,
@@ -302,6 +359,33 @@ impl AgentConfig {
             files,
         })
     }
+}
+
+/// `http(s)://HOST[:PORT]`: (TLS, host without IPv6 brackets).
+fn server_url(server: &str) -> Result<(bool, String), String> {
+    let bad = || format!("'{server}' must be a URL like https://driftwatch.example:50051 (or http://127.0.0.1:50051)");
+    let uri: tonic::codegen::http::Uri = server.parse().map_err(|_| bad())?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(bad()),
+    };
+    let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("'{server}' must be a server address without a path"));
+    }
+    Ok((tls, host.trim_start_matches('[').trim_end_matches(']').to_string()))
+}
+
+/// `localhost`, 127.0.0.0/8 or ::1.
+pub fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The CA file exists and holds at least one PEM certificate.
+fn check_ca_file(p: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    driftwatch_pki::certs_from_pem(&text).map(|_| ()).map_err(|e| format!("{}: {e}", p.display()))
 }
 
 fn parse_watch(w: &WatchEntry, cwd: &Path) -> Result<WatchPattern, String> {
@@ -506,5 +590,91 @@ mod tests {
         ] {
             assert!(msg.contains(&format!("agent.toml: {field}")), "missing {field} in {msg}");
         }
+    }
+
+    fn ca_file(dir: &Path) -> PathBuf {
+        let p = dir.join("ca.pem");
+        std::fs::write(&p, driftwatch_pki::Ca::generate("test").unwrap().cert_pem()).unwrap();
+        p
+    }
+
+    fn errors(f: AgentFile) -> String {
+        let AgentError::Config(msg) = AgentConfig::resolve(f, "agent.toml").unwrap_err() else { panic!() };
+        msg
+    }
+
+    #[test]
+    fn https_needs_a_ca_file_and_uses_only_it() {
+        let d = tempfile::tempdir().unwrap();
+        let mut f = base();
+        f.insecure = None;
+        f.server = Some("https://dw.example:50051".into());
+        let msg = errors(f.clone());
+        assert!(msg.contains("agent.toml: ca_file: an https:// server needs ca_file (--ca-file)"), "{msg}");
+        f.ca_file = Some(d.path().join("missing.pem"));
+        assert!(errors(f.clone()).contains("agent.toml: ca_file: "), "a missing file is named");
+        std::fs::write(d.path().join("junk.pem"), "not a certificate").unwrap();
+        f.ca_file = Some(d.path().join("junk.pem"));
+        assert!(errors(f.clone()).contains("agent.toml: ca_file: "), "a file without a certificate is named");
+        f.ca_file = Some(ca_file(d.path()));
+        f.enroll_token_file = Some(d.path().join("token")); // read when used, not now
+        let c = AgentConfig::resolve(f.clone(), "agent.toml").unwrap();
+        assert!(c.tls);
+        assert_eq!(c.server_host, "dw.example");
+        assert_eq!(c.enroll_token_file.as_deref(), Some(d.path().join("token").as_path()));
+        f.server = Some("https://[::1]:50051".into());
+        assert_eq!(AgentConfig::resolve(f.clone(), "agent.toml").unwrap().server_host, "::1");
+        f.insecure = Some(true);
+        assert!(errors(f.clone()).contains("agent.toml: insecure: is for plaintext http://"));
+        f.insecure = None;
+        f.host_id = Some("lat-2:eu".into());
+        assert!(errors(f).contains("agent.toml: host_id: an enrolled host id"), "a colon cannot be in a SPIFFE id");
+    }
+
+    #[test]
+    fn plaintext_only_to_loopback() {
+        for server in ["http://127.0.0.1:50051", "http://127.3.4.5:1", "http://localhost:50051", "http://[::1]:50051"] {
+            let mut f = base();
+            f.server = Some(server.into());
+            let c = AgentConfig::resolve(f, "agent.toml").unwrap_or_else(|e| panic!("{server}: {e}"));
+            assert!(!c.tls, "{server}");
+        }
+        for server in ["http://10.0.0.5:50051", "http://dw.example:50051", "http://[::2]:1", "http://0.0.0.0:50051"] {
+            let mut f = base();
+            f.server = Some(server.into());
+            let msg = errors(f);
+            assert!(msg.contains("agent.toml: server: plaintext http:// is for loopback development only"), "{msg}");
+            assert!(msg.contains("use https://"), "{msg}");
+        }
+        let mut f = base();
+        f.insecure = None;
+        assert!(errors(f).contains("agent.toml: insecure: plaintext http:// needs --insecure"));
+    }
+
+    #[test]
+    fn tls_settings_with_a_plaintext_server_are_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let mut f = base();
+        f.ca_file = Some(ca_file(d.path()));
+        f.enroll_token_file = Some(d.path().join("token"));
+        let msg = errors(f);
+        assert!(msg.contains("agent.toml: ca_file: is for an https:// server"), "{msg}");
+        assert!(msg.contains("agent.toml: enroll_token_file: enrollment needs an https:// server"), "{msg}");
+    }
+
+    #[test]
+    fn server_must_be_an_address() {
+        for server in ["127.0.0.1:50051", "ftp://x:1", "https://", "https://x:1/path", "http://127.0.0.1:1?q=1"] {
+            let mut f = base();
+            f.server = Some(server.into());
+            assert!(errors(f).contains("agent.toml: server: "), "{server}");
+        }
+    }
+
+    #[test]
+    fn tls_keys_are_known() {
+        let f: AgentFile = toml::from_str("ca_file = '/etc/driftwatch/ca.pem'\nenroll_token_file = '/etc/t'").unwrap();
+        assert_eq!(f.ca_file.as_deref(), Some(Path::new("/etc/driftwatch/ca.pem")));
+        assert!(toml::from_str::<AgentFile>("ca = '/x'").is_err());
     }
 }

@@ -24,12 +24,52 @@ pub enum AgentError {
     Backup { path: PathBuf, message: String },
     #[error("apply: {0}")]
     Apply(String),
+    /// The agent has no usable certificate and cannot get one by itself (not enrolled,
+    /// expired without a token, an unreadable token file, a certificate it cannot use).
+    #[error("identity: {0}")]
+    Identity(String),
+    /// The server refused the enrollment (a bad, used-up, expired or revoked token, a host
+    /// id the token does not allow): trying again cannot help.
+    #[error("enrollment refused by the server ({}): {}", code_text(.0.code()), .0.message())]
+    EnrollRefused(tonic::Status),
 }
 
 impl AgentError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io { path: path.into(), source }
     }
+
+    /// An error the agent stops on instead of retrying.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Identity(_) | Self::EnrollRefused(_))
+    }
+}
+
+/// `permission denied`, `invalid argument`: a status code as words.
+pub fn code_text(code: tonic::Code) -> String {
+    let name = format!("{code:?}");
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_as_words_and_stop_the_agent() {
+        let e = AgentError::EnrollRefused(tonic::Status::permission_denied("token already used"));
+        assert_eq!(e.to_string(), "enrollment refused by the server (permission denied): token already used");
+        assert!(e.is_fatal());
+        assert!(AgentError::Identity("not enrolled".into()).is_fatal());
+        assert!(!AgentError::Connect { url: "u".into(), message: "m".into() }.is_fatal());
+    }
+}

@@ -18,10 +18,21 @@ struct Args {
     /// TOML config file whose keys mirror these flags.
     #[arg(long, env = "DRIFTWATCH_CONFIG")]
     config: Option<PathBuf>,
-    /// Server URL [default: http://127.0.0.1:50051].
+    /// Server URL: https://HOST:PORT (with --ca-file), or http:// to a loopback
+    /// address with --insecure [default: http://127.0.0.1:50051].
     #[arg(long, env = "DRIFTWATCH_SERVER")]
     server: Option<String>,
-    /// This host's id [default: the host name].
+    /// PEM file of the CA to trust for an https:// server (the server's DATA/tls/ca.pem).
+    /// Only this CA is trusted, never the system's roots.
+    #[arg(long, env = "DRIFTWATCH_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// File holding an enrollment token (from `driftwatch enroll-token create`), used
+    /// when this agent has no certificate yet or its certificate expired. The agent's
+    /// key and certificate are kept in STATE_DIR/identity/; the file may go once enrolled.
+    #[arg(long, env = "DRIFTWATCH_ENROLL_TOKEN_FILE", value_name = "FILE")]
+    enroll_token_file: Option<PathBuf>,
+    /// This host's id [default: the host name]. Over TLS it is the id the agent proposes
+    /// when it enrolls; the one in its certificate is used from then on.
     #[arg(long, env = "DRIFTWATCH_HOST_ID")]
     host_id: Option<String>,
     /// A label, K=V; repeatable (e.g. --label env=production --label service=web2img).
@@ -39,7 +50,7 @@ struct Args {
     /// How often to sample CPU, memory, disk and process groups (0 turns it off) [default: 10s].
     #[arg(long, env = "DRIFTWATCH_RESOURCE_INTERVAL", value_name = "DURATION", value_parser = duration_text)]
     resource_interval: Option<String>,
-    /// Where the spool and the local key live [default: ./driftwatch-agent-state].
+    /// Where the spool, the local key and the agent's certificate live [default: ./driftwatch-agent-state].
     #[arg(long, env = "DRIFTWATCH_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Plaintext gRPC. Loopback development only.
@@ -90,6 +101,8 @@ fn resolve(args: Args) -> anyhow::Result<AgentConfig> {
         None => (AgentFile::default(), "flags".to_string()),
     };
     file.server = args.server.or(file.server);
+    file.ca_file = args.ca_file.or(file.ca_file);
+    file.enroll_token_file = args.enroll_token_file.or(file.enroll_token_file);
     file.host_id = args.host_id.or(file.host_id);
     for l in &args.labels {
         let (k, v) = l.split_once('=').with_context(|| format!("--label {l}: expected K=V"))?;
@@ -130,5 +143,24 @@ mod tests {
         assert!(err.contains("--resource-interval") && err.contains("needs a unit"), "{err}");
         let err = Args::try_parse_from(["driftwatch-agent", "--resource-interval", "5x"]).unwrap_err().to_string();
         assert!(err.contains("--resource-interval") && err.contains("unknown unit"), "{err}");
+    }
+
+    #[test]
+    fn tls_flags_mirror_the_config_keys() {
+        let args = Args::try_parse_from([
+            "driftwatch-agent",
+            "--server",
+            "https://dw.example:50051",
+            "--enroll-token-file",
+            "/run/token",
+            "--watch",
+            "/etc/app/.env",
+        ])
+        .unwrap();
+        let err = resolve(args).unwrap_err().to_string();
+        assert!(err.contains("flags: ca_file: an https:// server needs ca_file (--ca-file)"), "{err}");
+        let args = Args::try_parse_from(["driftwatch-agent", "--server", "http://10.1.2.3:50051", "--watch", "/x"]);
+        let err = resolve(args.unwrap()).unwrap_err().to_string();
+        assert!(err.contains("flags: server: plaintext http:// is for loopback development only"), "{err}");
     }
 }

@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
 use super::{AGENT_VERSION, Shared, spool_call};
-use crate::backoff::{Backoff, MIN_CONNECT_TIMEOUT};
+use crate::backoff::Backoff;
 use crate::error::{AgentError, Result};
+use crate::identity::{self, HostIdentity};
 
 /// Heartbeat period when the server's Welcome does not set one.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
@@ -32,20 +33,23 @@ pub(super) struct Session {
     pub heartbeat_every: Duration,
 }
 
-/// Connect, send Hello, wait for Welcome, and drop from the spool what the server
-/// already stored. Resets `backoff` once the server has welcomed us.
-pub(super) async fn open(shared: &Arc<Shared>, backoff: &mut Backoff) -> Result<Session> {
+/// Connect (over TLS with `identity`'s certificate when given), send Hello, wait for
+/// Welcome, and drop from the spool what the server already stored. Resets `backoff`
+/// once the server has welcomed us.
+pub(super) async fn open(
+    shared: &Arc<Shared>,
+    backoff: &mut Backoff,
+    identity: Option<&HostIdentity>,
+) -> Result<Session> {
     let cfg = &shared.config;
-    let endpoint = tonic::transport::Endpoint::from_shared(cfg.server.clone())
-        .map_err(|e| AgentError::Connect { url: cfg.server.clone(), message: e.to_string() })?
-        .connect_timeout(MIN_CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
+    let endpoint = identity::enroll::endpoint(cfg, identity)
+        .await?
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| AgentError::Connect { url: cfg.server.clone(), message: error_chain(&e) })?;
+        .map_err(|e| AgentError::Connect { url: cfg.server.clone(), message: identity::enroll::error_chain(&e) })?;
     let mut client = AgentGatewayClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
 
     let (spool_id, acked, dropped) = {
@@ -53,8 +57,9 @@ pub(super) async fn open(shared: &Arc<Shared>, backoff: &mut Backoff) -> Result<
         (s.spool_id().to_string(), s.acked(), s.dropped())
     };
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+    let host_id = identity.map_or_else(|| cfg.host_id.clone(), |id| id.host_id.clone());
     let hello = v1::Hello {
-        host_id: cfg.host_id.clone(),
+        host_id: host_id.clone(),
         labels: cfg.labels.clone(),
         agent_version: AGENT_VERSION.to_string(),
         spool_id,
@@ -88,18 +93,6 @@ pub(super) async fn open(shared: &Arc<Shared>, backoff: &mut Backoff) -> Result<
         .filter(|d| !d.is_zero())
         .unwrap_or(DEFAULT_HEARTBEAT)
         .clamp(Duration::from_secs(1), Duration::from_secs(3600));
-    tracing::info!(server = %cfg.server, acked_seq = server_acked, "connected");
+    tracing::info!(server = %cfg.server, host = %host_id, tls = cfg.tls, acked_seq = server_acked, "connected");
     Ok(Session { tx, inbound, server_acked, local_acked: acked, heartbeat_every })
-}
-
-/// An error with its causes, for the log (transport errors hide the useful part).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

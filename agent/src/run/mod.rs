@@ -9,12 +9,16 @@
 //!   sends, one at a time in arrival order (`apply`); its results wait in a small
 //!   queue until a stream can send them (also after a reconnect).
 //!
+//! Over TLS the stream task also enrolls the agent when it has no certificate yet
+//! (`identity`), and renews the certificate on the stream ([`renew`]).
+//!
 //! One `CancellationToken` stops them all.
 
 mod acks;
 mod changes;
 mod hello;
 mod producer;
+mod renew;
 mod stream;
 
 use std::sync::Arc;
@@ -29,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::Applier;
 use crate::config::AgentConfig;
 use crate::error::{AgentError, Result};
+use crate::identity::{self, HostIdentity, IdentityFiles, Plan};
 use crate::resources::ResourceSampler;
 use crate::spool::Spool;
 use crate::watch::{FileWatcher, WatchConfig};
@@ -48,6 +53,8 @@ pub struct AgentStatus {
     pub snapshots_sent: AtomicU64,
     /// Changes from the server handled (any outcome).
     pub changes_handled: AtomicU64,
+    /// Certificates renewed on the stream and stored.
+    pub certificates_renewed: AtomicU64,
 }
 
 /// What the tasks share.
@@ -63,6 +70,10 @@ struct Shared {
     /// To the applier thread; taken (closed) at shutdown.
     changes: Mutex<Option<std::sync::mpsc::Sender<v1::ApplyChange>>>,
     results: Arc<ResultQueue>,
+    /// Over TLS: where the key and certificate live, and the ones in use (`None` until
+    /// the agent has enrolled; replaced by a renewal, used from the next connect).
+    identity_files: IdentityFiles,
+    identity: Mutex<Option<HostIdentity>>,
 }
 
 /// A started agent.
@@ -120,14 +131,45 @@ pub fn load_fleet_key(config: &AgentConfig) -> Result<Vec<u8>> {
     Ok(trimmed.to_vec())
 }
 
-/// Start the agent's tasks. Fails fast on a bad state dir or watch setup.
+/// Over TLS: the stored identity when it can be used; `None` when the agent has to
+/// enroll first (the stream task does, before it connects); an error saying what to do
+/// when it can do neither.
+fn identity_at_start(config: &AgentConfig, files: &IdentityFiles) -> Result<Option<HostIdentity>> {
+    if !config.tls {
+        return Ok(None);
+    }
+    files.prepare()?;
+    let (key, cert) = files.read()?;
+    let (stored, held) = identity::examine(key.as_deref(), cert.as_deref());
+    match identity::plan(identity::now_unix(), &stored, config.enroll_token_file.is_some()) {
+        Plan::UseStored => {
+            let held = held.ok_or_else(|| AgentError::Identity("no certificate to use".into()))?;
+            if held.host_id != config.host_id {
+                tracing::info!(host = %held.host_id, configured = %config.host_id, "using the host id of the certificate");
+            }
+            tracing::info!(host = %held.host_id, not_after = %identity::time(held.info.not_after), "certificate loaded");
+            Ok(Some(held))
+        }
+        Plan::Enroll(why) => {
+            tracing::info!(reason = %why, "enrolling with the token file before connecting");
+            Ok(None)
+        }
+        Plan::Fail(msg) => Err(AgentError::Identity(format!("{msg} (identity in {})", files.dir().display()))),
+    }
+}
+
+/// Start the agent's tasks. Fails fast on a bad state dir or watch setup, and over TLS
+/// on an agent that has no usable certificate and no token to enroll with.
 pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
     let token = CancellationToken::new();
     let cfg = config.clone();
-    let (spool, key) = tokio::task::spawn_blocking(move || {
+    let identity_files = IdentityFiles::new(&config.state_dir);
+    let files = identity_files.clone();
+    let (spool, key, held) = tokio::task::spawn_blocking(move || {
+        let held = identity_at_start(&cfg, &files)?;
         let key = load_fleet_key(&cfg)?;
         let spool = Spool::open(&cfg.state_dir.join("spool"), cfg.spool_max_bytes)?;
-        Ok::<_, AgentError>((spool, key))
+        Ok::<_, AgentError>((spool, key, held))
     })
     .await
     .map_err(|e| AgentError::Watch(format!("start-up task failed: {e}")))??;
@@ -143,7 +185,8 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
     status.pending.store(spool.pending(), Ordering::Relaxed);
     status.dropped.store(spool.dropped(), Ordering::Relaxed);
     tracing::info!(
-        host = %config.host_id,
+        host = %held.as_ref().map_or(config.host_id.as_str(), |h| h.host_id.as_str()),
+        server = %config.server,
         spool_id = %spool.spool_id(),
         pending = spool.pending(),
         acked = spool.acked(),
@@ -175,6 +218,8 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         status: status.clone(),
         changes: Mutex::new(Some(change_tx)),
         results,
+        identity_files,
+        identity: Mutex::new(held),
     });
     let t = token.clone();
     let task = tokio::spawn(async move {
@@ -183,7 +228,8 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         let (p, s) = tokio::join!(producer, streamer);
         changes::drain_applier(&shared, &applier_thread).await;
         let p = p.map_err(|e| AgentError::Watch(format!("producer task failed: {e}")))?;
-        s.map_err(|e| AgentError::Watch(format!("stream task failed: {e}")))?;
+        // A fatal stream error (an enrollment the server refused) is why we stopped.
+        s.map_err(|e| AgentError::Watch(format!("stream task failed: {e}")))??;
         tracing::info!("agent stopped");
         p
     });
