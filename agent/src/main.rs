@@ -65,6 +65,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        // Logs are diagnostics: stderr, leaving stdout to what a command prints.
+        .with_writer(std::io::stderr)
         .init();
     let config = resolve(args)?;
     driftwatch_agent::memory::single_arena();

@@ -69,6 +69,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        // Logs are diagnostics: stderr, leaving stdout to what a command prints.
+        .with_writer(std::io::stderr)
         .init();
     let (mut file, source) = match &args.config {
         Some(p) => (ServerConfig::load_file(p)?, p.display().to_string()),

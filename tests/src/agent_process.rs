@@ -30,6 +30,8 @@ pub fn agent_toml(file: &AgentFile) -> String {
     put("server", file.server.as_deref().map(s));
     put("host_id", file.host_id.as_deref().map(s));
     put("insecure", file.insecure.map(Value::from));
+    put("ca_file", file.ca_file.as_deref().map(p));
+    put("enroll_token_file", file.enroll_token_file.as_deref().map(p));
     put("state_dir", file.state_dir.as_deref().map(p));
     put("fleet_key_file", file.fleet_key_file.as_deref().map(p));
     put("resource_interval", file.resource_interval.as_deref().map(s));
@@ -90,6 +92,8 @@ pub struct AgentProcess {
     config: PathBuf,
     log: Option<PathBuf>,
     log_filter: String,
+    /// Run inside this network namespace (`ip netns exec`), for multi-host tests.
+    netns: Option<String>,
     process: Option<ChildProcess>,
 }
 
@@ -119,14 +123,36 @@ impl AgentProcess {
             config,
             log: log.map(Path::to_path_buf),
             log_filter: log_filter.to_string(),
+            netns: None,
             process: None,
         };
         a.launch()?;
         Ok(a)
     }
 
+    /// [`AgentProcess::start`] inside network namespace `ns` (see `crate::netns`).
+    pub fn start_in_netns(ns: &str, dir: &Path, file: &AgentFile) -> Self {
+        std::fs::create_dir_all(dir).expect("agent dir");
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, agent_toml(file)).expect("write the agent config");
+        let mut a = Self {
+            host_id: file.host_id.clone().unwrap_or_default(),
+            bin: agent_binary().to_path_buf(),
+            config,
+            log: Some(dir.join("agent.log")),
+            log_filter: "info".into(),
+            netns: Some(ns.to_string()),
+            process: None,
+        };
+        a.launch().expect("start the agent process in its namespace");
+        a
+    }
+
     fn launch(&mut self) -> std::io::Result<()> {
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match &self.netns {
+            Some(ns) => crate::netns::Lab::command(ns, &self.bin),
+            None => Command::new(&self.bin),
+        };
         cmd.arg("--config").arg(&self.config).args(["--log", &self.log_filter]);
         let name = format!("driftwatch-agent {}", self.host_id);
         self.process = Some(ChildProcess::spawn(&name, cmd, self.log.as_deref())?);
@@ -198,6 +224,10 @@ mod tests {
             ],
             ..crate::agent_file("http://127.0.0.1:1", "web-1", &dir.path().join("state"), &[])
         };
+        assert!(
+            agent_toml(&AgentFile { ca_file: Some("/ca.pem".into()), ..file.clone() })
+                .contains("ca_file = \"/ca.pem\"")
+        );
         let p = dir.path().join("agent.toml");
         std::fs::write(&p, agent_toml(&file)).unwrap();
         let c = AgentConfig::resolve(AgentConfig::load_file(&p).unwrap(), "agent.toml").unwrap();

@@ -76,6 +76,27 @@ impl Lab {
     }
 }
 
+/// Run `f` on a thread of its own inside namespace `ns` (a network namespace is a
+/// per-thread setting), on a runtime of that thread: every socket it opens is in `ns`.
+pub fn block_in_netns<F, Fut, T>(ns: &str, f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: a valid namespace fd; setns changes only this thread's namespace.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(f())
+    })
+    .join()
+    .expect("the namespace thread panicked")
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         // Deleting a namespace deletes its interfaces (and their veth peers).
