@@ -193,6 +193,10 @@ fn code_name(c: tonic::Code) -> &'static str {
         tonic::Code::Unavailable => "unavailable",
         tonic::Code::PermissionDenied => "permission denied",
         tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::AlreadyExists => "already exists",
+        tonic::Code::FailedPrecondition => "failed precondition",
+        // A CLI newer than its server (e.g. enroll-token against a server without enrollment).
+        tonic::Code::Unimplemented => "not supported by this server",
         _ => "error",
     }
 }
