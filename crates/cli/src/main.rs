@@ -183,7 +183,10 @@ pub(crate) async fn channel(target: &Target) -> anyhow::Result<tonic::transport:
 }
 
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", code_name(s.code()), s.message())
+    match s.message() {
+        "" => anyhow::anyhow!("{}", code_name(s.code())),
+        m => anyhow::anyhow!("{}: {m}", code_name(s.code())),
+    }
 }
 
 fn code_name(c: tonic::Code) -> &'static str {
