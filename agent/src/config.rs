@@ -677,4 +677,12 @@ mod tests {
         assert_eq!(f.ca_file.as_deref(), Some(Path::new("/etc/driftwatch/ca.pem")));
         assert!(toml::from_str::<AgentFile>("ca = '/x'").is_err());
     }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/agent.toml");
+        let file = AgentConfig::load_file(&path).unwrap();
+        let c = AgentConfig::resolve(file, "agent.toml").unwrap();
+        assert!(!c.tls && c.insecure);
+    }
 }

@@ -13,6 +13,7 @@ pub(crate) mod enroll;
 mod files;
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use driftwatch_pki::{AgentKey, CertInfo, Identity};
@@ -117,6 +118,22 @@ pub fn plan(now: i64, stored: &Stored, have_token: bool) -> Plan {
         Stored::Unusable(why) => Plan::Fail(format!(
             "{why}: enroll again with --enroll-token-file FILE (from `driftwatch enroll-token create`)"
         )),
+    }
+}
+
+/// Whether there is a token to enroll with: the configured file exists. A file that is
+/// configured but gone (removed after enrolling, as it may be) counts as no token, so
+/// an agent whose certificate expired while running keeps trying, and enrolls as soon
+/// as a new token is put there.
+pub fn have_token(token_file: Option<&Path>) -> bool {
+    token_file.is_some_and(Path::is_file)
+}
+
+/// [`Plan::Fail`]'s text, completed with a configured token file that is not there.
+pub fn fail_text(msg: &str, token_file: Option<&Path>) -> String {
+    match token_file {
+        Some(p) if !p.is_file() => format!("{msg} (enroll_token_file {} does not exist)", p.display()),
+        _ => msg.to_string(),
     }
 }
 
@@ -236,6 +253,19 @@ mod tests {
         assert!(
             matches!(examine(Some(&server.key_pem), Some(&server.cert_pem)).0, Stored::Unusable(m) if m.contains("names no host"))
         );
+    }
+
+    #[test]
+    fn a_configured_token_file_that_is_gone_is_no_token_and_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("token");
+        assert!(!have_token(None));
+        assert!(!have_token(Some(&p)));
+        assert!(fail_text("not enrolled", Some(&p)).ends_with("token does not exist)"));
+        assert_eq!(fail_text("not enrolled", None), "not enrolled");
+        std::fs::write(&p, "t").unwrap();
+        assert!(have_token(Some(&p)));
+        assert_eq!(fail_text("x", Some(&p)), "x");
     }
 
     #[test]

@@ -141,7 +141,8 @@ fn identity_at_start(config: &AgentConfig, files: &IdentityFiles) -> Result<Opti
     files.prepare()?;
     let (key, cert) = files.read()?;
     let (stored, held) = identity::examine(key.as_deref(), cert.as_deref());
-    match identity::plan(identity::now_unix(), &stored, config.enroll_token_file.is_some()) {
+    let token = config.enroll_token_file.as_deref();
+    match identity::plan(identity::now_unix(), &stored, identity::have_token(token)) {
         Plan::UseStored => {
             let held = held.ok_or_else(|| AgentError::Identity("no certificate to use".into()))?;
             if held.host_id != config.host_id {
@@ -154,7 +155,11 @@ fn identity_at_start(config: &AgentConfig, files: &IdentityFiles) -> Result<Opti
             tracing::info!(reason = %why, "enrolling with the token file before connecting");
             Ok(None)
         }
-        Plan::Fail(msg) => Err(AgentError::Identity(format!("{msg} (identity in {})", files.dir().display()))),
+        Plan::Fail(msg) => Err(AgentError::Identity(format!(
+            "{} (identity in {})",
+            identity::fail_text(&msg, token),
+            files.dir().display()
+        ))),
     }
 }
 

@@ -61,8 +61,9 @@ pub(super) async fn stream_loop(shared: Arc<Shared>, token: CancellationToken) -
 }
 
 /// Over TLS, the identity to connect with: the current certificate while it is valid;
-/// else a new one from enrolling with the token file; else (expired, no token) the
-/// expired one, after saying clearly what is wrong (the server will refuse it).
+/// else a new one from enrolling with the token file; else (expired, no token file)
+/// the expired one, after saying clearly what is wrong (the server will refuse it; a
+/// token file put in place is used at the next attempt).
 async fn identity_for_connect(shared: &Arc<Shared>) -> Result<Option<HostIdentity>> {
     let cfg = &shared.config;
     if !cfg.tls {
@@ -70,7 +71,8 @@ async fn identity_for_connect(shared: &Arc<Shared>) -> Result<Option<HostIdentit
     }
     let current = shared.identity.lock().clone();
     let stored = current.as_ref().map_or(Stored::Missing, |id| Stored::Cert { not_after: id.info.not_after });
-    match identity::plan(identity::now_unix(), &stored, cfg.enroll_token_file.is_some()) {
+    let token = cfg.enroll_token_file.as_deref();
+    match identity::plan(identity::now_unix(), &stored, identity::have_token(token)) {
         Plan::UseStored => Ok(current),
         Plan::Enroll(why) => {
             tracing::info!(reason = %why, server = %cfg.server, "enrolling");
@@ -78,13 +80,16 @@ async fn identity_for_connect(shared: &Arc<Shared>) -> Result<Option<HostIdentit
             *shared.identity.lock() = Some(id.clone());
             Ok(Some(id))
         }
-        Plan::Fail(msg) => match current {
-            Some(id) => {
-                tracing::error!(host = %id.host_id, "{msg}");
-                Ok(Some(id))
+        Plan::Fail(msg) => {
+            let msg = identity::fail_text(&msg, token);
+            match current {
+                Some(id) => {
+                    tracing::error!(host = %id.host_id, "{msg}");
+                    Ok(Some(id))
+                }
+                None => Err(AgentError::Identity(msg)),
             }
-            None => Err(AgentError::Identity(msg)),
-        },
+        }
     }
 }
 

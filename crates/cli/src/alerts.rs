@@ -232,7 +232,7 @@ fn event_line(id: Option<u64>, kind: &str, a: &v1::Alert) -> String {
 }
 
 /// `alerts watch`: follow `Alerts.Subscribe`, resuming after the last id seen.
-pub async fn watch(server: String, out: Output, args: WatchArgs) -> anyhow::Result<()> {
+pub async fn watch(target: crate::connect::Target, out: Output, args: WatchArgs) -> anyhow::Result<()> {
     use tokio_stream::StreamExt;
     let heartbeat = driftwatch_proto::duration::parse(&args.heartbeat)
         .map_err(|e| anyhow::anyhow!("--heartbeat: {e}"))?
@@ -254,7 +254,7 @@ pub async fn watch(server: String, out: Output, args: WatchArgs) -> anyhow::Resu
     let mut first = true;
     let mut backoff = std::time::Duration::from_millis(250);
     loop {
-        let stream = match crate::channel(&server).await {
+        let stream = match crate::channel(&target).await {
             Ok(ch) => AlertsClient::new(ch).subscribe(request(last, first)?).await.map_err(status_err),
             Err(e) => Err(e),
         };

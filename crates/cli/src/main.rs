@@ -4,14 +4,15 @@ mod alerts;
 mod audit;
 mod baseline;
 mod changes;
+mod connect;
+mod enroll_token;
+mod hosts;
 mod output;
 mod rules_test;
 mod up;
 
-use std::time::Duration;
-
-use anyhow::Context;
 use clap::{Parser, Subcommand};
+use connect::Target;
 use driftwatch_proto::v1::{self, fleet_client::FleetClient};
 use output::{Output, bytes, table, to_json, ts};
 
@@ -21,9 +22,14 @@ use output::{Output, bytes, table, to_json, ts};
 #[derive(Debug, Parser)]
 #[command(name = "driftwatch", version)]
 struct Cli {
-    /// Server URL.
+    /// Server URL: https://HOST:PORT (with --ca-file), or http:// for a server on loopback
+    /// without TLS (`driftwatch up`).
     #[arg(long, global = true, env = "DRIFTWATCH_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
+    /// The server's CA certificate (PEM; DATA/tls/ca.pem on the server), the only CA
+    /// trusted for an https:// server. Not used for http://.
+    #[arg(long, global = true, env = "DRIFTWATCH_CA_FILE", value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Output format: an aligned table for people, or proto3 JSON (as grpcurl prints) for scripts.
     #[arg(long, short, global = true, value_enum, default_value = "table")]
     output: Output,
@@ -63,14 +69,12 @@ enum Command {
     /// The audit log: who changed what, when (corrections, rollouts, baselines, rule
     /// reloads, acknowledgements, silences), oldest first unless --newest.
     Audit(audit::AuditArgs),
-    /// List hosts (optionally filtered by labels), or show one host in detail.
-    Hosts {
-        /// Show this host: labels, agent, resources and every watched file.
-        host_id: Option<String>,
-        /// Label selector, e.g. env=production,service=web2img (also: k!=v, k, !k).
-        #[arg(long, short = 'l')]
-        selector: Option<String>,
-    },
+    /// List hosts (optionally filtered by labels), show one host in detail, revoke a
+    /// host's certificate, or set its labels.
+    Hosts(hosts::HostsArgs),
+    /// Enrollment tokens: what a new agent presents, once, to get its certificate.
+    #[command(subcommand)]
+    EnrollToken(enroll_token::EnrollTokenCmd),
     /// Show one watched file of a host: metadata, parse status and every key (secrets masked).
     File {
         /// Host id, as `driftwatch hosts` lists it.
@@ -147,6 +151,7 @@ fn rules_check(dir: &std::path::Path, out: Output) -> anyhow::Result<bool> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let target = Target { server: cli.server.clone(), ca_file: cli.ca_file.clone() };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
@@ -163,27 +168,25 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            cmd @ Command::Rules(RulesCmd::List | RulesCmd::Reload) => query(&cli.server, cli.output, cmd).await,
+            cmd @ Command::Rules(RulesCmd::List | RulesCmd::Reload) => query(&target, cli.output, cmd).await,
             Command::Alerts(a) if a.watch.is_some() => match a.watch {
-                Some(alerts::AlertsCmd::Watch(w)) => alerts::watch(cli.server, cli.output, w).await,
+                Some(alerts::AlertsCmd::Watch(w)) => alerts::watch(target, cli.output, w).await,
                 None => unreachable!("checked"),
             },
-            cmd => query(&cli.server, cli.output, cmd).await,
+            cmd => query(&target, cli.output, cmd).await,
         }
     })
 }
 
-pub(crate) async fn channel(server: &str) -> anyhow::Result<tonic::transport::Channel> {
-    tonic::transport::Endpoint::from_shared(server.to_string())
-        .with_context(|| format!("bad --server URL '{server}'"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the driftwatch server at {server}"))
+pub(crate) async fn channel(target: &Target) -> anyhow::Result<tonic::transport::Channel> {
+    connect::channel(target).await
 }
 
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", code_name(s.code()), s.message())
+    match s.message() {
+        "" => anyhow::anyhow!("{}", code_name(s.code())),
+        m => anyhow::anyhow!("{}: {m}", code_name(s.code())),
+    }
 }
 
 fn code_name(c: tonic::Code) -> &'static str {
@@ -193,12 +196,16 @@ fn code_name(c: tonic::Code) -> &'static str {
         tonic::Code::Unavailable => "unavailable",
         tonic::Code::PermissionDenied => "permission denied",
         tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::AlreadyExists => "already exists",
+        tonic::Code::FailedPrecondition => "failed precondition",
+        // A CLI newer than its server (e.g. enroll-token against a server without enrollment).
+        tonic::Code::Unimplemented => "not supported by this server",
         _ => "error",
     }
 }
 
-async fn query(server: &str, out: Output, cmd: Command) -> anyhow::Result<()> {
-    let ch = channel(server).await?;
+async fn query(target: &Target, out: Output, cmd: Command) -> anyhow::Result<()> {
+    let ch = channel(target).await?;
     let mut c = FleetClient::new(ch.clone());
     match cmd {
         Command::Rules(RulesCmd::List) => {
@@ -262,24 +269,8 @@ async fn query(server: &str, out: Output, cmd: Command) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Hosts { host_id: None, selector } => {
-            let r = c
-                .list_hosts(v1::ListHostsRequest { selector: selector.unwrap_or_default() })
-                .await
-                .map_err(status_err)?
-                .into_inner();
-            match out {
-                Output::Json => println!("{}", to_json(&r, "ListHostsResponse")?),
-                Output::Table => print!("{}", hosts_table(&r.hosts)),
-            }
-        }
-        Command::Hosts { host_id: Some(id), .. } => {
-            let h = c.get_host(v1::GetHostRequest { host_id: id }).await.map_err(status_err)?.into_inner();
-            match out {
-                Output::Json => println!("{}", to_json(&h, "Host")?),
-                Output::Table => print!("{}", host_detail(&h)),
-            }
-        }
+        Command::Hosts(args) => hosts::run(ch, out, args).await?,
+        Command::EnrollToken(cmd) => enroll_token::run(ch, out, cmd).await?,
         Command::File { host_id, path } => {
             let f = c.get_file(v1::GetFileRequest { host_id, path }).await.map_err(status_err)?.into_inner();
             match out {
@@ -323,103 +314,12 @@ fn reload_status(s: &v1::ReloadStatus) -> String {
     out
 }
 
-fn labels(l: &std::collections::BTreeMap<String, String>) -> String {
-    l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-}
-
-fn hosts_table(hosts: &[v1::HostSummary]) -> String {
-    let rows: Vec<Vec<String>> = hosts
-        .iter()
-        .map(|h| {
-            let r = h.resources.clone().unwrap_or_default();
-            vec![
-                h.host_id.clone(),
-                driftwatch_proto::connection_state_name(h.state).into(),
-                ts(&h.last_seen),
-                labels(&h.labels),
-                format!("{}", h.file_count),
-                format!("{}", h.files_with_problems),
-                if h.resources.is_some() { format!("{:.1}", r.cpu_cores_used) } else { "-".into() },
-                if h.resources.is_some() { bytes(r.memory_used_bytes) } else { "-".into() },
-            ]
-        })
-        .collect();
-    table(&["HOST", "STATE", "LAST SEEN", "LABELS", "FILES", "PROBLEMS", "CPU CORES", "MEMORY"], &rows)
-}
-
-fn error_text(e: &Option<v1::FileError>) -> String {
+pub(crate) fn error_text(e: &Option<v1::FileError>) -> String {
     match e {
         None => String::new(),
         Some(e) if e.line > 0 => format!("{}:{}: {}", e.line, e.column, e.message),
         Some(e) => e.message.clone(),
     }
-}
-
-fn host_detail(h: &v1::Host) -> String {
-    let s = h.summary.clone().unwrap_or_default();
-    let mut out = format!(
-        "host:     {}\nstate:    {} (last seen {})\nlabels:   {}\nagent:    {}\nlast seq: {}  dropped by agent: {}\n",
-        s.host_id,
-        driftwatch_proto::connection_state_name(s.state),
-        ts(&s.last_seen),
-        labels(&s.labels),
-        s.agent_version,
-        s.last_seq,
-        s.dropped_snapshots
-    );
-    if let Some(r) = &s.resources {
-        out.push_str(&format!(
-            "cpu:      {:.1}% ({:.2} of {} cores)  load {:.2} {:.2} {:.2}\nmemory:   {} of {}  swap {} of {}\nagent:    rss {}  cpu {:.1}%\n",
-            r.cpu_percent,
-            r.cpu_cores_used,
-            r.cpu_count,
-            r.load_1,
-            r.load_5,
-            r.load_15,
-            bytes(r.memory_used_bytes),
-            bytes(r.memory_total_bytes),
-            bytes(r.swap_used_bytes),
-            bytes(r.swap_total_bytes),
-            bytes(r.agent_rss_bytes),
-            r.agent_cpu_percent
-        ));
-        for d in &r.disks {
-            out.push_str(&format!(
-                "disk:     {} {} used of {}\n",
-                d.mount_point,
-                bytes(d.used_bytes),
-                bytes(d.total_bytes)
-            ));
-        }
-        for g in &r.process_groups {
-            out.push_str(&format!(
-                "group:    {} ({}) {} processes, rss {}, cpu {:.1}%\n",
-                g.name,
-                g.pattern,
-                g.count,
-                bytes(g.rss_bytes),
-                g.cpu_percent
-            ));
-        }
-    }
-    out.push('\n');
-    let rows: Vec<Vec<String>> = h
-        .files
-        .iter()
-        .map(|f| {
-            vec![
-                f.path.clone(),
-                driftwatch_proto::format_name(f.format).into(),
-                driftwatch_proto::file_status_name(f.status).into(),
-                f.key_count.to_string(),
-                bytes(f.size),
-                ts(&f.updated_at),
-                error_text(&f.error),
-            ]
-        })
-        .collect();
-    out.push_str(&table(&["PATH", "FORMAT", "STATUS", "KEYS", "SIZE", "CHANGED", "ERROR"], &rows));
-    out
 }
 
 fn file_detail(f: &v1::File) -> String {

@@ -111,6 +111,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let agent = driftwatch_agent::start(agent_cfg).await?;
 
     let addr = server.grpc_addr;
+    let cli = cli_command(&url, std::env::var("DRIFTWATCH_SERVER").ok().as_deref());
     let example = example_file(&configs)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| format!("{}/FILE", configs.display()));
@@ -124,8 +125,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
          \n  grpcurl -plaintext {addr} driftwatch.v1.Fleet/ListHosts\
          \n  grpcurl -plaintext -d '{{\"host_id\":\"{host_id}\"}}' {addr} driftwatch.v1.Fleet/GetHost\
          \n  grpcurl -plaintext -d '{{\"host_id\":\"{host_id}\",\"path\":\"{example}\"}}' {addr} driftwatch.v1.Fleet/GetFile\
-         \n  driftwatch hosts\
-         \n  driftwatch file {host_id} {example}\
+         \n  {cli} hosts\
+         \n  {cli} file {host_id} {example}\
          \n\nEdit a file under {configs} and query again. Ctrl-C stops.\n",
         data = data.display(),
         metrics = server.metrics_addr.map(|a| format!("http://{a}/metrics")).unwrap_or_else(|| "off".into()),
@@ -137,6 +138,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     agent.stop().await?;
     server.stop().await?;
     Ok(())
+}
+
+/// How to run the CLI against this server: plain `driftwatch` when its default (or
+/// DRIFTWATCH_SERVER) already points here, else with `--server`. Plaintext either way:
+/// `up` serves loopback only, without TLS.
+fn cli_command(url: &str, env_server: Option<&str>) -> String {
+    match env_server {
+        Some(s) if s == url => "driftwatch".into(),
+        None if url == "http://127.0.0.1:50051" => "driftwatch".into(),
+        _ => format!("driftwatch --server {url}"),
+    }
 }
 
 /// A file to show in the banner: the web2img `.env.production` the README uses
@@ -153,4 +165,18 @@ fn example_file(dir: &std::path::Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
         .cloned()
         .or_else(|| entries.iter().filter(|p| p.is_dir()).find_map(|d| example_file(d)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_banner_says_exactly_what_to_type() {
+        assert_eq!(cli_command("http://127.0.0.1:50051", None), "driftwatch");
+        assert_eq!(cli_command("http://127.0.0.1:50052", None), "driftwatch --server http://127.0.0.1:50052");
+        assert_eq!(cli_command("http://127.0.0.1:50052", Some("http://127.0.0.1:50052")), "driftwatch");
+        let other = cli_command("http://127.0.0.1:50051", Some("https://dw.example:50051"));
+        assert_eq!(other, "driftwatch --server http://127.0.0.1:50051", "a DRIFTWATCH_SERVER elsewhere is overridden");
+    }
 }
