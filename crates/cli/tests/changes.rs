@@ -68,6 +68,14 @@ async fn correct_and_rollout_from_the_command_line() {
     assert!(out.contains("APPLIED"), "{out}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "# app settings\nWORKERS=10\nNAME=web\n");
 
+    // The server's view catches up first (a correction's expected hash is that view).
+    wait_until("the server to see the change", T, || {
+        let mut fleet = fleet.clone();
+        let (path, first) = (path.clone(), first_hash.clone());
+        async move { held_hash(&mut fleet, &path).await.filter(|h| *h != first) }
+    })
+    .await;
+
     // JSON is what grpcurl prints; a bad request is a clear error with exit code 1.
     let (ok, out, _) = cli(&url, &["-o", "json", "correct", "cli-host", &path, "--remove", "NOPE", "--dry-run"]);
     assert!(!ok, "an unknown key is rejected: {out}");
@@ -76,12 +84,6 @@ async fn correct_and_rollout_from_the_command_line() {
     assert!(!ok && err.contains("--restore-baseline"), "{err}");
 
     // Back to the first version by its content hash, from the agent's backups.
-    wait_until("the server to see the change", T, || {
-        let mut fleet = fleet.clone();
-        let (path, first) = (path.clone(), first_hash.clone());
-        async move { held_hash(&mut fleet, &path).await.filter(|h| *h != first) }
-    })
-    .await;
     let (ok, out, err) = cli(&url, &["correct", "cli-host", &path, "--restore-version", &first_hash]);
     assert!(ok, "{out}{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), original);
