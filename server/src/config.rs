@@ -547,7 +547,9 @@ mod tests {
         let c = ServerConfig::resolve(f, "server.toml").unwrap();
         assert_eq!(c.retention.alerts, Duration::from_secs(72 * 3600));
         let tls = c.tls.expect("TLS by default");
-        assert!(matches!(&tls.source, crate::tls::TlsSource::BuiltIn { sans, .. } if sans[0] == "driftwatch.example.com"));
+        assert!(
+            matches!(&tls.source, crate::tls::TlsSource::BuiltIn { sans, .. } if sans[0] == "driftwatch.example.com")
+        );
     }
 
     #[test]

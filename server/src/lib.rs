@@ -101,6 +101,8 @@ impl RunningServer {
 
 /// Open storage, load the last known state, bind the listeners and start serving.
 pub async fn start(config: ServerConfig) -> Result<RunningServer> {
+    // The notifiers' HTTPS client takes the process default.
+    driftwatch_pki::install_tls_provider();
     let db_path = config.sqlite_path();
     let (store, reader, loaded) = tokio::task::spawn_blocking(move || {
         let store = driftwatch_store::Store::open(&db_path)?;

@@ -56,7 +56,9 @@ pub(crate) async fn endpoint(config: &AgentConfig, identity: Option<&HostIdentit
         return Ok(endpoint);
     }
     let ca = read_ca(config).await?;
-    endpoint.tls_config(client_tls(&ca, &config.server_host, identity)).map_err(|e| connect_err(error_chain(&e)))
+    endpoint
+        .tls_config(client_tls(&ca, &config.server_host, identity))
+        .map_err(|e| connect_err(driftwatch_proto::error_chain(&e)))
 }
 
 /// One enrollment attempt. [`AgentError::EnrollRefused`] is final (the token or the
@@ -84,12 +86,11 @@ pub async fn enroll(config: &AgentConfig, files: &IdentityFiles) -> Result<HostI
     .map_err(|e| AgentError::Identity(format!("enrollment task failed: {e}")))??;
     let csr = certificate_request(&key, &config.host_id).map_err(|e| AgentError::Identity(e.to_string()))?;
 
-    let channel = endpoint(config, None)
-        .await?
-        .timeout(ENROLL_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| AgentError::Connect { url: config.server.clone(), message: error_chain(&e) })?;
+    let channel =
+        endpoint(config, None).await?.timeout(ENROLL_TIMEOUT).connect().await.map_err(|e| AgentError::Connect {
+            url: config.server.clone(),
+            message: driftwatch_proto::error_chain(&e),
+        })?;
     let request = EnrollRequest { token, csr_pem: csr, host_id: config.host_id.clone(), labels: config.labels.clone() };
     let response = match AgentGatewayClient::new(channel).enroll(request).await {
         Ok(r) => r.into_inner(),
@@ -121,22 +122,6 @@ pub async fn enroll(config: &AgentConfig, files: &IdentityFiles) -> Result<HostI
         tracing::info!(host = %id.host_id, proposed = %config.host_id, "the server enrolled this host under another id; using the certificate's");
     }
     Ok(id)
-}
-
-/// An error with its causes, for the log (transport errors hide the useful part).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        // Transport errors often repeat their cause in their own text.
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ pub(super) async fn open(
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| AgentError::Connect { url: cfg.server.clone(), message: identity::enroll::error_chain(&e) })?;
+        .map_err(|e| AgentError::Connect { url: cfg.server.clone(), message: driftwatch_proto::error_chain(&e) })?;
     let mut client = AgentGatewayClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
 
     let (spool_id, acked, dropped) = {

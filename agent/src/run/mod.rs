@@ -166,6 +166,8 @@ fn identity_at_start(config: &AgentConfig, files: &IdentityFiles) -> Result<Opti
 /// Start the agent's tasks. Fails fast on a bad state dir or watch setup, and over TLS
 /// on an agent that has no usable certificate and no token to enroll with.
 pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
+    // Its TLS clients (enrollment, the stream) take the process default.
+    driftwatch_pki::install_tls_provider();
     let token = CancellationToken::new();
     let cfg = config.clone();
     let identity_files = IdentityFiles::new(&config.state_dir);

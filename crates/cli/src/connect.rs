@@ -58,24 +58,8 @@ pub async fn channel(target: &Target) -> anyhow::Result<Channel> {
     endpoint(target)?
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))
+        .map_err(|e| anyhow::anyhow!("{}", driftwatch_proto::error_chain(&e)))
         .with_context(|| format!("cannot reach the driftwatch server at {}", target.server))
-}
-
-/// An error with its causes (a TLS failure is several levels down in a transport error).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        // Transport errors often repeat their cause in their own text.
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

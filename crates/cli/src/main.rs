@@ -151,6 +151,7 @@ fn rules_check(dir: &std::path::Path, out: Output) -> anyhow::Result<bool> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    driftwatch_pki::install_tls_provider();
     let target = Target { server: cli.server.clone(), ca_file: cli.ca_file.clone() };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

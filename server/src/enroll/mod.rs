@@ -303,12 +303,7 @@ impl Identities {
     pub async fn revoke_host(&self, host_id: &str, reason: &str, actor: &str) -> Result<(), ServerError> {
         driftwatch_pki::check_host_id(host_id).map_err(ServerError::InvalidArgument)?;
         let _guard = self.write.lock().await;
-        let mut host = self
-            .hosts
-            .lock()
-            .get(host_id)
-            .cloned()
-            .unwrap_or_else(|| StoredHost { host_id: host_id.to_string(), ..Default::default() });
+        let mut host = self.host_or_new(host_id);
         let serials: Vec<String> = host.serials.drain(..).map(|(s, _)| s).collect();
         host.revoked_serials.extend(serials.iter().cloned());
         host.revoked = Some(Revocation {
@@ -344,12 +339,7 @@ impl Identities {
             check_label(k, v)?;
         }
         let _guard = self.write.lock().await;
-        let mut host = self
-            .hosts
-            .lock()
-            .get(host_id)
-            .cloned()
-            .unwrap_or_else(|| StoredHost { host_id: host_id.to_string(), ..Default::default() });
+        let mut host = self.host_or_new(host_id);
         for k in remove {
             host.labels.remove(k);
         }
@@ -366,6 +356,16 @@ impl Identities {
         let labels = host.labels.clone();
         self.hosts.lock().insert(host_id.to_string(), host);
         Ok(labels)
+    }
+
+    /// The host's record, or a new one (revocation and labels apply to hosts that
+    /// never enrolled too: plaintext development, your own PKI).
+    fn host_or_new(&self, host_id: &str) -> StoredHost {
+        self.hosts
+            .lock()
+            .get(host_id)
+            .cloned()
+            .unwrap_or_else(|| StoredHost { host_id: host_id.to_string(), ..Default::default() })
     }
 
     async fn commit(&self, mut ops: Vec<Op>, audit: AuditEntry) -> Result<(), ServerError> {

@@ -47,8 +47,7 @@ pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a client may take to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The crypto provider of every TLS config the server builds (ring, like the clients).
-#[allow(deprecated)] // rustls prefers aws-lc-rs for post-quantum key exchange; ring builds without cmake.
+/// The crypto provider of every TLS config the server builds (the clients' too).
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
-    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+    driftwatch_pki::tls_provider()
 }

@@ -163,6 +163,7 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     shared::raise_nofile();
+    driftwatch_pki::install_tls_provider();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

@@ -163,6 +163,11 @@ impl ServerProc {
         body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
+    /// The server process's CPU time so far, in clock ticks (when this process knows its pid).
+    pub fn cpu_ticks(&self) -> Option<u64> {
+        self.pid.and_then(cpu_ticks)
+    }
+
     pub fn rss(&self) -> Option<u64> {
         self.pid.and_then(rss_bytes)
     }
@@ -263,6 +268,16 @@ pub async fn connect_agent_labels(
     labels: std::collections::BTreeMap<String, String>,
 ) -> anyhow::Result<SimAgent> {
     let identity = if SimTls::on() { Some(SimTls::mint(host_id)?) } else { None };
+    connect_agent_as(url, host_id, labels, identity).await
+}
+
+/// A virtual agent presenting `identity` (cert, key) under `--tls`.
+pub async fn connect_agent_as(
+    url: &str,
+    host_id: &str,
+    labels: std::collections::BTreeMap<String, String>,
+    identity: Option<(String, String)>,
+) -> anyhow::Result<SimAgent> {
     let ch = endpoint(url, identity)?.connect_timeout(Duration::from_secs(20)).connect().await?;
     let (tx, inbound) =
         open_agent_stream(ch, hello(host_id, labels, "sim", "sim")).await.context("expected a welcome")?;
