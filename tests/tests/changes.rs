@@ -745,6 +745,10 @@ async fn abort_rolls_back_and_a_restarted_server_resumes_a_rollout() {
     let server = start_server_with(cfg.clone()).await;
     let hosts = fleet(&server, dir.path(), 3).await;
     let before: Vec<Vec<u8>> = hosts.iter().map(|h| std::fs::read(&h.file).unwrap()).collect();
+    let mut before_hashes = Vec::new();
+    for h in &hosts {
+        before_hashes.push(server_file(&server, &h.id, &h.file).await.content_hash);
+    }
     let mut changes = ChangesClient::new(channel(&server).await);
 
     // Abort during the first wave's bake: the canary goes back.
@@ -776,6 +780,11 @@ async fn abort_rolls_back_and_a_restarted_server_resumes_a_rollout() {
     let e =
         changes.abort_rollout(v1::AbortRolloutRequest { id: r.id.clone(), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "an ended rollout cannot be aborted again");
+    // The next rollout plans from the server's view: let it catch up with the rollback.
+    let mut fleet = fleet_client(&server).await;
+    for (h, hash) in hosts.iter().zip(&before_hashes) {
+        wait_file(&mut fleet, &h.id, &h.file, "the rolled-back file", |s| &s.content_hash == hash).await;
+    }
 
     // Restart mid-bake: the rollout is resumed from the store and finishes.
     let r = changes

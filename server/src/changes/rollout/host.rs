@@ -80,6 +80,11 @@ pub(super) async fn apply_host(
                 }
                 _ => {
                     h.state = HS::Failed as i32;
+                    // The agent's own account: what the file held before and after its
+                    // handling (a conflict means the server's copy was behind).
+                    if !res.before_hash.is_empty() {
+                        h.before_hash = res.before_hash;
+                    }
                     h.after_hash = res.after_hash;
                     h.message = format!("{}: {}", driftwatch_proto::change_outcome_name(res.outcome), h.message);
                     event(h, "rollout.host_failed")
@@ -95,6 +100,28 @@ pub(super) async fn apply_host(
     }
 }
 
+/// Whether a host needs a rollback, and the hash its file must have for it (the
+/// restore is refused by the agent otherwise). `None`: nothing of this rollout is on
+/// the host.
+///
+/// - Applied: always, even when the server's copy of the file reads as the old
+///   content (that copy may lag what the agent wrote; the agent answers CONFLICT with
+///   the old hash when the file is already back).
+/// - Answered but not applied (refused, conflict, failed, rolled back by the agent):
+///   only if the agent's answer says the file changed; a conflict wrote nothing, even
+///   when the server's copy was behind.
+/// - No answer (timed out): unknown whether it was written; compare the server's copy
+///   with the content before.
+fn rollback_expects(h: &v1::RolloutHost, current: &str) -> Option<String> {
+    if h.state == HS::Applied as i32 {
+        return Some(if h.after_hash.is_empty() { current.to_string() } else { h.after_hash.clone() });
+    }
+    if !h.after_hash.is_empty() {
+        return (h.after_hash != h.before_hash).then(|| h.after_hash.clone());
+    }
+    (!current.is_empty() && current != h.before_hash).then(|| current.to_string())
+}
+
 /// Put one host's file back to its bytes from before the rollout.
 pub(super) async fn rollback_host(
     core: Arc<ChangesCore>,
@@ -103,21 +130,15 @@ pub(super) async fn rollback_host(
     timeout: Duration,
 ) -> (v1::RolloutHost, HostEvent) {
     let current = core.state.file_state(&h.host_id, &h.path).map(|f| f.content_hash).unwrap_or_default();
-    let was_applied = h.state == HS::Applied as i32;
-    if !was_applied && (current.is_empty() || current == h.before_hash) {
-        // Never written (refused, conflict, failed before writing): nothing to undo.
+    let Some(expected) = rollback_expects(&h, &current) else {
         return (h, None);
-    }
-    // An applied host always gets the restore, even when the server's copy of its
-    // file reads as the old content: that copy may not have caught up with what the
-    // agent wrote. The agent answers CONFLICT with the old hash when it is already back.
+    };
     let deadline = Instant::now() + timeout;
     if !core.dispatcher.wait_connected(&h.host_id, deadline).await {
         h.state = HS::RollbackFailed as i32;
         h.message = format!("offline for {} s: not rolled back", timeout.as_secs());
         return event(h, "rollout.host_rollback_failed");
     }
-    let expected = if was_applied && !h.after_hash.is_empty() { h.after_hash.clone() } else { current };
     let change = v1::ApplyChange {
         change_id: format!("{}/rollback/{}", r.id, h.host_id),
         path: h.path.clone(),
@@ -209,5 +230,42 @@ impl ChangesCore {
             }
         }
         Ok(names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(state: HS, before: &str, after: &str) -> v1::RolloutHost {
+        v1::RolloutHost {
+            state: state as i32,
+            before_hash: before.into(),
+            after_hash: after.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_applied_host_is_always_restored_from_what_it_wrote() {
+        assert_eq!(rollback_expects(&host(HS::Applied, "a", "b"), "a").as_deref(), Some("b"), "the server's copy lags");
+        assert_eq!(rollback_expects(&host(HS::Applied, "a", ""), "c").as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn an_answer_that_wrote_nothing_is_never_rolled_back() {
+        // A conflict: the agent's before and after agree, whatever the server's copy says.
+        assert_eq!(rollback_expects(&host(HS::Failed, "x", "x"), "y"), None);
+        // Skipped (already had the content).
+        assert_eq!(rollback_expects(&host(HS::Skipped, "a", "a"), "a"), None);
+        // The agent failed after writing and left the file changed: undo that.
+        assert_eq!(rollback_expects(&host(HS::Failed, "a", "b"), "a").as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn without_an_answer_the_servers_copy_decides() {
+        assert_eq!(rollback_expects(&host(HS::Failed, "a", ""), "a"), None);
+        assert_eq!(rollback_expects(&host(HS::Failed, "a", ""), ""), None);
+        assert_eq!(rollback_expects(&host(HS::Failed, "a", ""), "b").as_deref(), Some("b"));
     }
 }
