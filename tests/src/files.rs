@@ -29,6 +29,8 @@ pub fn fleet_key(dir: &Path) -> PathBuf {
     if !p.exists() {
         std::fs::create_dir_all(dir).expect("key dir");
         std::fs::write(&p, TEST_FLEET_KEY).expect("write key");
+        // The agent refuses a key file others can read.
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod key");
     }
     p
 }

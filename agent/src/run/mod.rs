@@ -123,12 +123,43 @@ pub fn load_fleet_key(config: &AgentConfig) -> Result<Vec<u8>> {
             p
         }
     };
+    let meta = std::fs::metadata(&path).map_err(|e| AgentError::io(&path, e))?;
+    check_key_file_mode(&path, &meta)?;
     let key = std::fs::read(&path).map_err(|e| AgentError::io(&path, e))?;
     let trimmed = key.trim_ascii();
     if trimmed.len() < 16 {
         return Err(AgentError::Config(format!("{}: the fleet key must be at least 16 bytes", path.display())));
     }
+    if trimmed.len() < 32 {
+        tracing::warn!(path = %path.display(), bytes = trimmed.len(), "the fleet key is shorter than 32 bytes; use 32 random bytes or more (e.g. openssl rand -hex 32)");
+    }
     Ok(trimmed.to_vec())
+}
+
+/// Whoever reads the fleet key can guess masked values offline: refuse a key file
+/// anyone may read, or one readable by a group other than the agent's own.
+fn check_key_file_mode(path: &std::path::Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode() & 0o777;
+    // SAFETY: getegid has no preconditions.
+    let own_group = unsafe { libc::getegid() };
+    key_file_mode_problem(mode, meta.gid(), own_group)
+        .map_or(Ok(()), |why| Err(AgentError::Config(format!("{}: {why}", path.display()))))
+}
+
+/// Why a key file with these permission bits and group may not be used (pure: tested below).
+fn key_file_mode_problem(mode: u32, file_group: u32, own_group: u32) -> Option<String> {
+    if mode & 0o004 != 0 {
+        return Some(format!(
+            "the fleet key file is readable by everyone (mode {mode:03o}); chmod 600 it (or 640 for the agent's own group)"
+        ));
+    }
+    if mode & 0o040 != 0 && file_group != own_group {
+        return Some(format!(
+            "the fleet key file is readable by group {file_group}, not the agent's own ({own_group}); chmod 600 it"
+        ));
+    }
+    None
 }
 
 /// Over TLS: the stored identity when it can be used; `None` when the agent has to
@@ -267,4 +298,19 @@ async fn spool_call<T: Send + 'static>(
     })
     .await
     .map_err(|e| AgentError::Watch(format!("spool task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_file_mode_problem;
+
+    #[test]
+    fn a_fleet_key_anyone_or_another_group_can_read_is_refused() {
+        assert!(key_file_mode_problem(0o600, 0, 0).is_none());
+        assert!(key_file_mode_problem(0o400, 5, 0).is_none());
+        assert!(key_file_mode_problem(0o640, 7, 7).is_none(), "the agent's own group");
+        assert!(key_file_mode_problem(0o644, 0, 0).unwrap().contains("everyone"));
+        assert!(key_file_mode_problem(0o604, 0, 0).unwrap().contains("everyone"));
+        assert!(key_file_mode_problem(0o640, 8, 7).unwrap().contains("group 8"));
+    }
 }

@@ -25,6 +25,8 @@ async fn correct_and_rollout_from_the_command_line() {
     let original = "# app settings\nWORKERS=8\nNAME=web\n";
     std::fs::write(&file, original).unwrap();
     std::fs::write(dir.path().join("fleet.key"), "cli-test-fleet-key-0123").unwrap();
+    std::fs::set_permissions(dir.path().join("fleet.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
     let server =
         driftwatch_server::start(driftwatch_server::ServerConfig::for_tests(dir.path().join("srv"))).await.unwrap();
     let url = format!("http://{}", server.grpc_addr);

@@ -18,6 +18,8 @@ async fn hosts_file_diff_in_table_and_json() {
     std::fs::write(&a, "WORKERS=8\nAPI_TOKEN=sk_live_abcdefghijklmnopqrstuvwx\nNAME=web\n").unwrap();
     std::fs::write(&b, "WORKERS=16\nNAME=web\nEXTRA=1\n").unwrap();
     std::fs::write(dir.path().join("fleet.key"), "cli-test-fleet-key-0123").unwrap();
+    std::fs::set_permissions(dir.path().join("fleet.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
     let server =
         driftwatch_server::start(driftwatch_server::ServerConfig::for_tests(dir.path().join("srv"))).await.unwrap();
     let url = format!("http://{}", server.grpc_addr);

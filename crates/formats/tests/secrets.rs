@@ -110,7 +110,6 @@ fn key_name_negative() {
         ("TOKEN_EXPIRES_IN", v, None),
         ("token_expiry", v, None),
         ("auth_enabled", v, None),
-        ("enable_auth", v, None),
         ("password_min_length", v, None),
         ("min_password_length", v, None),
         ("password_required", v, None),
@@ -434,4 +433,101 @@ fn secret_looking_keys_are_masked_too() {
     let a = ok(&format!("[t]\n\"{token}\" = 1\n"), Format::Toml);
     assert_eq!(keys(&a), [format!("t.{}", short(token)).as_str()]);
     assert!(!format!("{a:?}").contains("AbCdEf"));
+}
+
+/// The masking table: names a secret hides behind, each masked with a realistic value in
+/// an `.env` file (typed as the agent types it), and 30 ordinary settings that must stay
+/// clear. Borderline cases, decided:
+/// - `ENABLE_AUTH=true`: `auth` is a secret word and words before it never cancel it, but
+///   a boolean is never masked, so the toggle stays readable; a string there is masked.
+/// - `MAX_TOKENS=4096`: a plural after a count word is a count, and numbers under a
+///   plural are never masked anyway.
+/// - `PIN_MEMORY=true`: `pin` is a secret word (`secrets.pin: 123456`); the boolean stays
+///   readable, and `PIN_VERSION=3` is a setting (`version` comes after it).
+/// - `SORT_KEY`, `CACHE_KEY`, `PUBLIC_KEY`: `key` after a word that is not a purpose
+///   or a primitive is an identifier, not key material.
+#[test]
+fn masking_table_of_secret_names_and_ordinary_settings() {
+    let secrets = [
+        ("AUTH_SERVER_SECRET", "s3rv3r-s1de"),
+        ("AUTH_SERVICE_TOKEN", "svc-tok-123"),
+        ("MS_CLIENT_SECRET", "abc~def"),
+        ("HMAC_KEY", "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"),
+        ("JWT_KEY", "changeme"),
+        ("DB_PW", "hunter2"),
+        ("PSK", "wifi-preshared"),
+        ("AES_KEY", "0123456789abcdef"),
+        ("SESSION_COOKIE_KEY", "k3y"),
+        ("SMTP_PASS", "mail"),
+        ("REDIS_PASSWORD", "r"),
+        ("STORAGE_API_KEY", "sk"),
+        ("MAX_TOKEN", "t0k"),
+        ("SECRET", "x"),
+        ("PIN", "1234"),
+    ];
+    let ordinary = [
+        ("MAX_CONNECTIONS", "100"),
+        ("TOKEN_BUCKET_SIZE", "50"),
+        ("SECRET_ROTATION_DAYS", "30"),
+        ("MAX_TOKENS", "4096"),
+        ("TOKENS_PER_MINUTE", "600"),
+        ("TOKEN_TTL_SECONDS", "3600"),
+        ("PASSWORD_MIN_LENGTH", "12"),
+        ("AUTH_TIMEOUT", "30s"),
+        ("AUTH_ENABLED", "true"),
+        ("ENABLE_AUTH", "true"),
+        ("TOKEN_FILE", "/run/secrets/token"),
+        ("PASSWORD_FILE", "/run/secrets/db"),
+        ("SECRET_NAME", "db-credentials"),
+        ("AUTH_PROVIDER", "oidc"),
+        ("API_KEY_HEADER", "X-Api-Key"),
+        ("TOKEN_URL", "https://idp.example.com/token"),
+        ("SORT_KEY", "created_at"),
+        ("CACHE_KEY", "user_profile"),
+        ("PUBLIC_KEY_PATH", "/etc/app/pub.pem"),
+        ("PRIMARY_KEY", "id"),
+        ("PIN_MEMORY", "true"),
+        ("PIN_VERSION", "3"),
+        ("AUTHOR", "alice"),
+        ("TOKENIZER", "bpe"),
+        ("WORKERS", "8"),
+        ("LOG_LEVEL", "info"),
+        ("DATABASE_HOST", "db.internal"),
+        ("PASSWORD_POLICY", "strong"),
+        ("SECRET_STORE_BACKEND", "vault"),
+        ("CREDENTIALS_DIR", "/etc/creds"),
+    ];
+    assert_eq!(ordinary.len(), 30);
+    let text: String = secrets.iter().chain(&ordinary).map(|(k, v)| format!("{k}={v}\n")).collect();
+    let a = ok(&text, Format::Env);
+    let masked = masked_keys(&a);
+    let mut failures = Vec::new();
+    for (k, _) in secrets {
+        if !masked.contains(&k) {
+            failures.push(format!("{k} should be masked"));
+        }
+    }
+    for (k, _) in ordinary {
+        if masked.contains(&k) {
+            failures.push(format!("{k} should stay clear"));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    // A string under a secret word before a toggle word is masked: only the type spares the toggle.
+    check(&[("enable_auth", "plain-value", KEY), ("secrets.pin", "123456", KEY)]);
+    let a = ok("secrets:\n  pin: 123456\n", Format::Yaml);
+    assert_eq!(masked_keys(&a), ["secrets.pin"], "a number under a secret word is masked");
+}
+
+/// The rule generalises: no key name of the tables above is spelled out in the
+/// masking code (it works on words, not names).
+#[test]
+fn the_masking_code_names_words_not_keys() {
+    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/secrets/names.rs")).unwrap();
+    let code: String = src.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+    for name in ["AUTH_SERVER_SECRET", "AUTH_SERVICE_TOKEN", "MS_CLIENT_SECRET", "HMAC_KEY", "JWT_KEY", "DB_PW"] {
+        for spelled in [name.to_string(), name.to_lowercase()] {
+            assert!(!code.contains(&format!("\"{spelled}\"")), "{spelled} is spelled out in names.rs");
+        }
+    }
 }

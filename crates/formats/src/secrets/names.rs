@@ -52,7 +52,10 @@ const SECRET_WORDS: &[&str] = &[
     "password",
     "passwd",
     "pwd",
+    "pw",
     "pass",
+    "pin",
+    "psk",
     "pgpassword",
     "passphrase",
     "secret",
@@ -77,15 +80,43 @@ const SECRET_WORDS: &[&str] = &[
     "masterkey",
 ];
 
-/// First words of two-word secret names whose second word is `key`: `api_key`,
-/// `privateKey`, `ACCESS_KEY`, `app_key`, ...
-const KEY_PAIR_FIRST: &[&str] =
-    &["api", "private", "access", "secret", "session", "signing", "encryption", "master", "app", "account", "license"];
+/// Words that, followed by `key`, name key material: what it is for (`api_key`,
+/// `signing_key`, `ACCESS_KEY`, `app_key`) or the primitive it feeds (`hmac_key`,
+/// `aes_key`, `jwt_key`). A `key` after any other word is an identifier
+/// (`sort_key`, `cache_key`, `primary_key`, `public_key`).
+const KEY_PAIR_FIRST: &[&str] = &[
+    "api",
+    "private",
+    "access",
+    "secret",
+    "session",
+    "signing",
+    "encryption",
+    "master",
+    "app",
+    "account",
+    "license",
+    "hmac",
+    "jwt",
+    "aes",
+    "cipher",
+    "crypto",
+    "csrf",
+    "cookie",
+    "shared",
+    "preshared",
+    "sign",
+    "decryption",
+    "wrapping",
+];
 
-/// Words that make the key a setting *about* a secret wherever they stand: counts, sizes,
-/// durations, toggles (`max_tokens`, `token_ttl_seconds`, `auth_enabled`,
-/// `min_password_length`).
-const SETTING_WORDS_ANYWHERE: &[&str] = &[
+/// Words that, after the last secret word, make the key a setting *about* the secret:
+/// counts, sizes, durations, toggles (`token_ttl_seconds`, `auth_enabled`,
+/// `password_min_length`, `SECRET_ROTATION_DAYS`), and where or how it is found
+/// (`token_file`, `password_path`, `auth_provider`, `api_key_header`, `secret_name`).
+/// Before the secret word they never cancel it: they name the secret's owner or use
+/// (`STORAGE_API_KEY`, `AUTH_SERVICE_TOKEN`, `MS_CLIENT_SECRET`, `DB_USER_PASSWORD`).
+const SETTING_WORDS: &[&str] = &[
     "max",
     "maximum",
     "min",
@@ -143,13 +174,6 @@ const SETTING_WORDS_ANYWHERE: &[&str] = &[
     "total",
     "reserved",
     "chars",
-];
-
-/// Words that make the key a setting about a secret when they come *after* the secret word
-/// (`token_file`, `password_path`, `auth_provider`, `api_key_header`, `secret_name`), but
-/// name the secret's owner when they come before it (`STORAGE_API_KEY`, `DB_USER_PASSWORD`,
-/// `EMAIL_PASSWORD`, `SERVICE_TOKEN` stay secret).
-const SETTING_WORDS_AFTER: &[&str] = &[
     "age",
     "sec",
     "file",
@@ -211,6 +235,11 @@ const SETTING_WORDS_AFTER: &[&str] = &[
     "email",
 ];
 
+/// Words that make a following *plural* secret word a count: `max_tokens`,
+/// `num_tokens`, `min_passwords`. (A singular one stays a secret: `MAX_TOKEN` is
+/// not a count.)
+const COUNT_WORDS: &[&str] = &["max", "maximum", "min", "minimum", "num", "number", "count", "total"];
+
 /// Parent segments that hold a collection of secrets (`secrets.db`, `credentials.github`).
 const SECRET_COLLECTIONS: &[&str] = &["secrets", "credentials", "passwords", "creds"];
 
@@ -219,16 +248,20 @@ pub(crate) fn key_name_match(key_path: &str) -> Option<KeyMatch> {
     let mut segments = key_path.rsplit('.');
     let last = strip_indexes(segments.next().unwrap_or(""));
     let words = split_words(last);
-    if words.iter().any(|w| SETTING_WORDS_ANYWHERE.contains(&w.as_str())) {
-        return None;
-    }
-    let is_setting_after = |from: usize| words[from..].iter().any(|w| SETTING_WORDS_AFTER.contains(&w.as_str()));
-    if let Some((end, found)) = secret_words_in(&words) {
-        return if is_setting_after(end) { None } else { Some(found) };
+    let setting_in = |ws: &[String]| ws.iter().any(|w| SETTING_WORDS.contains(&w.as_str()));
+    // The last secret word decides: only words after it can make the key a setting.
+    if let Some(m) = last_secret_word(&words) {
+        if setting_in(&words[m.end..]) {
+            return None;
+        }
+        if m.found.weak && words[..m.start].iter().any(|w| COUNT_WORDS.contains(&w.as_str())) {
+            return None;
+        }
+        return Some(m.found);
     }
     // A key directly under a collection of secrets (`secrets.db`), unless its own name says
     // it is a setting (`credentials.username`, `secrets.type`).
-    if words.is_empty() || is_setting_after(0) {
+    if words.is_empty() || setting_in(&words) {
         return None;
     }
     let parent = split_words(strip_indexes(segments.next()?));
@@ -238,34 +271,43 @@ pub(crate) fn key_name_match(key_path: &str) -> Option<KeyMatch> {
     None
 }
 
-/// The first secret name among `words`: (index just past it, how it matched). A singular
-/// match beats a plural one (`tokens_secret` is a strong match).
-fn secret_words_in(words: &[String]) -> Option<(usize, KeyMatch)> {
-    let mut plural: Option<(usize, KeyMatch)> = None;
+/// One secret name found among a key's words.
+struct SecretWord {
+    /// Index of its first word, and just past its last.
+    start: usize,
+    end: usize,
+    found: KeyMatch,
+}
+
+/// The last secret name among `words`. A singular one (`token`, `api_key`) is strong; a
+/// plural (`tokens`, `api_keys`) weak, and a strong one anywhere wins over a later
+/// plural (`tokens_secret` is strong).
+fn last_secret_word(words: &[String]) -> Option<SecretWord> {
+    let mut strong: Option<SecretWord> = None;
+    let mut weak: Option<SecretWord> = None;
     for (i, w) in words.iter().enumerate() {
         let w = w.as_str();
         if SECRET_WORDS.contains(&w) {
-            return Some((i + 1, KeyMatch { weak: false }));
+            strong = Some(SecretWord { start: i, end: i + 1, found: KeyMatch { weak: false } });
         }
         if let Some(next) = words.get(i + 1)
             && KEY_PAIR_FIRST.contains(&w)
         {
             if next == "key" {
-                return Some((i + 2, KeyMatch { weak: false }));
+                strong = Some(SecretWord { start: i, end: i + 2, found: KeyMatch { weak: false } });
             }
-            if next == "keys" && plural.is_none() {
-                plural = Some((i + 2, KeyMatch { weak: true }));
+            if next == "keys" {
+                weak = Some(SecretWord { start: i, end: i + 2, found: KeyMatch { weak: true } });
             }
         }
         if let Some(singular) = w.strip_suffix('s')
             && singular.len() >= 3
             && SECRET_WORDS.contains(&singular)
-            && plural.is_none()
         {
-            plural = Some((i + 1, KeyMatch { weak: true }));
+            weak = Some(SecretWord { start: i, end: i + 1, found: KeyMatch { weak: true } });
         }
     }
-    plural
+    strong.or(weak)
 }
 
 /// `a[0][1]` → `a`.
