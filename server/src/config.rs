@@ -27,7 +27,12 @@ pub struct ServerFile {
     pub database: Option<String>,
     pub rules: Option<PathBuf>,
     pub metrics_listen: Option<String>,
+    /// A file holding the token `/metrics` scrapers must send (`Authorization: Bearer`).
+    /// Required when `metrics_listen` is not a loopback address.
+    pub metrics_token_file: Option<PathBuf>,
     pub insecure: Option<bool>,
+    #[serde(default)]
+    pub access: AccessFile,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -41,6 +46,14 @@ pub struct ServerFile {
     pub tls_san: Option<Vec<String>>,
     #[serde(default)]
     pub tls: TlsFile,
+}
+
+/// `[access]`: what operator calls need beyond the role table (`crate::access::table`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessFile {
+    /// Serve gRPC reflection without credentials (default: the viewer role).
+    pub open_reflection: Option<bool>,
 }
 
 /// `[tls]`: bring your own PKI. Without `cert`/`key` the server runs its built-in CA
@@ -111,7 +124,10 @@ pub struct ServerConfig {
     pub rules: Option<PathBuf>,
     /// None disables the metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// What `/metrics` scrapers must send as `Authorization: Bearer` (`/healthz` stays open).
+    pub metrics_token: Option<String>,
     pub insecure: bool,
+    pub access: crate::access::Policy,
     pub max_message_bytes: usize,
     pub max_agents: usize,
     pub heartbeat_interval: Duration,
@@ -144,7 +160,9 @@ impl ServerConfig {
             storage: StorageConfig::DataDir(data.into()),
             rules: None,
             metrics_listen: Some("127.0.0.1:0".parse().expect("literal")),
+            metrics_token: None,
             insecure: true,
+            access: Default::default(),
             max_message_bytes: 4 * 1024 * 1024,
             max_agents: 10_000,
             heartbeat_interval: Duration::from_secs(15),
@@ -174,6 +192,14 @@ impl ServerConfig {
             reload_interval: crate::tls::DEFAULT_RELOAD_INTERVAL,
         });
         c
+    }
+
+    /// The directory the server keeps its files in (`admin.token`, `tls/`).
+    pub fn data_dir(&self) -> PathBuf {
+        match &self.storage {
+            StorageConfig::DataDir(d) => d.clone(),
+            StorageConfig::SqliteFile(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+        }
     }
 
     /// Path of the SQLite database file.
@@ -295,6 +321,34 @@ impl ServerConfig {
                 format!("--insecure is for loopback development only; refusing to serve plaintext on {addr}"),
             );
         }
+        let metrics_token = match &file.metrics_token_file {
+            None => None,
+            Some(f) => match std::fs::read_to_string(f) {
+                Ok(t) if t.trim().len() >= 16 && !t.trim().contains(char::is_whitespace) => Some(t.trim().to_string()),
+                Ok(_) => {
+                    field_err(
+                        "metrics_token_file",
+                        format!("{}: needs one token of at least 16 characters", f.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    field_err("metrics_token_file", format!("{}: {e}", f.display()));
+                    None
+                }
+            },
+        };
+        if let Some(Some(addr)) = metrics_listen
+            && !addr.ip().is_loopback()
+            && file.metrics_token_file.is_none()
+        {
+            field_err(
+                "metrics_listen",
+                format!(
+                    "{addr} leaves this host: set metrics_token_file (scrapers send `Authorization: Bearer <token>`)"
+                ),
+            );
+        }
         let tls = if insecure {
             if file.tls.cert.is_some() || file.tls.key.is_some() || file.tls.client_ca.is_some() {
                 field_err("tls", "--insecure serves plaintext; remove [tls] or --insecure".into());
@@ -311,7 +365,9 @@ impl ServerConfig {
             storage: storage.expect("checked"),
             rules,
             metrics_listen: metrics_listen.expect("checked"),
+            metrics_token,
             insecure,
+            access: crate::access::Policy { open_reflection: file.access.open_reflection.unwrap_or(false) },
             max_message_bytes,
             max_agents,
             heartbeat_interval,
@@ -454,6 +510,34 @@ mod tests {
         assert!(errs.iter().all(|e| e.starts_with("server.toml: ")));
         assert!(errs.iter().any(|e| e.contains("listen: 'nonsense'")));
         assert!(errs.iter().any(|e| e.contains("limits.max_agents")));
+    }
+
+    #[test]
+    fn metrics_off_loopback_need_a_token_file_and_access_opens_reflection() {
+        let d = tempfile::tempdir().unwrap();
+        let f = ServerFile { metrics_listen: Some("0.0.0.0:9464".into()), ..base() };
+        let err = ServerConfig::resolve(f, "server.toml").unwrap_err().to_string();
+        assert!(err.contains("metrics_listen: 0.0.0.0:9464 leaves this host: set metrics_token_file"), "{err}");
+        let short = d.path().join("short");
+        std::fs::write(&short, "abc\n").unwrap();
+        let f = ServerFile { metrics_listen: Some("0.0.0.0:9464".into()), metrics_token_file: Some(short), ..base() };
+        let err = ServerConfig::resolve(f, "server.toml").unwrap_err().to_string();
+        assert!(err.contains("metrics_token_file") && err.contains("at least 16"), "{err}");
+        let good = d.path().join("good");
+        std::fs::write(&good, "0123456789abcdef0123\n").unwrap();
+        let f = ServerFile {
+            metrics_listen: Some("0.0.0.0:9464".into()),
+            metrics_token_file: Some(good),
+            access: AccessFile { open_reflection: Some(true) },
+            ..base()
+        };
+        let c = ServerConfig::resolve(f, "server.toml").unwrap();
+        assert_eq!(c.metrics_token.as_deref(), Some("0123456789abcdef0123"));
+        assert!(c.access.open_reflection);
+        let c = ServerConfig::resolve(base(), "server.toml").unwrap();
+        assert!(c.metrics_token.is_none() && !c.access.open_reflection, "loopback metrics need no token");
+        let toml_err = toml::from_str::<ServerFile>("[access]\nopen_reflection = true\nroles = 1\n").unwrap_err();
+        assert!(toml_err.to_string().contains("unknown field `roles`"), "{toml_err}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod hub;
 pub mod metrics;
 pub mod notify;
+pub mod operators;
 pub mod principal;
 pub mod retention;
 pub mod rule_input;
@@ -33,9 +34,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use driftwatch_proto::v1::{
-    self, agent_gateway_server::AgentGatewayServer, alerts_server::AlertsServer, audit_server::AuditServer,
-    baselines_server::BaselinesServer, changes_server::ChangesServer, enrollment_server::EnrollmentServer,
-    fleet_server::FleetServer, rules_server::RulesServer,
+    self, access_server::AccessServer, agent_gateway_server::AgentGatewayServer, alerts_server::AlertsServer,
+    audit_server::AuditServer, baselines_server::BaselinesServer, changes_server::ChangesServer,
+    enrollment_server::EnrollmentServer, fleet_server::FleetServer, rules_server::RulesServer,
 };
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -118,6 +119,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             max_event_id: store.max_event_id()?,
             tokens: store.load_identities(enroll::records::TOKEN_KIND)?,
             identities: store.load_identities(enroll::records::HOST_KIND)?,
+            operators: store.load_identities(operators::records::OPERATOR_KIND)?,
         };
         Ok::<_, ServerError>((store, reader, loaded))
     })
@@ -134,6 +136,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         max_event_id,
         tokens: token_records,
         identities: identity_records,
+        operators: operator_records,
     } = loaded;
 
     let state = state::FleetState::new();
@@ -226,6 +229,13 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         tls.as_ref().and_then(|(m, _)| m.built_in()),
         config.tls.as_ref().map_or(driftwatch_pki::DEFAULT_CERT_LIFETIME, |t| t.cert_lifetime),
     );
+    let operators =
+        operators::Operators::load(operator_records, writer_tx.clone(), tls.as_ref().and_then(|(m, _)| m.built_in()));
+    if tls.is_some()
+        && let Some(path) = operators.bootstrap_admin(&config.data_dir()).await?
+    {
+        tracing::warn!(file = %path.display(), "first start: an admin token was written (readable by this user only); use it to create operators' tokens (driftwatch token create), then revoke it");
+    }
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let grpc_addr = listener.local_addr()?;
     let metrics_listener = match config.metrics_listen {
@@ -264,6 +274,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         engine: engine.clone(),
     };
     let enrollment = enroll::service::EnrollmentService { identities: identities.clone() };
+    let access_grpc = operators::service::AccessService { operators: operators.clone() };
     let baselines = baselines::BaselinesService {
         state: state.clone(),
         baselines: baseline_set,
@@ -320,6 +331,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     health_reporter.set_serving::<AuditServer<audit::AuditService>>().await;
     health_reporter.set_serving::<ChangesServer<changes::ChangesService>>().await;
     health_reporter.set_serving::<EnrollmentServer<enroll::service::EnrollmentService>>().await;
+    health_reporter.set_serving::<AccessServer<operators::service::AccessService>>().await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -334,7 +346,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
 
     let access = access::AccessLayer {
         mode: if tls.is_some() { access::Mode::Tls } else { access::Mode::Insecure },
+        policy: config.access,
         deny: deny.clone(),
+        creds: operators.clone(),
     };
     let router = tonic::transport::Server::builder()
         .layer(access)
@@ -348,6 +362,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         .add_service(AuditServer::new(audit_grpc))
         .add_service(ChangesServer::new(changes_grpc))
         .add_service(EnrollmentServer::new(enrollment))
+        .add_service(AccessServer::new(access_grpc))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -355,8 +370,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let metrics_task = metrics_listener.map(|l| {
         let token = shutdown.clone();
         let m = metrics.clone();
+        let scrape_token = config.metrics_token.clone();
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(l, m, async move { token.cancelled().await }).await {
+            if let Err(e) = metrics::serve(l, m, scrape_token, async move { token.cancelled().await }).await {
                 tracing::error!(error = %e, "metrics endpoint failed");
             }
         })
@@ -446,4 +462,5 @@ struct Loaded {
     max_event_id: u64,
     tokens: Vec<driftwatch_store::IdentityRecord>,
     identities: Vec<driftwatch_store::IdentityRecord>,
+    operators: Vec<driftwatch_store::IdentityRecord>,
 }

@@ -11,7 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// `notifier` (name) and `url` (endpoint) of a notifier target.
+/// `notifier` (name) and `target` (its endpoint's position: 0, or an Alertmanager
+/// instance's index in `urls`); never a URL.
 pub type NotifierLabels = Vec<(String, String)>;
 
 #[derive(Debug)]
@@ -37,7 +38,7 @@ pub struct Metrics {
     pub rules_reload_failures: Counter,
     pub subscribers: Gauge,
     pub retention_passes: Counter,
-    /// Per notifier target (labels `notifier`, `url`).
+    /// Per notifier target (labels `notifier`, `target`).
     pub notifications_delivered: Family<NotifierLabels, Counter>,
     pub notification_failures: Family<NotifierLabels, Counter>,
     pub notifications_expired: Family<NotifierLabels, Counter>,
@@ -192,22 +193,49 @@ impl Metrics {
     }
 }
 
-/// Serve `/metrics` and `/healthz` until `shutdown` resolves.
+/// Whether a `/metrics` request may read: always without a configured token, else
+/// only with `Authorization: Bearer <token>`.
+pub fn scrape_allowed(token: Option<&str>, authorization: Option<&str>) -> bool {
+    match token {
+        None => true,
+        Some(want) => authorization.and_then(|h| driftwatch_proto::bearer::parse(h).ok()).is_some_and(|got| {
+            // Equal-time comparison: the token is a credential.
+            got.len() == want.len() && got.bytes().zip(want.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+        }),
+    }
+}
+
+/// Serve `/metrics` (behind `token` when set) and `/healthz` (open: probes) until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    token: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::http::{StatusCode, header};
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
     use axum::routing::get;
     let m = metrics.clone();
+    let token: Option<Arc<str>> = token.map(Into::into);
     let app = axum::Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: HeaderMap| {
                 let m = m.clone();
+                let token = token.clone();
                 async move {
+                    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                    if !scrape_allowed(token.as_deref(), auth) {
+                        return (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Bearer")],
+                            "metrics need Authorization: Bearer <metrics token>\n",
+                        )
+                            .into_response();
+                    }
                     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.render())
+                        .into_response()
                 }
             }),
         )
@@ -229,4 +257,21 @@ pub async fn serve(
 
 pub fn local_addr(l: &tokio::net::TcpListener) -> SocketAddr {
     l.local_addr().expect("bound listener has an address")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metrics_token_is_required_only_when_configured() {
+        assert!(scrape_allowed(None, None));
+        assert!(scrape_allowed(None, Some("Bearer whatever")));
+        let t = Some("0123456789abcdef");
+        assert!(scrape_allowed(t, Some("Bearer 0123456789abcdef")));
+        assert!(!scrape_allowed(t, None));
+        assert!(!scrape_allowed(t, Some("Bearer 0123456789abcdeX")));
+        assert!(!scrape_allowed(t, Some("Bearer 0123456789abcde")));
+        assert!(!scrape_allowed(t, Some("Basic 0123456789abcdef")));
+    }
 }

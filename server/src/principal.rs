@@ -4,8 +4,8 @@
 //! silence, a baseline version, a rollout).
 //!
 //! The access layer (`crate::access`) puts the caller's `Principal` into the
-//! request's extensions: `insecure-local` under `--insecure`, an operator
-//! certificate's name, or `loopback` for a TLS caller on the server's host.
+//! request's extensions: `insecure-local` under `--insecure`, a token's name, or an
+//! operator certificate's SPIFFE id (`spiffe://driftwatch/operator/<name>`).
 
 use tonic::Request;
 
@@ -19,8 +19,6 @@ impl Principal {
     pub const UNAUTHENTICATED: &str = "unauthenticated";
     /// Every operator call of a `--insecure` server (loopback development).
     pub const INSECURE_LOCAL: &str = "insecure-local";
-    /// An operator call over TLS from the server's own host, without credentials.
-    pub const LOOPBACK: &str = "loopback";
 
     /// The principal of `request`: the one an authentication layer attached, else
     /// [`Principal::UNAUTHENTICATED`].

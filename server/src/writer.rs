@@ -62,6 +62,15 @@ pub struct AckTarget {
 
 pub type WriteSender = mpsc::Sender<WriteItem>;
 
+/// Write `ops` in one transaction and return once it is durable (control-plane writes:
+/// a change takes effect only after it would survive a restart).
+pub async fn commit_durable(writer: &WriteSender, ops: Vec<Op>) -> Result<(), crate::error::ServerError> {
+    let (done, durable) = tokio::sync::oneshot::channel();
+    let gone = || crate::error::ServerError::Unavailable("server is shutting down".into());
+    writer.send(WriteItem { ops, done: Some(done), ..Default::default() }).await.map_err(|_| gone())?;
+    durable.await.map_err(|_| gone())
+}
+
 /// Start the writer thread. It exits, after flushing what it holds, when every
 /// sender is dropped.
 pub fn spawn(

@@ -56,9 +56,40 @@ pub async fn enroll(url: &str, ca_pem: &str, token: &str, host_id: &str) -> Resu
     Ok(HostCert { host_id: r.host_id, cert_pem: r.certificate_pem, key_pem: key.to_pem() })
 }
 
-/// A new enrollment token from a server (called over loopback TLS, as an operator on its host).
-pub async fn create_token(url: &str, ca_pem: &str, req: v1::CreateEnrollTokenRequest) -> String {
+/// The admin token a TLS server wrote to its data dir `data` on first start.
+pub fn admin_token(data: &Path) -> String {
+    std::fs::read_to_string(data.join("admin.token")).expect("the server wrote its admin token").trim().to_string()
+}
+
+/// An operator certificate with `role` for `name`, signed by a TLS server's fleet CA
+/// (asked with the admin token of `data`): (cert, key) PEM.
+pub async fn operator_cert(url: &str, ca_pem: &str, data: &Path, name: &str, role: v1::Role) -> (String, String) {
+    let key = AgentKey::generate();
     let channel = tls_channel(url, ca_pem, None).await.expect("connect");
+    let bearer = driftwatch_proto::bearer::Bearer::new(Some(&admin_token(data))).expect("token");
+    let r = v1::access_client::AccessClient::with_interceptor(channel, bearer)
+        .create_operator_cert(v1::CreateOperatorCertRequest {
+            name: name.into(),
+            role: role as i32,
+            csr_pem: certificate_request(&key, name).expect("csr"),
+            ..Default::default()
+        })
+        .await
+        .expect("operator certificate")
+        .into_inner();
+    (r.certificate_pem, key.to_pem())
+}
+
+/// A channel to a TLS server (data dir `data`) presenting an admin operator
+/// certificate: what tests use for operator calls.
+pub async fn admin_channel(url: &str, ca_pem: &str, data: &Path) -> Channel {
+    let (cert, key) = operator_cert(url, ca_pem, data, "test-admin", v1::Role::Admin).await;
+    tls_channel(url, ca_pem, Some((&cert, &key))).await.expect("connect as admin")
+}
+
+/// A new enrollment token from a TLS server whose data dir is `data` (as its admin).
+pub async fn create_token(url: &str, ca_pem: &str, data: &Path, req: v1::CreateEnrollTokenRequest) -> String {
+    let channel = admin_channel(url, ca_pem, data).await;
     v1::enrollment_client::EnrollmentClient::new(channel)
         .create_enroll_token(req)
         .await

@@ -7,10 +7,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use driftwatch_agent::AgentFile;
+use driftwatch_proto::bearer::Bearer;
 use driftwatch_proto::v1::{self, changes_client::ChangesClient, fleet_client::FleetClient};
 use driftwatch_server::ServerConfig;
 use driftwatch_tests::netns::{Lab, SERVER_ADDR, block_in_netns};
-use driftwatch_tests::tls::{create_token, server_ca, tls_channel, tls_url};
+use driftwatch_tests::tls::{admin_channel, create_token, server_ca, tls_channel, tls_url};
 use driftwatch_tests::*;
 
 const T: Duration = Duration::from_secs(60);
@@ -58,7 +59,8 @@ async fn a_real_agent_enrolls_renews_restarts_without_its_token_and_is_cut_off_w
     let server = start_server_with(config).await;
     let (url, ca_pem) = (tls_url(&server), server_ca(&dir.path().join("server")));
     let ca = dir.path().join("server/tls/ca.pem");
-    let token = create_token(&url, &ca_pem, token_req(&[("env", "production")], "real-*", 1)).await;
+    let token =
+        create_token(&url, &ca_pem, &dir.path().join("server"), token_req(&[("env", "production")], "real-*", 1)).await;
     let watch = dir.path().join("etc");
     std::fs::create_dir_all(&watch).unwrap();
     std::fs::write(watch.join("app.env"), "WORKERS=8\n").unwrap();
@@ -66,7 +68,7 @@ async fn a_real_agent_enrolls_renews_restarts_without_its_token_and_is_cut_off_w
     let file = tls_agent(&agent_dir, &url, "real-1", &ca, Some(&token), &watch);
     let mut agent = AgentProcess::start(&agent_dir, &file);
 
-    let fleet = FleetClient::new(tls_channel(&url, &ca_pem, None).await.unwrap());
+    let fleet = FleetClient::new(admin_channel(&url, &ca_pem, &dir.path().join("server")).await);
     let first = wait_for("the agent enrolled and streaming", T, || async {
         host_of(&fleet, "real-1").await.filter(|h| online(h) && h.files.len() == 1)
     })
@@ -135,8 +137,10 @@ async fn agents_on_other_hosts_enroll_stream_over_mutual_tls_and_take_a_correcti
     let mut server = ChildProcess::spawn("driftwatch-server", cmd, Some(&dir.path().join("server.log"))).unwrap();
     let ca_path = data.join("tls/ca.pem");
 
-    // The operator, on the server's host (its loopback): wait for the server, make a token.
+    // The operator, on the server's host (its loopback): wait for the server, make a
+    // token with the admin token the first start wrote.
     let ca_file = ca_path.clone();
+    let admin_file = data.join("admin.token");
     let token = tokio::task::spawn_blocking({
         let ns = lab.server.clone();
         move || {
@@ -146,7 +150,8 @@ async fn agents_on_other_hosts_enroll_stream_over_mutual_tls_and_take_a_correcti
                     tls_channel("https://localhost:50051", &ca, None).await.ok()
                 })
                 .await;
-                v1::enrollment_client::EnrollmentClient::new(ch)
+                let admin = std::fs::read_to_string(&admin_file).expect("DATA/admin.token");
+                v1::enrollment_client::EnrollmentClient::with_interceptor(ch, Bearer::new(Some(&admin)).unwrap())
                     .create_enroll_token(token_req(&[("env", "lab")], "lab-*", 2))
                     .await
                     .expect("a token from the server's host")
@@ -177,10 +182,11 @@ async fn agents_on_other_hosts_enroll_stream_over_mutual_tls_and_take_a_correcti
     let ca_file = ca_path.clone();
     let result = tokio::task::spawn_blocking({
         let ns = lab.server.clone();
+        let data = data.clone();
         move || {
             block_in_netns(&ns, move || async move {
                 let ca = std::fs::read_to_string(&ca_file).unwrap();
-                let ch = tls_channel("https://localhost:50051", &ca, None).await.unwrap();
+                let ch = admin_channel("https://localhost:50051", &ca, &data).await;
                 let fleet = FleetClient::new(ch.clone());
                 for id in ["lab-0", "lab-1"] {
                     wait_for(&format!("{id} enrolled and streaming"), T, || async {
@@ -212,21 +218,26 @@ async fn agents_on_other_hosts_enroll_stream_over_mutual_tls_and_take_a_correcti
     assert_eq!(std::fs::read_to_string(&files[0]).unwrap(), "# workers\nWORKERS=9\n", "comments kept");
     assert_eq!(std::fs::read_to_string(&files[1]).unwrap(), "# workers\nWORKERS=8\n", "the other host untouched");
 
-    // From another host, without an operator certificate, operator calls are refused.
+    // From another host: without credentials refused; with a token, served over the network.
     let ca_file = ca_path.clone();
-    let refused = tokio::task::spawn_blocking({
+    let bearer = Bearer::new(Some(&std::fs::read_to_string(data.join("admin.token")).unwrap())).unwrap();
+    let (refused, listed) = tokio::task::spawn_blocking({
         let ns = lab.agents[1].clone();
         move || {
             block_in_netns(&ns, move || async move {
                 let ca = std::fs::read_to_string(&ca_file).unwrap();
                 let ch = tls_channel(&format!("https://{SERVER_ADDR}:50051"), &ca, None).await.unwrap();
-                FleetClient::new(ch).list_hosts(v1::ListHostsRequest::default()).await.unwrap_err()
+                let refused = FleetClient::new(ch.clone()).list_hosts(v1::ListHostsRequest::default()).await;
+                let listed =
+                    FleetClient::with_interceptor(ch, bearer).list_hosts(v1::ListHostsRequest::default()).await;
+                (refused.unwrap_err(), listed.unwrap().into_inner())
             })
         }
     })
     .await
     .unwrap();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{}", refused.message());
+    assert_eq!(listed.hosts.len(), 2, "{listed:?}");
 
     for a in &mut agents {
         a.stop().await;

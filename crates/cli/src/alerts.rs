@@ -1,8 +1,8 @@
 //! `driftwatch alerts`, `driftwatch ack`, `driftwatch silence add|list|expire`.
 
+use crate::connect::Conn;
 use clap::{Args, Subcommand};
 use driftwatch_proto::v1::{self, alerts_client::AlertsClient};
-use tonic::transport::Channel;
 
 use crate::output::{Output, table, to_json, ts};
 use crate::status_err;
@@ -190,7 +190,7 @@ fn alert_detail(a: &v1::Alert) -> String {
 }
 
 /// Find an alert by full fingerprint or unique prefix (any state).
-async fn find(c: &mut AlertsClient<Channel>, id: &str) -> anyhow::Result<v1::Alert> {
+async fn find(c: &mut AlertsClient<Conn>, id: &str) -> anyhow::Result<v1::Alert> {
     if id.len() == 32
         && let Ok(a) = c.get_alert(v1::GetAlertRequest { fingerprint: id.to_string() }).await
     {
@@ -312,7 +312,7 @@ pub async fn watch(target: crate::connect::Target, out: Output, args: WatchArgs)
     }
 }
 
-pub async fn list(ch: Channel, out: Output, args: AlertsArgs) -> anyhow::Result<()> {
+pub async fn list(ch: Conn, out: Output, args: AlertsArgs) -> anyhow::Result<()> {
     let mut c = AlertsClient::new(ch);
     if let Some(id) = &args.show {
         let a = find(&mut c, id).await?;
@@ -339,7 +339,7 @@ pub async fn list(ch: Channel, out: Output, args: AlertsArgs) -> anyhow::Result<
     Ok(())
 }
 
-pub async fn ack(ch: Channel, out: Output, id: String, comment: String) -> anyhow::Result<()> {
+pub async fn ack(ch: Conn, out: Output, id: String, comment: String) -> anyhow::Result<()> {
     let mut c = AlertsClient::new(ch);
     let a = find(&mut c, &id).await?;
     let a = c
@@ -379,7 +379,7 @@ fn matcher_text(m: &v1::Matcher) -> String {
     format!("{}{op}{}", m.name, m.value)
 }
 
-pub async fn silence(ch: Channel, out: Output, cmd: SilenceCmd) -> anyhow::Result<()> {
+pub async fn silence(ch: Conn, out: Output, cmd: SilenceCmd) -> anyhow::Result<()> {
     let mut c = AlertsClient::new(ch);
     match cmd {
         SilenceCmd::Add { matchers, duration, comment } => {

@@ -1,8 +1,8 @@
 //! `driftwatch audit`: who changed what, when (the server's audit log).
 
+use crate::connect::Conn;
 use clap::Args;
 use driftwatch_proto::v1::{self, audit_client::AuditClient};
-use tonic::transport::Channel;
 
 use crate::output::{Output, table, to_json};
 use crate::status_err;
@@ -34,7 +34,7 @@ pub struct AuditArgs {
     newest: bool,
 }
 
-pub async fn run(ch: Channel, out: Output, args: AuditArgs) -> anyhow::Result<()> {
+pub async fn run(ch: Conn, out: Output, args: AuditArgs) -> anyhow::Result<()> {
     let limit = args.limit.unwrap_or(0);
     let req = v1::ListAuditEventsRequest {
         after_id: args.after.unwrap_or(0),

@@ -1,8 +1,8 @@
 //! `driftwatch baseline pin|show|list|set|diff|delete`.
 
+use crate::connect::Conn;
 use clap::Subcommand;
 use driftwatch_proto::v1::{self, baselines_client::BaselinesClient};
-use tonic::transport::Channel;
 
 use crate::output::{Output, table, to_json, ts};
 
@@ -97,7 +97,7 @@ fn key_value(s: &str) -> anyhow::Result<v1::KeyValue> {
     Ok(v1::KeyValue { key: k.to_string(), value: Some(value) })
 }
 
-pub async fn run(channel: Channel, out: Output, cmd: BaselineCmd) -> anyhow::Result<()> {
+pub async fn run(channel: Conn, out: Output, cmd: BaselineCmd) -> anyhow::Result<()> {
     let mut c = BaselinesClient::new(channel.clone());
     let b = match cmd {
         BaselineCmd::Pin { host_id, name, path, selector, resources, reason } => {

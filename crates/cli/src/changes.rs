@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 
+use crate::connect::Conn;
 use anyhow::Context;
 use driftwatch_proto::v1::{self, changes_client::ChangesClient, correct_request::Action};
 use driftwatch_proto::{
     change_outcome_name as outcome_name, rollout_host_state_name as host_state_name,
     rollout_is_terminal as is_terminal, rollout_state_name as state_name,
 };
-use tonic::transport::Channel;
 
 use crate::output::{Output, duration_arg, table, to_json, ts};
 use crate::status_err;
@@ -134,7 +134,7 @@ fn short(h: &str) -> &str {
 }
 
 /// `driftwatch correct`: exit status 1 unless the change was applied (or a dry run, or nothing to do).
-pub async fn correct(ch: Channel, out: Output, a: CorrectArgs) -> anyhow::Result<bool> {
+pub async fn correct(ch: Conn, out: Output, a: CorrectArgs) -> anyhow::Result<bool> {
     let action = if a.restore_baseline {
         Action::RestoreBaseline(v1::RestoreBaseline { keys: a.keys })
     } else if let Some(h) = a.restore_version {
@@ -192,7 +192,7 @@ fn result_text(host: &str, change_id: &str, r: &v1::ChangeResult) -> String {
     s
 }
 
-pub async fn rollout(ch: Channel, out: Output, cmd: RolloutCmd) -> anyhow::Result<bool> {
+pub async fn rollout(ch: Conn, out: Output, cmd: RolloutCmd) -> anyhow::Result<bool> {
     let mut c = ChangesClient::new(ch);
     match cmd {
         RolloutCmd::Start(a) => {
@@ -314,7 +314,7 @@ fn counts(r: &v1::Rollout) -> (usize, usize) {
 
 /// Follow a rollout; redraws in place on a terminal, one block per update otherwise.
 /// Exit status 1 unless it succeeded.
-async fn watch(mut c: ChangesClient<Channel>, out: Output, id: String) -> anyhow::Result<bool> {
+async fn watch(mut c: ChangesClient<Conn>, out: Output, id: String) -> anyhow::Result<bool> {
     let mut stream = c.watch_rollout(v1::WatchRolloutRequest { id }).await.map_err(status_err)?.into_inner();
     let tty = std::io::stdout().is_terminal() && out == Output::Table;
     let mut drawn = 0usize;

@@ -1,18 +1,49 @@
 //! The connection to the server: plaintext for `http://` (`driftwatch up`, loopback
 //! development), TLS for `https://` trusting only `--ca-file` (the server's
 //! `DATA/tls/ca.pem`), with the URL's host as the name the server's certificate must carry.
+//!
+//! Credentials: a bearer token (`--token-file`, or the token itself in
+//! `DRIFTWATCH_TOKEN`) on every call, and/or an operator certificate (`--cert-file`,
+//! `--key-file`) presented in the TLS handshake.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use driftwatch_proto::bearer::Bearer;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-/// Where the CLI connects: `--server` and `--ca-file`.
-#[derive(Debug, Clone)]
+/// A channel that adds the operator's token to every call.
+pub type Conn = InterceptedService<Channel, Bearer>;
+
+/// Where the CLI connects (`--server`, `--ca-file`) and as whom.
+#[derive(Debug, Clone, Default)]
 pub struct Target {
     pub server: String,
     pub ca_file: Option<PathBuf>,
+    /// The token text (read from `--token-file` or `DRIFTWATCH_TOKEN`).
+    pub token: Option<String>,
+    /// An operator certificate and its key (PEM files).
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// The token from `--token-file` (which wins) or `DRIFTWATCH_TOKEN`.
+pub fn token(file: Option<&Path>, env: Option<String>) -> anyhow::Result<Option<String>> {
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("--token-file {}: cannot read", f.display()))?,
+        None => match env {
+            Some(t) => t,
+            None => return Ok(None),
+        },
+    };
+    let t = text.trim();
+    anyhow::ensure!(
+        !t.is_empty() && !t.contains(char::is_whitespace),
+        "{}: expected one token",
+        file.map_or("DRIFTWATCH_TOKEN".to_string(), |f| format!("--token-file {}", f.display()))
+    );
+    Ok(Some(t.to_string()))
 }
 
 /// The TLS settings for `target`, when it is `https://` (`None` for plaintext).
@@ -41,7 +72,14 @@ pub fn tls(target: &Target) -> anyhow::Result<Option<ClientTlsConfig>> {
         "--ca-file {}: no PEM certificate in it",
         ca_file.display()
     );
-    Ok(Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name(host)))
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name(host);
+    if let Some((cert, key)) = &target.identity {
+        let read = |p: &PathBuf, flag: &str| {
+            std::fs::read_to_string(p).with_context(|| format!("{flag} {}: cannot read", p.display()))
+        };
+        tls = tls.identity(Identity::from_pem(read(cert, "--cert-file")?, read(key, "--key-file")?));
+    }
+    Ok(Some(tls))
 }
 
 pub fn endpoint(target: &Target) -> anyhow::Result<Endpoint> {
@@ -54,12 +92,14 @@ pub fn endpoint(target: &Target) -> anyhow::Result<Endpoint> {
     }
 }
 
-pub async fn channel(target: &Target) -> anyhow::Result<Channel> {
-    endpoint(target)?
+pub async fn channel(target: &Target) -> anyhow::Result<Conn> {
+    let bearer = Bearer::new(target.token.as_deref()).map_err(|e| anyhow::anyhow!("the token: {e}"))?;
+    let channel = endpoint(target)?
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("{}", driftwatch_proto::error_chain(&e)))
-        .with_context(|| format!("cannot reach the driftwatch server at {}", target.server))
+        .with_context(|| format!("cannot reach the driftwatch server at {}", target.server))?;
+    Ok(InterceptedService::new(channel, bearer))
 }
 
 #[cfg(test)]
@@ -67,7 +107,22 @@ mod tests {
     use super::*;
 
     fn target(server: &str, ca_file: Option<PathBuf>) -> Target {
-        Target { server: server.into(), ca_file }
+        Target { server: server.into(), ca_file, ..Default::default() }
+    }
+
+    #[test]
+    fn the_token_comes_from_the_file_before_the_environment() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("t");
+        std::fs::write(&f, "dwt_0011223344556677.abc\n").unwrap();
+        assert_eq!(token(Some(&f), Some("other".into())).unwrap().as_deref(), Some("dwt_0011223344556677.abc"));
+        assert_eq!(token(None, Some(" env-token ".into())).unwrap().as_deref(), Some("env-token"));
+        assert_eq!(token(None, None).unwrap(), None);
+        std::fs::write(&f, "\n").unwrap();
+        assert!(token(Some(&f), None).unwrap_err().to_string().contains("expected one token"));
+        let e = token(Some(&d.path().join("nope")), None).unwrap_err();
+        assert!(format!("{e:#}").contains("--token-file"), "{e:#}");
+        assert!(token(None, Some("two words".into())).unwrap_err().to_string().contains("DRIFTWATCH_TOKEN"));
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! writes exactly the token file the agent reads; what the token allows goes to stderr.
 //! With `--output json` the whole response (secret included) is printed to stdout.
 
+use crate::connect::Conn;
 use clap::{Args, Subcommand};
 use driftwatch_proto::v1::{self, enrollment_client::EnrollmentClient};
-use tonic::transport::Channel;
 
 use crate::hosts::{labels, parse_labels};
 use crate::output::{Output, duration_arg, table, to_json, ts, until};
@@ -72,7 +72,7 @@ pub fn create_request(a: &CreateArgs) -> anyhow::Result<v1::CreateEnrollTokenReq
     })
 }
 
-pub async fn run(ch: Channel, out: Output, cmd: EnrollTokenCmd) -> anyhow::Result<()> {
+pub async fn run(ch: Conn, out: Output, cmd: EnrollTokenCmd) -> anyhow::Result<()> {
     let mut c = EnrollmentClient::new(ch);
     match cmd {
         EnrollTokenCmd::Create(a) => {

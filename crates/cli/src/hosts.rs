@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::connect::Conn;
 use clap::{Args, Subcommand};
 use driftwatch_proto::v1::{self, fleet_client::FleetClient};
-use tonic::transport::Channel;
 
 use crate::output::{Output, bytes, table, to_json, ts, until};
 use crate::{error_text, status_err};
@@ -48,7 +48,7 @@ pub enum HostsCmd {
     },
 }
 
-pub async fn run(ch: Channel, out: Output, args: HostsArgs) -> anyhow::Result<()> {
+pub async fn run(ch: Conn, out: Output, args: HostsArgs) -> anyhow::Result<()> {
     let mut c = FleetClient::new(ch);
     match (args.cmd, args.host_id) {
         (None, None) => {

@@ -1,5 +1,6 @@
 //! `driftwatch`: the operator CLI, and `driftwatch up` (the one-command tour).
 
+mod access;
 mod alerts;
 mod audit;
 mod baseline;
@@ -30,6 +31,17 @@ struct Cli {
     /// trusted for an https:// server. Not used for http://.
     #[arg(long, global = true, env = "DRIFTWATCH_CA_FILE", value_name = "FILE")]
     ca_file: Option<std::path::PathBuf>,
+    /// A file holding an operator bearer token (`driftwatch token create`; on the
+    /// server's first start, DATA/admin.token). The token itself may instead be in
+    /// DRIFTWATCH_TOKEN. Not needed for a --insecure server (`driftwatch up`).
+    #[arg(long, global = true, env = "DRIFTWATCH_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// An operator certificate (PEM; `driftwatch operator-cert create`), with --key-file.
+    #[arg(long, global = true, env = "DRIFTWATCH_CERT_FILE", value_name = "FILE", requires = "key_file")]
+    cert_file: Option<std::path::PathBuf>,
+    /// The operator certificate's key (PEM).
+    #[arg(long, global = true, env = "DRIFTWATCH_KEY_FILE", value_name = "FILE", requires = "cert_file")]
+    key_file: Option<std::path::PathBuf>,
     /// Output format: an aligned table for people, or proto3 JSON (as grpcurl prints) for scripts.
     #[arg(long, short, global = true, value_enum, default_value = "table")]
     output: Output,
@@ -75,6 +87,14 @@ enum Command {
     /// Enrollment tokens: what a new agent presents, once, to get its certificate.
     #[command(subcommand)]
     EnrollToken(enroll_token::EnrollTokenCmd),
+    /// Operator bearer tokens: create (with a role), list, revoke.
+    #[command(subcommand)]
+    Token(access::TokenCmd),
+    /// Operator client certificates from the fleet CA, each with a role.
+    #[command(subcommand)]
+    OperatorCert(access::OperatorCertCmd),
+    /// Who the server takes you to be, and your role.
+    Whoami,
     /// Show one watched file of a host: metadata, parse status and every key (secrets masked).
     File {
         /// Host id, as `driftwatch hosts` lists it.
@@ -152,7 +172,12 @@ fn rules_check(dir: &std::path::Path, out: Output) -> anyhow::Result<bool> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     driftwatch_pki::install_tls_provider();
-    let target = Target { server: cli.server.clone(), ca_file: cli.ca_file.clone() };
+    let target = Target {
+        server: cli.server.clone(),
+        ca_file: cli.ca_file.clone(),
+        token: connect::token(cli.token_file.as_deref(), std::env::var("DRIFTWATCH_TOKEN").ok())?,
+        identity: cli.cert_file.clone().zip(cli.key_file.clone()),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
@@ -179,7 +204,7 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-pub(crate) async fn channel(target: &Target) -> anyhow::Result<tonic::transport::Channel> {
+pub(crate) async fn channel(target: &Target) -> anyhow::Result<connect::Conn> {
     connect::channel(target).await
 }
 
@@ -272,6 +297,9 @@ async fn query(target: &Target, out: Output, cmd: Command) -> anyhow::Result<()>
         }
         Command::Hosts(args) => hosts::run(ch, out, args).await?,
         Command::EnrollToken(cmd) => enroll_token::run(ch, out, cmd).await?,
+        Command::Token(cmd) => access::token(ch, out, cmd).await?,
+        Command::OperatorCert(cmd) => access::operator_cert(ch, out, cmd).await?,
+        Command::Whoami => access::whoami(ch, out).await?,
         Command::File { host_id, path } => {
             let f = c.get_file(v1::GetFileRequest { host_id, path }).await.map_err(status_err)?.into_inner();
             match out {

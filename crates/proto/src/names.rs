@@ -140,3 +140,25 @@ pub fn file_status_name(s: i32) -> &'static str {
         _ => "unknown",
     }
 }
+
+/// A `Role` value as operators type it: viewer, responder, operator, admin.
+pub fn role_name(r: i32) -> &'static str {
+    match v1::Role::try_from(r) {
+        Ok(v1::Role::Viewer) => "viewer",
+        Ok(v1::Role::Responder) => "responder",
+        Ok(v1::Role::Operator) => "operator",
+        Ok(v1::Role::Admin) => "admin",
+        _ => "unspecified",
+    }
+}
+
+/// The role named `name` (as [`role_name`] writes it, any case).
+pub fn parse_role(name: &str) -> Option<v1::Role> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "viewer" => Some(v1::Role::Viewer),
+        "responder" => Some(v1::Role::Responder),
+        "operator" => Some(v1::Role::Operator),
+        "admin" => Some(v1::Role::Admin),
+        _ => None,
+    }
+}

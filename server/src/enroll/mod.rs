@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use crate::audit::{AuditEntry, AuditLog};
 use crate::error::ServerError;
 use crate::tls::{BuiltInCa, DenyList};
-use crate::writer::{WriteItem, WriteSender};
+use crate::writer::WriteSender;
 use records::{HOST_KIND, Revocation, StoredHost, StoredToken, TOKEN_KIND};
 
 /// Longest token lifetime (`--ttl`).
@@ -229,7 +229,7 @@ impl Identities {
                 "host '{host_id}' is already enrolled; revoke it first, or enroll with a token pinned to it (--host-id-pattern {host_id})"
             )));
         }
-        let issued = sign(ca, req.csr_pem.clone(), host_id.clone(), self.cert_lifetime).await?;
+        let issued = sign(ca, req.csr_pem.clone(), Identity::Host(host_id.clone()), self.cert_lifetime).await?;
 
         let mut host = previous.clone().unwrap_or_default();
         host.host_id = host_id.clone();
@@ -281,7 +281,7 @@ impl Identities {
             .cloned()
             .filter(|h| h.enrolled && h.revoked.is_none())
             .ok_or_else(|| denied(&format!("host '{host_id}' is not enrolled here")))?;
-        let issued = sign(ca, csr_pem, host_id.to_string(), self.cert_lifetime).await?;
+        let issued = sign(ca, csr_pem, Identity::Host(host_id.to_string()), self.cert_lifetime).await?;
         let now_s = driftwatch_proto::now_millis() / 1000;
         host.serials.retain(|(_, na)| *na > now_s);
         host.serials.push((issued.serial.clone(), issued.not_after));
@@ -370,18 +370,15 @@ impl Identities {
 
     async fn commit(&self, mut ops: Vec<Op>, audit: AuditEntry) -> Result<(), ServerError> {
         ops.push(AuditLog::op(audit));
-        let (done, durable) = tokio::sync::oneshot::channel();
-        let gone = || ServerError::Unavailable("server is shutting down".into());
-        self.writer.send(WriteItem { ops, done: Some(done), ..Default::default() }).await.map_err(|_| gone())?;
-        durable.await.map_err(|_| gone())?;
-        Ok(())
+        crate::writer::commit_durable(&self.writer, ops).await
     }
 }
 
-async fn sign(
+/// Sign `csr` for `identity` with the built-in CA (read from disk: a rotation may have replaced it).
+pub(crate) async fn sign(
     ca: BuiltInCa,
     csr: String,
-    host_id: String,
+    identity: Identity,
     lifetime: Duration,
 ) -> Result<driftwatch_pki::Issued, ServerError> {
     tokio::task::spawn_blocking(move || {
@@ -389,14 +386,13 @@ async fn sign(
         let cert = std::fs::read_to_string(cert)?;
         let key = std::fs::read_to_string(key)?;
         let ca = Ca::from_pem(&cert, &key).map_err(|e| ServerError::FailedPrecondition(format!("fleet CA: {e}")))?;
-        ca.sign_request(&csr, &Identity::Host(host_id), lifetime)
-            .map_err(|e| ServerError::InvalidArgument(e.to_string()))
+        ca.sign_request(&csr, &identity, lifetime).map_err(|e| ServerError::InvalidArgument(e.to_string()))
     })
     .await
     .map_err(|e| ServerError::Unavailable(format!("signing task failed: {e}")))?
 }
 
-fn no_ca() -> ServerError {
+pub(crate) fn no_ca() -> ServerError {
     ServerError::FailedPrecondition(
         "this server does not issue certificates: it runs --insecure, or with your own PKI ([tls] cert/key), whose CA issues agent certificates".into(),
     )

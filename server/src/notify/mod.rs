@@ -99,7 +99,7 @@ struct Target {
     notifier: usize,
     /// The outbox's `notifier` column: the name, plus `@url` for Alertmanager instances.
     key: String,
-    /// As shown in status, metrics labels and logs (a URL from `url_file` redacted).
+    /// As shown in status and logs (a URL from `url_file` redacted); never in metrics.
     url: String,
     /// Where to POST; never shown.
     endpoint: String,
@@ -191,8 +191,10 @@ impl Notifiers {
                 NotifierKind::Alertmanager { .. } => None,
             };
             let secrets = transport::secrets(url_secret, authorization.as_ref());
-            for (key, url, endpoint) in endpoints {
-                let labels = vec![("notifier".to_string(), c.name.clone()), ("url".to_string(), url.clone())];
+            for (n, (key, url, endpoint)) in endpoints.into_iter().enumerate() {
+                // Metrics name a target by position: a URL (even redacted) names an
+                // internal host, and /metrics is scraped by more people than read status.
+                let labels = vec![("notifier".to_string(), c.name.clone()), ("target".to_string(), n.to_string())];
                 if authorization.is_some() && endpoint.starts_with("http://") {
                     tracing::warn!(notifier = %c.name, %url, "authorization_file over http://: the header is sent in clear");
                 }

@@ -48,6 +48,8 @@ pub struct SimTls {
     ca: driftwatch_pki::Ca,
     /// One key for every virtual agent: certificates differ, key generation is not what is measured.
     key: driftwatch_pki::AgentKey,
+    /// The admin token the server wrote on first start: operator calls send it.
+    admin: Option<String>,
 }
 
 static TLS: std::sync::OnceLock<SimTls> = std::sync::OnceLock::new();
@@ -57,7 +59,9 @@ impl SimTls {
     pub fn enable(data: &Path) -> anyhow::Result<()> {
         let ca_pem = std::fs::read_to_string(data.join("tls/ca.pem"))?;
         let ca = driftwatch_pki::Ca::from_pem(&ca_pem, &std::fs::read_to_string(data.join("tls/ca.key"))?)?;
-        let _ = TLS.set(SimTls { ca_pem, ca, key: driftwatch_pki::AgentKey::generate() });
+        // Written on first start right after the CA: until then, not enabled (retried).
+        let admin = Some(std::fs::read_to_string(data.join("admin.token"))?.trim().to_string());
+        let _ = TLS.set(SimTls { ca_pem, ca, key: driftwatch_pki::AgentKey::generate(), admin });
         Ok(())
     }
 
@@ -74,6 +78,10 @@ impl SimTls {
         Ok((issued.cert_pem, t.key.to_pem()))
     }
 }
+
+/// An operator's connection: the channel, and the token on every call.
+pub type OpChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, driftwatch_proto::bearer::Bearer>;
 
 /// An endpoint for `url`: under `--tls` trusting the fleet CA and, for an agent
 /// (`identity`: its cert and key), presenting its certificate.
@@ -135,7 +143,7 @@ impl ServerProc {
             {
                 let _ = SimTls::enable(data);
             }
-            if let Ok(ch) = endpoint(&self.url, None)?.connect().await {
+            if let Ok(ch) = self.channel().await {
                 let mut c = v1::fleet_client::FleetClient::new(ch);
                 if c.list_hosts(v1::ListHostsRequest::default()).await.is_ok() {
                     return Ok(());
@@ -148,9 +156,12 @@ impl ServerProc {
         }
     }
 
-    /// A new connection to the server (an operator's, on its host).
-    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
-        Ok(endpoint(&self.url, None)?.connect().await?)
+    /// A new connection to the server as an operator: under `--tls` every call carries
+    /// the admin token (so the access check is part of what is measured).
+    pub async fn channel(&self) -> anyhow::Result<OpChannel> {
+        let token = TLS.get().and_then(|t| t.admin.clone());
+        let bearer = driftwatch_proto::bearer::Bearer::new(token.as_deref()).map_err(anyhow::Error::msg)?;
+        Ok(tonic::service::interceptor::InterceptedService::new(endpoint(&self.url, None)?.connect().await?, bearer))
     }
 
     /// One counter or gauge from /metrics (plain HTTP/1.0 GET: no client dependency).
