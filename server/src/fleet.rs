@@ -11,9 +11,6 @@ use crate::error::ServerError;
 use crate::selector::Selector;
 use crate::state::{FleetState, unknown_file, unknown_host};
 
-/// Query APIs show this many hex digits of a masked value's fingerprint.
-pub const SHORT_FINGERPRINT: usize = 16;
-
 #[derive(Clone)]
 pub struct FleetService {
     pub state: Arc<FleetState>,
@@ -306,7 +303,7 @@ fn required<'a>(v: &'a str, field: &str) -> Result<&'a str, ServerError> {
 /// Query APIs show a masked value's fingerprint prefix only.
 pub(crate) fn shorten(v: Option<&mut v1::Value>) {
     if let Some(v1::Value { kind: Some(Kind::Masked(m)) }) = v {
-        m.fingerprint.truncate(SHORT_FINGERPRINT);
+        m.fingerprint.truncate(driftwatch_proto::SHORT_FINGERPRINT);
     }
 }
 
@@ -315,7 +312,7 @@ pub(crate) fn shorten(v: Option<&mut v1::Value>) {
 fn same(a: &Option<v1::Value>, b: &Option<v1::Value>) -> bool {
     match (a.as_ref().and_then(|v| v.kind.as_ref()), b.as_ref().and_then(|v| v.kind.as_ref())) {
         (Some(Kind::FloatValue(x)), Some(Kind::FloatValue(y))) => x.to_bits() == y.to_bits(),
-        (Some(Kind::Masked(x)), Some(Kind::Masked(y))) => x.fingerprint == y.fingerprint,
+        (Some(Kind::Masked(x)), Some(Kind::Masked(y))) => x.same_secret(y),
         (x, y) => x == y,
     }
 }
@@ -396,7 +393,12 @@ mod tests {
         let d = diff_keys(&left, &right);
         assert_eq!(d.changed, 1);
         let Some(Kind::Masked(m)) = d.differences[0].left.as_ref().and_then(|v| v.kind.clone()) else { panic!() };
-        assert_eq!(m.fingerprint.len(), SHORT_FINGERPRINT);
+        assert_eq!(m.fingerprint.len(), driftwatch_proto::SHORT_FINGERPRINT);
+        // Equal digits under two fleet keys are not the same value.
+        let a = vec![kv("S", Value::masked_by("key-a", "ab".repeat(32), "key name"))];
+        let b = vec![kv("S", Value::masked_by("key-b", "ab".repeat(32), "key name"))];
+        assert_eq!(diff_keys(&a, &b).changed, 1);
+        assert_eq!(diff_keys(&a, &a.clone()).changed, 0);
     }
 
     #[test]

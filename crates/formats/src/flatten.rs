@@ -60,7 +60,7 @@ pub(crate) fn mask_scalar(masker: &Masker, key: &str, scalar: Scalar, raw: Optio
         Scalar::Int(i) => mask_number(masker, key, raw, || i.to_string()).unwrap_or_else(|| Value::int(i)),
         Scalar::Float(f) => mask_number(masker, key, raw, || f.to_string()).unwrap_or_else(|| Value::float(f)),
         Scalar::Str(s) => match secret_reason(key, &s) {
-            Some(reason) => Value::masked(masker.fingerprint(s.as_bytes()), reason),
+            Some(reason) => Value::masked_by(masker.key_id(), masker.fingerprint(s.as_bytes()), reason),
             None => Value::string(s),
         },
     }
@@ -70,7 +70,7 @@ fn mask_number(masker: &Masker, key: &str, raw: Option<&str>, canonical: impl Fn
     match key_name_match(key) {
         Some(m) if !m.weak => {
             let text = raw.map(str::to_owned).unwrap_or_else(canonical);
-            Some(Value::masked(masker.fingerprint(text.as_bytes()), REASON_KEY_NAME))
+            Some(Value::masked_by(masker.key_id(), masker.fingerprint(text.as_bytes()), REASON_KEY_NAME))
         }
         _ => None,
     }
@@ -140,7 +140,7 @@ impl<'m> Sink<'m> {
 pub(crate) fn safe_key_segment<'k>(masker: &Masker, segment: &'k str) -> Cow<'k, str> {
     if url_has_credentials(segment) || has_token_shape(segment) || looks_random(segment) {
         let fp = masker.fingerprint(segment.as_bytes());
-        Cow::Owned(format!("<masked:{}>", &fp[..16]))
+        Cow::Owned(format!("<masked:{}>", driftwatch_proto::short_fingerprint(&fp)))
     } else {
         Cow::Borrowed(segment)
     }

@@ -55,6 +55,14 @@ fn masked_values_depend_on_the_fleet_key() {
     assert_eq!(a, a2);
     assert_ne!(masked_fingerprint(&a, "PASSWORD"), masked_fingerprint(&b, "PASSWORD"));
     assert_ne!(a.content_hash, b.content_hash);
+    // Each masked value names the key that made it, so values masked under different
+    // keys are never taken as equal (even were their digits to agree).
+    let key_of = |an: &driftwatch_formats::Analysis| match &an.keys[0].value.as_ref().unwrap().kind {
+        Some(driftwatch_proto::v1::value::Kind::Masked(m)) => m.key_id.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(key_of(&a), Masker::new(b"fleet-a").key_id());
+    assert_eq!(key_of(&b), Masker::new(b"fleet-b").key_id());
 }
 
 #[test]

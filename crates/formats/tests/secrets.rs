@@ -331,8 +331,8 @@ auth_enabled: true
     let a = ok(yaml, Format::Yaml);
     assert_eq!(masked_keys(&a), ["password", "pin_password", "str_password", "tokens[0]"]);
     let m = masker();
-    assert_eq!(get(&a, "password"), &Value::masked(m.fingerprint(b"1234"), "key name"));
-    assert_eq!(get(&a, "pin_password"), &Value::masked(m.fingerprint(b"12.5"), "key name"));
+    assert_eq!(get(&a, "password"), &Value::masked_by(m.key_id(), m.fingerprint(b"1234"), "key name"));
+    assert_eq!(get(&a, "pin_password"), &Value::masked_by(m.key_id(), m.fingerprint(b"12.5"), "key name"));
     assert_eq!(*get(&a, "other_password"), Value::bool(true));
     assert_eq!(*get(&a, "null_password"), Value::null());
     assert_eq!(*get(&a, "empty_password"), string(""));

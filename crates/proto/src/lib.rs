@@ -12,6 +12,24 @@ mod names;
 
 pub use names::*;
 
+/// Hex digits of a masked value's fingerprint shown wherever a person or a receiver
+/// reads one (queries, diffs, webhooks, masked key segments): one truncation
+/// everywhere. 64 bits: collisions between a fleet's secrets are not a concern.
+pub const SHORT_FINGERPRINT: usize = 16;
+
+/// The shown prefix of `fingerprint` ([`SHORT_FINGERPRINT`] hex digits).
+pub fn short_fingerprint(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(SHORT_FINGERPRINT)]
+}
+
+impl v1::MaskedValue {
+    /// The same secret: the same fingerprint under the same fleet key (a fingerprint
+    /// under another key says nothing about equality).
+    pub fn same_secret(&self, other: &Self) -> bool {
+        self.key_id == other.key_id && self.fingerprint == other.fingerprint
+    }
+}
+
 pub mod v1 {
     tonic::include_proto!("driftwatch.v1");
 }
@@ -75,11 +93,18 @@ impl v1::Value {
     pub fn string(s: impl Into<String>) -> Self {
         Self { kind: Some(v1::value::Kind::StringValue(s.into())) }
     }
+    /// A masked value of no particular key (tests, hand-written values).
     pub fn masked(fingerprint: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::masked_by("", fingerprint, reason)
+    }
+
+    /// A masked value whose fingerprint the fleet key `key_id` made.
+    pub fn masked_by(key_id: impl Into<String>, fingerprint: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             kind: Some(v1::value::Kind::Masked(v1::MaskedValue {
                 fingerprint: fingerprint.into(),
                 reason: reason.into(),
+                key_id: key_id.into(),
             })),
         }
     }
@@ -97,7 +122,7 @@ impl v1::Value {
         }
     }
 
-    /// Human rendering; masked values show `masked:<first 12 hex>` and never anything else.
+    /// Human rendering; masked values show `masked:<short fingerprint>` and never anything else.
     pub fn display(&self) -> String {
         use v1::value::Kind;
         match &self.kind {
@@ -106,9 +131,25 @@ impl v1::Value {
             Some(Kind::IntValue(i)) => i.to_string(),
             Some(Kind::FloatValue(f)) => f.to_string(),
             Some(Kind::StringValue(s)) => s.clone(),
-            Some(Kind::Masked(m)) => {
-                format!("masked:{}", &m.fingerprint[..m.fingerprint.len().min(12)])
-            }
+            Some(Kind::Masked(m)) => format!("masked:{}", short_fingerprint(&m.fingerprint)),
         }
+    }
+}
+
+#[cfg(test)]
+mod masked_tests {
+    use super::*;
+
+    #[test]
+    fn one_truncation_and_equality_only_under_the_same_key() {
+        let fp = "ab".repeat(32);
+        assert_eq!(short_fingerprint(&fp).len(), SHORT_FINGERPRINT);
+        assert_eq!(short_fingerprint("abc"), "abc");
+        assert_eq!(v1::Value::masked_by("k1", fp.clone(), "key name").display(), format!("masked:{}", &fp[..16]));
+        let m =
+            |key: &str, fp: &str| v1::MaskedValue { fingerprint: fp.into(), reason: "x".into(), key_id: key.into() };
+        assert!(m("k1", &fp).same_secret(&m("k1", &fp)));
+        assert!(!m("k1", &fp).same_secret(&m("k2", &fp)), "the same digits under another key are not the same secret");
+        assert!(!m("k1", &fp).same_secret(&m("k1", "cd")));
     }
 }

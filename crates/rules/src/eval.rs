@@ -75,6 +75,7 @@ fn cel_val<'a>(v: FVal<'a>) -> BoxVal<'a> {
         FVal::Masked(m) => cel_map([
             ("masked", Box::new(CelBool::from(true)) as BoxVal<'a>),
             ("fingerprint", cel_str(&m.fingerprint)),
+            ("key_id", cel_str(&m.key_id)),
             ("reason", cel_str(&m.reason)),
         ]),
         FVal::List(items) => Box::new(CelList::from(items.iter().map(|s| cel_str(s)).collect::<Vec<_>>())),

@@ -36,7 +36,7 @@
 //! to 2020-12, no remote references) that the whole file must satisfy; it takes no `key`.
 //! The file's flattened keys are turned back into a document ([`unflatten`]) and validated;
 //! the rule sees the errors as `schema_errors` (strings `"/json/pointer: message"`, masked
-//! values quoted only as `masked:<12 hex>`), its `expr` defaults to
+//! values quoted only as `masked:<16 hex>`), its `expr` defaults to
 //! `size(schema_errors) > 0`, and its outcome's `value` is the errors joined with `"; "`.
 //!
 //! # Variables
@@ -303,7 +303,7 @@ impl Rule {
     /// Render the annotations for an outcome: `{{ value }}`, `{{ baseline }}`, `{{ previous }}`,
     /// `{{ host }}`, `{{ key }}`, `{{ file }}`/`{{ path }}`, `{{ metric }}`, `{{ rule }}`,
     /// `{{ severity }}`, `{{ labels.NAME }}` (host label). Masked values render as
-    /// `masked:<12 hex>`.
+    /// `masked:<16 hex>`.
     pub fn render_annotations(&self, o: &Outcome, host: &HostInfo) -> BTreeMap<String, String> {
         self.annotations
             .iter()

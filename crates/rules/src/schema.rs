@@ -3,7 +3,7 @@
 //! The server holds a file as flattened keys only (`a.b`, `list[0].c`; see
 //! driftwatch-formats' `flatten` module), so [`unflatten`] rebuilds the document they
 //! describe and the schema validates that. Secrets stay masked: a masked value becomes the
-//! string `masked:<12 hex>`, which is all an error message can quote.
+//! string `masked:<16 hex>`, which is all an error message can quote.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -178,7 +178,7 @@ impl Node {
     }
 }
 
-/// A flattened value as JSON: masked values become `masked:<12 hex>` (their display form).
+/// A flattened value as JSON: masked values become `masked:<16 hex>` (their display form).
 fn json_of(v: &Value) -> serde_json::Value {
     match &v.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,

@@ -49,7 +49,7 @@ pub fn baseline_restore(
 /// Equal as configuration: masked values by fingerprint, numbers across int/float.
 pub fn same_value(a: &Value, b: &Value) -> bool {
     match (&a.kind, &b.kind) {
-        (Some(Kind::Masked(x)), Some(Kind::Masked(y))) => x.fingerprint == y.fingerprint,
+        (Some(Kind::Masked(x)), Some(Kind::Masked(y))) => x.same_secret(y),
         (Some(Kind::IntValue(i)), Some(Kind::FloatValue(f))) | (Some(Kind::FloatValue(f)), Some(Kind::IntValue(i))) => {
             (*i as f64) == *f
         }

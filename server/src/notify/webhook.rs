@@ -31,7 +31,7 @@
 //! a repeat carries the `event_id` of the event that fired it. `at` is when the
 //! event happened (for a repeat: when it was queued); `sent_at` and `attempt`
 //! describe this delivery attempt. Values keep their type (string, number, bool,
-//! null); a secret stays masked: `{"masked": "<first 12 hex of its keyed
+//! null); a secret stays masked: `{"masked": "<first 16 hex of its keyed
 //! fingerprint>", "reason": "key name"}`. Timestamps are RFC 3339 UTC, null when unset.
 //!
 //! Headers: `X-Driftwatch-Signature: sha256=<hex HMAC-SHA256(secret, body)>` (when
@@ -126,7 +126,7 @@ pub fn value_json(v: Option<&v1::Value>) -> Json {
         Some(Kind::FloatValue(f)) => json!(f.to_string()),
         Some(Kind::StringValue(s)) => json!(s),
         Some(Kind::Masked(m)) => {
-            json!({"masked": &m.fingerprint[..m.fingerprint.len().min(12)], "reason": m.reason})
+            json!({"masked": driftwatch_proto::short_fingerprint(&m.fingerprint), "reason": m.reason})
         }
     }
 }
@@ -201,7 +201,7 @@ mod tests {
         assert_eq!(a["severity"], "high");
         assert_eq!(a["state"], "firing");
         assert_eq!(a["value"], 16);
-        assert_eq!(a["baseline"], json!({"masked": "a1b2c3d4e5f6", "reason": "key name"}));
+        assert_eq!(a["baseline"], json!({"masked": "a1b2c3d4e5f60718", "reason": "key name"}));
         assert_eq!(a["previous"], Json::Null);
         assert_eq!(a["labels"]["alertname"], "workers-above-12");
         assert_eq!(a["annotations"]["summary"], "WORKERS 16");

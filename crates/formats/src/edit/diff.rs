@@ -88,7 +88,7 @@ fn hunk_header(group: &[DiffOp]) -> String {
 
 fn marker(masker: &Masker, value: &str) -> String {
     let fp = masker.fingerprint(value.as_bytes());
-    format!("<masked:{}>", &fp[..16])
+    format!("<masked:{}>", driftwatch_proto::short_fingerprint(&fp))
 }
 
 /// One line with its secret parts replaced.
