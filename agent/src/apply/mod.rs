@@ -29,7 +29,8 @@
 //! 8. **Backups** of the current and of the new content, durable before the write.
 //! 9. **Atomic write** ([`write`]) in that directory, keeping the current file's owner and
 //!    mode (edits and restores alike); just before the rename the name must still hold
-//!    the file read in step 2 (device and inode), else CONFLICT and nothing replaced.
+//!    the file read in step 2 (device and inode), else CONFLICT and nothing replaced
+//!    (the backups of step 8 stay: they only ever serve this same path).
 //! 10. **Commands** ([`commands`]) from the matching `[[files]]` entry: reload, then
 //!     health; a failure puts the previous content back (atomically too, in the same
 //!     directory), reloads again and reports ROLLED_BACK.

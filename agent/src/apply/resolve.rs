@@ -170,7 +170,9 @@ impl Target {
 
 /// `rel` (no symlinks, no `..`) below `root`, as an `O_PATH` directory: `openat2` with
 /// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, or [`open_beneath_walk`] where the kernel has
-/// no `openat2` (before Linux 5.6). `EAGAIN` (a rename raced the lookup) is retried.
+/// no `openat2` (before Linux 5.6: `ENOSYS`; some container seccomp profiles answer
+/// `EPERM` for a system call they do not know). `EAGAIN` (a rename raced the lookup) is
+/// retried.
 pub fn open_beneath(root: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
     let path: &Path = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
     let how = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
@@ -178,7 +180,7 @@ pub fn open_beneath(root: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
     for _ in 0..8 {
         match rustix::fs::openat2(root, path, how, Mode::empty(), resolve) {
             Err(Errno::AGAIN | Errno::INTR) => continue,
-            Err(Errno::NOSYS) => return open_beneath_walk(root.as_fd(), rel),
+            Err(Errno::NOSYS | Errno::PERM) => return open_beneath_walk(root.as_fd(), rel),
             other => return other,
         }
     }
