@@ -7,6 +7,7 @@
 //! - [`agent`]: agent configs, agents in this process;
 //! - [`agent_process`], [`binaries`], [`process`]: agents as processes of this build's binary;
 //! - [`wait`]: `wait_for`, `wait_file`;
+//! - [`corrections`]: `Changes.Correct` actions, the server's view of a file;
 //! - [`files`]: fixtures, the fleet key, editor-style writes;
 //! - [`gateway`], [`sample_agent`], [`model_agent`]: protocol-level agents;
 //! - [`webhook`]: a webhook receiver for notifiers.
@@ -14,6 +15,7 @@
 pub mod agent;
 pub mod agent_process;
 pub mod binaries;
+pub mod corrections;
 pub mod files;
 pub mod gateway;
 pub mod model_agent;
@@ -29,6 +31,7 @@ pub mod webhook;
 pub use agent::{agent_config, agent_config_url, agent_file, start_agent};
 pub use agent_process::{AgentProcess, agent_toml};
 pub use binaries::{agent_binary, outside_program, server_binary, sibling_binary};
+pub use corrections::{restore_version, server_file, set_keys};
 pub use files::{TEST_FLEET_KEY, copy_fixtures, example_configs, fixtures_dir, fleet_key, replace_file};
 pub use model_agent::ChangeAgent;
 pub use process::{ChildProcess, free_port};

@@ -155,11 +155,6 @@ async fn channel(server: &RunningServer) -> Channel {
     connect(&server_url(server)).await
 }
 
-async fn server_file(server: &RunningServer, host: &str, path: &Path) -> v1::FileState {
-    let mut fleet = fleet_client(server).await;
-    wait_file(&mut fleet, host, path, "parsed", |s| !s.keys.is_empty()).await.state.unwrap()
-}
-
 fn int_key(s: &v1::FileState, k: &str) -> Option<i64> {
     match key(s, k)?.kind {
         Some(v1::value::Kind::IntValue(i)) => Some(i),
@@ -197,13 +192,6 @@ async fn audit(server: &RunningServer, prefix: &str) -> Vec<v1::AuditEvent> {
 fn backups(root: &Path, id: &str) -> usize {
     let dir = root.join(id).join("state").join("backups");
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-}
-
-fn set_keys(pairs: &[(&str, &str)]) -> Option<v1::correct_request::Action> {
-    Some(v1::correct_request::Action::SetKeys(v1::SetKeys {
-        values: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        remove: Vec::new(),
-    }))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

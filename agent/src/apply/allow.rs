@@ -1,22 +1,27 @@
 //! The writable allowlist. The agent, never the server, decides what may be written.
 //!
 //! An entry is an absolute path (that file, or everything below it when it is a
-//! directory) or an absolute glob. Both the entries and the requested path are compared
-//! by their real location: entries are canonicalised at every check (a directory may
-//! appear after the agent started), and the requested path is resolved as its
-//! canonical parent directory plus its file name, following the file itself when it is
-//! a symlink. So a symlink anywhere on the way (a directory or the file) that leads
-//! outside the allowed roots is refused, and one that leads into them is allowed.
+//! directory) or an absolute glob. Each entry is resolved once, when the agent starts
+//! (or, for one that does not exist yet, at the first change that names it): its real
+//! directory is opened and held ([`RootDir`]): a directory entry's directory, a file
+//! entry's parent, a glob's literal base. Requests are then resolved below that handle
+//! ([`resolve::walk`]), never by a path the kernel follows on its own: a symlink anywhere
+//! on the way (a directory or the file) that leads outside the root is refused, naming
+//! the link; one that stays inside is followed.
 //!
-//! What is written is the resolved path: the temp file is created next to the real
-//! file and renamed over it, so a symlinked config file stays a symlink.
+//! What is written is the resolved file: the temp file is created next to the real file
+//! and renamed over it, so a symlinked config file stays a symlink.
 //!
-//! Not covered: a local user who can rename directories between this check and the
-//! write. The allowlist guards against the server, not against root on the host.
+//! A root whose path later names another directory (replaced after the agent started)
+//! is refused until the agent restarts: writing into the directory the agent still holds
+//! would write where nobody looks.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use globset::{GlobBuilder, GlobMatcher};
+
+use super::resolve::{self, Owners, RootDir, Target};
 
 pub(crate) const NOTHING_WRITABLE: &str = "this agent allows no writes (no writable paths configured)";
 
@@ -27,33 +32,58 @@ const META_CHARS: [char; 5] = ['*', '?', '[', '{', '\\'];
 /// Why a path may not be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denied {
-    /// Not allowed by the allowlist (or malformed: relative, `..`).
+    /// Not allowed by the allowlist (or malformed: relative, `..`), or not safe to write
+    /// (a symlink out of the root, a directory others can write).
     Refused(String),
     /// Allowed or not, there is nothing that could be written (no such directory, a
     /// dangling symlink).
     Rejected(String),
 }
 
-/// The configured writable entries.
-#[derive(Debug, Clone, Default)]
+/// The configured writable entries, resolved.
+#[derive(Debug)]
 pub struct Allowlist {
-    entries: Vec<String>,
+    entries: Vec<Entry>,
+    who: Owners,
 }
 
-/// An entry resolved against the file system as it is now.
-enum Root {
-    /// A file, or a directory and everything below it.
-    Path(PathBuf),
+/// What an entry allows below its root.
+#[derive(Debug, Clone)]
+enum Scope {
+    /// Everything below the root (a directory entry).
+    All,
+    /// One name in the root (a file entry).
+    File(PathBuf),
+    /// Relative paths matching this glob (a glob entry, relative to its literal base).
     Glob(GlobMatcher),
 }
 
-impl Root {
-    fn allows(&self, p: &Path) -> bool {
+impl Scope {
+    fn allows(&self, rel: &Path) -> bool {
         match self {
-            Root::Path(root) => p.starts_with(root),
-            Root::Glob(m) => m.is_match(p),
+            Scope::All => true,
+            Scope::File(name) => rel == name,
+            Scope::Glob(m) => m.is_match(rel),
         }
     }
+}
+
+/// An entry resolved against the file system: the held root and what it allows.
+#[derive(Debug, Clone)]
+struct Held {
+    root: Arc<RootDir>,
+    scope: Scope,
+    /// The entry's path as configured (lexical) and as resolved, for matching requests:
+    /// a directory's path, a file's path, a glob's literal base.
+    lexical: PathBuf,
+    real: PathBuf,
+}
+
+#[derive(Debug)]
+struct Entry {
+    configured: String,
+    /// `None` until the entry exists.
+    held: Option<Held>,
 }
 
 pub(crate) fn is_glob(entry: &str) -> bool {
@@ -96,65 +126,136 @@ fn lexical(p: &Path) -> PathBuf {
     p.components().filter(|c| !matches!(c, Component::CurDir)).collect()
 }
 
+/// A glob entry's pattern with its literal base canonicalised.
+fn canonical_glob(entry: &str) -> Option<GlobMatcher> {
+    let (base, rest) = split_glob(entry);
+    let mut pattern = globset::escape(&canonical_prefix(&base).to_string_lossy());
+    for c in rest {
+        if !pattern.ends_with('/') {
+            pattern.push('/');
+        }
+        pattern.push_str(c);
+    }
+    compile(&pattern)
+}
+
 /// Whether a `[[files]]` path (an exact path or a glob) names this file: as written
 /// (`requested`) or by its real location (`real`, with the entry canonicalised too).
 /// Not a security check: it only picks which of the operator's commands to run.
 pub(crate) fn entry_matches(entry: &str, requested: &Path, real: &Path) -> bool {
     if is_glob(entry) {
         let lexical_hit = compile(entry).is_some_and(|m| m.is_match(requested));
-        let real_hit = Allowlist::new(vec![entry.to_string()]).resolved().iter().any(|r| r.allows(real));
-        lexical_hit || real_hit
+        lexical_hit || canonical_glob(entry).is_some_and(|m| m.is_match(real))
     } else {
         let e = Path::new(entry);
         lexical(e) == lexical(requested) || canonical_prefix(e) == real
     }
 }
 
+/// Resolve one entry as the file system is now; `None` when it does not exist (yet).
+/// `transient`: for a file entry that does not exist, resolve its parent anyway (a
+/// restore may recreate it), without keeping the result.
+fn resolve_entry(entry: &str, transient: bool) -> Option<Held> {
+    let open = |dir: &Path| match RootDir::open(dir) {
+        Ok(r) => Some(Arc::new(r)),
+        Err(e) => {
+            tracing::warn!(entry, dir = %dir.display(), error = %e, "cannot open a writable root");
+            None
+        }
+    };
+    if is_glob(entry) {
+        let (base, rest) = split_glob(entry);
+        let real = std::fs::canonicalize(&base).ok().filter(|p| p.is_dir())?;
+        let scope = Scope::Glob(compile(&rest.join("/"))?);
+        return Some(Held { root: open(&real)?, scope, lexical: lexical(&base), real });
+    }
+    let p = Path::new(entry);
+    match std::fs::canonicalize(p) {
+        Ok(real) if real.is_dir() => Some(Held { root: open(&real)?, scope: Scope::All, lexical: lexical(p), real }),
+        Ok(real) => {
+            let (dir, name) = (real.parent()?, real.file_name()?);
+            Some(Held { root: open(dir)?, scope: Scope::File(name.into()), lexical: lexical(p), real })
+        }
+        Err(_) if transient => {
+            let dir = std::fs::canonicalize(p.parent()?).ok().filter(|d| d.is_dir())?;
+            let name = p.file_name()?;
+            let real = dir.join(name);
+            Some(Held { root: open(&dir)?, scope: Scope::File(name.into()), lexical: lexical(p), real })
+        }
+        Err(_) => None,
+    }
+}
+
+impl Held {
+    /// The request below this entry's root, relative to it, when it names a path there
+    /// (as configured or by its real location).
+    fn relative(&self, requested: &Path) -> Option<PathBuf> {
+        match &self.scope {
+            Scope::File(name) => (requested == self.lexical || requested == self.real).then(|| PathBuf::from(name)),
+            _ => requested
+                .strip_prefix(&self.lexical)
+                .or_else(|_| requested.strip_prefix(&self.real))
+                .ok()
+                .map(Path::to_path_buf),
+        }
+    }
+
+    /// Whether the root's path still names the directory held.
+    fn root_is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.root.path).is_ok_and(|m| (m.dev(), m.ino()) == (self.root.id.dev, self.root.id.ino))
+    }
+}
+
 impl Allowlist {
-    /// Entries are validated by the config (absolute, no `..`, valid globs).
+    /// Entries are validated by the config (absolute, no `..`, valid globs). Each is
+    /// resolved and its root opened now when it exists.
     pub fn new(entries: Vec<String>) -> Self {
-        Self { entries }
+        let entries = entries
+            .into_iter()
+            .map(|configured| {
+                let held = resolve_entry(&configured, false);
+                if held.is_none() {
+                    tracing::info!(entry = %configured, "writable path does not exist yet; resolved when first named");
+                }
+                Entry { configured, held }
+            })
+            .collect();
+        Self { entries, who: Owners::current() }
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    /// The entries as they are on disk now.
-    fn resolved(&self) -> Vec<Root> {
-        self.entries
-            .iter()
-            .filter_map(|e| {
-                if !is_glob(e) {
-                    return Some(Root::Path(canonical_prefix(Path::new(e))));
-                }
-                let (base, rest) = split_glob(e);
-                let mut pattern = globset::escape(&canonical_prefix(&base).to_string_lossy());
-                for c in rest {
-                    if !pattern.ends_with('/') {
-                        pattern.push('/');
-                    }
-                    pattern.push_str(c);
-                }
-                compile(&pattern).map(Root::Glob)
-            })
-            .collect()
+    /// The entries as held, resolving those that did not exist so far. A held root whose
+    /// path now names another directory is reported, not followed.
+    fn held(&mut self) -> Vec<Slot> {
+        let mut out = Vec::new();
+        for e in &mut self.entries {
+            if e.held.is_none() {
+                e.held = resolve_entry(&e.configured, false);
+            }
+            match &e.held {
+                Some(h) if h.root_is_current() => out.push(Slot::Held(h.clone())),
+                Some(h) => out.push(Slot::Replaced {
+                    paths: [h.lexical.clone(), h.real.clone()],
+                    message: format!(
+                        "the writable root {} (of '{}') was replaced after the agent started; restart the agent \
+                         to write there",
+                        h.root.path.display(),
+                        e.configured
+                    ),
+                }),
+                None => out.extend(resolve_entry(&e.configured, true).map(Slot::Held)),
+            }
+        }
+        out
     }
 
-    /// The entries exactly as configured (to tell "outside" from "outside through a symlink").
-    fn lexical(&self) -> Vec<Root> {
-        self.entries
-            .iter()
-            .filter_map(
-                |e| {
-                    if is_glob(e) { compile(e).map(Root::Glob) } else { Some(Root::Path(lexical(Path::new(e)))) }
-                },
-            )
-            .collect()
-    }
-
-    /// Whether `requested` may be written; on success the real path to write.
-    pub fn check(&self, requested: &str) -> Result<PathBuf, Denied> {
+    /// Whether `requested` may be written; on success the resolved file, with its parent
+    /// directory held.
+    pub fn check(&mut self, requested: &str) -> Result<Target, Denied> {
         if self.entries.is_empty() {
             return Err(Denied::Refused(NOTHING_WRITABLE.into()));
         }
@@ -171,34 +272,79 @@ impl Allowlist {
         let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
             return Err(Denied::Refused(format!("'{requested}' names no file")));
         };
-        let real_parent = std::fs::canonicalize(parent).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Denied::Rejected(format!("the directory {} does not exist", parent.display()))
-            } else {
-                Denied::Rejected(format!("cannot resolve {}: {e}", parent.display()))
-            }
-        })?;
-        let joined = real_parent.join(name);
-        let real = match std::fs::symlink_metadata(&joined) {
-            Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(&joined).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Denied::Rejected(format!("'{requested}' is a symlink to a file that does not exist"))
-                } else {
-                    Denied::Rejected(format!("cannot resolve '{requested}': {e}"))
+        let who = self.who;
+        let slots = self.held();
+        let mut denied = Vec::new();
+        // Below a root as the request names it.
+        let asked = lexical(p);
+        for slot in &slots {
+            match slot {
+                Slot::Held(h) => {
+                    let Some(rel) = h.relative(&asked) else { continue };
+                    match resolve::walk(&h.root, &rel, requested, who) {
+                        Ok(t) if h.scope.allows(&t.rel()) => return Ok(t),
+                        Ok(t) if t.rel() == rel => denied.push(outside(requested)),
+                        Ok(t) => denied.push(Denied::Refused(format!(
+                            "'{requested}' resolves through a symlink to {}, which is outside the writable paths",
+                            t.real.display()
+                        ))),
+                        Err(d) => denied.push(d),
+                    }
                 }
-            })?,
-            _ => joined,
+                Slot::Replaced { paths, message } => {
+                    if paths.iter().any(|r| asked.starts_with(r)) {
+                        denied.push(Denied::Refused(message.clone()));
+                    }
+                }
+            }
+        }
+        // Elsewhere, or through a symlink into another root: find the root by the real
+        // parent (by path: this only picks the root, the walk below it decides).
+        let real_parent = match std::fs::canonicalize(parent) {
+            Ok(p) => p,
+            Err(_) if !denied.is_empty() => return Err(most_telling(denied).expect("not empty")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Denied::Rejected(format!("the directory {} does not exist", parent.display())));
+            }
+            Err(e) => return Err(Denied::Rejected(format!("cannot resolve {}: {e}", parent.display()))),
         };
-        if self.resolved().iter().any(|r| r.allows(&real)) {
-            return Ok(real);
+        let guess = real_parent.join(name);
+        let lexical_denials = denied.len();
+        for slot in &slots {
+            let Slot::Held(h) = slot else { continue };
+            let Ok(rel) = guess.strip_prefix(&h.root.path) else { continue };
+            match resolve::walk(&h.root, rel, requested, who) {
+                Ok(t) if h.scope.allows(&t.rel()) => return Ok(t),
+                Ok(_) => {}
+                Err(d) if lexical_denials == 0 => denied.push(d),
+                Err(_) => {}
+            }
         }
-        if self.lexical().iter().any(|r| r.allows(&lexical(p))) {
-            return Err(Denied::Refused(format!(
-                "'{requested}' resolves through a symlink to {}, which is outside the writable paths",
-                real.display()
-            )));
-        }
-        Err(Denied::Refused(format!("'{requested}' is not inside the writable paths")))
+        Err(most_telling(denied).unwrap_or_else(|| outside(requested)))
+    }
+}
+
+fn outside(requested: &str) -> Denied {
+    Denied::Refused(format!("'{requested}' is not inside the writable paths"))
+}
+
+/// An entry as it can be used for this request.
+enum Slot {
+    Held(Held),
+    /// A held root whose path now names another directory.
+    Replaced {
+        paths: [PathBuf; 2],
+        message: String,
+    },
+}
+
+/// Of the reasons several roots gave, a refusal (it says why) before "no such directory".
+fn most_telling(denied: Vec<Denied>) -> Option<Denied> {
+    let refused = denied.iter().position(|d| matches!(d, Denied::Refused(_)));
+    let mut denied = denied;
+    match refused {
+        Some(i) => Some(denied.swap_remove(i)),
+        None => denied.into_iter().next(),
     }
 }
 
@@ -223,7 +369,7 @@ mod tests {
         p.to_string_lossy().into_owned()
     }
 
-    fn refused(r: Result<PathBuf, Denied>) -> String {
+    fn refused(r: Result<Target, Denied>) -> String {
         match r {
             Err(Denied::Refused(m)) => m,
             other => panic!("expected a refusal, got {other:?}"),
@@ -232,7 +378,7 @@ mod tests {
 
     #[test]
     fn nothing_configured_refuses_everything() {
-        let a = Allowlist::new(vec![]);
+        let mut a = Allowlist::new(vec![]);
         assert_eq!(refused(a.check("/etc/app/.env")), NOTHING_WRITABLE);
     }
 
@@ -241,8 +387,8 @@ mod tests {
         let d = dir();
         std::fs::write(d.root.join("a.env"), "A=1\n").unwrap();
         std::fs::write(d.root.join("b.env"), "B=1\n").unwrap();
-        let a = Allowlist::new(vec![s(&d.root.join("a.env"))]);
-        assert_eq!(a.check(&s(&d.root.join("a.env"))).unwrap(), d.root.join("a.env"));
+        let mut a = Allowlist::new(vec![s(&d.root.join("a.env"))]);
+        assert_eq!(a.check(&s(&d.root.join("a.env"))).unwrap().real, d.root.join("a.env"));
         assert!(refused(a.check(&s(&d.root.join("b.env")))).contains("not inside the writable paths"));
         // A path that merely shares the prefix.
         assert!(matches!(a.check(&s(&d.root.join("a.env2"))), Err(Denied::Refused(_))));
@@ -253,7 +399,7 @@ mod tests {
         let d = dir();
         std::fs::create_dir_all(d.root.join("app/sub")).unwrap();
         std::fs::create_dir_all(d.root.join("apple")).unwrap();
-        let a = Allowlist::new(vec![s(&d.root.join("app"))]);
+        let mut a = Allowlist::new(vec![s(&d.root.join("app"))]);
         assert!(a.check(&s(&d.root.join("app/x.yaml"))).is_ok());
         assert!(a.check(&s(&d.root.join("app/sub/y.yaml"))).is_ok());
         assert!(a.check(&s(&d.root.join("apple/x.yaml"))).is_err());
@@ -265,9 +411,9 @@ mod tests {
     fn glob_entry_matches_the_canonical_path() {
         let d = dir();
         std::fs::create_dir_all(d.root.join("app/sub")).unwrap();
-        let a = Allowlist::new(vec![format!("{}/app/*.yaml", d.root.display())]);
+        let mut a = Allowlist::new(vec![format!("{}/app/*.yaml", d.root.display())]);
         assert!(a.check(&s(&d.root.join("app/x.yaml"))).is_ok());
-        assert!(a.check(&s(&d.root.join("app/x.json"))).is_err());
+        assert!(refused(a.check(&s(&d.root.join("app/x.json")))).contains("not inside the writable paths"));
         assert!(a.check(&s(&d.root.join("app/sub/x.yaml"))).is_err(), "* does not cross directories");
     }
 
@@ -275,7 +421,7 @@ mod tests {
     fn dot_dot_and_relative_paths_are_refused() {
         let d = dir();
         std::fs::create_dir_all(d.root.join("app")).unwrap();
-        let a = Allowlist::new(vec![s(&d.root.join("app"))]);
+        let mut a = Allowlist::new(vec![s(&d.root.join("app"))]);
         let m = refused(a.check(&format!("{}/app/../app/x.env", d.root.display())));
         assert!(m.contains("'..'"), "{m}");
         let m = refused(a.check("app/x.env"));
@@ -290,13 +436,13 @@ mod tests {
         std::fs::write(d.root.join("outside/secret.env"), "X=1\n").unwrap();
         symlink(d.root.join("outside/secret.env"), d.root.join("app/link.env")).unwrap();
         symlink(d.root.join("outside"), d.root.join("app/linkdir")).unwrap();
-        let a = Allowlist::new(vec![s(&d.root.join("app"))]);
+        let mut a = Allowlist::new(vec![s(&d.root.join("app"))]);
         let m = refused(a.check(&s(&d.root.join("app/link.env"))));
         assert!(m.contains("symlink") && m.contains("outside the writable paths"), "{m}");
         let m = refused(a.check(&s(&d.root.join("app/linkdir/secret.env"))));
         assert!(m.contains("symlink"), "{m}");
         // Same through a glob entry.
-        let a = Allowlist::new(vec![format!("{}/app/*.env", d.root.display())]);
+        let mut a = Allowlist::new(vec![format!("{}/app/*.env", d.root.display())]);
         assert!(refused(a.check(&s(&d.root.join("app/link.env")))).contains("symlink"));
     }
 
@@ -308,12 +454,38 @@ mod tests {
         symlink(d.root.join("real"), d.root.join("etc-app")).unwrap();
         symlink(d.root.join("real/app.env"), d.root.join("real/current.env")).unwrap();
         // The entry itself goes through a symlink; so does the request.
-        let a = Allowlist::new(vec![s(&d.root.join("etc-app"))]);
-        assert_eq!(a.check(&s(&d.root.join("etc-app/app.env"))).unwrap(), d.root.join("real/app.env"));
+        let mut a = Allowlist::new(vec![s(&d.root.join("etc-app"))]);
+        assert_eq!(a.check(&s(&d.root.join("etc-app/app.env"))).unwrap().real, d.root.join("real/app.env"));
         // A symlinked file inside the root is written at its target.
-        assert_eq!(a.check(&s(&d.root.join("etc-app/current.env"))).unwrap(), d.root.join("real/app.env"));
-        let a = Allowlist::new(vec![format!("{}/etc-app/*.env", d.root.display())]);
+        assert_eq!(a.check(&s(&d.root.join("etc-app/current.env"))).unwrap().real, d.root.join("real/app.env"));
+        let mut a = Allowlist::new(vec![format!("{}/etc-app/*.env", d.root.display())]);
         assert!(a.check(&s(&d.root.join("real/app.env"))).is_ok());
+    }
+
+    #[test]
+    fn a_symlink_out_of_one_root_into_another_is_allowed() {
+        let d = dir();
+        std::fs::create_dir_all(d.root.join("app")).unwrap();
+        std::fs::create_dir_all(d.root.join("srv")).unwrap();
+        symlink(d.root.join("srv"), d.root.join("app/link")).unwrap();
+        let mut a = Allowlist::new(vec![s(&d.root.join("app")), s(&d.root.join("srv"))]);
+        assert_eq!(a.check(&s(&d.root.join("app/link/x.env"))).unwrap().real, d.root.join("srv/x.env"));
+        let mut a = Allowlist::new(vec![s(&d.root.join("app"))]);
+        let m = refused(a.check(&s(&d.root.join("app/link/x.env"))));
+        assert!(m.contains(&format!("symlink {}", d.root.join("app/link").display())), "{m}");
+    }
+
+    #[test]
+    fn an_entry_that_appears_later_is_resolved_when_named() {
+        let d = dir();
+        let mut a = Allowlist::new(vec![s(&d.root.join("later"))]);
+        assert!(matches!(a.check(&s(&d.root.join("later/x.env"))), Err(Denied::Rejected(_))));
+        std::fs::create_dir_all(d.root.join("later")).unwrap();
+        assert_eq!(a.check(&s(&d.root.join("later/x.env"))).unwrap().real, d.root.join("later/x.env"));
+        // A file entry that does not exist (yet, or any more): its directory is the root.
+        let mut a = Allowlist::new(vec![s(&d.root.join("later/y.env"))]);
+        assert_eq!(a.check(&s(&d.root.join("later/y.env"))).unwrap().real, d.root.join("later/y.env"));
+        assert!(a.check(&s(&d.root.join("later/z.env"))).is_err());
     }
 
     #[test]
@@ -321,7 +493,7 @@ mod tests {
         let d = dir();
         std::fs::create_dir_all(d.root.join("app")).unwrap();
         symlink(d.root.join("app/nowhere.env"), d.root.join("app/dangling.env")).unwrap();
-        let a = Allowlist::new(vec![s(&d.root.join("app"))]);
+        let mut a = Allowlist::new(vec![s(&d.root.join("app"))]);
         assert!(matches!(a.check(&s(&d.root.join("app/no/x.env"))), Err(Denied::Rejected(_))));
         assert!(matches!(a.check(&s(&d.root.join("app/dangling.env"))), Err(Denied::Rejected(_))));
         // A file that does not exist yet in an allowed directory is fine (restore).

@@ -3,9 +3,14 @@
 //! - `blobs/<hash>`: content, named by its keyed content hash (the same
 //!   `Masker::fingerprint` the agent reports as `FileState.content_hash`), written to a
 //!   temp file, fsynced and renamed, so a blob is whole or absent;
-//! - `index.jsonl`: one JSON line per backup (path, hash, time, kind, change id, owner
-//!   and mode), appended and fsynced before the file it protects is written. A torn last
-//!   line (crash while appending) is dropped when the store is opened.
+//! - `index.jsonl`: one JSON line per backup (the resolved path, hash, time, kind, change
+//!   id, owner and mode), appended and fsynced before the file it protects is written. A
+//!   torn last line (crash while appending) is dropped when the store is opened.
+//!
+//! A version is bound to its file: [`BackupStore::lookup`] gives a hash's content only
+//! for the resolved path it was backed up from, so a restore can never put one file's
+//! content (secrets included) into another. A line without a path, or a blob that no
+//! line names, is never restored.
 //!
 //! The directory is 0700: blobs hold file content in clear, secrets included.
 //!
@@ -45,7 +50,9 @@ pub enum Kind {
 /// One index line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// The real (canonical) path written.
+    /// The real (canonical) path the content was backed up from or written to. Empty on
+    /// a line that has none (kept, but never restored: see [`BackupStore::lookup`]).
+    #[serde(default)]
     pub path: String,
     pub hash: String,
     /// Unix milliseconds.
@@ -68,6 +75,18 @@ fn millis(t: SystemTime) -> i64 {
 /// A keyed content hash as this store names blobs: 64 lower-case hex digits.
 pub fn is_hash(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A version's content for a restore of one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found(Vec<u8>),
+    /// No such version.
+    Missing,
+    /// The version exists but may not be restored to this file; why.
+    Refused(String),
+    /// The store could not be read.
+    Failed(String),
 }
 
 #[derive(Debug)]
@@ -212,20 +231,53 @@ impl BackupStore {
         Ok(Some(content))
     }
 
+    /// The content of version `hash` for a restore of the file at `path` (resolved):
+    /// only a version backed up from that same path.
+    pub fn lookup(&self, path: &Path, hash: &str) -> Lookup {
+        if !is_hash(hash) {
+            return Lookup::Missing;
+        }
+        let p = path.to_string_lossy();
+        let recorded: Vec<&Entry> = self.entries.iter().filter(|e| e.hash == hash).collect();
+        if !recorded.iter().any(|e| e.path == p) {
+            let from: Vec<&str> = recorded.iter().map(|e| e.path.as_str()).filter(|p| !p.is_empty()).collect();
+            let reason = match (from.first(), recorded.is_empty()) {
+                (Some(other), _) => format!("version {} was backed up from {other}, not {p}", short(hash)),
+                (None, false) => format!(
+                    "version {} has no recorded path in the backup index (an older backup); it cannot be restored \
+                     remotely",
+                    short(hash)
+                ),
+                // A blob no index line names (the index was lost or edited).
+                (None, true) if self.blob_path(hash).exists() => format!(
+                    "version {} is not recorded in the backup index, so the file it came from is unknown; it \
+                     cannot be restored remotely",
+                    short(hash)
+                ),
+                (None, true) => return Lookup::Missing,
+            };
+            return Lookup::Refused(reason);
+        }
+        match self.get(hash) {
+            Ok(Some(b)) => Lookup::Found(b),
+            Ok(None) => Lookup::Missing,
+            Err(e) => Lookup::Failed(e.to_string()),
+        }
+    }
+
     /// Owner and mode the file at `path` had when `hash` was last recorded for it.
     pub fn meta_of(&self, path: &Path, hash: &str) -> Option<FileMeta> {
         let p = path.to_string_lossy();
-        self.entries
-            .iter()
-            .rev()
-            .find(|e| e.hash == hash && e.path == p && e.mode != 0)
-            .or_else(|| self.entries.iter().rev().find(|e| e.hash == hash && e.mode != 0))
-            .map(|e| FileMeta { mode: e.mode, uid: e.uid, gid: e.gid })
+        self.entries.iter().rev().find(|e| e.hash == hash && e.path == p && e.mode != 0).map(|e| FileMeta {
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+        })
     }
 
     /// Distinct paths with backups (their directories may hold leftover temp files).
     pub fn paths(&self) -> HashSet<PathBuf> {
-        self.entries.iter().map(|e| PathBuf::from(&e.path)).collect()
+        self.entries.iter().filter(|e| !e.path.is_empty()).map(|e| PathBuf::from(&e.path)).collect()
     }
 
     /// Apply the retention policy. Returns how many entries were dropped.
@@ -356,6 +408,47 @@ mod tests {
         s.put(p, b"A=2\n", Kind::After, "c1", None, SystemTime::now()).unwrap();
         let s = open(d.path(), 20, 30 * DAY);
         assert_eq!(s.entries().len(), 2);
+    }
+
+    #[test]
+    fn a_version_is_given_only_for_the_path_it_was_backed_up_from() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = open(d.path(), 20, 30 * DAY);
+        let (a, b) = (Path::new("/etc/a.env"), Path::new("/etc/b.env"));
+        let h = s.put(a, b"A=1\n", Kind::Before, "c", None, SystemTime::now()).unwrap();
+        assert_eq!(s.lookup(a, &h), Lookup::Found(b"A=1\n".to_vec()));
+        assert_eq!(
+            s.lookup(b, &h),
+            Lookup::Refused(format!("version {} was backed up from /etc/a.env, not /etc/b.env", short(&h)))
+        );
+        assert_eq!(s.lookup(a, &"0".repeat(64)), Lookup::Missing);
+        assert_eq!(s.lookup(a, "../../etc/passwd"), Lookup::Missing);
+        // The same content backed up from b too: then b may have it.
+        s.put(b, b"A=1\n", Kind::Before, "c", None, SystemTime::now()).unwrap();
+        assert!(matches!(s.lookup(b, &h), Lookup::Found(_)));
+        // Owner and mode come from the same path only.
+        let meta = FileMeta { mode: 0o640, uid: 1, gid: 2 };
+        let h2 = s.put(a, b"A=2\n", Kind::Before, "c", Some(meta), SystemTime::now()).unwrap();
+        assert_eq!(s.meta_of(a, &h2), Some(meta));
+        assert_eq!(s.meta_of(b, &h2), None);
+    }
+
+    #[test]
+    fn a_line_without_a_path_is_kept_but_never_restored() {
+        let d = tempfile::tempdir().unwrap();
+        let m = masker();
+        let (old, lone) = (m.fingerprint(b"old"), m.fingerprint(b"lone"));
+        std::fs::create_dir_all(d.path().join(BLOBS)).unwrap();
+        std::fs::write(d.path().join(BLOBS).join(&old), b"old").unwrap();
+        std::fs::write(d.path().join(BLOBS).join(&lone), b"lone").unwrap();
+        std::fs::write(d.path().join(INDEX), format!("{{\"hash\":\"{old}\",\"time\":1,\"kind\":\"before\"}}\n"))
+            .unwrap();
+        let s = open(d.path(), 20, 30 * DAY);
+        assert_eq!(s.entries().len(), 1, "the line is kept, not dropped as damaged");
+        assert!(s.paths().is_empty());
+        let p = Path::new("/etc/a.env");
+        assert!(matches!(s.lookup(p, &old), Lookup::Refused(m) if m.contains("no recorded path")));
+        assert!(matches!(s.lookup(p, &lone), Lookup::Refused(m) if m.contains("not recorded in the backup index")));
     }
 
     #[test]

@@ -4,19 +4,36 @@
 //!
 //! One change, in this order (a refusal writes nothing, not even a backup):
 //!
-//! 1. **Allowlist** ([`allow`]): the real path must be inside `writable`.
-//! 2. **Expected hash**: the file's keyed content hash must be `expected_hash`, else
+//! 1. **Allowlist** ([`allow`]): the path must resolve inside `writable`, below the
+//!    root's directory handle the agent opened at start ([`resolve`]): every directory on
+//!    the way opened from the previous one without following symlinks, a symlink followed
+//!    only while it stays inside the root (one that leads out is refused, naming it), and
+//!    no directory on the way writable by anyone but root and the agent's user.
+//! 2. **Read** the current file relative to its parent directory's handle (`O_NOFOLLOW`),
+//!    keeping its device and inode.
+//! 3. **Secrets** ([`plan`]): a key edit that sets, removes or reaches into a key whose
+//!    current value the agent masks, or sets a value that looks secret itself, is
+//!    REFUSED (dry runs too, before any comparison): a secret changes only by restoring
+//!    a backup of the same file.
+//! 4. **Expected hash**: the file's keyed content hash must be `expected_hash`, else
 //!    CONFLICT. Only a dry run may leave it empty (and a restore of a file that does not
 //!    exist: the server's view of a missing file has no hash).
-//! 3. **New content**: key edits through `driftwatch_formats::edit`, or the content of
-//!    `restore_hash` from the [`backup`] store. It must parse (unless the format is
-//!    text); equal to the current content → UNCHANGED.
-//! 4. **Dry run** stops here with the diff.
-//! 5. **Backups** of the current and of the new content, durable before the write.
-//! 6. **Atomic write** ([`write`]) keeping owner and mode.
-//! 7. **Commands** ([`commands`]) from the matching `[[files]]` entry: reload, then
-//!    health; a failure puts the previous content back (atomically too), reloads again
-//!    and reports ROLLED_BACK.
+//! 5. **New content**: key edits through `driftwatch_formats::edit`, or the content of
+//!    `restore_hash` from the [`backup`] store, only if that version was backed up from
+//!    this same resolved path (else REFUSED). It must parse (unless the format is text);
+//!    equal to the current content → UNCHANGED.
+//! 6. **Dry run** stops here with the diff.
+//! 7. **Recheck**: the parent directory, opened again from the root handle with
+//!    `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, must be the directory resolved in
+//!    step 1, else CONFLICT.
+//! 8. **Backups** of the current and of the new content, durable before the write.
+//! 9. **Atomic write** ([`write`]) in that directory, keeping the current file's owner and
+//!    mode (edits and restores alike); just before the rename the name must still hold
+//!    the file read in step 2 (device and inode), else CONFLICT and nothing replaced
+//!    (the backups of step 8 stay: they only ever serve this same path).
+//! 10. **Commands** ([`commands`]) from the matching `[[files]]` entry: reload, then
+//!     health; a failure puts the previous content back (atomically too, in the same
+//!     directory), reloads again and reports ROLLED_BACK.
 //!
 //! [`Applier::apply`] is blocking and handles one change at a time; `run/changes.rs` feeds it
 //! from a dedicated thread, in arrival order.
@@ -25,18 +42,23 @@ pub mod allow;
 pub mod backup;
 pub mod commands;
 pub mod plan;
+pub mod resolve;
 pub mod write;
 
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeSet, VecDeque};
-use std::fs::{Metadata, OpenOptions};
+use std::fs::{File, Metadata};
 use std::io::Read as _;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 
 use driftwatch_formats::{Format, Limits, Masker};
 use driftwatch_proto::v1::{ApplyChange, ChangeOutcome, ChangeResult};
@@ -46,7 +68,12 @@ use crate::error::Result;
 use crate::watch::pattern::Compiled;
 use allow::{Allowlist, Denied};
 use backup::{BackupStore, Kind, short};
-use write::{Fault, FileMeta};
+use resolve::{FileId, Target};
+use write::{Fault, FileMeta, Replace, WriteError};
+
+/// Tests only: see [`Applier::pause`].
+#[cfg(test)]
+pub(crate) type Pause = Arc<dyn Fn(&Path) + Send + Sync>;
 
 /// Results of this many recent changes are kept, so a change the server sends again
 /// (it did not get the result) is answered without being applied twice.
@@ -66,6 +93,10 @@ pub struct Applier {
     recent: VecDeque<(bool, ChangeResult)>,
     /// Hashes backed up by the change in progress (never pruned by it).
     just_backed_up: Vec<String>,
+    /// Tests only: called with the resolved path after the file was read and the change
+    /// planned, before the recheck and the write (to move things around in that window).
+    #[cfg(test)]
+    pub(crate) pause: Option<Pause>,
 }
 
 impl std::fmt::Debug for Applier {
@@ -93,18 +124,17 @@ fn end(mut r: ChangeResult, outcome: ChangeOutcome, message: impl Into<String>) 
 /// A file's content and metadata.
 type Current = (Vec<u8>, Metadata);
 
-/// The current file, or `None` when it does not exist. The error is the outcome to report.
-fn read_current(path: &Path, max: u64) -> std::result::Result<Option<Current>, (ChangeOutcome, String)> {
-    // The real path is resolved already: a symlink here now means it was swapped since.
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err((ChangeOutcome::Rejected, format!("{} changed into a symlink; try again", path.display())));
+/// The current file, or `None` when it does not exist, read relative to its directory's
+/// handle. The error is the outcome to report.
+fn read_current(t: &Target, max: u64) -> std::result::Result<Option<Current>, (ChangeOutcome, String)> {
+    let path = &t.real;
+    let how = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let file = match rustix::fs::openat(&t.dir, t.name.as_os_str(), how, Mode::empty()) {
+        Ok(fd) => File::from(fd),
+        Err(Errno::NOENT) => return Ok(None),
+        // Resolved already: a symlink here now means it was swapped since.
+        Err(Errno::LOOP) => {
+            return Err((ChangeOutcome::Conflict, format!("{} changed into a symlink; try again", path.display())));
         }
         Err(e) => return Err((ChangeOutcome::Failed, format!("cannot read {}: {e}", path.display()))),
     };
@@ -154,6 +184,8 @@ impl Applier {
             fault: Fault::from_env(&config.state_dir),
             recent: VecDeque::new(),
             just_backed_up: Vec::new(),
+            #[cfg(test)]
+            pause: None,
         };
         applier.remove_stale_temps(config);
         if !applier.allow.is_empty() {
@@ -275,29 +307,32 @@ impl Applier {
     fn run(&mut self, c: &ApplyChange) -> Done {
         let r = ChangeResult { change_id: c.change_id.clone(), path: c.path.clone(), ..Default::default() };
         // 1. The allowlist, before anything is read.
-        let real = match self.allow.check(&c.path) {
-            Ok(p) => p,
+        let target = match self.allow.check(&c.path) {
+            Ok(t) => t,
             Err(Denied::Refused(m)) => return end(r, ChangeOutcome::Refused, m),
             Err(Denied::Rejected(m)) => return end(r, ChangeOutcome::Rejected, m),
         };
+        let real = target.real.clone();
         let Some(backups) = self.backups.as_ref() else {
             return end(r, ChangeOutcome::Refused, allow::NOTHING_WRITABLE);
         };
         if let Err(m) = plan::validate(c) {
             return end(r, ChangeOutcome::Rejected, m);
         }
-        let current = match read_current(&real, self.limits.max_file_bytes) {
+        // 2. The file as it is, and which file that is.
+        let current = match read_current(&target, self.limits.max_file_bytes) {
             Ok(c) => c,
             Err((o, m)) => return end(r, o, m),
         };
+        let read_id = current.as_ref().map(|(_, m)| FileId { dev: m.dev(), ino: m.ino() });
 
-        // 2.–4. Expected hash, new content, parse check, diff; a dry run stops there.
+        // 3.–6. Secrets, expected hash, new content, parse check, diff; a dry run stops there.
         let requested = Path::new(&c.path);
         let format = self.format_for(requested, &real);
         let held = plan::Held {
             format,
             content: current.as_ref().map(|(b, _)| b.as_slice()),
-            backup: &|hash: &str| backups.get(hash).map_err(|e| e.to_string()),
+            backup: &|hash: &str| backups.lookup(&real, hash),
         };
         let (mut r, new, after_hash) = match plan::plan(c, r, held, &self.masker, &self.limits) {
             plan::Planned::Ended { result, outcome, message, log_message } => {
@@ -308,7 +343,18 @@ impl Applier {
             plan::Planned::Write { result, new, after_hash } => (result, new, after_hash),
         };
 
-        // 5. Backups of both contents, durable before the write.
+        #[cfg(test)]
+        if let Some(pause) = &self.pause {
+            pause(&real);
+        }
+        // 7. The way to the file is still the one resolved (nothing swapped on the path).
+        let dir = match target.recheck() {
+            Ok(d) => d,
+            Err(m) => return end(r, ChangeOutcome::Conflict, format!("{m}; nothing written")),
+        };
+
+        // 8. Backups of both contents, durable before the write. A restore keeps the
+        // current file's owner and mode, like an edit; a recreated file gets those it had.
         let meta = match &current {
             Some((_, m)) => Some(FileMeta::of(m)),
             None => backups.meta_of(&real, &c.restore_hash),
@@ -337,16 +383,26 @@ impl Applier {
             }
         }
 
-        // 6. The write.
-        if let Err(e) = write::atomic_write(&real, &new, meta, self.fault.as_ref()) {
-            return end(
-                r,
-                ChangeOutcome::Failed,
-                format!("cannot write {}: {e}; the file is as it was", real.display()),
-            );
-        }
+        // 9. The write, in the directory rechecked, over the file that was read.
+        let replace = read_id.map_or(Replace::Absent, Replace::Same);
+        let dir_path = real.parent().unwrap_or(Path::new("/"));
+        let written =
+            match write::atomic_write_at(dir.as_fd(), dir_path, &target.name, &new, meta, replace, self.fault.as_ref())
+            {
+                Ok(id) => id,
+                Err(WriteError::Changed(m)) => {
+                    return end(r, ChangeOutcome::Conflict, format!("{m}: {}; nothing written", real.display()));
+                }
+                Err(WriteError::Io(e)) => {
+                    return end(
+                        r,
+                        ChangeOutcome::Failed,
+                        format!("cannot write {}: {e}; the file is as it was", real.display()),
+                    );
+                }
+            };
 
-        // 7. Reload and health, from our own config.
+        // 10. Reload and health, from our own config.
         let Some(fc) = self.commands_for(requested, &real) else {
             r.after_hash = after_hash;
             return end(r, ChangeOutcome::Applied, "applied");
@@ -377,9 +433,13 @@ impl Applier {
             };
             return end(r, ChangeOutcome::Applied, format!("applied; {ran}"));
         };
+        // Over the file this change wrote, and nothing else.
         let put_back = match &current {
-            Some((old, _)) => write::atomic_write(&real, old, meta, None),
-            None => std::fs::remove_file(&real).and_then(|()| write::sync_dir(real.parent().unwrap_or(Path::new("/")))),
+            Some((old, _)) => {
+                write::atomic_write_at(dir.as_fd(), dir_path, &target.name, old, meta, Replace::Same(written), None)
+                    .map(|_| ())
+            }
+            None => write::remove_at(dir.as_fd(), &target.name, written),
         };
         if let Err(e) = put_back {
             r.after_hash = after_hash;

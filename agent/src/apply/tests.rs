@@ -13,6 +13,8 @@ use driftwatch_proto::v1::{ApplyChange, ChangeOutcome, ChangeResult, KeyValue, V
 use super::*;
 use crate::config::{AgentConfig, AgentFile, FileCommandsFile, WatchEntry};
 
+mod writes;
+
 const OLD: &str = "PORT=8080\nHOST=0.0.0.0\n";
 const KEY: &[u8] = b"apply test fleet key 0123456789";
 
@@ -215,11 +217,11 @@ fn unknown_key_is_rejected() {
 fn a_result_that_would_not_parse_is_rejected() {
     let mut h = harness(|_, _| {});
     std::fs::write(h.p("app/conf.json"), "{\"port\": 8080}\n").unwrap();
-    // A backup whose content is not JSON: restoring it must be refused.
+    // A backup (of this file) whose content is not JSON: restoring it must be refused.
     let bad = "{\"port\": \n";
-    let other = h.p("app/other.json");
+    let same = h.p("app/conf.json");
     let bad_hash =
-        h.applier.backups.as_mut().unwrap().put(&other, bad.as_bytes(), Kind::Before, "seed", None, SystemTime::now());
+        h.applier.backups.as_mut().unwrap().put(&same, bad.as_bytes(), Kind::Before, "seed", None, SystemTime::now());
     let bad_hash = bad_hash.unwrap();
     let c = ApplyChange {
         change_id: "restore-bad".into(),

@@ -52,7 +52,11 @@ pub fn decide(masker: &Masker, held: Held<'_>, c: &v1::ApplyChange) -> Decision 
         return end(r, ChangeOutcome::Rejected, m);
     }
     // 2.–4. The agent's own pure steps.
-    let backup = |hash: &str| Ok(held.backups.get(hash).cloned());
+    // Every backup of the model is of its one file.
+    let backup = |hash: &str| match held.backups.get(hash) {
+        Some(b) => plan::Lookup::Found(b.clone()),
+        None => plan::Lookup::Missing,
+    };
     let file = plan::Held { format: held.format, content: Some(held.content), backup: &backup };
     match plan::plan(c, r, file, masker, &Limits::default()) {
         plan::Planned::Ended { result, outcome, message, .. } => end(result, outcome, message),

@@ -1,7 +1,6 @@
 use std::path::Path;
 
 use driftwatch_agent::apply::Applier;
-use driftwatch_proto::v1::value::Kind;
 use tokio::sync::mpsc;
 
 use super::*;
@@ -58,10 +57,15 @@ fn the_model_answers_every_change_as_the_real_agent_does() {
     }));
     let p = path.clone();
     steps.push(Box::new(move |m| v1::ApplyChange {
-        set_text: text(&[("POOL_SIZE", "12"), ("DB_PASSWORD", "hunter2hunter2")]),
+        set_text: text(&[("POOL_SIZE", "12"), ("LABEL", "blue")]),
         set_keys: vec![v1::KeyValue { key: "MODE".into(), value: Some(v1::Value::string("30")) }],
         remove_keys: vec!["OLD".into()],
         ..change("edit", &p, &hash(m))
+    }));
+    let p = path.clone();
+    steps.push(Box::new(move |m| v1::ApplyChange {
+        set_text: text(&[("DB_PASSWORD", "hunter2hunter2")]),
+        ..change("secret", &p, &hash(m))
     }));
     let p = path.clone();
     steps.push(Box::new(move |_| v1::ApplyChange {
@@ -131,6 +135,7 @@ fn the_model_answers_every_change_as_the_real_agent_does() {
         [
             "dry_run",
             "applied",
+            "refused",
             "conflict",
             "rejected",
             "unchanged",
@@ -146,7 +151,8 @@ fn the_model_answers_every_change_as_the_real_agent_does() {
         ]
     );
     let edit = &model.results[1];
-    assert!(edit.diff.contains("+POOL_SIZE=12") && !edit.diff.contains("hunter2"), "{}", edit.diff);
+    assert!(edit.diff.contains("+POOL_SIZE=12") && edit.diff.contains("+LABEL=blue"), "{}", edit.diff);
+    assert!(model.results[2].message.contains("looks like a secret"), "{}", model.results[2].message);
     assert_eq!(model.applied, 3);
     // Outside its own file, the model refuses, as a real agent refuses a path outside `writable`.
     let other = Path::new("/elsewhere/app.env");
@@ -172,8 +178,14 @@ fn an_applied_change_sends_its_result_then_the_new_file() {
     assert_eq!(crate::key(f, "POOL_SIZE"), Some(&v1::Value::int(10)));
     let h0 = f.content_hash.clone();
 
+    // A secret is never set by a key edit: refused, nothing written, no snapshot.
+    let mut secret = change("c0", Path::new("/etc/app.env"), &h0);
+    secret.set_text = text(&[("API_TOKEN", "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB")]);
+    s.handle(&secret);
+    let Some(agent_message::Kind::ChangeResult(r)) = rx.try_recv().unwrap().kind else { panic!("result") };
+    assert_eq!(r.outcome, v1::ChangeOutcome::Refused as i32);
     let mut c = change("c1", Path::new("/etc/app.env"), &h0);
-    c.set_text = text(&[("POOL_SIZE", "12"), ("API_TOKEN", "ghp_0123456789abcdefghijklmnopqrstuvwxyzAB")]);
+    c.set_text = text(&[("POOL_SIZE", "12")]);
     s.handle(&c);
     let Some(agent_message::Kind::ChangeResult(r)) = rx.try_recv().unwrap().kind else { panic!("result") };
     assert_eq!(r.outcome, v1::ChangeOutcome::Applied as i32);
@@ -182,10 +194,6 @@ fn an_applied_change_sends_its_result_then_the_new_file() {
     let f = &next.files[0];
     assert_eq!(f.content_hash, r.after_hash);
     assert_eq!(crate::key(f, "POOL_SIZE"), Some(&v1::Value::int(12)));
-    assert!(
-        matches!(crate::key(f, "API_TOKEN").and_then(|v| v.kind.as_ref()), Some(Kind::Masked(_))),
-        "masked as the agent masks"
-    );
     assert!(String::from_utf8_lossy(&s.content).starts_with("# app settings\n"), "comments kept");
 
     // The old version is a backup: restoring it puts the same bytes back.
