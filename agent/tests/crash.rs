@@ -265,8 +265,8 @@ async fn applied_change_is_reported_and_seen_by_the_watcher() {
     let content = std::fs::read_to_string(dir.join("app/app.env")).unwrap();
     assert!(content.contains("PORT=9090") && content.contains("HOST=0.0.0.0"), "{content}");
     let m = masker(&dir);
-    assert_eq!(result.before_hash, m.fingerprint(OLD.as_bytes()));
-    assert_eq!(result.after_hash, m.fingerprint(content.as_bytes()));
+    assert_eq!(result.before_hash, m.content_hash(OLD.as_bytes()));
+    assert_eq!(result.after_hash, m.content_hash(content.as_bytes()));
     assert!(result.diff.contains("+PORT=9090"), "{}", result.diff);
     // The watcher reports the new content as any other change.
     let path = dir.join("app/app.env").to_string_lossy().into_owned();
@@ -295,9 +295,9 @@ async fn crash_at(fault: &str) {
     let m = masker(&dir);
     let content = std::fs::read(&target).unwrap();
     let blobs = dir.join("state/backups/blobs");
-    let old_hash = m.fingerprint(OLD.as_bytes());
+    let old_hash = m.content_hash(OLD.as_bytes());
     assert_eq!(std::fs::read(blobs.join(&old_hash)).unwrap(), OLD.as_bytes(), "the old content is backed up");
-    let new_hash = m.fingerprint(&content);
+    let new_hash = m.content_hash(&content);
     let new_backup = std::fs::read_dir(&blobs)
         .unwrap()
         .flatten()

@@ -175,7 +175,7 @@ impl BackupStore {
         meta: Option<FileMeta>,
         now: SystemTime,
     ) -> Result<String> {
-        let hash = self.masker.fingerprint(content);
+        let hash = self.masker.content_hash(content);
         if let Err(e) = self.open_index() {
             return Err(self.err(e));
         }
@@ -225,7 +225,7 @@ impl BackupStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.err(e)),
         };
-        if self.masker.fingerprint(&content) != hash {
+        if self.masker.content_hash(&content) != hash {
             return Err(self.err(format!("backup {} is damaged (its content does not match its hash)", short(hash))));
         }
         Ok(Some(content))
@@ -374,7 +374,7 @@ mod tests {
         let now = SystemTime::now();
         let p = Path::new("/etc/app/.env");
         let h1 = s.put(p, b"A=1\n", Kind::Before, "c1", None, now).unwrap();
-        assert_eq!(h1, masker().fingerprint(b"A=1\n"));
+        assert_eq!(h1, masker().content_hash(b"A=1\n"));
         let h2 = s.put(Path::new("/etc/other/.env"), b"A=1\n", Kind::Before, "c2", None, now).unwrap();
         assert_eq!(h1, h2);
         assert_eq!(blobs(&dir), 1, "same content, one blob");
@@ -437,7 +437,7 @@ mod tests {
     fn a_line_without_a_path_is_kept_but_never_restored() {
         let d = tempfile::tempdir().unwrap();
         let m = masker();
-        let (old, lone) = (m.fingerprint(b"old"), m.fingerprint(b"lone"));
+        let (old, lone) = (m.content_hash(b"old"), m.content_hash(b"lone"));
         std::fs::create_dir_all(d.path().join(BLOBS)).unwrap();
         std::fs::write(d.path().join(BLOBS).join(&old), b"old").unwrap();
         std::fs::write(d.path().join(BLOBS).join(&lone), b"lone").unwrap();
@@ -498,7 +498,7 @@ mod tests {
         assert_eq!(s.get(&h_shared).unwrap().unwrap(), b"shared\n");
         assert_eq!(s.get(&h_protected).unwrap().unwrap(), b"protected\n");
         // The just-written blob with no entry at all (protected) survives too.
-        let lone = masker().fingerprint(b"lone");
+        let lone = masker().content_hash(b"lone");
         std::fs::write(d.path().join(BLOBS).join(&lone), b"lone").unwrap();
         s.put(Path::new("/etc/d.env"), b"x\n", Kind::Before, "c", None, old).unwrap();
         s.prune(now, &[lone.as_str()]).unwrap();

@@ -73,7 +73,7 @@ fn ended(result: ChangeResult, outcome: ChangeOutcome, message: impl Into<String
 /// Steps 3 to 6 for a change that passed [`validate`]; `r` carries the change id and path.
 pub fn plan(c: &ApplyChange, mut r: ChangeResult, held: Held<'_>, masker: &Masker, limits: &Limits) -> Planned {
     let restore = !c.restore_hash.is_empty();
-    r.before_hash = held.content.map(|b| masker.fingerprint(b)).unwrap_or_default();
+    r.before_hash = held.content.map(|b| masker.content_hash(b)).unwrap_or_default();
 
     // 3. Secrets: before anything is compared, so that no answer (not even "unchanged"
     // to a dry run) tells anything about a secret value.
@@ -159,7 +159,7 @@ pub fn plan(c: &ApplyChange, mut r: ChangeResult, held: Held<'_>, masker: &Maske
             return ended(r, ChangeOutcome::Refused, m);
         }
     }
-    let after_hash = masker.fingerprint(&new);
+    let after_hash = masker.content_hash(&new);
     if held.content.is_some_and(|old| old == new) {
         return ended(r, ChangeOutcome::Unchanged, "the file already has this content; nothing written");
     }
@@ -326,7 +326,7 @@ mod tests {
         let m = Masker::new(b"0123456789abcdef");
         let none = |_: &str| Lookup::Missing;
         let c = change(|c| {
-            c.expected_hash = m.fingerprint(OLD.as_bytes());
+            c.expected_hash = m.content_hash(OLD.as_bytes());
             c.set_text.insert("PORT".into(), "9090".into());
         });
         let r = ChangeResult::default();
@@ -336,8 +336,8 @@ mod tests {
             panic!("not a write")
         };
         assert_eq!(String::from_utf8(new.clone()).unwrap(), "# app\nPORT=9090\n", "comments kept");
-        assert_eq!(after_hash, m.fingerprint(&new));
-        assert_eq!(result.before_hash, m.fingerprint(OLD.as_bytes()));
+        assert_eq!(after_hash, m.content_hash(&new));
+        assert_eq!(result.before_hash, m.content_hash(OLD.as_bytes()));
         assert!(result.diff.contains("-PORT=8080") && result.diff.contains("+PORT=9090"), "{}", result.diff);
     }
 
@@ -346,7 +346,7 @@ mod tests {
         let m = Masker::new(b"0123456789abcdef");
         let none = |_: &str| Lookup::Missing;
         let old = Some(OLD.as_bytes());
-        let good = m.fingerprint(OLD.as_bytes());
+        let good = m.content_hash(OLD.as_bytes());
         let run =
             |c: ApplyChange, content| plan(&c, ChangeResult::default(), held(content, &none), &m, &Limits::default());
 
@@ -418,7 +418,7 @@ mod tests {
         let m = Masker::new(b"0123456789abcdef");
         let none = |_: &str| Lookup::Missing;
         let c = change(|c| {
-            c.expected_hash = m.fingerprint(WITH_SECRETS.as_bytes());
+            c.expected_hash = m.content_hash(WITH_SECRETS.as_bytes());
             f(c)
         });
         match plan(&c, ChangeResult::default(), held(Some(WITH_SECRETS.as_bytes()), &none), &m, &Limits::default()) {

@@ -59,7 +59,7 @@ impl H {
         self.p(rel).to_string_lossy().into_owned()
     }
     fn hash(&self, b: &str) -> String {
-        self.masker.fingerprint(b.as_bytes())
+        self.masker.content_hash(b.as_bytes())
     }
     fn blobs(&self) -> usize {
         std::fs::read_dir(self.state.join("backups/blobs")).map_or(0, |d| d.count())
@@ -73,7 +73,7 @@ impl H {
         ApplyChange {
             change_id: format!("c-{}", rand::random::<u32>()),
             path: self.ps(rel),
-            expected_hash: self.masker.fingerprint(&current),
+            expected_hash: self.masker.content_hash(&current),
             set_text: [("PORT".to_string(), port.to_string())].into(),
             ..Default::default()
         }

@@ -7,8 +7,8 @@
 //!
 //! **Nothing that leaves this crate contains a secret in clear.** Every scalar is checked
 //! by [`secret_reason`] inside [`analyze`] and a secret is replaced by
-//! `Value::masked(HMAC-SHA256(fleet key, value), reason)` before it is returned; the content
-//! hash is keyed too. **Error messages never quote file content**: they are built from the
+//! `Value::masked_by(key id, HMAC-SHA256(fleet key, "driftwatch value\0" + value), reason)`
+//! before it is returned; the content hash is keyed too (its own domain, `Masker::content_hash`). **Error messages never quote file content**: they are built from the
 //! parser's own description, with quoted text and any word found in the file removed, and
 //! positions travel as numbers (1-based line and column).
 //!
@@ -39,7 +39,7 @@ mod secrets;
 mod structured;
 
 pub use edit::{EditError, EditOp, NewValue, edit, text_value, unified_diff};
-pub use mask::{ContentHasher, KEY_ID_HEX_LEN, Masker};
+pub use mask::{CONTENT_DOMAIN, ContentHasher, KEY_ID_HEX_LEN, Masker, VALUE_DOMAIN};
 pub use secrets::{
     REASON_HIGH_ENTROPY, REASON_KEY_NAME, REASON_TOKEN_SHAPE, REASON_URL_CREDENTIALS, is_secret_key_name, secret_reason,
 };
@@ -116,7 +116,7 @@ pub struct Analysis {
 
 /// Analyse a whole file's content (the caller has already checked the size cap).
 ///
-/// - `content_hash` is always `masker.fingerprint(content)` (over the raw bytes, BOM
+/// - `content_hash` is always `masker.content_hash(content)` (over the raw bytes, BOM
 ///   included).
 /// - Longer than `limits.max_file_bytes` → `TooLarge` (defensive; the caller checks first).
 /// - A NUL byte or invalid UTF-8 → `Binary`, whatever the format.
@@ -130,7 +130,7 @@ pub struct Analysis {
 ///
 /// Never panics.
 pub fn analyze(content: &[u8], format: Format, masker: &Masker, limits: &Limits) -> Analysis {
-    let content_hash = masker.fingerprint(content);
+    let content_hash = masker.content_hash(content);
     let only =
         |status: FileStatus| Analysis { status, error: None, keys: Vec::new(), content_hash: content_hash.clone() };
     if u64::try_from(content.len()).unwrap_or(u64::MAX) > limits.max_file_bytes {

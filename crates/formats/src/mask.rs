@@ -3,6 +3,12 @@
 //! A plain hash of a low-entropy secret (`hunter2`) can be reversed by hashing
 //! guesses; a keyed hash cannot without the fleet key, yet equal secrets still
 //! give equal fingerprints on every host of the fleet.
+//!
+//! Digests are separated by purpose only: a value's fingerprint and a file's
+//! content hash are HMACs of different messages (`driftwatch value\0…`,
+//! `driftwatch content\0…`), so a one-line file can never be matched with the
+//! value it holds. They are never separated by host or key name: the same value
+//! must compare equal across hosts.
 
 use std::fmt;
 
@@ -13,6 +19,9 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// The message whose keyed hash names the key publicly (see [`Masker::key_id`]).
 const KEY_ID_LABEL: &[u8] = b"driftwatch fleet key id";
+/// What a value's fingerprint and a content hash start their message with.
+pub const VALUE_DOMAIN: &[u8] = b"driftwatch value\0";
+pub const CONTENT_DOMAIN: &[u8] = b"driftwatch content\0";
 
 /// Number of hex characters in [`Masker::key_id`].
 pub const KEY_ID_HEX_LEN: usize = 16;
@@ -23,8 +32,10 @@ pub const KEY_ID_HEX_LEN: usize = 16;
 /// never the key.
 #[derive(Clone)]
 pub struct Masker {
-    /// HMAC state already keyed with the fleet key; cloned for each digest.
-    mac: HmacSha256,
+    /// HMAC states already keyed with the fleet key and fed their purpose's domain;
+    /// cloned for each digest.
+    value: HmacSha256,
+    content: HmacSha256,
     key_id: String,
 }
 
@@ -37,7 +48,10 @@ impl Masker {
         id.update(KEY_ID_LABEL);
         let mut key_id = hex::encode(id.finalize().into_bytes());
         key_id.truncate(KEY_ID_HEX_LEN);
-        Self { mac, key_id }
+        let (mut value, mut content) = (mac.clone(), mac);
+        value.update(VALUE_DOMAIN);
+        content.update(CONTENT_DOMAIN);
+        Self { value, content, key_id }
     }
 
     /// A short public id of the key (hex), so server and agents can tell they share one.
@@ -48,16 +62,23 @@ impl Masker {
         self.key_id.clone()
     }
 
-    /// Lower-case hex HMAC-SHA256 of `data`.
+    /// A value's fingerprint: lower-case hex HMAC-SHA256 of [`VALUE_DOMAIN`] + `data`.
     pub fn fingerprint(&self, data: &[u8]) -> String {
-        let mut mac = self.mac.clone();
+        let mut mac = self.value.clone();
         mac.update(data);
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// Incremental keyed hash for content too large to hold in memory.
+    /// A file's content hash: lower-case hex HMAC-SHA256 of [`CONTENT_DOMAIN`] + `content`.
+    pub fn content_hash(&self, content: &[u8]) -> String {
+        let mut h = self.content_hasher();
+        h.update(content);
+        h.finish()
+    }
+
+    /// [`Masker::content_hash`] fed in pieces, for content too large to hold in memory.
     pub fn content_hasher(&self) -> ContentHasher {
-        ContentHasher { mac: self.mac.clone() }
+        ContentHasher { mac: self.content.clone() }
     }
 }
 
@@ -70,7 +91,7 @@ impl fmt::Debug for Masker {
 /// Incremental HMAC-SHA256 over a file's content; `finish()` gives lower-case hex.
 ///
 /// Feeding the content in any number of pieces gives the same digest as
-/// [`Masker::fingerprint`] over the whole content.
+/// [`Masker::content_hash`] over the whole content.
 #[derive(Clone)]
 pub struct ContentHasher {
     mac: HmacSha256,

@@ -75,7 +75,7 @@ fn text_and_unspecified_are_hash_only() {
         let a = run("password=hunter2\n", format);
         assert_eq!(a.status, FileStatus::HashOnly);
         assert!(a.keys.is_empty() && a.error.is_none());
-        assert_eq!(a.content_hash, masker().fingerprint(b"password=hunter2\n"));
+        assert_eq!(a.content_hash, masker().content_hash(b"password=hunter2\n"));
     }
 }
 
@@ -87,7 +87,7 @@ fn binary_content() {
             let a = analyze(content, format, &m, &Limits::default());
             assert_eq!(a.status, FileStatus::Binary, "{content:?} {format:?}");
             assert!(a.keys.is_empty() && a.error.is_none());
-            assert_eq!(a.content_hash, m.fingerprint(content));
+            assert_eq!(a.content_hash, m.content_hash(content));
         }
     }
 }
@@ -99,7 +99,7 @@ fn too_large_is_defensive() {
     let a = analyze(b"A=12345678\n", Format::Env, &m, &limits);
     assert_eq!(a.status, FileStatus::TooLarge);
     assert!(a.keys.is_empty());
-    assert_eq!(a.content_hash, m.fingerprint(b"A=12345678\n"));
+    assert_eq!(a.content_hash, m.content_hash(b"A=12345678\n"));
     // Exactly at the cap is fine.
     let a = analyze(b"A=123456", Format::Env, &m, &limits);
     assert_eq!(a.status, FileStatus::Ok);
@@ -131,7 +131,7 @@ fn bom_is_skipped_and_hash_covers_it() {
         let a = ok(text, format);
         assert_eq!(keys(&a), [key], "{format:?}");
         assert_eq!(*get(&a, key), Value::int(1));
-        assert_eq!(a.content_hash, m.fingerprint(text.as_bytes()));
+        assert_eq!(a.content_hash, m.content_hash(text.as_bytes()));
     }
 }
 

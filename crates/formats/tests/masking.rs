@@ -11,19 +11,36 @@ fn is_lower_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
+fn hmac_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    for p in parts {
+        mac.update(p);
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
 #[test]
-fn fingerprint_is_hmac_sha256_lower_hex() {
-    // RFC 4231 test case 2.
-    let m = Masker::new(b"Jefe");
+fn fingerprint_is_hmac_sha256_lower_hex_of_the_value_domain() {
+    // RFC 4231 test case 2 checks the HMAC this is built on.
     assert_eq!(
-        m.fingerprint(b"what do ya want for nothing?"),
+        hmac_hex(b"Jefe", &[b"what do ya want for nothing?"]),
         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
     );
     let fp = masker().fingerprint(b"hunter2");
     assert!(is_lower_hex(&fp, 64));
-    let mut mac = Hmac::<Sha256>::new_from_slice(FLEET_KEY).unwrap();
-    mac.update(b"hunter2");
-    assert_eq!(fp, hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(fp, hmac_hex(FLEET_KEY, &[b"driftwatch value\0", b"hunter2"]));
+    assert_eq!(masker().content_hash(b"hunter2"), hmac_hex(FLEET_KEY, &[b"driftwatch content\0", b"hunter2"]));
+}
+
+#[test]
+fn values_and_contents_are_separated_by_purpose_only() {
+    let m = masker();
+    // A one-line file never hashes like the value it holds.
+    assert_ne!(m.fingerprint(b"hunter2"), m.content_hash(b"hunter2"));
+    // The same value gives the same fingerprint wherever it is (no host or key in it).
+    let a = analyze(b"DB_PASSWORD=hunter2\n", Format::Env, &m, &Limits::default());
+    let b = analyze(b"database:\n  password: hunter2\n", Format::Yaml, &m, &Limits::default());
+    assert_eq!(masked_fingerprint(&a, "DB_PASSWORD"), masked_fingerprint(&b, "database.password"));
 }
 
 #[test]
@@ -79,8 +96,9 @@ fn key_id_is_short_stable_and_reveals_nothing() {
     // Not the fingerprint of an empty value, nor of the key itself.
     assert!(!m.fingerprint(b"").starts_with(&id));
     assert!(!m.fingerprint(key).starts_with(&id));
-    // It is HMAC(key, label) truncated.
-    assert!(m.fingerprint(b"driftwatch fleet key id").starts_with(&id));
+    // It is HMAC(key, label) truncated: no value's fingerprint, not even the label's.
+    assert!(hmac_hex(key, &[b"driftwatch fleet key id"]).starts_with(&id));
+    assert!(!m.fingerprint(b"driftwatch fleet key id").starts_with(&id));
 }
 
 #[test]
@@ -103,14 +121,14 @@ fn content_hasher_matches_fingerprint() {
         for piece in content.chunks(chunk) {
             h.update(piece);
         }
-        assert_eq!(h.finish(), m.fingerprint(&content), "chunk {chunk}");
+        assert_eq!(h.finish(), m.content_hash(&content), "chunk {chunk}");
     }
-    assert_eq!(m.content_hasher().finish(), m.fingerprint(b""));
+    assert_eq!(m.content_hasher().finish(), m.content_hash(b""));
     let mut h = m.content_hasher();
     h.update(b"");
     h.update(b"abc");
     h.update(b"");
-    assert_eq!(h.finish(), m.fingerprint(b"abc"));
+    assert_eq!(h.finish(), m.content_hash(b"abc"));
 }
 
 #[test]
@@ -123,6 +141,6 @@ fn content_hash_is_the_fingerprint_of_the_raw_bytes() {
         ("plain text", Format::Text),
     ] {
         let a = analyze(text.as_bytes(), format, &m, &Limits::default());
-        assert_eq!(a.content_hash, m.fingerprint(text.as_bytes()));
+        assert_eq!(a.content_hash, m.content_hash(text.as_bytes()));
     }
 }

@@ -104,8 +104,8 @@ impl State {
         self.results.push(result);
         if let Some(new) = written {
             let old = std::mem::replace(&mut self.content, new);
-            self.backups.insert(self.masker.fingerprint(&old), old);
-            self.backups.insert(self.masker.fingerprint(&self.content), self.content.clone());
+            self.backups.insert(self.masker.content_hash(&old), old);
+            self.backups.insert(self.masker.content_hash(&self.content), self.content.clone());
             self.applied += 1;
             // As a real agent: the result, then the watcher's snapshot of the new file.
             self.send_snapshot(false);
@@ -154,7 +154,7 @@ impl ChangeAgent {
 
     /// The file's current keyed content hash.
     pub fn hash(&self) -> String {
-        self.with(|s| s.masker.fingerprint(&s.content))
+        self.with(|s| s.masker.content_hash(&s.content))
     }
 
     /// The file's current content.

@@ -45,9 +45,9 @@ fn the_model_answers_every_change_as_the_real_agent_does() {
     let mut real = Applier::open(&cfg, masker.clone()).unwrap();
     let (tx, _rx) = mpsc::unbounded_channel();
     let mut model = State::new(masker.clone(), &path.display().to_string(), APP.as_bytes().to_vec(), tx);
-    let original = masker.fingerprint(APP.as_bytes());
+    let original = masker.content_hash(APP.as_bytes());
 
-    let hash = |m: &State| m.masker.fingerprint(&m.content);
+    let hash = |m: &State| m.masker.content_hash(&m.content);
     let mut steps: Vec<Step> = Vec::new();
     let p = path.clone();
     steps.push(Box::new(move |_| v1::ApplyChange {
@@ -108,7 +108,7 @@ fn the_model_answers_every_change_as_the_real_agent_does() {
     steps
         .push(Box::new(move |m| v1::ApplyChange { restore_hash: "0".repeat(64), ..change("no-backup", &p, &hash(m)) }));
     let p = path.clone();
-    let first = masker.fingerprint(APP.as_bytes());
+    let first = masker.content_hash(APP.as_bytes());
     steps.push(Box::new(move |m| v1::ApplyChange { restore_hash: first.clone(), ..change("restore", &p, &hash(m)) }));
     let p = path.clone();
     steps.push(Box::new(move |m| v1::ApplyChange {
@@ -173,7 +173,7 @@ fn an_applied_change_sends_its_result_then_the_new_file() {
     let Some(agent_message::Kind::Snapshot(first)) = rx.try_recv().unwrap().kind else { panic!("snapshot") };
     assert_eq!((first.seq, first.full, first.full_last, first.files.len()), (1, true, true, 1));
     let f = &first.files[0];
-    assert_eq!(f.content_hash, masker.fingerprint(APP.as_bytes()), "keyed with the fleet key");
+    assert_eq!(f.content_hash, masker.content_hash(APP.as_bytes()), "keyed with the fleet key");
     assert_eq!((f.format, f.status), (v1::Format::Env as i32, v1::FileStatus::Ok as i32));
     assert_eq!(crate::key(f, "POOL_SIZE"), Some(&v1::Value::int(10)));
     let h0 = f.content_hash.clone();

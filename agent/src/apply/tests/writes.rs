@@ -23,7 +23,7 @@ impl H {
         let mut c = ApplyChange {
             change_id: format!("c-{}", rand::random::<u32>()),
             path: self.ps(rel),
-            expected_hash: if current.is_empty() { String::new() } else { self.masker.fingerprint(&current) },
+            expected_hash: if current.is_empty() { String::new() } else { self.masker.content_hash(&current) },
             ..Default::default()
         };
         f(&mut c);

@@ -146,7 +146,7 @@ pub async fn run(
         t0.elapsed().as_secs_f64()
     );
 
-    let before = masker.fingerprint(content.as_bytes());
+    let before = masker.content_hash(content.as_bytes());
     let change =
         v1::ApplyChange { set_text: [("POOL_SIZE".to_string(), "12".to_string())].into(), ..Default::default() };
     let expected = hash_after(&masker, &content, &change)?;
