@@ -11,6 +11,7 @@
 //!   driftwatch-sim rollout --agents 1000                    StartRollout → SUCCEEDED across 4 waves
 //!   driftwatch-sim notify --alerts 200                      alert fired → webhook delivery, p50/p99
 //!   driftwatch-sim --tls storm --agents 5000               every agent (re)connects at once: handshakes/s
+//!   driftwatch-sim [--tls] query --clients 8 --duration-secs 10   GetHost calls/s and p50/p99 (with a token under --tls)
 //!
 //! `--tls` starts the server with mutual TLS (its built-in CA); virtual agents then
 //! present certificates of their own (ingest, idle, storm, subscribers, notify).
@@ -24,6 +25,7 @@ mod idle;
 mod ingest;
 mod latency;
 mod notify;
+mod query;
 mod rollout;
 mod shared;
 mod storm;
@@ -102,6 +104,16 @@ enum Cmd {
         /// Seconds to hold the connections after the last one is up.
         #[arg(long, default_value_t = 10)]
         hold_secs: u64,
+    },
+    /// Operators' reads: GetHost of a random host from concurrent clients (under --tls
+    /// each call carries the admin token).
+    Query {
+        #[arg(long, default_value_t = 200)]
+        hosts: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
     },
     /// A real agent on a temp file: write → visible in GetFile.
     Latency {
@@ -192,7 +204,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 if cli.tls && matches!(cli.cmd, Cmd::Latency { .. } | Cmd::AgentFootprint { .. } | Cmd::Rollout { .. })
                 {
-                    anyhow::bail!("--tls is for the ingest, idle, storm, subscribers and notify scenarios");
+                    anyhow::bail!("--tls is for the ingest, idle, storm, query, subscribers and notify scenarios");
                 }
                 ServerProc::spawn(&cli.server_bin, tmp.path(), &setup, &cli.server_log)?
             }
@@ -214,6 +226,9 @@ fn main() -> anyhow::Result<()> {
                 idle::run(&server, agents, files_per_agent, Duration::from_secs(hold_secs)).await
             }
             Cmd::Latency { iterations } => latency::run(&server, iterations, tmp.path()).await,
+            Cmd::Query { hosts, clients, duration_secs } => {
+                query::run(&server, hosts.max(1), clients.max(1), Duration::from_secs(duration_secs)).await
+            }
             Cmd::Subscribers { subscribers: n, events, stuck, interval_ms } => {
                 subscribers::run(&server, n, events, stuck, Duration::from_millis(interval_ms)).await
             }

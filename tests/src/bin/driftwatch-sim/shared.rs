@@ -55,12 +55,18 @@ pub struct SimTls {
 static TLS: std::sync::OnceLock<SimTls> = std::sync::OnceLock::new();
 
 impl SimTls {
-    /// Use the CA in `data/tls` for every connection from now on.
-    pub fn enable(data: &Path) -> anyhow::Result<()> {
+    /// Use the CA in `data/tls` for every connection from now on; operator calls send
+    /// `data/admin.token` (`require_admin`: wait for it; else go without, for a server
+    /// from before operator tokens).
+    pub fn enable(data: &Path, require_admin: bool) -> anyhow::Result<()> {
         let ca_pem = std::fs::read_to_string(data.join("tls/ca.pem"))?;
         let ca = driftwatch_pki::Ca::from_pem(&ca_pem, &std::fs::read_to_string(data.join("tls/ca.key"))?)?;
         // Written on first start right after the CA: until then, not enabled (retried).
-        let admin = Some(std::fs::read_to_string(data.join("admin.token"))?.trim().to_string());
+        let admin = match std::fs::read_to_string(data.join("admin.token")) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) if require_admin => return Err(e.into()),
+            Err(_) => None,
+        };
         let _ = TLS.set(SimTls { ca_pem, ca, key: driftwatch_pki::AgentKey::generate(), admin });
         Ok(())
     }
@@ -134,14 +140,15 @@ impl ServerProc {
     }
 
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(20);
         loop {
             // The server writes its CA on first start, before it listens.
             if self.url.starts_with("https://")
                 && !SimTls::on()
                 && let Some(data) = &self.data
             {
-                let _ = SimTls::enable(data);
+                let _ = SimTls::enable(data, start.elapsed() < Duration::from_secs(3));
             }
             if let Ok(ch) = self.channel().await {
                 let mut c = v1::fleet_client::FleetClient::new(ch);
