@@ -105,6 +105,11 @@ impl AlertBook {
             .collect()
     }
 
+    /// Silences not expired at `now_ms` (active or pending).
+    pub fn live_silences(&self, now_ms: i64) -> usize {
+        self.inner.read().silences.values().filter(|s| s.state_at(now_ms) != v1::SilenceState::Expired).count()
+    }
+
     /// Ids of the silences that silence these labels at `now_ms`.
     pub fn silenced_by(&self, labels: &BTreeMap<String, String>, now_ms: i64) -> Vec<String> {
         let book = self.inner.read();

@@ -48,6 +48,10 @@ pub struct AlertsService {
     pub notifiers: Option<Arc<dyn Fn() -> Vec<v1::NotifierStatus> + Send + Sync>>,
     /// Acknowledgements and silence changes are audited.
     pub audit: AuditLog,
+    /// `max_active_silences`.
+    pub limits: crate::limits::Limits,
+    /// Subscriber streams per principal (shared with `Changes.WatchRollout`).
+    pub subscribers: Arc<crate::limits::Subscribers>,
 }
 
 /// What a subscriber asked for, checked.
@@ -108,6 +112,8 @@ pub struct SubscriberStream {
     rx: mpsc::Receiver<v1::SubscribeResponse>,
     end: Arc<Mutex<Option<Status>>>,
     done: bool,
+    /// The principal's place, given back when the stream is dropped (its client went).
+    _slot: crate::limits::Slot,
 }
 
 impl Stream for SubscriberStream {
@@ -354,6 +360,7 @@ impl Alerts for AlertsService {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let slot = self.subscribers.admit(&Principal::of(&request))?;
         let r = request.into_inner();
         let filter = SubscribeFilter::new(&r)?;
         // Follow the hub before reading anything: an event committed from here on is
@@ -385,6 +392,8 @@ impl Alerts for AlertsService {
             stall: self.stall,
             notifiers: None,
             audit: self.audit.clone(),
+            limits: self.limits,
+            subscribers: self.subscribers.clone(),
         };
         let end_slot = end.clone();
         self.engine.metrics().subscribers.inc();
@@ -399,7 +408,7 @@ impl Alerts for AlertsService {
             // Only now close the channel: the stream yields the status after the queue.
             drop(sub);
         });
-        Ok(Response::new(SubscriberStream { rx, end, done: false }))
+        Ok(Response::new(SubscriberStream { rx, end, done: false, _slot: slot }))
     }
 
     async fn list_notifiers(
@@ -487,7 +496,9 @@ impl Alerts for AlertsService {
         let actor = Principal::of(&request).to_string();
         let r = request.into_inner();
         let silence = crate::silences::validate_create(&r, &actor, driftwatch_proto::now_millis())?;
-        let (silence, done) = self.engine.command(move |reply| Command::CreateSilence { silence, reply }).await??;
+        let max_active = self.limits.max_active_silences;
+        let (silence, done) =
+            self.engine.command(move |reply| Command::CreateSilence { silence, max_active, reply }).await??;
         durable(done).await?;
         tracing::info!(silence = %silence.id, actor = %silence.actor, matchers = silence.matchers.len(), "silence created");
         self.audit

@@ -99,8 +99,17 @@ pub struct RetentionFile {
     pub interval: Option<String>,
     /// Audit events (default 90d).
     pub audit: Option<String>,
+    /// A host offline this long is removed from the fleet and the store (default 30d;
+    /// "0" keeps offline hosts forever).
+    pub offline_hosts: Option<String>,
+    /// File versions (history) older than this go, except each file's newest
+    /// (default "0": no age limit).
+    pub file_history: Option<String>,
+    /// Versions kept per file, newest first (default 100; 0: no count limit).
+    pub file_history_versions: Option<usize>,
 }
 
+/// `[limits]`: every input's bound (see `crate::limits::Limits` for what each means).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
@@ -112,6 +121,26 @@ pub struct LimitsFile {
     pub heartbeat_interval: Option<String>,
     /// Most files one host may report.
     pub max_files_per_host: Option<usize>,
+    /// Most bytes of file state (parsed, as the server holds it) one host may have.
+    pub max_bytes_per_host: Option<u64>,
+    /// Most keys in one file.
+    pub max_keys_per_file: Option<usize>,
+    /// Most labels of one host.
+    pub max_labels: Option<usize>,
+    pub max_label_key_bytes: Option<usize>,
+    pub max_label_value_bytes: Option<usize>,
+    /// Most `Subscribe`/`WatchRollout` streams one principal holds open.
+    pub max_subscribers_per_principal: Option<usize>,
+    /// Most silences not yet expired, all together.
+    pub max_active_silences: Option<usize>,
+    /// Most pending, running or paused rollouts one principal has.
+    pub max_rollouts_per_principal: Option<usize>,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: Option<u32>,
+    /// Operator requests handled at once (agents' streams are not counted).
+    pub max_operator_requests: Option<usize>,
+    /// Deadline of an operator request (default 60s).
+    pub request_timeout: Option<String>,
     /// Snapshots coalesced into one store transaction at most.
     pub max_batch: Option<usize>,
 }
@@ -128,10 +157,9 @@ pub struct ServerConfig {
     pub metrics_token: Option<String>,
     pub insecure: bool,
     pub access: crate::access::Policy,
-    pub max_message_bytes: usize,
-    pub max_agents: usize,
+    /// `[limits]`, validated.
+    pub limits: crate::limits::Limits,
     pub heartbeat_interval: Duration,
-    pub max_files_per_host: usize,
     pub max_batch: usize,
     pub retention: crate::retention::Retention,
     /// Audit events older than this are pruned (`[retention] audit`).
@@ -163,10 +191,8 @@ impl ServerConfig {
             metrics_token: None,
             insecure: true,
             access: Default::default(),
-            max_message_bytes: 4 * 1024 * 1024,
-            max_agents: 10_000,
+            limits: crate::limits::Limits::default(),
             heartbeat_interval: Duration::from_secs(15),
-            max_files_per_host: 10_000,
             max_batch: 2_000,
             retention: crate::retention::Retention::default(),
             audit_retention: DEFAULT_AUDIT_RETENTION,
@@ -242,19 +268,7 @@ impl ServerConfig {
         };
         let insecure = file.insecure.unwrap_or(false);
         let l = &file.limits;
-        let max_message_bytes = l.max_message_bytes.unwrap_or(4 * 1024 * 1024);
-        // Agents send file states of up to 1 MiB each (larger ones lose their keys)
-        // in snapshot parts of 256 KiB, so 2 MiB always fits one.
-        if !(2 * 1024 * 1024..=256 * 1024 * 1024).contains(&max_message_bytes) {
-            field_err(
-                "limits.max_message_bytes",
-                "must be between 2097152 (one agent message part) and 268435456".into(),
-            );
-        }
-        let max_agents = l.max_agents.unwrap_or(10_000);
-        if max_agents == 0 {
-            field_err("limits.max_agents", "must be at least 1".into());
-        }
+        let limits = resolve_limits(l, &mut field_err);
         let mut heartbeat_interval = Duration::from_secs(15);
         if let Some(v) = &l.heartbeat_interval {
             match driftwatch_proto::duration::parse(v) {
@@ -262,10 +276,6 @@ impl ServerConfig {
                 Ok(_) => field_err("limits.heartbeat_interval", "must be between 1s and 1h".into()),
                 Err(e) => field_err("limits.heartbeat_interval", e),
             }
-        }
-        let max_files_per_host = l.max_files_per_host.unwrap_or(10_000);
-        if max_files_per_host == 0 {
-            field_err("limits.max_files_per_host", "must be at least 1".into());
         }
         let max_batch = l.max_batch.unwrap_or(2_000);
         if max_batch == 0 {
@@ -288,6 +298,23 @@ impl ServerConfig {
                     Err(e) => field_err(field, e),
                 }
             }
+        }
+        // Removing hosts and history loses data: "0" turns each off, and a value is at
+        // least an hour (a mistyped "30m" for "30d" must not empty the fleet).
+        for (field, value, slot) in [
+            ("retention.offline_hosts", &r.offline_hosts, &mut retention.offline_hosts),
+            ("retention.file_history", &r.file_history, &mut retention.file_history),
+        ] {
+            if let Some(v) = value {
+                match driftwatch_proto::duration::parse(v) {
+                    Ok(d) if d.is_zero() || d >= Duration::from_secs(3600) => *slot = d,
+                    Ok(_) => field_err(field, "must be \"0\" (off) or at least 1h".into()),
+                    Err(e) => field_err(field, e),
+                }
+            }
+        }
+        if let Some(n) = r.file_history_versions {
+            retention.file_history_versions = n;
         }
         let mut remediation = crate::changes::remediate::RemediationSettings::default();
         let rm = &file.remediation;
@@ -368,10 +395,8 @@ impl ServerConfig {
             metrics_token,
             insecure,
             access: crate::access::Policy { open_reflection: file.access.open_reflection.unwrap_or(false) },
-            max_message_bytes,
-            max_agents,
+            limits,
             heartbeat_interval,
-            max_files_per_host,
             max_batch,
             retention,
             audit_retention,
@@ -389,6 +414,115 @@ impl ServerConfig {
             std::fs::read_to_string(path).map_err(|e| ServerError::Config(vec![format!("{}: {e}", path.display())]))?;
         toml::from_str(&text).map_err(|e| ServerError::Config(vec![format!("{}: {}", path.display(), e.message())]))
     }
+}
+
+/// `[limits]`: each key's default, and its range.
+fn resolve_limits(l: &LimitsFile, field_err: &mut impl FnMut(&str, String)) -> crate::limits::Limits {
+    use crate::limits::{LABEL_KEY_BYTES, LABEL_VALUE_BYTES, Limits};
+    let d = Limits::default();
+    let mut check = |key: &str, v: Option<u64>, default: u64, min: u64, max: u64, why: &str| match v {
+        None => default,
+        Some(v) if (min..=max).contains(&v) => v,
+        Some(_) => {
+            let range = if max == u64::MAX { format!("at least {min}") } else { format!("between {min} and {max}") };
+            field_err(&format!("limits.{key}"), format!("must be {range}{why}"));
+            default
+        }
+    };
+    let any = u64::MAX;
+    let n = |v: Option<usize>| v.map(|v| v as u64);
+    // Agents send file states of up to 1 MiB each (larger ones lose their keys) in
+    // snapshot parts of 256 KiB, so 2 MiB always fits one.
+    let message = " (one agent message part is up to 2097152)";
+    let grammar = " (the label grammar's bound)";
+    let mut limits = Limits {
+        max_message_bytes: check(
+            "max_message_bytes",
+            n(l.max_message_bytes),
+            d.max_message_bytes as u64,
+            2 * 1024 * 1024,
+            256 * 1024 * 1024,
+            message,
+        ) as usize,
+        max_agents: check("max_agents", n(l.max_agents), d.max_agents as u64, 1, any, "") as usize,
+        max_files_per_host: check(
+            "max_files_per_host",
+            n(l.max_files_per_host),
+            d.max_files_per_host as u64,
+            1,
+            any,
+            "",
+        ) as usize,
+        max_bytes_per_host: check("max_bytes_per_host", l.max_bytes_per_host, d.max_bytes_per_host, 1024, any, ""),
+        max_keys_per_file: check("max_keys_per_file", n(l.max_keys_per_file), d.max_keys_per_file as u64, 1, any, "")
+            as usize,
+        max_labels: check("max_labels", n(l.max_labels), d.max_labels as u64, 1, 1024, "") as usize,
+        max_label_key_bytes: check(
+            "max_label_key_bytes",
+            n(l.max_label_key_bytes),
+            d.max_label_key_bytes as u64,
+            1,
+            LABEL_KEY_BYTES as u64,
+            grammar,
+        ) as usize,
+        max_label_value_bytes: check(
+            "max_label_value_bytes",
+            n(l.max_label_value_bytes),
+            d.max_label_value_bytes as u64,
+            1,
+            LABEL_VALUE_BYTES as u64,
+            grammar,
+        ) as usize,
+        max_subscribers_per_principal: check(
+            "max_subscribers_per_principal",
+            n(l.max_subscribers_per_principal),
+            d.max_subscribers_per_principal as u64,
+            1,
+            any,
+            "",
+        ) as usize,
+        max_active_silences: check(
+            "max_active_silences",
+            n(l.max_active_silences),
+            d.max_active_silences as u64,
+            1,
+            any,
+            "",
+        ) as usize,
+        max_rollouts_per_principal: check(
+            "max_rollouts_per_principal",
+            n(l.max_rollouts_per_principal),
+            d.max_rollouts_per_principal as u64,
+            1,
+            any,
+            "",
+        ) as usize,
+        max_concurrent_streams: check(
+            "max_concurrent_streams",
+            l.max_concurrent_streams.map(u64::from),
+            d.max_concurrent_streams.into(),
+            1,
+            u32::MAX.into(),
+            "",
+        ) as u32,
+        max_operator_requests: check(
+            "max_operator_requests",
+            n(l.max_operator_requests),
+            d.max_operator_requests as u64,
+            1,
+            any,
+            "",
+        ) as usize,
+        request_timeout: d.request_timeout,
+    };
+    if let Some(v) = &l.request_timeout {
+        match driftwatch_proto::duration::parse(v) {
+            Ok(t) if (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&t) => limits.request_timeout = t,
+            Ok(_) => field_err("limits.request_timeout", "must be between 1s and 1h".into()),
+            Err(e) => field_err("limits.request_timeout", e),
+        }
+    }
+    limits
 }
 
 /// `[tls]` and `--tls-san` → where the listener's certificates come from.
@@ -625,11 +759,66 @@ mod tests {
     }
 
     #[test]
+    fn limits_have_defaults_ranges_and_every_error_is_named() {
+        use crate::limits::Limits;
+        let c = ServerConfig::resolve(base(), "flags").unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.retention.offline_hosts, Duration::from_secs(30 * 86400));
+        assert_eq!((c.retention.file_history, c.retention.file_history_versions), (Duration::ZERO, 100));
+        let f: ServerFile = toml::from_str(
+            "insecure = true\n[limits]\nmax_files_per_host = 5\nmax_bytes_per_host = 4096\nmax_labels = 3\n\
+             max_label_key_bytes = 20\nrequest_timeout = \"5s\"\nmax_concurrent_streams = 8\n\
+             max_active_silences = 7\n[retention]\noffline_hosts = \"0\"\nfile_history = \"14d\"\n\
+             file_history_versions = 0",
+        )
+        .unwrap();
+        let c = ServerConfig::resolve(f, "server.toml").unwrap();
+        let l = c.limits;
+        assert_eq!((l.max_files_per_host, l.max_bytes_per_host, l.max_labels), (5, 4096, 3));
+        assert_eq!((l.max_label_key_bytes, l.max_concurrent_streams, l.max_active_silences), (20, 8, 7));
+        assert_eq!(l.request_timeout, Duration::from_secs(5));
+        assert_eq!(l.max_keys_per_file, Limits::default().max_keys_per_file, "unset keys keep their default");
+        assert_eq!(c.retention.offline_hosts, Duration::ZERO, "\"0\" turns host expiry off");
+        assert_eq!((c.retention.file_history, c.retention.file_history_versions), (Duration::from_secs(14 * 86400), 0));
+
+        let f: ServerFile = toml::from_str(
+            "insecure = true\n[limits]\nmax_files_per_host = 0\nmax_bytes_per_host = 10\nmax_keys_per_file = 0\n\
+             max_labels = 0\nmax_label_key_bytes = 64\nmax_label_value_bytes = 0\n\
+             max_subscribers_per_principal = 0\nmax_active_silences = 0\nmax_rollouts_per_principal = 0\n\
+             max_concurrent_streams = 0\nmax_operator_requests = 0\nrequest_timeout = \"0s\"\n\
+             [retention]\noffline_hosts = \"30m\"\nfile_history = \"soon\"",
+        )
+        .unwrap();
+        let Err(ServerError::Config(errs)) = ServerConfig::resolve(f, "server.toml") else { panic!() };
+        assert_eq!(errs.len(), 14, "{errs:#?}");
+        for key in [
+            "limits.max_files_per_host: must be at least 1",
+            "limits.max_bytes_per_host: must be at least 1024",
+            "limits.max_keys_per_file",
+            "limits.max_labels: must be between 1 and 1024",
+            "limits.max_label_key_bytes: must be between 1 and 63 (the label grammar's bound)",
+            "limits.max_label_value_bytes",
+            "limits.max_subscribers_per_principal",
+            "limits.max_active_silences",
+            "limits.max_rollouts_per_principal",
+            "limits.max_concurrent_streams",
+            "limits.max_operator_requests",
+            "limits.request_timeout: must be between 1s and 1h",
+            "retention.offline_hosts: must be \"0\" (off) or at least 1h",
+            "retention.file_history:",
+        ] {
+            assert!(errs.iter().any(|e| e.starts_with(&format!("server.toml: {key}"))), "{key} in {errs:#?}");
+        }
+        assert!(toml::from_str::<ServerFile>("[limits]\nmax_file = 3").is_err(), "unknown keys are errors");
+    }
+
+    #[test]
     fn example_config_file_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/server.toml");
         let f = ServerConfig::load_file(&path).unwrap();
         let c = ServerConfig::resolve(f, "server.toml").unwrap();
         assert_eq!(c.retention.alerts, Duration::from_secs(72 * 3600));
+        assert_eq!(c.limits, crate::limits::Limits::default(), "the example shows the defaults");
         let tls = c.tls.expect("TLS by default");
         assert!(
             matches!(&tls.source, crate::tls::TlsSource::BuiltIn { sans, .. } if sans[0] == "driftwatch.example.com")

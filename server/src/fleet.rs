@@ -20,6 +20,8 @@ pub struct FleetService {
     pub identities: Arc<crate::enroll::Identities>,
     pub writer: crate::writer::WriteSender,
     pub engine: crate::engine::EngineHandle,
+    /// Label limits (`SetHostLabels`).
+    pub limits: crate::limits::Limits,
 }
 
 /// Longest window a resource summary may cover.
@@ -83,9 +85,7 @@ impl Fleet for FleetService {
         let actor = crate::principal::Principal::of(&request);
         let r = request.into_inner();
         let id = r.host_id.trim().to_string();
-        if !self.state.hosts.contains_key(&id) {
-            return Err(ServerError::NotFound(format!("no host '{id}'")).into());
-        }
+        self.check_labels(&id, &r)?;
         self.identities.set_labels(&id, &r.set, &r.remove, &r.reason, actor.name()).await?;
         let record = {
             let mut h =
@@ -167,6 +167,25 @@ impl Fleet for FleetService {
 }
 
 impl FleetService {
+    /// A label change against the label limits: what it sets, and how many labels the
+    /// host would have.
+    fn check_labels(&self, id: &str, r: &v1::SetHostLabelsRequest) -> Result<(), ServerError> {
+        let whose = format!("SetHostLabels for host '{id}'");
+        let after = {
+            let h = self.state.hosts.get(id).ok_or_else(|| ServerError::NotFound(format!("no host '{id}'")))?;
+            let mut labels = h.labels.clone();
+            for k in &r.remove {
+                labels.remove(k);
+            }
+            labels.extend(r.set.clone());
+            labels.len()
+        };
+        let checked = r.set.iter().try_for_each(|(k, v)| self.limits.check_label(k, v, &whose));
+        checked
+            .and_then(|()| self.limits.check_label_count(after, &whose))
+            .map_err(|b| b.refuse(&self.limits, &self.engine.metrics()))
+    }
+
     /// One host with its files and identity.
     fn host(&self, id: &str) -> Result<v1::Host, Status> {
         let h = self.state.hosts.get(id).ok_or_else(|| unknown_host(id))?;

@@ -24,12 +24,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::EvalMsg;
 use crate::error::ServerError;
+use crate::limits::{Breach, Limit};
 use crate::metrics::Metrics;
 use crate::state::{Connection, FileEntry, FleetState, HostEntry};
 use crate::writer::{AckTarget, WriteItem, WriteSender};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_LABELS: usize = 64;
 const MAX_PATH_LEN: usize = 4096;
 
 #[derive(Clone)]
@@ -38,8 +38,8 @@ pub struct Gateway {
     pub writer: WriteSender,
     pub metrics: Arc<Metrics>,
     pub heartbeat_interval: Duration,
-    pub max_agents: usize,
-    pub max_files_per_host: usize,
+    /// `max_agents`, `max_message_bytes` and the per-host limits.
+    pub limits: crate::limits::Limits,
     pub shutdown: tokio_util::sync::CancellationToken,
     pub engine: crate::engine::EngineHandle,
     /// Where agents' change results go.
@@ -95,7 +95,7 @@ impl AgentGateway for Gateway {
             Ok(Some(Ok(_))) => {
                 return Err(self.refuse(&peer, ServerError::InvalidArgument("the first message must be hello".into())));
             }
-            Ok(Some(Err(status))) => return Err(status),
+            Ok(Some(Err(status))) => return Err(self.inbound_error(status)),
             Ok(None) => return Err(Status::cancelled("stream closed before hello")),
             Err(_) => return Err(self.refuse(&peer, ServerError::InvalidArgument("no hello within 10 s".into()))),
         };
@@ -132,6 +132,21 @@ impl Gateway {
         e.into()
     }
 
+    /// A request past a limit, counted.
+    fn breach(&self, b: Breach) -> ServerError {
+        b.refuse(&self.limits, &self.metrics)
+    }
+
+    /// An error reading the agent's stream; a message over `max_message_bytes` (tonic's
+    /// decoder refuses it) becomes the limit's own status.
+    fn inbound_error(&self, status: Status) -> Status {
+        if status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large") {
+            let what = format!("an agent message was larger than allowed ({})", status.message());
+            return self.breach(Breach::new(Limit::MaxMessageBytes, what)).into();
+        }
+        status
+    }
+
     /// Validate the Hello and claim the host id for this connection.
     fn register(
         &self,
@@ -149,17 +164,14 @@ impl Gateway {
                 c.host_id
             )));
         }
-        if hello.labels.len() > MAX_LABELS {
-            return Err(ServerError::InvalidArgument(format!("at most {MAX_LABELS} labels")));
-        }
+        self.limits.check_labels(&hello.labels, &format!("the hello of host '{id}'")).map_err(|b| self.breach(b))?;
         if hello.spool_id.is_empty() || hello.spool_id.len() > 64 {
             return Err(ServerError::InvalidArgument("spool_id must be 1-64 characters".into()));
         }
-        if self.metrics.connected_agents.get() >= self.max_agents as i64 {
-            return Err(ServerError::ResourceExhausted(format!(
-                "server holds its maximum of {} agent streams",
-                self.max_agents
-            )));
+        let connected = self.metrics.connected_agents.get();
+        if connected >= self.limits.max_agents as i64 {
+            let what = format!("the server holds {connected} agent streams; host '{id}' must wait");
+            return Err(self.breach(Breach::new(Limit::MaxAgents, what)));
         }
         let now = driftwatch_proto::now_millis();
         let conn_id = self.state.next_connection_id();
@@ -273,6 +285,7 @@ impl ConnTask {
                     Ok(None) => break "agent closed the stream".into(),
                     Ok(Some(Err(status))) => {
                         // Oversized or malformed message: tell the agent why, then close.
+                        let status = self.gw.inbound_error(status);
                         let _ = self.tx.send(Err(status.clone())).await;
                         break format!("stream error: {}", status.message());
                     }
@@ -360,18 +373,9 @@ impl ConnTask {
                 }
                 return Ok(());
             }
-            let whole_listing = s.full && s.full_last && s.full_first_seq == 0;
-            let projected = if whole_listing {
-                s.files.len()
-            } else {
-                h.files.len() + s.files.iter().filter(|f| !h.files.contains_key(&f.path)).count()
-            };
-            if projected > self.gw.max_files_per_host {
+            if let Err(b) = self.check_limits(&h, &s) {
                 self.gw.metrics.snapshots_rejected.inc();
-                return Err(ServerError::ResourceExhausted(format!(
-                    "host would watch {projected} files; the server allows {}",
-                    self.gw.max_files_per_host
-                )));
+                return Err(self.gw.breach(b));
             }
             let mut item = WriteItem {
                 ack: Some(AckTarget { host_id: self.host_id.clone(), spool_id: self.spool_id.clone(), seq: s.seq }),
@@ -425,6 +429,22 @@ impl ConnTask {
             self.gw.engine.send(m);
         }
         self.gw.writer.send(item).await.map_err(|_| ServerError::Unavailable("server is shutting down".into()))
+    }
+
+    /// The per-host limits after this snapshot: keys per file, files and bytes of
+    /// file state held. Nothing of a refused snapshot is applied.
+    fn check_limits(&self, h: &HostEntry, s: &Snapshot) -> Result<(), Breach> {
+        if s.files.is_empty() {
+            return Ok(());
+        }
+        let limits = &self.gw.limits;
+        for f in &s.files {
+            limits.check_keys(&self.host_id, &f.path, f.keys.len())?;
+        }
+        let incoming: Vec<(&str, u64)> = s.files.iter().map(|f| (f.path.as_str(), f.encoded_len() as u64)).collect();
+        let listing_from = s.full.then_some(if s.full_first_seq == 0 { s.seq } else { s.full_first_seq });
+        let held = h.files.iter().map(|(p, f)| (p.as_str(), f.seq, f.encoded().len() as u64));
+        limits.check_host(&self.host_id, crate::limits::usage_after(held, &incoming, listing_from))
     }
 
     fn disconnect(&self, reason: &str) {

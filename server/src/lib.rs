@@ -16,6 +16,7 @@ pub mod error;
 pub mod fleet;
 pub mod gateway;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod notify;
 pub mod operators;
@@ -258,8 +259,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         writer: writer_tx,
         metrics: metrics.clone(),
         heartbeat_interval: config.heartbeat_interval,
-        max_agents: config.max_agents,
-        max_files_per_host: config.max_files_per_host,
+        limits: config.limits,
         shutdown: shutdown.clone(),
         engine: engine.clone(),
         identities: identities.clone(),
@@ -272,6 +272,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         identities: identities.clone(),
         writer: gateway.writer.clone(),
         engine: engine.clone(),
+        limits: config.limits,
     };
     let enrollment = enroll::service::EnrollmentService { identities: identities.clone() };
     let access_grpc = operators::service::AccessService { operators: operators.clone() };
@@ -282,6 +283,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         engine: engine.clone(),
         audit: audit.clone(),
     };
+    // One count of subscriber streams per principal, Subscribe and WatchRollout alike.
+    let subscribers = limits::Subscribers::new(config.limits, metrics.clone());
     let alerts_service = alerts::AlertsService {
         engine: engine.clone(),
         book: book.clone(),
@@ -295,6 +298,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             Arc::new(move || n.status())
         }),
         audit: audit.clone(),
+        limits: config.limits,
+        subscribers: subscribers.clone(),
     };
     let changes_core = Arc::new(changes::ChangesCore {
         state: state.clone(),
@@ -308,6 +313,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         reader: reader.clone(),
         shutdown: shutdown.clone(),
         rollouts: Default::default(),
+        limits: config.limits,
     });
     // Rollouts under way when the server stopped go on where they were.
     let unfinished = changes_core
@@ -318,7 +324,15 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         .await?;
     changes_core.resume_rollouts(unfinished).await;
     let remediation = tokio::spawn(changes::remediate::run(changes_core.clone(), hub.clone(), config.remediation));
-    let changes_grpc = changes::ChangesService { core: changes_core.clone() };
+    let changes_grpc = changes::ChangesService { core: changes_core.clone(), subscribers };
+    let host_expiry = retention::HostExpiry {
+        state: state.clone(),
+        writer: gateway.writer.clone(),
+        engine: engine.clone(),
+        metrics: metrics.clone(),
+        max_offline: config.retention.offline_hosts,
+    }
+    .spawn(config.retention.interval, shutdown.clone());
     let rules_watcher = rules_handle.watch(shutdown.clone());
     let rules_grpc = rules_service::RulesService { rules: rules_handle, state: state.clone() };
 
@@ -350,11 +364,15 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         deny: deny.clone(),
         creds: operators.clone(),
     };
+    // Inside access: a refused call takes no place in the operator budget.
+    let transport_limits = limits::transport::TransportLimitsLayer::new(config.limits, metrics.clone());
     let router = tonic::transport::Server::builder()
         .layer(access)
+        .layer(transport_limits)
+        .max_concurrent_streams(config.limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(AgentGatewayServer::new(gateway).max_decoding_message_size(config.max_message_bytes))
+        .add_service(AgentGatewayServer::new(gateway).max_decoding_message_size(config.limits.max_message_bytes))
         .add_service(FleetServer::new(fleet))
         .add_service(BaselinesServer::new(baselines))
         .add_service(AlertsServer::new(alerts_service))
@@ -420,6 +438,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
             let _ = w.await;
         }
         let _ = audit_retention.await;
+        let _ = host_expiry.await;
         // Remediation and rollout tasks stop on the shutdown signal (a rollout saves
         // where it is and resumes at the next start).
         let _ = tokio::time::timeout(DRAIN_DEADLINE, remediation).await;

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub rules_reload_failures: Counter,
     pub subscribers: Gauge,
     pub retention_passes: Counter,
+    /// Requests refused (or cut, or pruned) by a configured limit, by the limit's
+    /// config key (`crate::limits::Limit`).
+    pub limit_hits: Family<[(&'static str, &'static str); 1], Counter>,
     /// Per notifier target (labels `notifier`, `target`).
     pub notifications_delivered: Family<NotifierLabels, Counter>,
     pub notification_failures: Family<NotifierLabels, Counter>,
@@ -128,6 +131,12 @@ impl Metrics {
             "Retention passes run (alerts, silences, resource rollups)",
             retention_passes.clone(),
         );
+        let limit_hits = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register(
+            "limit_hits",
+            "Times a configured limit was hit (label limit: its config key); see README, server limits",
+            limit_hits.clone(),
+        );
         let subscribers = Gauge::default();
         registry.register("alert_subscribers", "Alerts.Subscribe streams open", subscribers.clone());
         let notifications_delivered = Family::<NotifierLabels, Counter>::default();
@@ -158,6 +167,7 @@ impl Metrics {
             registry,
             subscribers,
             retention_passes,
+            limit_hits,
             notifications_delivered,
             notification_failures,
             notifications_expired,
@@ -182,6 +192,16 @@ impl Metrics {
             store_errors,
             healthy: AtomicBool::new(true),
         })
+    }
+
+    /// Count `n` hits of the limit whose config key is `key`.
+    pub fn limit_hit(&self, key: &'static str, n: u64) {
+        self.limit_hits.get_or_create(&[("limit", key)]).inc_by(n);
+    }
+
+    /// Hits of the limit whose config key is `key` so far.
+    pub fn limit_hits(&self, key: &'static str) -> u64 {
+        self.limit_hits.get_or_create(&[("limit", key)]).get()
     }
 
     pub fn render(&self) -> String {

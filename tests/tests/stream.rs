@@ -214,7 +214,7 @@ async fn second_agent_claiming_a_connected_host_id_is_refused() {
 async fn oversized_and_malformed_agent_messages_get_an_error_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = driftwatch_server::ServerConfig::for_tests(dir.path());
-    cfg.max_message_bytes = 64 * 1024;
+    cfg.limits.max_message_bytes = 64 * 1024;
     let server = start_server_with(cfg).await;
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr))
         .unwrap()

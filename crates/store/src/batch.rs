@@ -18,6 +18,9 @@ pub enum Op {
     File(FileRecord),
     /// The file is no longer watched: drop its current version (history stays).
     RemoveFile { host_id: String, path: String },
+    /// Forget a host entirely (it expired): its row, current files, file history,
+    /// resource samples and rollups.
+    RemoveHost { host_id: String },
     /// Append a resource sample.
     Resource(ResourceRecord),
     /// The host's agent started a new spool (sequence numbers restart): every

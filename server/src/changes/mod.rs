@@ -54,6 +54,8 @@ pub struct ChangesCore {
     pub reader: Arc<parking_lot::Mutex<driftwatch_store::Store>>,
     pub shutdown: CancellationToken,
     pub(crate) rollouts: rollout::Registry,
+    /// `max_rollouts_per_principal`.
+    pub limits: crate::limits::Limits,
 }
 
 use crate::rule_input::{file_meta, key_map};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use driftwatch_proto::v1::{self, changes_server::Changes};
 use prost::Message;
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::ChangesCore;
@@ -18,6 +18,8 @@ const MAX_LIST: usize = 1000;
 #[derive(Clone)]
 pub struct ChangesService {
     pub core: Arc<ChangesCore>,
+    /// Subscriber streams per principal (shared with `Alerts.Subscribe`).
+    pub subscribers: Arc<crate::limits::Subscribers>,
 }
 
 impl ChangesCore {
@@ -94,6 +96,7 @@ impl Changes for ChangesService {
         &self,
         request: Request<v1::WatchRolloutRequest>,
     ) -> Result<Response<Self::WatchRolloutStream>, Status> {
+        let slot = self.subscribers.admit(&Principal::of(&request))?;
         let id = request.into_inner().id.trim().to_string();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         match self.core.rollouts.subscribe(&id) {
@@ -106,7 +109,12 @@ impl Changes for ChangesService {
                         if tx.send(Ok(r)).await.is_err() || done {
                             return;
                         }
-                        if live.changed().await.is_err() {
+                        let changed = tokio::select! {
+                            // The watcher went away: stop following a rollout that may not change for long.
+                            _ = tx.closed() => return,
+                            c = live.changed() => c,
+                        };
+                        if changed.is_err() {
                             // The task ended between two updates: send its final state.
                             if let Ok(r) = core.get_rollout(&id).await {
                                 let _ = tx.send(Ok(r)).await;
@@ -121,7 +129,12 @@ impl Changes for ChangesService {
                 let _ = tx.send(Ok(r)).await;
             }
         }
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // The stream holds the principal's place until it is dropped.
+        let stream = ReceiverStream::new(rx).map(move |r| {
+            let _held = &slot;
+            r
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn abort_rollout(&self, request: Request<v1::AbortRolloutRequest>) -> Result<Response<v1::Rollout>, Status> {

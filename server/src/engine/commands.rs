@@ -7,6 +7,7 @@ use prost::Message;
 
 use super::{Command, Engine};
 use crate::error::ServerError;
+use crate::limits::{Breach, Limit, Limits};
 use crate::silences::ActiveSilence;
 
 impl Engine {
@@ -18,9 +19,17 @@ impl Engine {
                 let result = result.map(|a| (a, self.flush_durable()));
                 let _ = reply.send(result);
             }
-            Command::CreateSilence { mut silence, reply } => {
-                silence.id = new_id();
-                let _ = reply.send(self.save_silence(silence, now));
+            Command::CreateSilence { mut silence, max_active, reply } => {
+                let live = self.book.live_silences(now);
+                let result = if live >= max_active {
+                    let what = format!("{live} silences are active or pending");
+                    let limits = Limits { max_active_silences: max_active, ..Limits::default() };
+                    Err(Breach::new(Limit::MaxActiveSilences, what).refuse(&limits, &self.metrics))
+                } else {
+                    silence.id = new_id();
+                    self.save_silence(silence, now)
+                };
+                let _ = reply.send(result);
             }
             Command::ExpireSilence { id, reply } => {
                 let existing = self.book.silence(&id);

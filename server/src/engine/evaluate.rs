@@ -202,6 +202,8 @@ impl Engine {
                 .map(|e| e.files.iter().map(|(p, f)| (p.clone(), f.shared())).collect())
                 .unwrap_or_default();
             let watched: HashSet<&String> = files.iter().map(|(p, _)| p).collect();
+            // A host removed from the fleet (expired) keeps no alert but the server's own.
+            let gone = !self.state.hosts.contains_key(&h);
             // Alerts of files the host no longer watches (or of a host gone) resolve.
             let stale: Vec<Subject> = self
                 .subjects
@@ -210,8 +212,7 @@ impl Engine {
                     s.keys()
                         .filter(|sub| match sub {
                             Subject::File(p) => !watched.contains(p),
-                            Subject::Metric(_) => self.rules.is_none(),
-                            Subject::Agent => self.rules.is_none(),
+                            Subject::Metric(_) | Subject::Agent => gone || self.rules.is_none(),
                             Subject::System => false,
                         })
                         .cloned()
@@ -220,6 +221,10 @@ impl Engine {
                 .unwrap_or_default();
             for sub in stale {
                 self.apply(&h, &sub, Vec::new(), now);
+            }
+            if gone {
+                // Its resource series too: a host that comes back is a new host.
+                self.history.remove(&h);
             }
             for (path, bytes) in &files {
                 self.eval_file(&h, path, Some(bytes), bytes, now);

@@ -94,6 +94,8 @@ pub enum Command {
     },
     CreateSilence {
         silence: v1::Silence,
+        /// `max_active_silences`, checked here: the one sequencer of silence changes.
+        max_active: usize,
         reply: oneshot::Sender<Result<(v1::Silence, Durable), ServerError>>,
     },
     ExpireSilence {
@@ -466,8 +468,9 @@ impl Engine {
         let raw_before = now - self.retention.raw_resources.as_millis() as i64;
         let rollups_before = now - self.retention.rollups.as_millis() as i64;
         let metrics = self.metrics.clone();
+        let history = self.retention.file_history_at(now);
         self.flush(Some(Maintenance::new(move |store: &mut Store| {
-            crate::retention::maintain_store(store, cutoff, raw_before, rollups_before);
+            crate::retention::maintain_store(store, cutoff, raw_before, rollups_before, history, &metrics);
             metrics.retention_passes.inc();
         })));
     }

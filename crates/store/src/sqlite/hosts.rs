@@ -1,4 +1,5 @@
-//! Reads of hosts, their current files and every file's history.
+//! Reads of hosts, their current files and every file's history, and the
+//! history's retention.
 
 use rusqlite::params;
 
@@ -71,6 +72,37 @@ impl Store {
             file_row,
         )
     }
+
+    /// Retention: drop the versions of each file beyond its newest `keep` (at least
+    /// one is kept), at most `chunk` rows per call; returns how many went (fewer
+    /// than `chunk`: none are left).
+    pub fn prune_file_history_versions(&mut self, keep: usize, chunk: usize) -> Result<usize> {
+        self.conn
+            .execute(
+                "DELETE FROM file_history WHERE id IN (
+                   SELECT id FROM (
+                     SELECT id, ROW_NUMBER() OVER (PARTITION BY host_id, path ORDER BY id DESC) AS newer
+                     FROM file_history)
+                   WHERE newer > ?1 LIMIT ?2)",
+                params![keep.max(1) as i64, chunk.max(1) as i64],
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Retention: drop versions stored before `before_ms`, except each file's newest
+    /// (a file unchanged for long keeps the version it has), at most `chunk` rows
+    /// per call; returns how many went.
+    pub fn prune_file_history_before(&mut self, before_ms: i64, chunk: usize) -> Result<usize> {
+        self.conn
+            .execute(
+                "DELETE FROM file_history WHERE id IN (
+                   SELECT id FROM file_history AS h WHERE updated_ms < ?1
+                     AND id < (SELECT MAX(id) FROM file_history WHERE host_id = h.host_id AND path = h.path)
+                   LIMIT ?2)",
+                params![before_ms, chunk.max(1) as i64],
+            )
+            .map_err(|e| self.err(e))
+    }
 }
 
 fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRecord> {
@@ -81,4 +113,48 @@ fn file_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRecord> {
         updated_ms: r.get(3)?,
         state: r.get(4)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::sqlite::fixtures::file;
+    use crate::{Batch, Store};
+
+    fn history(s: &Store, host: &str, path: &str) -> Vec<Vec<u8>> {
+        s.file_history(host, path, 100).unwrap().into_iter().map(|f| f.state).collect()
+    }
+
+    #[test]
+    fn history_keeps_the_newest_versions_of_each_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("d.db")).unwrap();
+        let mut ops = Vec::new();
+        for seq in 1..=5u64 {
+            ops.push(file("h", "/a", seq, format!("a{seq}").as_bytes()));
+        }
+        ops.push(file("h", "/b", 6, b"b6"));
+        s.write_batch(&Batch { ops }).unwrap();
+        // In chunks: the first call takes at most two rows, the next the rest.
+        assert_eq!(s.prune_file_history_versions(2, 2).unwrap(), 2);
+        assert_eq!(s.prune_file_history_versions(2, 2).unwrap(), 1);
+        assert_eq!(s.prune_file_history_versions(2, 2).unwrap(), 0);
+        assert_eq!(history(&s, "h", "/a"), vec![b"a4".to_vec(), b"a5".to_vec()]);
+        assert_eq!(history(&s, "h", "/b"), vec![b"b6".to_vec()]);
+        // Zero would keep nothing: the newest version always stays.
+        assert_eq!(s.prune_file_history_versions(0, 100).unwrap(), 1);
+        assert_eq!(history(&s, "h", "/a"), vec![b"a5".to_vec()]);
+    }
+
+    #[test]
+    fn history_by_age_keeps_each_files_newest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("d.db")).unwrap();
+        // The fixture stores a version's seq as its time.
+        let ops = vec![file("h", "/a", 1, b"a1"), file("h", "/a", 2, b"a2"), file("h", "/b", 3, b"b3")];
+        s.write_batch(&Batch { ops }).unwrap();
+        s.write_batch(&Batch { ops: vec![file("h", "/a", 10, b"a10")] }).unwrap();
+        assert_eq!(s.prune_file_history_before(5, 100).unwrap(), 2, "a1 and a2 are old and not the newest");
+        assert_eq!(history(&s, "h", "/a"), vec![b"a10".to_vec()]);
+        assert_eq!(history(&s, "h", "/b"), vec![b"b3".to_vec()], "old, but /b's only version");
+    }
 }

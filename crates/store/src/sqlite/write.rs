@@ -89,6 +89,7 @@ fn apply(st: &mut Statements<'_>, op: &Op) -> rusqlite::Result<()> {
         Op::Host(h) => put_host(st, h),
         Op::File(f) => put_file(st, f),
         Op::RemoveFile { host_id, path } => remove_file(st, host_id, path),
+        Op::RemoveHost { host_id } => remove_host(st, host_id),
         Op::ResetFileSeqs { host_id } => reset_file_seqs(st, host_id),
         Op::Baseline(b) => add_baseline(st, b),
         Op::Event(ev) => add_event(st, ev),
@@ -152,6 +153,14 @@ fn put_file(st: &mut Statements<'_>, f: &FileRecord) -> rusqlite::Result<()> {
 
 fn remove_file(st: &mut Statements<'_>, host_id: &str, path: &str) -> rusqlite::Result<()> {
     st.execute("DELETE FROM files WHERE host_id = ?1 AND path = ?2", params![host_id, path])
+}
+
+fn remove_host(st: &mut Statements<'_>, host_id: &str) -> rusqlite::Result<()> {
+    st.execute("DELETE FROM hosts WHERE host_id = ?1", params![host_id])?;
+    st.execute("DELETE FROM files WHERE host_id = ?1", params![host_id])?;
+    st.execute("DELETE FROM file_history WHERE host_id = ?1", params![host_id])?;
+    st.execute("DELETE FROM resources WHERE host_id = ?1", params![host_id])?;
+    st.execute("DELETE FROM resource_rollups WHERE host_id = ?1", params![host_id])
 }
 
 fn reset_file_seqs(st: &mut Statements<'_>, host_id: &str) -> rusqlite::Result<()> {
@@ -375,6 +384,30 @@ mod tests {
         assert_eq!(s.file_history("h", "/a", 10).unwrap().len(), 1);
         s.write_batch(&Batch { ops: vec![Op::ResetFileSeqs { host_id: "h".into() }] }).unwrap();
         assert_eq!(s.load_files().unwrap()[0].seq, 0);
+    }
+
+    #[test]
+    fn a_removed_host_leaves_nothing_behind_and_others_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("d.db")).unwrap();
+        let sample =
+            |h: &str| Op::Resource(ResourceRecord { host_id: h.into(), seq: 1, sampled_ms: 1, sample: b"r".into() });
+        s.write_batch(&Batch {
+            ops: vec![
+                Op::Host(host("gone", 1)),
+                file("gone", "/a", 1, b"a"),
+                sample("gone"),
+                Op::Host(host("kept", 1)),
+                file("kept", "/a", 1, b"a"),
+                sample("kept"),
+            ],
+        })
+        .unwrap();
+        s.write_batch(&Batch { ops: vec![Op::RemoveHost { host_id: "gone".into() }] }).unwrap();
+        let stats = s.stats().unwrap();
+        assert_eq!((stats.hosts, stats.files, stats.file_history, stats.resources), (1, 1, 1, 1));
+        assert!(s.host("gone").unwrap().is_none());
+        assert!(s.file_history("gone", "/a", 10).unwrap().is_empty());
     }
 
     #[test]

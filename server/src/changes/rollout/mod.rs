@@ -57,6 +57,27 @@ struct Live {
 #[derive(Default)]
 pub(crate) struct Registry {
     live: Mutex<HashMap<String, Live>>,
+    /// Starts under way (persisted, not yet registered) per principal: they count
+    /// against its limit, so two starts cannot both take its last place.
+    starting: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A start's place among its principal's rollouts until it is registered (or fails).
+pub(crate) struct Starting {
+    starting: Arc<Mutex<HashMap<String, usize>>>,
+    actor: String,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        let mut s = self.starting.lock();
+        if let Some(n) = s.get_mut(&self.actor) {
+            *n -= 1;
+            if *n == 0 {
+                s.remove(&self.actor);
+            }
+        }
+    }
 }
 
 impl Registry {
@@ -70,6 +91,33 @@ impl Registry {
 
     fn control(&self, id: &str) -> Option<mpsc::Sender<Control>> {
         self.live.lock().get(id).map(|l| l.control.clone())
+    }
+
+    /// A place for one more rollout of `actor` if it has fewer than `max` unfinished
+    /// (starts under way included); else how many it has.
+    pub(crate) fn reserve(&self, actor: &str, max: usize) -> Result<Starting, usize> {
+        let mut starting = self.starting.lock();
+        let live = {
+            let live = self.live.lock();
+            let states: Vec<(String, i32)> = live
+                .values()
+                .map(|l| {
+                    let r = l.rollout.borrow();
+                    (r.actor.clone(), r.state)
+                })
+                .collect();
+            crate::limits::active_rollouts(states.iter().map(|(a, s)| (a.as_str(), *s)), actor)
+        };
+        let n = starting.entry(actor.to_string()).or_default();
+        if live + *n >= max {
+            let total = live + *n;
+            if *n == 0 {
+                starting.remove(actor);
+            }
+            return Err(total);
+        }
+        *n += 1;
+        Ok(Starting { starting: self.starting.clone(), actor: actor.to_string() })
     }
 
     fn all(&self) -> Vec<v1::Rollout> {

@@ -11,6 +11,7 @@ use driftwatch_proto::v1::{self, OnFailure, RolloutHostState as HS, RolloutState
 use super::{DEFAULT_HOST_TIMEOUT, describe_change, now_ts, set_host};
 use crate::changes::{ChangesCore, plan};
 use crate::error::ServerError;
+use crate::limits::{Breach, Limit};
 use crate::selector::Selector;
 
 impl ChangesCore {
@@ -168,6 +169,11 @@ impl ChangesCore {
             return Ok(v1::StartRolloutResponse { rollout: Some(rollout), preflight });
         }
 
+        // Held until the rollout is registered below (or this start fails).
+        let _place = self.rollouts.reserve(actor, self.limits.max_rollouts_per_principal).map_err(|active| {
+            let what = format!("'{actor}' has {active} rollouts pending, running or paused");
+            Breach::new(Limit::MaxRolloutsPerPrincipal, what).refuse(&self.limits, &self.engine.metrics())
+        })?;
         self.persist(&rollout).await?;
         let detail = format!(
             "{} host(s) in {} wave(s), selector {}, change {}{}",
