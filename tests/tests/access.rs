@@ -293,3 +293,34 @@ async fn metrics_need_the_scrape_token_and_health_stays_open() {
     assert_eq!(get("/healthz", None).await, 200);
     server.stop().await.unwrap();
 }
+
+/// Per-caller limits count per authenticated principal: one operator at its limit
+/// leaves another untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_places_are_counted_per_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::for_tests_tls(dir.path());
+    config.limits.max_subscribers_per_principal = 2;
+    let server = start_server_with(config).await;
+    let (url, ca) = (tls_url(&server), server_ca(dir.path()));
+    let plain = tls_channel(&url, &ca, None).await.unwrap();
+    let admin = Bearer::new(Some(&admin_token(dir.path()))).unwrap();
+    let (alice, _) = new_token(&plain, &admin, "alice", Role::Viewer, 0).await;
+    let (bob, _) = new_token(&plain, &admin, "bob", Role::Viewer, 0).await;
+    let subscribe = |token: String| {
+        let plain = plain.clone();
+        async move {
+            v1::alerts_client::AlertsClient::with_interceptor(plain, Bearer::new(Some(&token)).unwrap())
+                .subscribe(v1::SubscribeRequest::default())
+                .await
+        }
+    };
+    let a1 = subscribe(alice.clone()).await.expect("alice's first");
+    let a2 = subscribe(alice.clone()).await.expect("alice's second");
+    let err = subscribe(alice.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().contains("max_subscribers_per_principal"), "{}", err.message());
+    let b1 = subscribe(bob.clone()).await.expect("bob is not held to alice's count");
+    drop((a1, a2, b1));
+    server.stop().await.unwrap();
+}
