@@ -138,8 +138,16 @@ pub fn fail_text(msg: &str, token_file: Option<&Path>) -> String {
 }
 
 /// When to ask for a new certificate: two thirds into its lifetime (Unix seconds).
+///
+/// The lifetime counts from issue: the server backdates `not_before` by
+/// [`driftwatch_pki::BACKDATE`] for lagging clocks, which would otherwise put two
+/// thirds of a short lifetime (a 12 s test certificate, a 1 m `cert_lifetime`) before
+/// the certificate was even issued. A certificate of another CA that spans less than
+/// the backdate is taken as it is.
 pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
-    not_before + (not_after - not_before).max(0) * 2 / 3
+    let backdate = driftwatch_pki::BACKDATE.as_secs() as i64;
+    let issued = if not_after - not_before > backdate { not_before + backdate } else { not_before };
+    issued + (not_after - issued).max(0) * 2 / 3
 }
 
 /// How long from `now` until [`renew_at`]; zero when it has passed.
@@ -270,7 +278,13 @@ mod tests {
 
     #[test]
     fn renewal_at_two_thirds_of_the_lifetime() {
-        assert_eq!(renew_at(0, 30 * 86400), 20 * 86400);
+        // As the server issues them: not_before is 5 minutes before issue.
+        let issued = 1_000_000;
+        let (nb, day) = (issued - 300, 86400);
+        assert_eq!(renew_at(nb, issued + 30 * day), issued + 20 * day);
+        assert_eq!(renew_at(nb, issued + 12), issued + 8, "a short lifetime renews after issue, not before");
+        assert_eq!(renew_at(nb, issued + 60), issued + 40);
+        // Spans within the backdate (another CA's, or odd): two thirds of what is there.
         assert_eq!(renew_at(1000, 1000 + 300), 1200);
         assert_eq!(renew_at(1000, 900), 1000, "a backwards validity renews at once");
         assert_eq!(renew_in(1100, 1000, 1300), Duration::from_secs(100));

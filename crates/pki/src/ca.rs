@@ -16,8 +16,9 @@ use crate::{Identity, PkiError, Result};
 
 /// How long a CA created by [`Ca::generate`] is valid.
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-/// Issued certificates start a little in the past, for clocks that lag the server's.
-const BACKDATE: Duration = Duration::from_secs(5 * 60);
+/// Issued certificates start this much in the past, for clocks that lag the server's
+/// (their lifetime counts from when they were issued: see the agent's renewal).
+pub const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
 /// A CA that can sign: its certificate and its key.
 pub struct Ca {

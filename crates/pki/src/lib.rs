@@ -17,7 +17,7 @@ mod error;
 mod identity;
 mod inspect;
 
-pub use ca::{Ca, Issued, ServerCert};
+pub use ca::{BACKDATE, Ca, Issued, ServerCert};
 pub use csr::{AgentKey, certificate_request};
 pub use error::{PkiError, Result};
 pub use identity::{Identity, TRUST_DOMAIN, check_host_id, check_name};
