@@ -1,5 +1,8 @@
 //! The audit log: who changed what, when. Corrections, rollout steps, baseline
-//! edits, rule reloads, acknowledgements and silences each append one event.
+//! edits, rule reloads, acknowledgements and silences each append one event; a change
+//! sent to an agent has two, its intent (durable before it is sent) and its outcome.
+//! The store chains every event to the one before it by hash
+//! (`driftwatch_proto::audit_chain`), which `driftwatch audit verify` checks.
 //!
 //! Events go through the group-commit writer like every other write; the store
 //! assigns their ids (strictly increasing, never reused). Recording never drops an
@@ -70,6 +73,9 @@ impl AuditLog {
             after_hash,
             detail,
             change_id,
+            // Chained by the store when it appends the record.
+            prev_hash: String::new(),
+            hash: String::new(),
         })
     }
 
@@ -77,13 +83,21 @@ impl AuditLog {
     /// Waits for room when the writer queue is full. Only a stopped writer (shutdown)
     /// loses the event, and then it is logged in full at error level.
     pub async fn record(&self, entry: AuditEntry) {
+        let _ = self.record_durable(entry).await;
+    }
+
+    /// [`AuditLog::record`] for an intent that must be durable before what it announces
+    /// happens (a change sent to an agent): an error when it could not be written, and
+    /// then the caller does not go on.
+    pub async fn record_durable(&self, entry: AuditEntry) -> Result<(), ServerError> {
         let (done, durable) = tokio::sync::oneshot::channel();
         let item = WriteItem { ops: vec![Self::op(entry.clone())], done: Some(done), ..Default::default() };
         if self.writer.send(item).await.is_err() || durable.await.is_err() {
             lost(&entry);
-            return;
+            return Err(ServerError::Unavailable("the audit log cannot be written (server shutting down)".into()));
         }
         tracing::debug!(action = %entry.action, target = %entry.target, "audit event recorded");
+        Ok(())
     }
 
     /// [`AuditLog::record`] for threads that are not async workers (the engine thread,
@@ -96,13 +110,15 @@ impl AuditLog {
         }
     }
 
-    /// One retention pass: delete events older than `max_age`, on the writer thread.
+    /// One retention pass: delete the oldest events, those older than `max_age`, on the
+    /// writer thread; the store leaves an `audit.pruned` event as the chain's new anchor.
     /// Returns once the pass has run (or the writer has stopped).
     pub async fn prune(&self, max_age: Duration) {
-        let before = driftwatch_proto::now_millis() - max_age.as_millis().min(i64::MAX as u128) as i64;
+        let now = driftwatch_proto::now_millis();
+        let before = now - max_age.as_millis().min(i64::MAX as u128) as i64;
         let (done, ran) = tokio::sync::oneshot::channel();
         let maintenance = Maintenance::new(move |store: &mut Store| {
-            match store.prune_audit(before) {
+            match store.prune_audit(before, SERVER_ACTOR, now) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(audit_events_pruned = n, "retention"),
                 Err(e) => tracing::error!(error = %e, "audit retention failed; retried next pass"),
@@ -168,6 +184,8 @@ fn to_proto(r: AuditRecord) -> v1::AuditEvent {
         after_hash: r.after_hash,
         detail: r.detail,
         change_id: r.change_id,
+        prev_hash: r.prev_hash,
+        hash: r.hash,
     }
 }
 
@@ -246,7 +264,9 @@ mod tests {
         durable.await.unwrap();
         log.record(entry("new")).await;
         log.prune(Duration::from_secs(3600)).await;
-        assert_eq!(list(&reader).iter().map(|r| r.action.as_str()).collect::<Vec<_>>(), vec!["new"]);
+        let left = list(&reader);
+        assert_eq!(left.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(), vec!["new", "audit.pruned"]);
+        assert_eq!(left[1].actor, SERVER_ACTOR);
         drop(log);
         thread.join().unwrap();
     }

@@ -1,12 +1,16 @@
 //! The audit log end to end: baseline edits, an acknowledgement, a silence's life and
-//! rule reloads each leave one event with who and what, in id order; a reload that
-//! finds nothing new leaves none; filters and paging work; events survive a restart.
+//! rule reloads each leave one event with who and what, in id order, hash-chained; a
+//! reload that finds nothing new leaves none; filters and paging work; events survive a
+//! restart. A correction whose agent never answers leaves its intent and a timeout; one
+//! for a host gone offline, its intent and `correction.lost`.
 
+use std::path::Path;
 use std::time::Duration;
 
+use driftwatch_proto::audit_chain::{AuditFields, ChainRecord, ChainSummary, ChainVerifier};
 use driftwatch_proto::v1::{
     self, alerts_client::AlertsClient, audit_client::AuditClient, baselines_client::BaselinesClient,
-    rules_client::RulesClient,
+    changes_client::ChangesClient, rules_client::RulesClient,
 };
 use driftwatch_server::RunningServer;
 use driftwatch_tests::*;
@@ -56,6 +60,28 @@ async fn wait_events(c: &AuditClient<Channel>, prefix: &str, n: usize) -> Vec<v1
         }
     })
     .await
+}
+
+/// The events' hash chain, checked as `driftwatch audit verify` checks it.
+fn chain(events: &[v1::AuditEvent]) -> ChainSummary {
+    let mut v = ChainVerifier::new();
+    for e in events {
+        let fields = AuditFields {
+            id: e.id,
+            at_ms: e.at.as_ref().map(driftwatch_proto::timestamp_millis).unwrap_or_default(),
+            actor: &e.actor,
+            action: &e.action,
+            target: &e.target,
+            host_id: &e.host_id,
+            path: &e.path,
+            before_hash: &e.before_hash,
+            after_hash: &e.after_hash,
+            detail: &e.detail,
+            change_id: &e.change_id,
+        };
+        v.push(&ChainRecord { fields, prev_hash: &e.prev_hash, hash: &e.hash }).unwrap();
+    }
+    v.finish().unwrap()
 }
 
 fn counter(server: &RunningServer, name: &str) -> u64 {
@@ -211,6 +237,8 @@ async fn every_change_is_audited_filtered_and_kept_across_a_restart() {
     assert_eq!(&actions(&events)[7..], ["rules.reloaded", "rules.reload_failed"]);
     let strictly_increasing = events.windows(2).all(|w| w[1].id > w[0].id);
     assert!(strictly_increasing, "{:?}", ids(&events));
+    assert_eq!(chain(&events).records, 9, "every event is chained to the one before it");
+    assert!(events[0].prev_hash.is_empty() && events[8].prev_hash == events[7].hash);
 
     // Filters and paging.
     let page = |r: v1::ListAuditEventsRequest| {
@@ -250,5 +278,90 @@ async fn every_change_is_audited_filtered_and_kept_across_a_restart() {
     let new = list(&mut audit, v1::ListAuditEventsRequest { after_id: events[8].id, ..Default::default() }).await;
     assert_eq!(actions(&new), ["baseline.pinned"]);
     assert!(new[0].id > events[8].id);
+    assert_eq!(new[0].prev_hash, events[8].hash, "the chain goes on across a restart");
+    server.stop().await.unwrap();
+}
+
+/// A protocol-level agent holding `/etc/app.env` that never answers a change: its
+/// stream stays open, what the server sends it is never read.
+async fn mute_agent(
+    server: &RunningServer,
+    content: &str,
+) -> (driftwatch_tests::gateway::AgentTx, tonic::Streaming<v1::ServerMessage>, String) {
+    use driftwatch_tests::gateway::{hello, open_agent_stream, snapshot};
+    let masker = driftwatch_formats::Masker::new(TEST_FLEET_KEY.as_bytes());
+    let a = driftwatch_formats::analyze(content.as_bytes(), v1::Format::Env, &masker, &Default::default());
+    let state = v1::FileState {
+        path: "/etc/app.env".into(),
+        format: v1::Format::Env as i32,
+        status: a.status as i32,
+        exists: true,
+        size: content.len() as u64,
+        mode: 0o100644,
+        content_hash: a.content_hash.clone(),
+        keys: a.keys,
+        ..Default::default()
+    };
+    let (tx, inbound) = open_agent_stream(channel(server).await, hello("mute", [], "mute", "mute")).await.unwrap();
+    let snap = v1::Snapshot {
+        seq: 1,
+        full: true,
+        full_last: true,
+        taken_at: Some(driftwatch_proto::timestamp(std::time::SystemTime::now())),
+        files: vec![state],
+        ..Default::default()
+    };
+    tx.send(snapshot(snap)).unwrap();
+    (tx, inbound, a.content_hash)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_without_an_answer_leaves_its_intent_and_its_timeout_or_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let (tx, inbound, hash) = mute_agent(&server, "POOL=5\n").await;
+    let mut fleet = fleet_client(&server).await;
+    wait_file(&mut fleet, "mute", Path::new("/etc/app.env"), "held", |s| !s.keys.is_empty()).await;
+    let ch = channel(&server).await;
+    let mut changes = ChangesClient::new(ch.clone());
+    let mut audit = AuditClient::new(ch);
+    let correct = v1::CorrectRequest {
+        host_id: "mute".into(),
+        path: "/etc/app.env".into(),
+        action: Some(v1::correct_request::Action::SetKeys(v1::SetKeys {
+            values: [("POOL".to_string(), "6".to_string())].into(),
+            ..Default::default()
+        })),
+        reason: "ticket 7".into(),
+        timeout: Some(driftwatch_proto::duration::seconds(1)),
+        ..Default::default()
+    };
+    let e = changes.correct(correct.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e}");
+    let events = list(&mut audit, Default::default()).await;
+    assert_eq!(actions(&events), ["correction.requested", "correction.timeout"]);
+    let (intent, timeout) = (&events[0], &events[1]);
+    assert!(intent.change_id.starts_with("c-") && timeout.change_id == intent.change_id, "{events:#?}");
+    assert_eq!((intent.host_id.as_str(), intent.path.as_str()), ("mute", "/etc/app.env"));
+    assert_eq!(intent.before_hash, hash);
+    assert!(intent.detail.contains("set keys [POOL]") && intent.detail.contains("ticket 7"), "{}", intent.detail);
+    assert!(timeout.detail.contains("may still apply"), "{}", timeout.detail);
+    assert!(intent.actor == "insecure-local" && timeout.actor == "insecure-local");
+
+    // The host gone: the change is never sent, and the log says so.
+    drop((tx, inbound));
+    wait_for("mute offline", Duration::from_secs(10), || {
+        let s = server.state.clone();
+        async move { s.hosts.get("mute").is_some_and(|h| h.connection.is_none()).then_some(()) }
+    })
+    .await;
+    let e = changes.correct(correct).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    let events = list(&mut audit, Default::default()).await;
+    assert_eq!(actions(&events)[2..], ["correction.requested", "correction.lost"]);
+    assert_eq!(events[3].change_id, events[2].change_id);
+    assert_ne!(events[2].change_id, events[0].change_id);
+    assert!(events[3].detail.contains("not sent") && events[3].detail.contains("offline"), "{}", events[3].detail);
+    assert_eq!(chain(&events).records, 4);
     server.stop().await.unwrap();
 }

@@ -632,13 +632,19 @@ async fn pool_size_rollout_is_refused_then_forced_and_rolled_back_to_identical_b
     for s in [
         "rollout.started",
         "rollout.wave_started",
+        "rollout.host_requested",
         "rollout.host_applied",
         "rollout.gate_failed",
+        "rollout.host_rollback_requested",
         "rollout.host_rolled_back",
         "rollout.rolled_back",
     ] {
         assert!(steps.iter().any(|x| x == s), "audit has {s}: {steps:?}");
     }
+    // Each step's intent is recorded before its outcome.
+    let at = |s: &str| steps.iter().position(|x| x == s).unwrap();
+    assert!(at("rollout.host_requested") < at("rollout.host_applied"), "{steps:?}");
+    assert!(at("rollout.host_rollback_requested") < at("rollout.host_rolled_back"), "{steps:?}");
     server.stop().await.unwrap();
 }
 

@@ -1,7 +1,9 @@
-//! `driftwatch audit`: who changed what, when (the server's audit log).
+//! `driftwatch audit`: who changed what, when (the server's audit log), and
+//! `driftwatch audit verify`: the log's hash chain recomputed here, from the oldest record.
 
 use crate::connect::Conn;
-use clap::Args;
+use clap::{Args, Subcommand};
+use driftwatch_proto::audit_chain::{AuditFields, ChainRecord, ChainVerifier};
 use driftwatch_proto::v1::{self, audit_client::AuditClient};
 
 use crate::output::{Output, table, to_json};
@@ -13,7 +15,10 @@ const DETAIL_WIDTH: usize = 60;
 const DEFAULT_LIMIT: u32 = 100;
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct AuditArgs {
+    #[command(subcommand)]
+    command: Option<AuditCmd>,
     /// Only actions starting with this, e.g. `rollout.`, `baseline`, `correction.applied`.
     #[arg(long, value_name = "PREFIX")]
     action: Option<String>,
@@ -34,7 +39,19 @@ pub struct AuditArgs {
     newest: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Check the log's hash chain: page through every record from the oldest, recompute
+    /// each hash here (a server's word is not taken for it), and fail naming the first
+    /// record removed or altered. Prints the newest record's id and hash: keep them
+    /// elsewhere to notice a rewritten or cut-off log later.
+    Verify,
+}
+
 pub async fn run(ch: Conn, out: Output, args: AuditArgs) -> anyhow::Result<()> {
+    if let Some(AuditCmd::Verify) = args.command {
+        return verify(ch, out).await;
+    }
     let limit = args.limit.unwrap_or(0);
     let req = v1::ListAuditEventsRequest {
         after_id: args.after.unwrap_or(0),
@@ -60,6 +77,70 @@ pub async fn run(ch: Conn, out: Output, args: AuditArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The largest page the server gives.
+const VERIFY_PAGE: u32 = 1000;
+
+async fn verify(ch: Conn, out: Output) -> anyhow::Result<()> {
+    let mut client = AuditClient::new(ch);
+    let mut chain = ChainVerifier::new();
+    let mut after_id = 0;
+    loop {
+        let req = v1::ListAuditEventsRequest { after_id, limit: VERIFY_PAGE, ..Default::default() };
+        let page = client.list_audit_events(req).await.map_err(status_err)?.into_inner().events;
+        for e in &page {
+            chain.push(&chain_record(e)).map_err(|b| anyhow::anyhow!("audit log verification failed: {b}"))?;
+        }
+        match page.last() {
+            Some(last) if page.len() == VERIFY_PAGE as usize => after_id = last.id,
+            _ => break,
+        }
+    }
+    let s = chain.finish().map_err(|b| anyhow::anyhow!("audit log verification failed: {b}"))?;
+    let (head_id, head_hash) = s.head.clone().unwrap_or_default();
+    match out {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "ok": true,
+                "records": s.records,
+                "firstId": s.first_id.to_string(),
+                "anchored": s.anchored,
+                "headId": head_id.to_string(),
+                "headHash": head_hash,
+            })
+        ),
+        Output::Table if s.records == 0 => println!("audit log verified: no records"),
+        Output::Table => {
+            let from = if s.anchored { "a retention anchor" } else { "the start of the log" };
+            println!(
+                "audit log verified: {} records, ids {} to {head_id}, chained from {from}\nhead: {head_id} {head_hash}",
+                s.records, s.first_id
+            );
+        }
+    }
+    Ok(())
+}
+
+fn chain_record(e: &v1::AuditEvent) -> ChainRecord<'_> {
+    ChainRecord {
+        fields: AuditFields {
+            id: e.id,
+            at_ms: e.at.as_ref().map(driftwatch_proto::timestamp_millis).unwrap_or_default(),
+            actor: &e.actor,
+            action: &e.action,
+            target: &e.target,
+            host_id: &e.host_id,
+            path: &e.path,
+            before_hash: &e.before_hash,
+            after_hash: &e.after_hash,
+            detail: &e.detail,
+            change_id: &e.change_id,
+        },
+        prev_hash: &e.prev_hash,
+        hash: &e.hash,
+    }
 }
 
 /// `2026-11-24T09:30:00Z` (UTC, to the second): an audit log wants absolute times.

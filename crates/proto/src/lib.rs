@@ -5,6 +5,7 @@
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
+pub mod audit_chain;
 pub mod bearer;
 pub mod codec;
 pub mod duration;

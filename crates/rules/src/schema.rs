@@ -255,7 +255,7 @@ mod tests {
         let mut want = serde_json::json!({
             "system": {"name": "swarm", "max_agents": 8},
             "list": [{"a": 1.5}, true, null, null, null, null, null, null, null, null, null],
-            "db": {"password": "masked:0123456789ab"},
+            "db": {"password": "masked:0123456789abcdef"},
         });
         assert_eq!(doc, want);
         // Index order is numeric, not the keys' text order.

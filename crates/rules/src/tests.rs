@@ -686,10 +686,10 @@ fn schema_errors_variable_and_masked_values() {
     assert!(!eval_swarm(&rs, &keys)[0].matched);
     // Where a number is expected the message quotes the masked form only.
     let mut keys = swarm_keys(&good);
-    keys.insert("system.max_agents".into(), Value::masked("0123456789abcdef", "key name"));
+    keys.insert("system.max_agents".into(), Value::masked("0123456789abcdef0123", "key name"));
     let out = eval_swarm(&rs, &keys);
     let text = out[0].value.display();
-    assert!(text.contains("/system/max_agents: \"masked:0123456789ab\" is not of type \"integer\""), "{text}");
+    assert!(text.contains("/system/max_agents: \"masked:0123456789abcdef\" is not of type \"integer\""), "{text}");
     assert!(!out[0].matched, "one error, not about /system/name: {text}");
     keys.insert("system.name".into(), Value::string(""));
     assert!(eval_swarm(&rs, &keys)[0].matched);

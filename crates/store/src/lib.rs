@@ -7,8 +7,9 @@
 //! `synchronous = FULL`: the commit is fsynced), so acknowledgements may go out.
 //!
 //! Payloads (file states, resource samples) are stored as opaque encoded
-//! protobuf bytes: this crate knows nothing of the wire types, and never sees a
-//! secret in clear because the agent masked it before it was sent.
+//! protobuf bytes: this crate knows nothing of the wire types (it takes only the
+//! audit hash chain's definition from `driftwatch_proto::audit_chain`), and never sees
+//! a secret in clear because the agent masked it before it was sent.
 //!
 //! # Invariants
 //!
@@ -21,6 +22,10 @@
 //!   the order given, and a failing op leaves nothing of the batch behind.
 //! - **Schema by `user_version`.** Migrations run in order at open, each in its
 //!   own transaction; a database newer than this build is refused, not guessed at.
+//! - **The audit log is a hash chain.** Each record's hash covers its fields and the
+//!   hash of the record before it, computed when it is appended (in id order, on the
+//!   writer thread); retention removes only the oldest records and leaves an
+//!   `audit.pruned` record naming the last removed one's hash.
 //!
 //! # Layout
 //!
@@ -30,7 +35,7 @@
 //! - `sqlite`: the SQLite backend, [`Store`]: the connection and pragmas
 //!   (`mod.rs`), schema and migrations (`schema`), the batch transaction
 //!   (`write`), and reads and retention per domain (`hosts`, `resources`,
-//!   `alerts`, `outbox`, `changes`).
+//!   `alerts`, `outbox`, `changes`, `audit`).
 
 mod batch;
 mod error;

@@ -196,6 +196,10 @@ pub struct AuditRecord {
     pub after_hash: String,
     pub detail: String,
     pub change_id: String,
+    /// The hash chain (`driftwatch_proto::audit_chain`): set by the store when it appends
+    /// the record (ignored there), read back by [`Store::list_audit`](crate::Store::list_audit).
+    pub prev_hash: String,
+    pub hash: String,
 }
 
 /// Default page of [`Store::list_audit`](crate::Store::list_audit) (a `limit` of 0).

@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 pub use set::{BaselineSet, SharedBaselines, edit_file, edit_resources};
 
 use crate::audit::{AuditEntry, AuditLog};
+use crate::changes::plan;
 use crate::error::ServerError;
 use crate::principal::Principal;
 use crate::selector::Selector;
@@ -83,6 +84,27 @@ impl BaselinesService {
         let host = (!b.host_id.is_empty()).then(|| b.host_id.clone());
         self.engine.push(crate::engine::EvalMsg::Baselines { set: next, host }).await?;
         Ok(b)
+    }
+
+    /// The keys of `path` masked in the baseline itself or on a host it applies to (its
+    /// own host, or every host its selector matches that watches the file).
+    fn masked_keys(&self, b: &v1::Baseline, path: &str) -> plan::MaskedKeys {
+        let mut masked = plan::MaskedKeys::default();
+        let selector = if b.host_id.is_empty() { Selector::parse(&b.selector).ok() } else { None };
+        for h in self.state.hosts.iter() {
+            let applies = if b.host_id.is_empty() {
+                selector.as_ref().is_some_and(|s| s.matches(&h.labels))
+            } else {
+                *h.key() == b.host_id
+            };
+            if let Some(f) = h.files.get(path).filter(|_| applies) {
+                masked.add(&format!("on host '{}'", h.key()), &f.state().keys);
+            }
+        }
+        for f in b.files.iter().filter(|f| f.path == path) {
+            masked.add(&format!("in baseline '{}'", b.name), &f.keys);
+        }
+        masked
     }
 
     /// The current keys of one host's file, for pinning and promotion.
@@ -262,7 +284,9 @@ impl Baselines for BaselinesService {
         }
         let audit = keys_audit(path, &r);
         let action = if r.promote_keys.is_empty() { "baseline.keys_set" } else { "baseline.promoted" };
-        let mut set_keys = r.set;
+        // Promoted values are the host's own (a secret stays a fingerprint); only the
+        // values given in the request are checked for secrets in clear.
+        let mut promoted = Vec::new();
         if !r.promote_keys.is_empty() {
             let host = r.promote_from_host_id.trim();
             if host.is_empty() {
@@ -275,13 +299,22 @@ impl Baselines for BaselinesService {
                     .iter()
                     .find(|k| &k.key == key)
                     .ok_or_else(|| ServerError::NotFound(format!("host '{host}' has no key '{key}' in {path}")))?;
-                set_keys.push(kv.clone());
+                promoted.push(kv.clone());
             }
         }
         let _edit = self.baselines.edit().await;
         let set = self.baselines.current();
         let mut b = live_or_not_found(&set, name)?.clone();
         if !resources_only {
+            let masked = self.masked_keys(&b, path);
+            for kv in &r.set {
+                let text = kv.value.as_ref().and_then(plan::value_text);
+                plan::check_clear_value(&kv.key, text.as_deref(), &masked).map_err(|e| {
+                    tracing::warn!(actor = %actor, baseline = %name, path, error = %e, "baseline edit refused");
+                    ServerError::InvalidArgument(e)
+                })?;
+            }
+            let set_keys = r.set.into_iter().chain(promoted).collect();
             edit_file(&mut b.files, path, set_keys, &r.remove)?;
         }
         edit_resources(&mut b.resources, r.set_resources, &r.remove_resources)?;

@@ -122,7 +122,10 @@ impl ChangesCore {
         Some((b.name.clone(), f.keys.clone()))
     }
 
-    /// One correction, start to finish: build the change, send it, wait, audit.
+    /// One correction, start to finish: build the change, record the intent, send it,
+    /// wait, record the outcome (also when the wait times out or the change could not be
+    /// sent). A secret given or compared in clear is refused before anything is sent
+    /// or recorded.
     pub async fn correct(&self, req: v1::CorrectRequest, actor: &str) -> Result<v1::CorrectResponse, ServerError> {
         let host = req.host_id.trim().to_string();
         let path = req.path.trim().to_string();
@@ -131,6 +134,16 @@ impl ChangesCore {
         }
         let actor = actor.to_string();
         let current = self.state.file_state(&host, &path)?;
+        let baseline = self.baseline_keys(&host, &path).await;
+        let mut masked = plan::MaskedKeys::default();
+        masked.add(&format!("on host '{host}'"), &current.keys);
+        if let Some((name, keys)) = &baseline {
+            masked.add(&format!("in baseline '{name}'"), keys);
+        }
+        let refused = |e: String| {
+            tracing::warn!(actor = %actor, host = %host, path = %path, error = %e, "correction refused");
+            e
+        };
         let mut change = v1::ApplyChange {
             change_id: self.dispatcher.new_id("c"),
             path: path.clone(),
@@ -146,18 +159,25 @@ impl ChangesCore {
                 ));
             }
             Some(Action::RestoreBaseline(r)) => {
-                let (name, base) = self.baseline_keys(&host, &path).await.ok_or_else(|| {
+                let (name, base) = baseline.ok_or_else(|| {
                     ServerError::FailedPrecondition(format!(
                         "host '{host}' has no effective baseline for '{path}' (pin one first)"
                     ))
                 })?;
-                let set =
-                    plan::baseline_restore(&current.keys, &base, &r.keys).map_err(ServerError::FailedPrecondition)?;
-                if set.is_empty() {
+                let restore = plan::baseline_restore(&current.keys, &base, &r.keys)
+                    .map_err(|e| ServerError::FailedPrecondition(refused(e)))?;
+                if restore.set.is_empty() {
+                    let mut message = format!("the file already matches baseline '{name}'");
+                    if !restore.secrets_skipped.is_empty() {
+                        message.push_str(&format!(
+                            " (secret keys are never compared: {}; restore a version by content hash for those)",
+                            restore.secrets_skipped.join(", ")
+                        ));
+                    }
                     let result = v1::ChangeResult {
                         change_id: change.change_id.clone(),
                         outcome: v1::ChangeOutcome::Unchanged as i32,
-                        message: format!("the file already matches baseline '{name}'"),
+                        message,
                         before_hash: current.content_hash.clone(),
                         after_hash: current.content_hash.clone(),
                         path: path.clone(),
@@ -169,8 +189,8 @@ impl ChangesCore {
                         result: Some(result),
                     });
                 }
-                let keys: Vec<String> = set.iter().map(|kv| kv.key.clone()).collect();
-                change.set_keys = set;
+                let keys: Vec<String> = restore.set.iter().map(|kv| kv.key.clone()).collect();
+                change.set_keys = restore.set;
                 (format!("restore baseline '{name}'"), keys)
             }
             Some(Action::SetKeys(s)) => {
@@ -178,7 +198,7 @@ impl ChangesCore {
                     return Err(ServerError::InvalidArgument("set_keys needs values or remove".into()));
                 }
                 let values: BTreeMap<String, String> = s.values.into_iter().collect();
-                plan::check_no_secrets(&values).map_err(ServerError::InvalidArgument)?;
+                plan::check_no_secrets(&values, &masked).map_err(|e| ServerError::InvalidArgument(refused(e)))?;
                 let keys = values.keys().cloned().chain(s.remove.iter().cloned()).collect();
                 change.set_text = values.into_iter().collect();
                 change.remove_keys = s.remove;
@@ -200,23 +220,40 @@ impl ChangesCore {
             return Err(ServerError::InvalidArgument("timeout must be between 1s and 10m".into()));
         }
         let change_id = change.change_id.clone();
+        let entry = |action: &str, before: &str, after: &str, message: &str| crate::audit::AuditEntry {
+            actor: actor.clone(),
+            action: action.to_string(),
+            target: format!("{host}:{path}"),
+            host_id: host.clone(),
+            path: path.clone(),
+            before_hash: before.to_string(),
+            after_hash: after.to_string(),
+            detail: audit_detail(&what, &keys, &req.reason, message),
+            change_id: change_id.clone(),
+        };
+        // The intent is durable before the agent can act on it: a crash or a lost answer
+        // still leaves a record that the change may have happened.
+        let intent = if req.dry_run { "dry run requested" } else { "requested" };
+        self.audit.record_durable(entry("correction.requested", &current.content_hash, "", intent)).await?;
         tracing::info!(host = %host, path = %path, change = %change_id, what = %what, dry_run = req.dry_run, "correction sent");
-        let result = self.dispatcher.apply(&host, change, timeout).await?;
+        let result = match self.dispatcher.apply(&host, change, timeout).await {
+            Ok(r) => r,
+            Err(e) => {
+                let (action, message) = match &e {
+                    ServerError::DeadlineExceeded(m) => {
+                        ("correction.timeout", format!("{m}; the agent may still apply it"))
+                    }
+                    other => ("correction.lost", format!("not sent: {other}")),
+                };
+                tracing::warn!(host = %host, path = %path, change = %change_id, action, error = %e, "correction without a result");
+                self.audit.record(entry(action, &current.content_hash, "", &message)).await;
+                return Err(e);
+            }
+        };
         let outcome = driftwatch_proto::change_outcome_name(result.outcome);
         tracing::info!(host = %host, path = %path, change = %change_id, outcome, "correction result");
-        self.audit
-            .record(crate::audit::AuditEntry {
-                actor,
-                action: format!("correction.{outcome}"),
-                target: format!("{host}:{path}"),
-                host_id: host.clone(),
-                path: path.clone(),
-                before_hash: result.before_hash.clone(),
-                after_hash: result.after_hash.clone(),
-                detail: audit_detail(&what, &keys, &req.reason, &result.message),
-                change_id: change_id.clone(),
-            })
-            .await;
+        let action = format!("correction.{outcome}");
+        self.audit.record(entry(&action, &result.before_hash, &result.after_hash, &result.message)).await;
         Ok(v1::CorrectResponse { change_id, host_id: host, result: Some(result) })
     }
 }

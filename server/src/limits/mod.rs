@@ -10,6 +10,7 @@
 //! streams per connection). Retention-like limits (offline hosts, file history) are
 //! in `crate::retention`.
 
+pub mod config;
 pub mod transport;
 
 use std::collections::{BTreeMap, HashMap};

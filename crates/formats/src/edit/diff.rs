@@ -435,6 +435,20 @@ mod tests {
     }
 
     #[test]
+    fn a_url_password_stays_masked_on_changed_and_context_lines() {
+        let (right, wrong) = ("postgres://u:hunter2@db/x", "postgres://u:letmein@db/x");
+        let old = format!("DATABASE_URL={right}\nPOOL=5\nNAME=web\n");
+        // The secret line changed (a guess written over it), and left as context.
+        let changed = unified_diff("/etc/app.env", &old, &old.replace(right, wrong), &masker());
+        let context = unified_diff("/etc/app.env", &old, &old.replace("POOL=5", "POOL=6"), &masker());
+        for diff in [&changed, &context] {
+            assert!(!diff.contains("hunter2") && !diff.contains("letmein") && !diff.contains("u:"), "{diff}");
+        }
+        assert!(changed.contains(&format!("-DATABASE_URL={}\n+DATABASE_URL={}\n", mark(right), mark(wrong))));
+        assert!(context.contains(&format!(" DATABASE_URL={}\n-POOL=5\n+POOL=6\n", mark(right))), "{context}");
+    }
+
+    #[test]
     fn secrets_in_every_format_shape() {
         let m = masker();
         let cases = [

@@ -1,11 +1,11 @@
-//! Reads and retention of what operators change: versioned baselines,
-//! rollouts and the audit log.
+//! Reads of what operators change: versioned baselines, rollouts and fleet
+//! identity records (the audit log is in `audit`).
 
 use rusqlite::params;
 
 use super::Store;
 use crate::error::Result;
-use crate::records::{AuditFilter, AuditRecord, BaselineRecord, IdentityRecord, RolloutRecord};
+use crate::records::{BaselineRecord, IdentityRecord, RolloutRecord};
 
 impl Store {
     /// Every identity record of one kind, by id.
@@ -80,82 +80,16 @@ impl Store {
         let mut rows = st.query_map(params![id], rollout_row).map_err(|e| self.err(e))?;
         rows.next().transpose().map_err(|e| self.err(e))
     }
-
-    /// Audit events matching `f`, in id order (descending with `newest_first`);
-    /// at most [`AUDIT_PAGE_MAX`](crate::AUDIT_PAGE_MAX).
-    pub fn list_audit(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        let mut clauses = vec!["id > ?".to_string()];
-        let mut values: Vec<rusqlite::types::Value> = vec![(f.after_id.min(i64::MAX as u64) as i64).into()];
-        if !f.action_prefix.is_empty() {
-            // GLOB is case-sensitive, and a literal prefix lets SQLite range-scan the action index.
-            clauses.push("action GLOB ?".into());
-            values.push(format!("{}*", glob_escape(&f.action_prefix)).into());
-        }
-        if !f.host_id.is_empty() {
-            clauses.push("host_id = ?".into());
-            values.push(f.host_id.clone().into());
-        }
-        if !f.change_id.is_empty() {
-            clauses.push("change_id = ?".into());
-            values.push(f.change_id.clone().into());
-        }
-        let limit = f.page_size();
-        values.push((limit as i64).into());
-        let sql = format!(
-            "SELECT id, at_ms, actor, action, target, host_id, path, before_hash, after_hash, detail, change_id
-             FROM audit_events WHERE {} ORDER BY id {} LIMIT ?",
-            clauses.join(" AND "),
-            if f.newest_first { "DESC" } else { "ASC" }
-        );
-        let mut st = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        self.collect_rows(&mut st, rusqlite::params_from_iter(values), |r| {
-            Ok(AuditRecord {
-                id: r.get::<_, i64>(0)? as u64,
-                at_ms: r.get(1)?,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                target: r.get(4)?,
-                host_id: r.get(5)?,
-                path: r.get(6)?,
-                before_hash: r.get(7)?,
-                after_hash: r.get(8)?,
-                detail: r.get(9)?,
-                change_id: r.get(10)?,
-            })
-        })
-    }
-
-    /// Retention: delete audit events recorded before `before_ms`; returns how many.
-    /// Ids are never reused (AUTOINCREMENT keeps the high-water mark).
-    pub fn prune_audit(&mut self, before_ms: i64) -> Result<usize> {
-        self.conn.execute("DELETE FROM audit_events WHERE at_ms < ?1", params![before_ms]).map_err(|e| self.err(e))
-    }
 }
 
 fn rollout_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RolloutRecord> {
     Ok(RolloutRecord { id: r.get(0)?, state: r.get(1)?, created_ms: r.get(2)?, updated_ms: r.get(3)?, body: r.get(4)? })
 }
 
-/// `s` as a GLOB pattern matching itself: the metacharacters `*`, `?` and `[` in brackets.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '*' | '?' | '[' => {
-                out.push('[');
-                out.push(c);
-                out.push(']');
-            }
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use crate::sqlite::fixtures::{audit, audit_ids, baseline, rollout};
-    use crate::{AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX, AuditFilter, Batch, Op, RolloutRecord, Store};
+    use crate::sqlite::fixtures::{baseline, rollout};
+    use crate::{Batch, Op, RolloutRecord, Store};
 
     #[test]
     fn baselines_are_versioned_and_old_versions_stay_readable() {
@@ -207,80 +141,6 @@ mod tests {
         assert_eq!(r1, RolloutRecord { updated_ms: 40, ..rollout("r1", 2, 10, b"running now") });
         assert!(s.get_rollout("nope").unwrap().is_none());
         assert_eq!(s.stats().unwrap().rollouts, 3);
-    }
-
-    #[test]
-    fn audit_ids_increase_and_filters_combine() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.db");
-        {
-            let mut s = Store::open(&path).unwrap();
-            s.write_batch(&Batch {
-                ops: vec![
-                    audit(10, "baseline.pinned", "", ""),
-                    audit(20, "rollout.started", "", "ro-1"),
-                    audit(30, "rollout.host_applied", "web-1", "ro-1"),
-                    audit(40, "rollout.host_applied", "web-2", "ro-1"),
-                    audit(50, "correction.applied", "web-1", "c-1"),
-                ],
-            })
-            .unwrap();
-            s.write_batch(&Batch { ops: vec![audit(60, "rollouts_x", "", "")] }).unwrap();
-        }
-        let s = Store::open(&path).unwrap();
-        let all = s.list_audit(&AuditFilter::default()).unwrap();
-        assert_eq!(all.iter().map(|a| a.id).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
-        assert_eq!(all[2].action, "rollout.host_applied");
-        assert_eq!((all[2].host_id.as_str(), all[2].change_id.as_str(), all[2].at_ms), ("web-1", "ro-1", 30));
-        assert_eq!((all[2].actor.as_str(), all[2].target.as_str()), ("alice", "t-30"));
-        let f = |prefix: &str| AuditFilter { action_prefix: prefix.into(), ..Default::default() };
-        assert_eq!(audit_ids(&s, f("rollout.")), vec![2, 3, 4], "the dot is literal: rollouts_x is not in");
-        assert_eq!(audit_ids(&s, f("rollout")), vec![2, 3, 4, 6]);
-        assert_eq!(audit_ids(&s, f("Rollout.")), Vec::<u64>::new(), "case-sensitive");
-        assert_eq!(audit_ids(&s, f("rollout.*")), Vec::<u64>::new(), "glob characters are literal");
-        assert_eq!(audit_ids(&s, f("rollout.host_applied")), vec![3, 4]);
-        let host = AuditFilter { host_id: "web-1".into(), ..Default::default() };
-        assert_eq!(audit_ids(&s, host.clone()), vec![3, 5]);
-        let change = AuditFilter { change_id: "ro-1".into(), ..Default::default() };
-        assert_eq!(audit_ids(&s, change.clone()), vec![2, 3, 4]);
-        assert_eq!(audit_ids(&s, AuditFilter { action_prefix: "rollout.".into(), ..host.clone() }), vec![3]);
-        // Resume after an id, in either order; limits.
-        assert_eq!(audit_ids(&s, AuditFilter { after_id: 3, ..Default::default() }), vec![4, 5, 6]);
-        assert_eq!(audit_ids(&s, AuditFilter { after_id: 3, limit: 2, ..Default::default() }), vec![4, 5]);
-        assert_eq!(audit_ids(&s, AuditFilter { newest_first: true, limit: 2, ..Default::default() }), vec![6, 5]);
-        assert_eq!(audit_ids(&s, AuditFilter { newest_first: true, after_id: 4, ..Default::default() }), vec![6, 5]);
-        assert_eq!(audit_ids(&s, AuditFilter { newest_first: true, ..change }), vec![4, 3, 2]);
-        assert_eq!(audit_ids(&s, AuditFilter { after_id: u64::MAX, ..Default::default() }), Vec::<u64>::new());
-    }
-
-    #[test]
-    fn audit_pages_default_to_100_and_cap_at_1000() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(&dir.path().join("d.db")).unwrap();
-        s.write_batch(&Batch { ops: (0..1200).map(|i| audit(i, "rules.reloaded", "", "")).collect() }).unwrap();
-        assert_eq!(s.list_audit(&AuditFilter::default()).unwrap().len(), AUDIT_PAGE_DEFAULT);
-        assert_eq!(s.list_audit(&AuditFilter { limit: 5000, ..Default::default() }).unwrap().len(), AUDIT_PAGE_MAX);
-        assert_eq!(s.list_audit(&AuditFilter { limit: 1000, ..Default::default() }).unwrap().len(), 1000);
-        assert_eq!(s.list_audit(&AuditFilter { limit: 7, ..Default::default() }).unwrap().len(), 7);
-        let last = s.list_audit(&AuditFilter { after_id: 1000, limit: 5000, ..Default::default() }).unwrap();
-        assert_eq!((last.len(), last[0].id, last[199].id), (200, 1001, 1200));
-    }
-
-    #[test]
-    fn audit_prune_by_age_never_reuses_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.db");
-        let mut s = Store::open(&path).unwrap();
-        s.write_batch(&Batch { ops: (1..=4).map(|i| audit(i * 10, "a.b", "", "")).collect() }).unwrap();
-        assert_eq!(s.prune_audit(30).unwrap(), 2, "recorded exactly at the cutoff is kept");
-        assert_eq!(audit_ids(&s, AuditFilter::default()), vec![3, 4]);
-        assert_eq!(s.prune_audit(1000).unwrap(), 2);
-        assert_eq!(s.stats().unwrap().audit_events, 0);
-        drop(s);
-        // Emptied by retention, then reopened: new ids continue above the old ones.
-        let mut s = Store::open(&path).unwrap();
-        s.write_batch(&Batch { ops: vec![audit(2000, "a.b", "", "")] }).unwrap();
-        assert_eq!(audit_ids(&s, AuditFilter::default()), vec![5]);
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub(super) fn audit(at_ms: i64, action: &str, host: &str, change: &str) -> Op {
         after_hash: "a".into(),
         detail: "d".into(),
         change_id: change.into(),
+        prev_hash: "ignored".into(),
+        hash: "ignored".into(),
     })
 }
 

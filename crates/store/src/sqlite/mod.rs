@@ -4,7 +4,8 @@
 //! spans every table: row counts and the combined retention of samples and
 //! events. The rest is split by what it touches: `schema` (DDL and
 //! migrations), `write` (the batch transaction), and the reads and retention
-//! of each domain in `hosts`, `resources`, `alerts`, `outbox` and `changes`.
+//! of each domain in `hosts`, `resources`, `alerts`, `outbox`, `changes` and
+//! `audit` (the hash-chained audit log).
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ use crate::error::{Result, StoreError};
 use crate::records::StoreStats;
 
 mod alerts;
+mod audit;
 mod changes;
 mod hosts;
 mod outbox;

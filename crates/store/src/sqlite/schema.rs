@@ -158,7 +158,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
         body BLOB NOT NULL,
         PRIMARY KEY (kind, id)
      ) STRICT;",
+    // 7: the audit log's hash chain: each record's predecessor's hash and its own
+    // (`driftwatch_proto::audit_chain`), and the head (last id and hash), which outlives
+    // retention emptying the table. Existing records are chained by `CHAIN_MIGRATION`'s step.
+    "ALTER TABLE audit_events ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+     ALTER TABLE audit_events ADD COLUMN hash TEXT NOT NULL DEFAULT '';
+     CREATE TABLE audit_chain (
+        name TEXT PRIMARY KEY,
+        id INTEGER NOT NULL,
+        hash TEXT NOT NULL
+     ) STRICT, WITHOUT ROWID;",
 ];
+
+/// The migration after whose DDL the records already there are chained (in Rust: SQLite
+/// has no SHA-256), in the same transaction.
+const CHAIN_MIGRATION: usize = 7;
 
 impl Store {
     /// Run every migration above the database's `user_version`; refuse a
@@ -172,6 +186,9 @@ impl Store {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = self.conn.transaction().map_err(|e| sqlite(&self.path, e))?;
             tx.execute_batch(sql).map_err(|e| sqlite(&self.path, e))?;
+            if i + 1 == CHAIN_MIGRATION {
+                super::audit::chain_existing(&tx).map_err(|e| sqlite(&self.path, e))?;
+            }
             tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(|e| sqlite(&self.path, e))?;
             tx.commit().map_err(|e| sqlite(&self.path, e))?;
             tracing::info!(db = %self.path.display(), version = i + 1, "database schema migrated");

@@ -299,25 +299,10 @@ fn put_rollout(st: &mut Statements<'_>, r: &RolloutRecord) -> rusqlite::Result<(
     )
 }
 
-/// The id is left to SQLite (AUTOINCREMENT): the record's own id is ignored.
+/// Appended to the hash chain: the id is left to SQLite (AUTOINCREMENT), the record's
+/// own id and hashes are ignored.
 fn add_audit(st: &mut Statements<'_>, a: &AuditRecord) -> rusqlite::Result<()> {
-    st.execute(
-        "INSERT INTO audit_events (at_ms, actor, action, target, host_id, path, before_hash,
-            after_hash, detail, change_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            a.at_ms,
-            a.actor,
-            a.action,
-            a.target,
-            a.host_id,
-            a.path,
-            a.before_hash,
-            a.after_hash,
-            a.detail,
-            a.change_id
-        ],
-    )
+    super::audit::append(st.conn, a)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use driftwatch_proto::v1::{self, RolloutHostState as HS};
 use tokio::time::Instant;
 
 use super::APPLY_TIMEOUT;
-use crate::changes::{ChangesCore, short};
+use crate::changes::{ChangesCore, SERVER_ACTOR, short};
 use crate::error::ServerError;
 
 pub(super) type HostEvent = Option<(&'static str, String)>;
@@ -49,10 +49,17 @@ pub(super) async fn apply_host(
         h.message = format!("offline for {} s: skipped", timeout.as_secs());
         return event(h, "rollout.host_skipped");
     }
+    let change = core.change_for(&r, &h, &current, false, "apply");
+    // The intent is durable before the agent can act on it. Not recorded (the server is
+    // stopping): not sent either, and the host stays as it was for the resumed rollout.
+    let intent = format!("change {} sent", change.change_id);
+    let entry = ChangesCore::audit_entry(&r, SERVER_ACTOR, "rollout.host_requested", &h.host_id, &current, "", &intent);
+    if core.audit.record_durable(entry).await.is_err() {
+        return (h, None);
+    }
     // The content the plan saw: what a rollback restores.
     let planned = std::mem::replace(&mut h.before_hash, current.clone());
     h.state = HS::Applying as i32;
-    let change = core.change_for(&r, &h, &current, false, "apply");
     match core.dispatcher.apply(&h.host_id, change, APPLY_TIMEOUT).await {
         Ok(res) => {
             h.diff = res.diff;
@@ -94,8 +101,17 @@ pub(super) async fn apply_host(
         Err(e) => {
             // Unknown whether it was written: rollback compares hashes before acting.
             h.state = HS::Failed as i32;
-            h.message = e.to_string();
-            event(h, "rollout.host_failed")
+            let action = match e {
+                ServerError::DeadlineExceeded(_) => {
+                    h.message = format!("{e}; the agent may still apply it");
+                    "rollout.host_timeout"
+                }
+                _ => {
+                    h.message = format!("not sent: {e}");
+                    "rollout.host_lost"
+                }
+            };
+            event(h, action)
         }
     }
 }
@@ -142,11 +158,18 @@ pub(super) async fn rollback_host(
     let change = v1::ApplyChange {
         change_id: format!("{}/rollback/{}", r.id, h.host_id),
         path: h.path.clone(),
-        expected_hash: expected,
+        expected_hash: expected.clone(),
         restore_hash: h.before_hash.clone(),
         reason: format!("rollback of rollout {}", r.id),
         ..Default::default()
     };
+    let intent = format!("change {} sent", change.change_id);
+    let action = "rollout.host_rollback_requested";
+    let entry = ChangesCore::audit_entry(&r, SERVER_ACTOR, action, &h.host_id, &expected, &h.before_hash, &intent);
+    if core.audit.record_durable(entry).await.is_err() {
+        // Stopping: the resumed rollout finishes the rollback.
+        return (h, None);
+    }
     match core.dispatcher.apply(&h.host_id, change, APPLY_TIMEOUT).await {
         Ok(res)
             if matches!(
@@ -175,8 +198,17 @@ pub(super) async fn rollback_host(
         }
         Err(e) => {
             h.state = HS::RollbackFailed as i32;
-            h.message = format!("rollback: {e}");
-            event(h, "rollout.host_rollback_failed")
+            let action = match e {
+                ServerError::DeadlineExceeded(_) => {
+                    h.message = format!("rollback: {e}; the agent may still apply it");
+                    "rollout.host_rollback_timeout"
+                }
+                _ => {
+                    h.message = format!("rollback not sent: {e}");
+                    "rollout.host_rollback_failed"
+                }
+            };
+            event(h, action)
         }
     }
 }

@@ -39,7 +39,6 @@ impl ChangesCore {
             return Err(invalid("give the change as set_keys/remove_keys, or as restore_hash (one of the two)".into()));
         }
         let set: BTreeMap<String, String> = req.set_keys.clone().into_iter().collect();
-        plan::check_no_secrets(&set).map_err(invalid)?;
         let gate = match v1::Severity::try_from(req.gate_severity) {
             Ok(v1::Severity::Unspecified) | Err(_) => v1::Severity::Medium,
             Ok(s) => s,
@@ -86,6 +85,19 @@ impl ChangesCore {
                 "no host matches '{selector_text}' and watches '{path}'"
             )));
         }
+        // No value in clear for a key masked on any target or in its baseline, nor one that
+        // looks secret: refused before anything is sent (a dry run included) or stored.
+        let mut masked = plan::MaskedKeys::default();
+        for (host, current) in targets.iter().filter(|_| !set.is_empty()) {
+            masked.add(&format!("on host '{host}'"), &current.keys);
+            if let Some((name, keys)) = self.baseline_keys(host, &current.path).await {
+                masked.add(&format!("in baseline '{name}'"), &keys);
+            }
+        }
+        plan::check_no_secrets(&set, &masked).map_err(|e| {
+            tracing::warn!(actor, path = %path, error = %e, "rollout refused");
+            invalid(e)
+        })?;
         let waves = plan::wave_counts(&req.waves, targets.len()).map_err(invalid)?;
         let busy: Vec<String> = {
             let ids: HashSet<&str> = targets.iter().map(|(h, _)| h.as_str()).collect();
