@@ -8,6 +8,7 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::time::Duration;
 
 use driftwatch_agent::AgentFile;
 use driftwatch_proto::v1::{self, audit_client::AuditClient, changes_client::ChangesClient};
@@ -87,11 +88,34 @@ async fn secrets_stay_put_and_versions_stay_with_their_file() {
     let mut changes = ChangesClient::new(connect(&server_url(&server)).await);
     let backups = root.join("state").join("backups");
 
-    // (a) A key the agent masks: refused, for real and as a dry run; nothing written.
+    // (a) A key the agent masks: the server refuses it before anything is sent, for
+    // real and as a dry run, naming the key and never echoing the value...
     let a_before = look(&a);
     let unmasked = set_keys(&[("DATABASE_URL", "postgres://db:5432/app")]);
     for dry_run in [false, true] {
-        let r = correct(&mut changes, &a, unmasked.clone(), dry_run).await;
+        let req = v1::CorrectRequest {
+            host_id: "h1".into(),
+            path: a.display().to_string(),
+            action: unmasked.clone(),
+            dry_run,
+            ..Default::default()
+        };
+        let err = changes.correct(req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "dry run {dry_run}: {err:?}");
+        assert!(err.message().contains("DATABASE_URL") && !err.message().contains("postgres://db"), "{err:?}");
+    }
+    // ...and the agent refuses it on its own should such a change reach it (sent here
+    // past the server's check, straight down the host's stream).
+    for dry_run in [false, true] {
+        let change = v1::ApplyChange {
+            change_id: server.changes.dispatcher.new_id("t"),
+            path: a.display().to_string(),
+            expected_hash: a_state.content_hash.clone(),
+            dry_run,
+            set_text: [("DATABASE_URL".to_string(), "postgres://db:5432/app".to_string())].into(),
+            ..Default::default()
+        };
+        let r = server.changes.dispatcher.apply("h1", change, Duration::from_secs(20)).await.unwrap();
         assert_eq!(r.outcome, v1::ChangeOutcome::Refused as i32, "dry run {dry_run}: {r:?}");
         assert!(r.message.contains("DATABASE_URL") && r.message.contains("RestoreVersion"), "{}", r.message);
         assert!(!r.message.contains("s3cretpass") && r.diff.is_empty(), "{r:?}");
@@ -136,7 +160,7 @@ async fn secrets_stay_put_and_versions_stay_with_their_file() {
         .unwrap()
         .into_inner()
         .events;
-    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert_eq!(refused.len(), 1, "the cross-path restore (the server's own refusals send nothing): {refused:?}");
     assert!(refused.iter().all(|e| e.actor == "insecure-local" && !e.detail.contains("s3cretpass")), "{refused:?}");
     server.stop().await.unwrap();
 }
