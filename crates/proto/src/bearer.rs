@@ -40,6 +40,7 @@ impl Bearer {
                 let mut v: AsciiMetadataValue = format!("Bearer {t}")
                     .parse()
                     .map_err(|_| "the token holds characters a header cannot carry".to_string())?;
+                // Never indexed by HPACK (RFC 7541 §7.1.3) and redacted in debug output.
                 v.set_sensitive(true);
                 Ok(Self(Some(v)))
             }

@@ -154,11 +154,8 @@ pub fn role_name(r: i32) -> &'static str {
 
 /// The role named `name` (as [`role_name`] writes it, any case).
 pub fn parse_role(name: &str) -> Option<v1::Role> {
-    match name.trim().to_ascii_lowercase().as_str() {
-        "viewer" => Some(v1::Role::Viewer),
-        "responder" => Some(v1::Role::Responder),
-        "operator" => Some(v1::Role::Operator),
-        "admin" => Some(v1::Role::Admin),
-        _ => None,
-    }
+    let name = name.trim();
+    [v1::Role::Viewer, v1::Role::Responder, v1::Role::Operator, v1::Role::Admin]
+        .into_iter()
+        .find(|r| role_name(*r as i32).eq_ignore_ascii_case(name))
 }

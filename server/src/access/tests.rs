@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use tonic::Code;
 
 fn peer(addr: &str, cert: CertStatus) -> PeerInfo {
-    PeerInfo { remote: addr.parse().unwrap(), tls: true, cert }
+    PeerInfo { remote: addr.parse().unwrap(), tls: true, cert, streams: Default::default() }
 }
 
 fn host_cert(id: &str, serial: &str) -> CertStatus {

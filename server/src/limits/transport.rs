@@ -17,22 +17,20 @@
 //!
 //! Health checks bypass the operator budget and the deadline.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tonic::Status;
 use tonic::codegen::http;
 
 use super::{Breach, Limit, Limits};
 use crate::metrics::Metrics;
 use crate::tls::PeerInfo;
+use crate::tls::peer::StreamCount;
 
 /// How a request is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,13 +90,11 @@ struct Shared {
     limits: Limits,
     metrics: Arc<Metrics>,
     operator_in_flight: AtomicUsize,
-    /// Open streams per connection (by the peer's address: one per TCP connection).
-    streams: Mutex<HashMap<SocketAddr, u32>>,
 }
 
 impl TransportLimitsLayer {
     pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Self {
-        let shared = Shared { limits, metrics, operator_in_flight: AtomicUsize::new(0), streams: Default::default() };
+        let shared = Shared { limits, metrics, operator_in_flight: AtomicUsize::new(0) };
         Self { shared: Arc::new(shared) }
     }
 
@@ -132,31 +128,22 @@ impl Drop for InFlight {
 }
 
 /// One open stream of a connection, given back when its response body is dropped.
-struct OpenStream(Arc<Shared>, SocketAddr);
+struct OpenStream(StreamCount);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        let mut streams = self.0.streams.lock();
-        if let Some(n) = streams.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                streams.remove(&self.1);
-            }
-        }
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Shared {
-    fn open_stream(self: &Arc<Self>, peer: SocketAddr) -> OpenStream {
-        let mut streams = self.streams.lock();
-        let n = streams.entry(peer).or_default();
-        *n += 1;
-        if *n == self.limits.max_concurrent_streams {
-            // The connection's next stream waits in its client until one ends.
+    fn open_stream(&self, peer: &PeerInfo) -> OpenStream {
+        let n = peer.streams.0.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == self.limits.max_concurrent_streams {
             self.metrics.limit_hit(Limit::MaxConcurrentStreams.key(), 1);
-            tracing::debug!(%peer, limit = self.limits.max_concurrent_streams, "connection reached its stream limit");
+            tracing::debug!(peer = %peer.remote, limit = n, "connection reached its stream limit");
         }
-        OpenStream(self.clone(), peer)
+        OpenStream(peer.streams.clone())
     }
 
     fn admit_operator(self: &Arc<Self>, path: &str) -> Result<InFlight, Status> {
@@ -195,11 +182,13 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let shared = &self.shared;
-        let stream = req.extensions().get::<PeerInfo>().map(|p| shared.open_stream(p.remote));
-        let path = req.uri().path().to_string();
-        let class = classify(&path);
+        let stream = req.extensions().get::<PeerInfo>().map(|p| shared.open_stream(p));
+        // A cheap clone (shared bytes): the path is only formatted into a refusal.
+        let uri = req.uri().clone();
+        let path = uri.path();
+        let class = classify(path);
         let in_flight = match class {
-            Class::Operator { .. } => match shared.admit_operator(&path) {
+            Class::Operator { .. } => match shared.admit_operator(path) {
                 Ok(p) => Some(p),
                 Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
             },
@@ -220,7 +209,7 @@ where
                 None => call.await?,
                 Some(after) => match tokio::time::timeout(after, call).await {
                     Ok(r) => r?,
-                    Err(_) => return Ok(shared.timed_out(&path, after).into_http()),
+                    Err(_) => return Ok(shared.timed_out(uri.path(), after).into_http()),
                 },
             };
             drop(in_flight);
@@ -314,17 +303,17 @@ mod tests {
         let limits = Limits { max_concurrent_streams: 2, ..Default::default() };
         let metrics = Metrics::new();
         let layer = TransportLimitsLayer::new(limits, metrics.clone());
-        let (one, other): (SocketAddr, SocketAddr) =
-            ("127.0.0.1:1000".parse().unwrap(), "127.0.0.1:1001".parse().unwrap());
+        let one = PeerInfo::plaintext("127.0.0.1:1000".parse().unwrap());
+        let other = PeerInfo::plaintext("127.0.0.1:1001".parse().unwrap());
         let s = &layer.shared;
-        let a = s.open_stream(one);
-        let _o = s.open_stream(other);
+        let a = s.open_stream(&one);
+        let _o = s.open_stream(&other);
         assert_eq!(metrics.limit_hits("max_concurrent_streams"), 0);
-        let _b = s.open_stream(one);
+        let _b = s.open_stream(&one.clone());
         assert_eq!(metrics.limit_hits("max_concurrent_streams"), 1);
         drop(a);
-        let _c = s.open_stream(one);
+        let _c = s.open_stream(&one);
         assert_eq!(metrics.limit_hits("max_concurrent_streams"), 2);
-        assert_eq!(s.streams.lock().get(&other), Some(&1));
+        assert_eq!(other.streams.0.load(Ordering::Relaxed), 1, "each connection counts its own");
     }
 }

@@ -16,7 +16,14 @@ pub struct PeerInfo {
     pub remote: SocketAddr,
     pub tls: bool,
     pub cert: CertStatus,
+    /// Requests open on this connection now (shared by every request's copy).
+    pub streams: StreamCount,
 }
+
+/// A connection's open request count: one atomic per connection, so counting costs
+/// no lock shared between connections.
+#[derive(Debug, Clone, Default)]
+pub struct StreamCount(pub Arc<std::sync::atomic::AtomicU32>);
 
 /// What the client certificate of a connection is worth.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +38,7 @@ pub enum CertStatus {
 
 impl PeerInfo {
     pub fn plaintext(remote: SocketAddr) -> Self {
-        Self { remote, tls: false, cert: CertStatus::None }
+        Self { remote, tls: false, cert: CertStatus::None, streams: StreamCount::default() }
     }
 
     /// The peer's address is on this machine (127.0.0.0/8, ::1, or IPv4-mapped loopback).

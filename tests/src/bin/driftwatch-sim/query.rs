@@ -50,6 +50,8 @@ pub async fn run(server: &ServerProc, hosts: usize, clients: usize, duration: Du
             (lat, errors)
         }));
     }
+    tokio::time::sleep_until(start.into()).await;
+    let cpu0 = server.cpu_ticks();
     let mut all = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -57,6 +59,7 @@ pub async fn run(server: &ServerProc, hosts: usize, clients: usize, duration: Du
         all.extend(l);
         errors += e;
     }
+    let cpu = cpu0.zip(server.cpu_ticks()).map(|(a, b)| b.saturating_sub(a));
     all.sort();
     let (p50, p99, max) = p50_p99_max_ms(&all);
     let secs = duration.as_secs_f64();
@@ -66,6 +69,11 @@ pub async fn run(server: &ServerProc, hosts: usize, clients: usize, duration: Du
         all.len() as f64 / secs,
         crate::shared::SimTls::on()
     );
+    if let Some(ticks) = cpu {
+        // Clock ticks are 10 ms (USER_HZ 100).
+        let us = ticks as f64 * 10_000.0 / all.len().max(1) as f64;
+        result!("query server_cpu_us_per_call={us:.2} server_cpu_s={:.2}", ticks as f64 / 100.0);
+    }
     drop(agents);
     Ok(())
 }
