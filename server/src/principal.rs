@@ -20,10 +20,15 @@ impl Principal {
     /// Every operator call of a `--insecure` server (loopback development).
     pub const INSECURE_LOCAL: &str = "insecure-local";
 
-    /// The principal of `request`: the one an authentication layer attached, else
-    /// [`Principal::UNAUTHENTICATED`].
+    /// The principal of `request`: the one the access layer attached (with the
+    /// caller's role), or one attached by itself (tests calling a service directly),
+    /// else [`Principal::UNAUTHENTICATED`].
     pub fn of<T>(request: &Request<T>) -> Self {
-        request.extensions().get::<Principal>().cloned().unwrap_or_else(|| Self(Self::UNAUTHENTICATED.to_string()))
+        let ext = request.extensions();
+        ext.get::<crate::access::OperatorCaller>()
+            .map(|c| c.principal.clone())
+            .or_else(|| ext.get::<Principal>().cloned())
+            .unwrap_or_else(|| Self(Self::UNAUTHENTICATED.to_string()))
     }
 
     /// A principal with this name (for an authentication layer, and tests).

@@ -258,7 +258,7 @@ where
             Ok(caller) => {
                 match caller {
                     Caller::Operator(op) => {
-                        req.extensions_mut().insert(op.principal.clone());
+                        // One extension: `Principal::of` reads the principal from it.
                         req.extensions_mut().insert(op);
                     }
                     Caller::Agent(Some(a)) => {

@@ -68,7 +68,7 @@ impl Operators {
         let id = records::token_id(token.trim()).ok_or_else(unknown)?;
         let creds = self.creds.read();
         let c = creds.get(id).filter(|c| c.kind == Kind::Token).ok_or_else(unknown)?;
-        if !records::same_hash(&c.hash, &records::token_hash(token)) {
+        if !records::same_hash(c.hash.as_bytes(), &records::token_hash_hex(token)) {
             return Err(unknown());
         }
         if let Some(why) = c.refusal(driftwatch_proto::now_millis()) {

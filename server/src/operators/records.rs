@@ -96,13 +96,20 @@ pub fn token_id(token: &str) -> Option<&str> {
 
 /// The hash a token is stored and compared by.
 pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.trim().as_bytes()))
+    String::from_utf8(token_hash_hex(token).to_vec()).expect("hex is ASCII")
+}
+
+/// [`token_hash`] on the stack: checked on every operator call, so no allocation.
+pub fn token_hash_hex(token: &str) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(token.trim().as_bytes()), &mut out).expect("64 hex digits for 32 bytes");
+    out
 }
 
 /// Equal in time independent of where they differ (both are hex digests, but the
 /// comparison should not be the thing to reason about).
-pub fn same_hash(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+pub fn same_hash(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A principal name: what the audit log shows as the actor.
@@ -151,7 +158,8 @@ mod tests {
         for bad in ["", "dwt_", "dwt_0011.x", "abc.def", "dwt_00112233445566zz.x", "dwt_0011223344556677."] {
             assert_eq!(token_id(bad), None, "{bad:?}");
         }
-        assert!(same_hash("ab", "ab") && !same_hash("ab", "ac") && !same_hash("ab", "abc"));
+        assert!(same_hash(b"ab", b"ab") && !same_hash(b"ab", b"ac") && !same_hash(b"ab", b"abc"));
+        assert_eq!(token_hash(&text).as_bytes(), token_hash_hex(&text));
     }
 
     #[test]

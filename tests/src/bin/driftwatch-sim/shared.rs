@@ -65,6 +65,11 @@ impl SimTls {
         let admin = match std::fs::read_to_string(data.join("admin.token")) {
             Ok(t) => Some(t.trim().to_string()),
             Err(e) if require_admin => return Err(e.into()),
+            // A server from before operator tokens ignores the header; sending one anyway
+            // (DRIFTWATCH_SIM_BEARER=1) measures what carrying it costs by itself.
+            Err(_) if std::env::var_os("DRIFTWATCH_SIM_BEARER").is_some() => {
+                Some(format!("dwt_{}.{}", "0".repeat(16), "0".repeat(64)))
+            }
             Err(_) => None,
         };
         let _ = TLS.set(SimTls { ca_pem, ca, key: driftwatch_pki::AgentKey::generate(), admin });
