@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use driftwatch_proto::audit_chain::{AuditFields, ChainRecord, ChainSummary, ChainVerifier};
+use driftwatch_proto::audit_chain::{ChainRecord, ChainSummary, ChainVerifier};
 use driftwatch_proto::v1::{
     self, alerts_client::AlertsClient, audit_client::AuditClient, baselines_client::BaselinesClient,
     changes_client::ChangesClient, rules_client::RulesClient,
@@ -66,20 +66,7 @@ async fn wait_events(c: &AuditClient<Channel>, prefix: &str, n: usize) -> Vec<v1
 fn chain(events: &[v1::AuditEvent]) -> ChainSummary {
     let mut v = ChainVerifier::new();
     for e in events {
-        let fields = AuditFields {
-            id: e.id,
-            at_ms: e.at.as_ref().map(driftwatch_proto::timestamp_millis).unwrap_or_default(),
-            actor: &e.actor,
-            action: &e.action,
-            target: &e.target,
-            host_id: &e.host_id,
-            path: &e.path,
-            before_hash: &e.before_hash,
-            after_hash: &e.after_hash,
-            detail: &e.detail,
-            change_id: &e.change_id,
-        };
-        v.push(&ChainRecord { fields, prev_hash: &e.prev_hash, hash: &e.hash }).unwrap();
+        v.push(&ChainRecord::of_event(e)).unwrap();
     }
     v.finish().unwrap()
 }

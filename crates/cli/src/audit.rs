@@ -3,7 +3,7 @@
 
 use crate::connect::Conn;
 use clap::{Args, Subcommand};
-use driftwatch_proto::audit_chain::{AuditFields, ChainRecord, ChainVerifier};
+use driftwatch_proto::audit_chain::{ChainRecord, ChainVerifier};
 use driftwatch_proto::v1::{self, audit_client::AuditClient};
 
 use crate::output::{Output, table, to_json};
@@ -90,7 +90,7 @@ async fn verify(ch: Conn, out: Output) -> anyhow::Result<()> {
         let req = v1::ListAuditEventsRequest { after_id, limit: VERIFY_PAGE, ..Default::default() };
         let page = client.list_audit_events(req).await.map_err(status_err)?.into_inner().events;
         for e in &page {
-            chain.push(&chain_record(e)).map_err(|b| anyhow::anyhow!("audit log verification failed: {b}"))?;
+            chain.push(&ChainRecord::of_event(e)).map_err(|b| anyhow::anyhow!("audit log verification failed: {b}"))?;
         }
         match page.last() {
             Some(last) if page.len() == VERIFY_PAGE as usize => after_id = last.id,
@@ -121,26 +121,6 @@ async fn verify(ch: Conn, out: Output) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn chain_record(e: &v1::AuditEvent) -> ChainRecord<'_> {
-    ChainRecord {
-        fields: AuditFields {
-            id: e.id,
-            at_ms: e.at.as_ref().map(driftwatch_proto::timestamp_millis).unwrap_or_default(),
-            actor: &e.actor,
-            action: &e.action,
-            target: &e.target,
-            host_id: &e.host_id,
-            path: &e.path,
-            before_hash: &e.before_hash,
-            after_hash: &e.after_hash,
-            detail: &e.detail,
-            change_id: &e.change_id,
-        },
-        prev_hash: &e.prev_hash,
-        hash: &e.hash,
-    }
 }
 
 /// `2026-11-24T09:30:00Z` (UTC, to the second): an audit log wants absolute times.

@@ -69,6 +69,29 @@ pub struct ChainRecord<'a> {
     pub hash: &'a str,
 }
 
+impl<'a> ChainRecord<'a> {
+    /// A record as `Audit.ListAuditEvents` returns it (what a client verifies).
+    pub fn of_event(e: &'a crate::v1::AuditEvent) -> Self {
+        ChainRecord {
+            fields: AuditFields {
+                id: e.id,
+                at_ms: e.at.as_ref().map(crate::timestamp_millis).unwrap_or_default(),
+                actor: &e.actor,
+                action: &e.action,
+                target: &e.target,
+                host_id: &e.host_id,
+                path: &e.path,
+                before_hash: &e.before_hash,
+                after_hash: &e.after_hash,
+                detail: &e.detail,
+                change_id: &e.change_id,
+            },
+            prev_hash: &e.prev_hash,
+            hash: &e.hash,
+        }
+    }
+}
+
 /// The first thing wrong with a chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainBreak {
