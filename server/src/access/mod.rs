@@ -14,15 +14,13 @@
 
 pub mod table;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use driftwatch_pki::Identity;
 use driftwatch_proto::v1::Role;
 use tonic::Status;
-use tonic::codegen::http;
+use tonic::codegen::{BoxFuture, http};
 
 use crate::operators::{Authenticated, Operators};
 use crate::principal::Principal;
@@ -231,8 +229,6 @@ pub struct Access<S> {
     inner: S,
     layer: AccessLayer,
 }
-
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 impl<S, B> tower::Service<http::Request<B>> for Access<S>
 where

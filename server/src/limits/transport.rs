@@ -17,7 +17,6 @@
 //!
 //! Health checks bypass the operator budget and the deadline.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tonic::Status;
-use tonic::codegen::http;
+use tonic::codegen::{BoxFuture, http};
 
 use super::{Breach, Limit, Limits};
 use crate::metrics::Metrics;
@@ -163,8 +162,6 @@ impl Shared {
         Breach::new(Limit::RequestTimeout, what).refuse(&self.limits, &self.metrics).into()
     }
 }
-
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 impl<S, B> tower::Service<http::Request<B>> for TransportLimits<S>
 where

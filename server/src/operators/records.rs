@@ -114,10 +114,9 @@ pub fn same_hash(a: &[u8], b: &[u8]) -> bool {
 
 /// A principal name: what the audit log shows as the actor.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        && !name.starts_with(['.', '-']);
+    // The characters of a SPIFFE path segment (an operator certificate's name is one),
+    // shorter, and not starting like a flag or a hidden file.
+    let ok = driftwatch_pki::check_name(name).is_ok() && name.len() <= 64 && !name.starts_with(['.', '-']);
     if ok {
         Ok(())
     } else {
