@@ -8,10 +8,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Agent, POLL};
 use driftwatch_formats::Masker;
 use driftwatch_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
 use driftwatch_proto::v1::{
@@ -24,7 +26,6 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(20);
 const OLD: &str = "PORT=8080\nHOST=0.0.0.0\n";
 
 #[derive(Debug)]
@@ -155,67 +156,22 @@ impl Server {
     }
 }
 
-/// A running agent process; killed (SIGKILL) on drop.
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(server: &str, dir: &Path, fault: Option<&str>, run: u32) -> Agent {
-        let log = dir.join(format!("agent-{run}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftwatch-agent"));
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .args(["--server", server, "--insecure", "--host-id", "crash-test", "--resource-interval", "0"])
-            // A glob that would match the agent's own temp files, were they not excluded.
-            .arg("--watch")
-            .arg(dir.join("app/*"))
+/// The agent under test: plaintext to `server`, writing only `dir/app`, with a fault
+/// armed (`DRIFTWATCH_AGENT_FAULT`) if given.
+fn start_agent(server: &str, dir: &Path, fault: Option<&str>, run: u32) -> Agent {
+    Agent::spawn(dir, run, |cmd| {
+        cmd.args(["--server", server, "--insecure", "--host-id", "crash-test"])
+            // The watched glob would match the agent's own temp files, were they not excluded.
             .arg("--writable")
-            .arg(dir.join("app"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args(["--log", "info,driftwatch_agent=debug"])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
+            .arg(dir.join("app"));
         if let Some(f) = fault {
             cmd.env("DRIFTWATCH_AGENT_FAULT", f);
         }
-        Agent { child: cmd.spawn().unwrap(), log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn check_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("agent exited early ({status})\n--- agent log ---\n{}", self.log());
-        }
-    }
-
-    /// SIGKILL, like a crash or `kill -9`.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    })
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-async fn wait_until(what: &str, agent: &mut Agent, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        agent.check_running();
-        assert!(Instant::now() < deadline, "timed out waiting for {what}\n--- agent log ---\n{}", agent.log());
-        tokio::time::sleep(POLL).await;
-    }
+async fn wait_until(what: &str, agent: &mut Agent, cond: impl FnMut() -> bool) {
+    common::wait_until(what, agent, DEADLINE, cond).await
 }
 
 fn temp_files(dir: &Path) -> Vec<PathBuf> {
@@ -253,7 +209,7 @@ async fn applied_change_is_reported_and_seen_by_the_watcher() {
     let (_t, dir) = setup();
     let mut server = server().await;
     *server.plan.lock() = Some(plan(&dir, "apply-1"));
-    let mut agent = Agent::start(&server.url, &dir, None, 1);
+    let mut agent = start_agent(&server.url, &dir, None, 1);
     let result = server
         .wait_for("the change result", &mut agent, |e| match e {
             Event::Result(r) => Some(r.clone()),
@@ -286,7 +242,7 @@ async fn crash_at(fault: &str) {
     let target = app.join("app.env");
     let mut server = server().await;
     *server.plan.lock() = Some(plan(&dir, "crash-1"));
-    let mut agent = Agent::start(&server.url, &dir, Some(fault), 1);
+    let mut agent = start_agent(&server.url, &dir, Some(fault), 1);
     let marker = dir.join("state/fault-paused");
     wait_until("the fault marker", &mut agent, || marker.exists()).await;
     agent.kill();
@@ -321,7 +277,7 @@ async fn crash_at(fault: &str) {
     }
 
     // A restart (no fault) cleans up and reports the file as it is.
-    let mut agent = Agent::start(&server.url, &dir, None, 2);
+    let mut agent = start_agent(&server.url, &dir, None, 2);
     let path = target.to_string_lossy().into_owned();
     server
         .wait_for("the restarted agent's snapshot of the file", &mut agent, |e| match e {
@@ -333,7 +289,7 @@ async fn crash_at(fault: &str) {
     assert_eq!(std::fs::read(&target).unwrap(), content);
     if fault == "pause_before_rename" {
         // The line is written just after the removal: wait for it, do not race it.
-        let log = agent.log.clone();
+        let log = agent.log_file().to_path_buf();
         let logged = move || {
             std::fs::read_to_string(&log)
                 .unwrap_or_default()

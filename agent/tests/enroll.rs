@@ -9,11 +9,13 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{Agent, POLL};
 use driftwatch_pki::{AgentKey, Ca, Identity, inspect, inspect_pem};
 use driftwatch_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
 use driftwatch_proto::v1::{
@@ -27,7 +29,6 @@ use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsCo
 use tonic::{Request, Response, Status, Streaming};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(20);
 const TOKEN: &str = "tok1.s3cret-enroll-token";
 /// The id the fake server gives (the agent proposes `web-1`): the agent must use the certificate's.
 const ENROLLED_AS: &str = "web-enrolled";
@@ -218,77 +219,19 @@ impl Fake {
     }
 }
 
-/// A running agent process; killed (SIGKILL) on drop.
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(fake: &Fake, dir: &Path, token_file: Option<&Path>, run: u32) -> Agent {
-        let log = dir.join(format!("agent-{run}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_driftwatch-agent"));
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .args(["--server", &fake.url, "--host-id", "web-1", "--resource-interval", "0"])
-            .arg("--ca-file")
-            .arg(&fake.ca_file)
-            .arg("--watch")
-            .arg(dir.join("app/*"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args(["--log", "info,driftwatch_agent=debug"])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
+/// The agent under test: TLS to the fake server trusting its CA, enrolling with
+/// `token_file` if given.
+fn start_agent(fake: &Fake, dir: &Path, token_file: Option<&Path>, run: u32) -> Agent {
+    Agent::spawn(dir, run, |cmd| {
+        cmd.args(["--server", &fake.url, "--host-id", "web-1"]).arg("--ca-file").arg(&fake.ca_file);
         if let Some(t) = token_file {
             cmd.arg("--enroll-token-file").arg(t);
         }
-        Agent { child: cmd.spawn().unwrap(), log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn check_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("agent exited early ({status})\n--- agent log ---\n{}", self.log());
-        }
-    }
-
-    /// Wait (with the deadline) for the agent to exit by itself.
-    async fn exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the agent did not exit\n--- agent log ---\n{}", self.log());
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    })
 }
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-async fn wait_until(what: &str, agent: &mut Agent, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        agent.check_running();
-        assert!(Instant::now() < deadline, "timed out waiting for {what}\n--- agent log ---\n{}", agent.log());
-        tokio::time::sleep(POLL).await;
-    }
+async fn wait_until(what: &str, agent: &mut Agent, cond: impl FnMut() -> bool) {
+    common::wait_until(what, agent, DEADLINE, cond).await
 }
 
 fn setup() -> (tempfile::TempDir, PathBuf) {
@@ -322,7 +265,7 @@ async fn enrolls_with_a_token_then_connects_with_its_certificate_also_after_a_re
     // The first Enroll finds the server unavailable: the agent backs off and tries again.
     let mut fake = fake(&dir, Duration::from_secs(3600), 1).await;
     let token = token_file(&dir, TOKEN);
-    let mut agent = Agent::start(&fake, &dir, Some(&token), 1);
+    let mut agent = start_agent(&fake, &dir, Some(&token), 1);
     let (proposed, serial) = fake
         .wait_for("the enrollment", &mut agent, |e| match e {
             Event::Enrolled { proposed, serial } => Some((proposed.clone(), serial.clone())),
@@ -349,7 +292,7 @@ async fn enrolls_with_a_token_then_connects_with_its_certificate_also_after_a_re
 
     // A restart without the token (the file is gone too) connects with the stored identity.
     std::fs::remove_file(&token).unwrap();
-    let mut agent = Agent::start(&fake, &dir, None, 2);
+    let mut agent = start_agent(&fake, &dir, None, 2);
     let (host, again) = fake
         .wait_for("the restarted agent's stream", &mut agent, |e| match e {
             Event::Hello { host_id, serial } => Some((host_id.clone(), serial.clone())),
@@ -367,7 +310,7 @@ async fn a_short_lived_certificate_is_renewed_on_the_stream_and_used_on_the_next
     // past two thirds of the lifetime at once and asks right after Welcome.
     let mut fake = fake(&dir, Duration::from_secs(6), 0).await;
     let token = token_file(&dir, TOKEN);
-    let mut agent = Agent::start(&fake, &dir, Some(&token), 1);
+    let mut agent = start_agent(&fake, &dir, Some(&token), 1);
     let first = fake
         .wait_for("the enrollment", &mut agent, |e| match e {
             Event::Enrolled { serial, .. } => Some(serial.clone()),
@@ -411,8 +354,8 @@ async fn a_refused_token_stops_the_agent_with_the_servers_message() {
     let (_t, dir) = setup();
     let fake = fake(&dir, Duration::from_secs(3600), 0).await;
     let token = token_file(&dir, "tok9.wrong-secret");
-    let mut agent = Agent::start(&fake, &dir, Some(&token), 1);
-    let status = agent.exit().await;
+    let mut agent = start_agent(&fake, &dir, Some(&token), 1);
+    let status = agent.exit(DEADLINE).await;
     let log = agent.log();
     assert!(!status.success(), "{log}");
     assert!(log.contains("enrollment refused by the server (permission denied): unknown enrollment token"), "{log}");
@@ -426,8 +369,8 @@ async fn a_refused_token_stops_the_agent_with_the_servers_message() {
 async fn without_a_certificate_or_a_token_the_agent_says_how_to_enroll() {
     let (_t, dir) = setup();
     let fake = fake(&dir, Duration::from_secs(3600), 0).await;
-    let mut agent = Agent::start(&fake, &dir, None, 1);
-    let status = agent.exit().await;
+    let mut agent = start_agent(&fake, &dir, None, 1);
+    let status = agent.exit(DEADLINE).await;
     let log = agent.log();
     assert!(!status.success(), "{log}");
     assert!(log.contains("not enrolled: pass --enroll-token-file"), "{log}");
