@@ -10,7 +10,9 @@
 //! - [`corrections`]: `Changes.Correct` actions, the server's view of a file;
 //! - [`files`]: fixtures, the fleet key, editor-style writes;
 //! - [`gateway`], [`sample_agent`], [`model_agent`]: protocol-level agents;
-//! - [`webhook`]: a webhook receiver for notifiers.
+//! - [`webhook`]: a webhook receiver for notifiers;
+//! - [`privilege`], [`netns`]: root, capabilities, tmpfs mounts, network namespaces, and
+//!   whether a test without them skips or (in CI) fails.
 
 pub mod agent;
 pub mod agent_process;
@@ -20,6 +22,7 @@ pub mod files;
 pub mod gateway;
 pub mod model_agent;
 pub mod netns;
+pub mod privilege;
 pub mod process;
 pub mod sample_agent;
 pub mod server;

@@ -6,44 +6,8 @@
 //! file, so "permission denied" could never be exercised.
 
 use driftwatch_proto::v1::{self, FileStatus};
+use driftwatch_tests::privilege;
 use driftwatch_tests::*;
-
-/// Drop the capabilities that let root ignore file permissions, for this thread
-/// and every thread it creates later. Returns false when that is not possible.
-fn drop_dac_capabilities() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return true;
-    }
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    const CAP_DAC_OVERRIDE: u32 = 1;
-    const CAP_DAC_READ_SEARCH: u32 = 2;
-    let mut h = Header { version: VERSION_3, pid: 0 };
-    let mut d = [Data::default(); 2];
-    // SAFETY: capget/capset with a v3 header and two data structs, as the ABI requires.
-    unsafe {
-        if libc::syscall(libc::SYS_capget, &mut h as *mut Header, d.as_mut_ptr()) != 0 {
-            return false;
-        }
-        let mask = !((1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH));
-        d[0].effective &= mask;
-        d[0].permitted &= mask;
-        d[0].inheritable &= mask;
-        libc::syscall(libc::SYS_capset, &mut h as *mut Header, d.as_ptr()) == 0
-    }
-}
 
 fn status(f: &v1::File) -> FileStatus {
     FileStatus::try_from(f.state.as_ref().unwrap().status).unwrap()
@@ -51,7 +15,8 @@ fn status(f: &v1::File) -> FileStatus {
 
 #[test]
 fn bad_files_become_states_and_nothing_stops() {
-    let can_test_permissions = drop_dac_capabilities();
+    // Before any thread exists: the runtime's threads inherit it.
+    let can_test_permissions = privilege::require("the permission-denied check", privilege::drop_dac_capabilities());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(scenarios(can_test_permissions));
 }
@@ -117,8 +82,6 @@ async fn scenarios(can_test_permissions: bool) {
         .await;
         let msg = f.state.unwrap().error.unwrap().message.to_lowercase();
         assert!(msg.contains("permission denied"), "{msg}");
-    } else {
-        println!("SKIPPED permission-denied check: cannot drop CAP_DAC_OVERRIDE here");
     }
 
     // A path that does not exist yet (nor its directory), then appears.

@@ -118,9 +118,7 @@ async fn a_real_agent_enrolls_renews_restarts_without_its_token_and_is_cut_off_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_on_other_hosts_enroll_stream_over_mutual_tls_and_take_a_correction() {
-    if let Some(why) = driftwatch_tests::netns::unavailable()
-        && !outside_program("network namespaces (root, iproute2)", false, &why)
-    {
+    if !driftwatch_tests::privilege::require("network namespaces", driftwatch_tests::netns::unavailable()) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

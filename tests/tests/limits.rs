@@ -56,7 +56,8 @@ async fn real_agent(server: &RunningServer, dir: &Path, host: &str, content: &st
 /// The host's agent is still served: an edit of its file reaches the server.
 async fn still_served(server: &RunningServer, host: &str, file: &Path, value: i64) {
     let mut fleet = fleet_client(server).await;
-    std::fs::write(file, format!("A={value}\n")).unwrap();
+    // Replaced whole: the agent never reads a half-written file (a version without A).
+    driftwatch_tests::files::replace_file(file, &format!("A={value}\n"));
     wait_file(&mut fleet, host, file, "an edit on a host that broke no limit", |s| {
         key(s, "A") == Some(&v1::Value::int(value))
     })

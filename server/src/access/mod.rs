@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use driftwatch_pki::Identity;
 use driftwatch_proto::v1::Role;
 use tonic::Status;
-use tonic::codegen::{BoxFuture, http};
+use tonic::codegen::http;
 
 use crate::operators::{Authenticated, Operators};
 use crate::principal::Principal;
@@ -238,7 +238,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<S::Response, S::Error>;
+    type Future = AccessFuture<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -246,8 +246,7 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let peer = req.extensions().get::<PeerInfo>();
-        let authorization =
-            req.headers().get(driftwatch_proto::bearer::AUTHORIZATION).map(|v| v.to_str().unwrap_or("\u{0}"));
+        let authorization = req.headers().get(http::header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("\u{0}"));
         let call = Call { path: req.uri().path(), peer, authorization };
         let l = &self.layer;
         match decide(l.mode, l.policy, call, &l.deny, l.creds.as_ref()) {
@@ -262,12 +261,35 @@ where
                     }
                     Caller::Agent(None) | Caller::Anyone => {}
                 }
-                Box::pin(self.inner.call(req))
+                AccessFuture::Admitted { call: self.inner.call(req) }
             }
             Err(status) => {
                 tracing::info!(path = %req.uri().path(), peer = ?peer.map(|p| p.remote), reason = %status.message(), "call refused");
-                Box::pin(std::future::ready(Ok(status.into_http())))
+                AccessFuture::Refused { answer: Some(status.into_http()) }
             }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner call, or the refusal: a concrete type, so a call costs no allocation here.
+    #[project = AccessProj]
+    pub enum AccessFuture<F, R> {
+        Admitted { #[pin] call: F },
+        Refused { answer: Option<R> },
+    }
+}
+
+impl<F, R, E> std::future::Future for AccessFuture<F, R>
+where
+    F: std::future::Future<Output = Result<R, E>>,
+{
+    type Output = Result<R, E>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AccessProj::Admitted { call } => call.poll(cx),
+            AccessProj::Refused { answer } => Poll::Ready(Ok(answer.take().expect("polled after completion"))),
         }
     }
 }

@@ -24,12 +24,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tonic::Status;
-use tonic::codegen::{BoxFuture, http};
+use tonic::codegen::http;
 
 use super::{Breach, Limit, Limits};
 use crate::metrics::Metrics;
 use crate::tls::PeerInfo;
 use crate::tls::peer::StreamCount;
+
+/// A header name made once: looking one up by `&str` parses it on every request.
+static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 /// How a request is treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +121,7 @@ pub struct TransportLimits<S> {
 }
 
 /// A place in the operator budget, given back when dropped.
-struct InFlight(Arc<Shared>);
+pub struct InFlight(Arc<Shared>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -127,7 +130,7 @@ impl Drop for InFlight {
 }
 
 /// One open stream of a connection, given back when its response body is dropped.
-struct OpenStream(StreamCount);
+pub struct OpenStream(StreamCount);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
@@ -171,7 +174,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<S::Response, S::Error>;
+    type Future = LimitsFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -180,41 +183,85 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let shared = &self.shared;
         let stream = req.extensions().get::<PeerInfo>().map(|p| shared.open_stream(p));
-        // A cheap clone (shared bytes): the path is only formatted into a refusal.
-        let uri = req.uri().clone();
-        let path = uri.path();
+        let path = req.uri().path();
         let class = classify(path);
         let in_flight = match class {
             Class::Operator { .. } => match shared.admit_operator(path) {
                 Ok(p) => Some(p),
-                Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+                Err(status) => return LimitsFuture::Refused { answer: Some(status.into_http()) },
             },
             Class::Agent | Class::Health => None,
         };
         let limit = match class {
             Class::Operator { deadline: true } => {
                 let client =
-                    req.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+                    req.headers().get(&GRPC_TIMEOUT).and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
                 server_deadline(shared.limits.request_timeout, client)
             }
             _ => None,
         };
-        let call = self.inner.call(req);
-        let shared = shared.clone();
-        Box::pin(async move {
-            let response = match limit {
-                None => call.await?,
-                Some(after) => match tokio::time::timeout(after, call).await {
-                    Ok(r) => r?,
-                    Err(_) => return Ok(shared.timed_out(uri.path(), after).into_http()),
-                },
-            };
-            drop(in_flight);
-            Ok(match stream {
-                Some(s) => response.map(|body| tonic::body::Body::new(Guarded { inner: body, _stream: s })),
-                None => response,
-            })
-        })
+        // A cheap clone (shared bytes), kept only for a refusal's message.
+        let deadline = limit.map(|after| Deadline { shared: shared.clone(), uri: req.uri().clone(), after });
+        let sleep = limit.map(tokio::time::sleep);
+        LimitsFuture::Admitted { call: self.inner.call(req), sleep, deadline, in_flight, stream }
+    }
+}
+
+/// What a deadline's refusal says.
+pub struct Deadline {
+    shared: Arc<Shared>,
+    uri: http::Uri,
+    after: Duration,
+}
+
+pin_project_lite::pin_project! {
+    /// The inner call under the server's deadline, holding its places in the budgets; or
+    /// a refusal. A concrete type: the layer adds no allocation to a call.
+    #[project = LimitsProj]
+    pub enum LimitsFuture<F> {
+        Admitted {
+            #[pin] call: F,
+            #[pin] sleep: Option<tokio::time::Sleep>,
+            deadline: Option<Deadline>,
+            in_flight: Option<InFlight>,
+            stream: Option<OpenStream>,
+        },
+        Refused { answer: Option<http::Response<tonic::body::Body>> },
+    }
+}
+
+impl<F, E> std::future::Future for LimitsFuture<F>
+where
+    F: std::future::Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (call, sleep, deadline, in_flight, stream) = match self.project() {
+            LimitsProj::Refused { answer } => return Poll::Ready(Ok(answer.take().expect("polled after completion"))),
+            LimitsProj::Admitted { call, sleep, deadline, in_flight, stream } => {
+                (call, sleep, deadline, in_flight, stream)
+            }
+        };
+        let response = match call.poll(cx) {
+            Poll::Ready(r) => r?,
+            Poll::Pending => {
+                if let (Some(s), Some(d)) = (sleep.as_pin_mut(), deadline.as_ref())
+                    && s.poll(cx).is_ready()
+                {
+                    in_flight.take();
+                    return Poll::Ready(Ok(d.shared.timed_out(d.uri.path(), d.after).into_http()));
+                }
+                return Poll::Pending;
+            }
+        };
+        // The handler answered: its place in the operator budget is free; the stream's
+        // place is held by the body until it is sent.
+        in_flight.take();
+        Poll::Ready(Ok(match stream.take() {
+            Some(s) => response.map(|body| tonic::body::Body::new(Guarded { inner: body, _stream: s })),
+            None => response,
+        }))
     }
 }
 

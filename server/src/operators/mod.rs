@@ -39,7 +39,7 @@ pub struct Authenticated {
 /// Tokens and operator certificates. Cheap to share (`Arc`).
 pub struct Operators {
     /// By id: a token's public part, a certificate's serial.
-    creds: RwLock<HashMap<String, StoredCredential>>,
+    creds: RwLock<HashMap<String, Live>>,
     /// Serialises changes end to end (check, sign, commit).
     write: tokio::sync::Mutex<()>,
     writer: WriteSender,
@@ -52,7 +52,7 @@ impl Operators {
         for r in records {
             match serde_json::from_slice::<StoredCredential>(&r.body) {
                 Ok(c) => {
-                    creds.insert(c.id.clone(), c);
+                    creds.insert(c.id.clone(), Live::new(c));
                 }
                 Err(e) => {
                     tracing::warn!(credential = %r.id, error = %e, "stored operator credential does not decode; skipped")
@@ -67,37 +67,39 @@ impl Operators {
         let unknown = || "unknown token".to_string();
         let id = records::token_id(token.trim()).ok_or_else(unknown)?;
         let creds = self.creds.read();
-        let c = creds.get(id).filter(|c| c.kind == Kind::Token).ok_or_else(unknown)?;
-        if !records::same_hash(c.hash.as_bytes(), &records::token_hash_hex(token)) {
+        let live = creds.get(id).filter(|c| c.cred.kind == Kind::Token).ok_or_else(unknown)?;
+        if !live.hash.is_some_and(|h| records::same_hash(&h, &records::token_digest(token))) {
             return Err(unknown());
         }
-        if let Some(why) = c.refusal(driftwatch_proto::now_millis()) {
+        if let Some(why) = live.cred.refusal(driftwatch_proto::now_millis()) {
             return Err(why);
         }
-        Ok(Authenticated { principal: c.name.clone(), role: c.role() })
+        Ok(Authenticated { principal: live.cred.name.clone(), role: live.role })
     }
 
     /// The role of an operator certificate (already verified against the fleet CA):
     /// only certificates this server issued with a role have one.
     pub fn authenticate_certificate(&self, name: &str, serial: &str) -> Result<Authenticated, String> {
         let creds = self.creds.read();
-        let c = creds.get(serial).filter(|c| c.kind == Kind::Certificate && c.name == name).ok_or_else(|| {
+        let live = creds.get(serial).filter(|c| c.cred.kind == Kind::Certificate && c.cred.name == name);
+        let c = live.ok_or_else(|| {
             format!(
                 "operator certificate {serial} of '{name}' has no role here: create operator certificates with \
                  `driftwatch operator-cert create`"
             )
         })?;
-        if let Some(why) = c.refusal(driftwatch_proto::now_millis()) {
+        if let Some(why) = c.cred.refusal(driftwatch_proto::now_millis()) {
             return Err(why);
         }
-        Ok(Authenticated { principal: records::certificate_principal(name), role: c.role() })
+        Ok(Authenticated { principal: records::certificate_principal(name), role: c.role })
     }
 
     /// Newest first; `all` includes revoked and expired ones.
     pub fn list(&self, all: bool) -> Vec<v1::Credential> {
         let now = driftwatch_proto::now_millis();
         let creds = self.creds.read();
-        let mut list: Vec<&StoredCredential> = creds.values().filter(|c| all || c.refusal(now).is_none()).collect();
+        let mut list: Vec<&StoredCredential> =
+            creds.values().map(|l| &l.cred).filter(|c| all || c.refusal(now).is_none()).collect();
         list.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| a.id.cmp(&b.id)));
         list.into_iter().map(StoredCredential::to_proto).collect()
     }
@@ -190,7 +192,7 @@ impl Operators {
             .creds
             .read()
             .get(id.trim())
-            .cloned()
+            .map(|l| l.cred.clone())
             .ok_or_else(|| ServerError::NotFound(format!("no token or operator certificate {}", id.trim())))?;
         if cred.revoked_ms.is_some() {
             return Ok(cred.to_proto());
@@ -203,7 +205,7 @@ impl Operators {
         let audit = entry(actor, action, &cred, reason_suffix(reason).trim_start_matches("; ").to_string());
         crate::writer::commit_durable(&self.writer, vec![op(&cred), AuditLog::op(audit)]).await?;
         let proto = cred.to_proto();
-        self.creds.write().insert(cred.id.clone(), cred);
+        self.creds.write().insert(cred.id.clone(), Live::new(cred));
         tracing::info!(credential = %id, %actor, "operator credential revoked");
         Ok(proto)
     }
@@ -247,8 +249,26 @@ impl Operators {
         crate::writer::commit_durable(&self.writer, vec![op(&cred), AuditLog::op(audit)]).await?;
         let proto = cred.to_proto();
         tracing::info!(credential = %cred.id, name = %cred.name, role = %cred.role, %actor, action, "operator credential");
-        self.creds.write().insert(cred.id.clone(), cred);
+        self.creds.write().insert(cred.id.clone(), Live::new(cred));
         Ok(proto)
+    }
+}
+
+/// A credential as the access layer checks it on every call: its role parsed and its
+/// token hash decoded once, when it is loaded or changed.
+struct Live {
+    cred: StoredCredential,
+    role: Role,
+    /// A token's SHA-256 (`None`: a certificate, or a stored hash that does not decode,
+    /// which then matches no token).
+    hash: Option<[u8; 32]>,
+}
+
+impl Live {
+    fn new(cred: StoredCredential) -> Self {
+        let mut hash = [0u8; 32];
+        let hash = (cred.kind == Kind::Token && hex::decode_to_slice(&cred.hash, &mut hash).is_ok()).then_some(hash);
+        Self { role: cred.role(), hash, cred }
     }
 }
 

@@ -94,19 +94,17 @@ pub fn token_id(token: &str) -> Option<&str> {
     (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty()).then_some(id)
 }
 
-/// The hash a token is stored and compared by.
+/// The hash a token is stored by (hex) and compared by.
 pub fn token_hash(token: &str) -> String {
-    String::from_utf8(token_hash_hex(token).to_vec()).expect("hex is ASCII")
+    hex::encode(token_digest(token))
 }
 
-/// [`token_hash`] on the stack: checked on every operator call, so no allocation.
-pub fn token_hash_hex(token: &str) -> [u8; 64] {
-    let mut out = [0u8; 64];
-    hex::encode_to_slice(Sha256::digest(token.trim().as_bytes()), &mut out).expect("64 hex digits for 32 bytes");
-    out
+/// [`token_hash`] as bytes: checked on every operator call, so no allocation.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.trim().as_bytes()).into()
 }
 
-/// Equal in time independent of where they differ (both are hex digests, but the
+/// Equal in time independent of where they differ (both are digests, but the
 /// comparison should not be the thing to reason about).
 pub fn same_hash(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -158,7 +156,7 @@ mod tests {
             assert_eq!(token_id(bad), None, "{bad:?}");
         }
         assert!(same_hash(b"ab", b"ab") && !same_hash(b"ab", b"ac") && !same_hash(b"ab", b"abc"));
-        assert_eq!(token_hash(&text).as_bytes(), token_hash_hex(&text));
+        assert_eq!(token_hash(&text), hex::encode(token_digest(&text)));
     }
 
     #[test]
