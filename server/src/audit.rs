@@ -275,7 +275,7 @@ mod tests {
     async fn a_stopped_writer_is_logged_not_a_panic() {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         drop(rx);
-        let log = AuditLog::new(tx);
+        let log = AuditLog::new(crate::writer::WriteSender::for_tests(tx));
         log.record(entry("x")).await;
         log.prune(Duration::from_secs(1)).await;
     }

@@ -50,7 +50,8 @@ pub struct Gateway {
     pub tls: Option<Arc<crate::tls::TlsMaterial>>,
 }
 
-/// A claimed host id: its id, connection id, ack, command and cut channels, and the Welcome.
+/// A claimed host id: its id, connection id, ack, command and cut channels, the
+/// Welcome, and the host record (with a spool change) still to be stored.
 struct Registered {
     host_id: String,
     conn_id: u64,
@@ -58,6 +59,7 @@ struct Registered {
     commands: mpsc::Receiver<ServerMessage>,
     cut: watch::Receiver<Option<Status>>,
     welcome: v1::Welcome,
+    write: WriteItem,
 }
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
@@ -99,7 +101,7 @@ impl AgentGateway for Gateway {
             Ok(None) => return Err(Status::cancelled("stream closed before hello")),
             Err(_) => return Err(self.refuse(&peer, ServerError::InvalidArgument("no hello within 10 s".into()))),
         };
-        let Registered { host_id, conn_id, acks: acks_rx, commands: commands_rx, cut, welcome } =
+        let Registered { host_id, conn_id, acks: acks_rx, commands: commands_rx, cut, welcome, write } =
             self.register(&hello, &peer, caller.as_ref()).map_err(|e| self.refuse(&peer, e))?;
         tracing::info!(host = %host_id, %peer, agent_version = %hello.agent_version, acked_seq = welcome.acked_seq, "agent connected");
         self.metrics.connected_agents.inc();
@@ -120,7 +122,7 @@ impl AgentGateway for Gateway {
             cut,
             caller,
         };
-        tokio::spawn(conn.run());
+        tokio::spawn(conn.run(write));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -224,15 +226,22 @@ impl Gateway {
         };
         let record = entry.record(id);
         drop(entry);
-        // Persist labels/version (and a spool change) now; no ack rides on it.
-        let _ =
-            self.writer.try_send(WriteItem { host: Some(record), reset_file_seqs: reset_seqs, ..Default::default() });
+        // Labels/version (and a spool change) are stored by the stream's task, first.
+        let write = WriteItem { host: Some(record), reset_file_seqs: reset_seqs, ..Default::default() };
         if relabelled {
             // Which rules select the host may have changed.
             self.engine.send(EvalMsg::Reevaluate { host: Some(id.to_string()) });
         }
         self.changes.host_connected(id);
-        Ok(Registered { host_id: id.to_string(), conn_id, acks: acks_rx, commands: commands_rx, cut: cut_rx, welcome })
+        Ok(Registered {
+            host_id: id.to_string(),
+            conn_id,
+            acks: acks_rx,
+            commands: commands_rx,
+            cut: cut_rx,
+            welcome,
+            write,
+        })
     }
 }
 
@@ -255,7 +264,20 @@ struct ConnTask {
 }
 
 impl ConnTask {
-    async fn run(mut self) {
+    /// Serve the stream, after storing `hello_write` (the host record of the Hello,
+    /// with the reset of a new spool's seqs).
+    ///
+    /// That write waits for room in the writer's queue here, not in `register`: the
+    /// `connect` future is dropped when the agent goes away before it is answered, so
+    /// a record waited for there could be lost (and the host id left claimed); this
+    /// task is not cancelled by the peer. Sent ahead of every snapshot of the stream
+    /// (the queue keeps one sender's order), the reset is stored before the new
+    /// spool's first listing.
+    async fn run(mut self, hello_write: WriteItem) {
+        if self.gw.writer.send(hello_write).await.is_err() {
+            self.disconnect("server shutting down").await;
+            return;
+        }
         // An agent that says nothing for three heartbeat intervals is gone.
         let idle_limit = self.gw.heartbeat_interval * 3 + Duration::from_secs(5);
         let mut last_acked = *self.acks.borrow();
@@ -299,7 +321,7 @@ impl ConnTask {
                 },
             }
         };
-        self.disconnect(&reason);
+        self.disconnect(&reason).await;
     }
 
     async fn handle(&mut self, m: AgentMessage) -> Result<(), ServerError> {
@@ -312,7 +334,8 @@ impl ConnTask {
                     h.dropped_snapshots = h.dropped_snapshots.max(hb.dropped_snapshots);
                     h.record(&self.host_id)
                 };
-                let _ = self.gw.writer.try_send(WriteItem { host: Some(record), ..Default::default() });
+                // Waits for room (back-pressure): the drop count must be stored.
+                let _ = self.gw.writer.send(WriteItem { host: Some(record), ..Default::default() }).await;
                 Ok(())
             }
             Some(agent_message::Kind::ChangeResult(r)) => {
@@ -447,7 +470,7 @@ impl ConnTask {
         limits.check_host(&self.host_id, crate::limits::usage_after(held, &incoming, listing_from))
     }
 
-    fn disconnect(&self, reason: &str) {
+    async fn disconnect(&self, reason: &str) {
         self.gw.metrics.connected_agents.dec();
         let record = {
             let Some(mut h) = self.gw.state.hosts.get_mut(&self.host_id) else { return };
@@ -458,8 +481,9 @@ impl ConnTask {
             h.last_seen_ms = driftwatch_proto::now_millis();
             h.record(&self.host_id)
         };
-        let _ = self.gw.writer.try_send(WriteItem { host: Some(record), ..Default::default() });
         tracing::info!(host = %self.host_id, reason, "agent disconnected");
+        // Last seen and offline, stored even when the writer's queue is full (it waits).
+        let _ = self.gw.writer.send(WriteItem { host: Some(record), ..Default::default() }).await;
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -27,6 +26,16 @@ pub struct Metrics {
     pub store_commit_seconds: Histogram,
     pub store_batch_items: Histogram,
     pub store_errors: Counter,
+    /// Failed store transactions by `driftwatch_store::FailureKind` (label `kind`).
+    pub store_commit_failures: Family<[(&'static str, &'static str); 1], Counter>,
+    /// 1 while the writer's commits fail (transient: retried, nothing acknowledged).
+    pub store_commits_failing: Gauge,
+    /// Writes refused because they could never be stored (the rest of their batch was).
+    pub store_quarantined: Counter,
+    /// Writes queued for the store writer or waiting for room in its queue.
+    pub writer_queue_depth: Gauge,
+    /// Writes that found the writer's queue full and waited for room.
+    pub writer_queue_full_waits: Counter,
     pub rule_evaluations: Counter,
     pub rule_evaluation_errors: Counter,
     pub rule_queue_overflows: Counter,
@@ -46,8 +55,8 @@ pub struct Metrics {
     pub notification_failures: Family<NotifierLabels, Counter>,
     pub notifications_expired: Family<NotifierLabels, Counter>,
     pub notifications_pending: Family<NotifierLabels, Gauge>,
-    /// False once the store writer has failed its last commit.
-    pub healthy: AtomicBool,
+    /// Why the store writer's last commit failed; None once one succeeds (`/healthz`).
+    store_problem: parking_lot::Mutex<Option<String>>,
 }
 
 impl Metrics {
@@ -86,7 +95,45 @@ impl Metrics {
         let store_batch_items = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         registry.register("store_batch_items", "Items per store transaction", store_batch_items.clone());
         let store_errors = Counter::default();
-        registry.register("store_errors", "Failed store commits (retried)", store_errors.clone());
+        registry.register(
+            "store_errors",
+            "Failed store transactions of any kind (see store_commit_failures by kind)",
+            store_errors.clone(),
+        );
+        let store_commit_failures = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        for kind in driftwatch_store::FailureKind::ALL {
+            let _ = store_commit_failures.get_or_create(&[("kind", kind.label())]);
+        }
+        registry.register(
+            "store_commit_failures",
+            "Failed store transactions by kind: data (an item that can never be stored, isolated and quarantined) \
+             or a transient kind (disk_full, busy, io, read_only, corrupt, memory, other: retried, nothing acknowledged)",
+            store_commit_failures.clone(),
+        );
+        let store_commits_failing = Gauge::default();
+        registry.register(
+            "store_commits_failing",
+            "1 while the store writer's commits fail and are retried (/healthz says why)",
+            store_commits_failing.clone(),
+        );
+        let store_quarantined = Counter::default();
+        registry.register(
+            "store_quarantined",
+            "Writes refused because the store could never take them (logged with host and seq, kept in the quarantine table)",
+            store_quarantined.clone(),
+        );
+        let writer_queue_depth = Gauge::default();
+        registry.register(
+            "writer_queue_depth",
+            "Writes queued for the store writer or waiting for room in its queue",
+            writer_queue_depth.clone(),
+        );
+        let writer_queue_full_waits = Counter::default();
+        registry.register(
+            "writer_queue_full_waits",
+            "Writes that found the store writer's queue full and waited for room (back-pressure into agents' spools)",
+            writer_queue_full_waits.clone(),
+        );
         let rule_evaluations = Counter::default();
         registry.register("rule_evaluations", "Rule outcomes computed (rule x subject)", rule_evaluations.clone());
         let rule_evaluation_errors = Counter::default();
@@ -190,8 +237,38 @@ impl Metrics {
             store_commit_seconds,
             store_batch_items,
             store_errors,
-            healthy: AtomicBool::new(true),
+            store_commit_failures,
+            store_commits_failing,
+            store_quarantined,
+            writer_queue_depth,
+            writer_queue_full_waits,
+            store_problem: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// A store transaction failed with an error of `kind`.
+    pub fn store_commit_failed(&self, kind: driftwatch_store::FailureKind) {
+        self.store_errors.inc();
+        self.store_commit_failures.get_or_create(&[("kind", kind.label())]).inc();
+    }
+
+    /// Commits fail for `reason` (the store's words, without the database's path).
+    pub fn store_failing(&self, reason: String) {
+        self.store_commits_failing.set(1);
+        *self.store_problem.lock() = Some(reason);
+    }
+
+    /// A commit succeeded.
+    pub fn store_committing(&self) {
+        if self.store_commits_failing.get() != 0 {
+            self.store_commits_failing.set(0);
+            *self.store_problem.lock() = None;
+        }
+    }
+
+    /// Why the server is not healthy (`/healthz`), or None.
+    pub fn unhealthy(&self) -> Option<String> {
+        self.store_problem.lock().as_ref().map(|r| format!("store: commits failing: {r}"))
     }
 
     /// Count `n` hits of the limit whose config key is `key`.
@@ -226,7 +303,8 @@ pub fn scrape_allowed(token: Option<&str>, authorization: Option<&str>) -> bool 
 }
 
 /// Serve `/metrics` (behind `token` when set) and `/healthz` (open: probes) until
-/// `shutdown` resolves.
+/// `shutdown` resolves. `/healthz` is 503 with the reason while store commits fail
+/// (nothing is acknowledged then), 200 again after the next commit.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
@@ -264,10 +342,9 @@ pub async fn serve(
             get(move || {
                 let m = metrics.clone();
                 async move {
-                    if m.healthy.load(Ordering::Relaxed) {
-                        (StatusCode::OK, "ok\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "store failing\n")
+                    match m.unhealthy() {
+                        None => (StatusCode::OK, "ok\n".to_string()),
+                        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
                     }
                 }
             }),
@@ -293,5 +370,21 @@ mod tests {
         assert!(!scrape_allowed(t, Some("Bearer 0123456789abcdeX")));
         assert!(!scrape_allowed(t, Some("Bearer 0123456789abcde")));
         assert!(!scrape_allowed(t, Some("Basic 0123456789abcdef")));
+    }
+
+    #[test]
+    fn health_says_why_commits_fail_until_one_succeeds() {
+        let m = Metrics::new();
+        assert_eq!(m.unhealthy(), None);
+        m.store_commit_failed(driftwatch_store::FailureKind::DiskFull);
+        m.store_failing("database or disk is full".into());
+        assert_eq!(m.unhealthy().as_deref(), Some("store: commits failing: database or disk is full"));
+        assert_eq!(m.store_commits_failing.get(), 1);
+        let text = m.render();
+        assert!(text.contains("driftwatch_store_commit_failures_total{kind=\"disk_full\"} 1"), "{text}");
+        assert!(text.contains("driftwatch_store_commit_failures_total{kind=\"data\"} 0"), "{text}");
+        m.store_committing();
+        assert_eq!(m.unhealthy(), None);
+        assert_eq!(m.store_commits_failing.get(), 0);
     }
 }

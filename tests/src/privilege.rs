@@ -2,7 +2,7 @@
 //! bind root too, a small tmpfs. [`require`] decides whether a test without it skips
 //! (saying why) or fails: in CI (`CI=true`, which runs as root) nothing may skip.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
@@ -45,43 +45,54 @@ pub fn drop_dac_capabilities() -> Option<String> {
     dropped.err().map(|e| format!("cannot drop CAP_DAC_OVERRIDE: {e}"))
 }
 
-/// A tmpfs of `size` (e.g. "512k") mounted on a new directory `at`, unmounted (and the
-/// directory removed) when dropped, also when the test fails.
+/// A tmpfs of `size` (as `mount -o size=` takes it: "512k", "16m") on a new temp
+/// directory, unmounted (and the directory removed) when dropped, also when the test
+/// fails half-way.
 pub struct Tmpfs {
-    path: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Tmpfs {
     /// Needs root; `Err` says why it could not be mounted (for [`require`]).
-    pub fn mount(at: &Path, size: &str) -> Result<Self, String> {
+    pub fn mount(size: &str) -> Result<Self, String> {
         if !is_root() {
             return Err("mounting a tmpfs needs root".into());
         }
-        std::fs::create_dir_all(at).map_err(|e| format!("{}: {e}", at.display()))?;
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
-            .arg(at)
+            .arg(dir.path())
             .output()
-            .map_err(|e| format!("mount: {e}"))?;
+            .map_err(|e| format!("cannot run mount: {e}"))?;
         if !out.status.success() {
             return Err(format!("mount -t tmpfs: {}", String::from_utf8_lossy(&out.stderr).trim()));
         }
-        Ok(Self { path: at.to_path_buf() })
+        Ok(Self { dir })
+    }
+
+    /// [`Tmpfs::mount`], or `None` when the test is to be skipped ([`require`]).
+    pub fn required(what: &str, size: &str) -> Option<Self> {
+        match Self::mount(size) {
+            Ok(t) => Some(t),
+            Err(why) => {
+                require(what, Some(why));
+                None
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.dir.path()
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        // Lazy: a process of the test may still hold a file open on it.
-        match Command::new("umount").arg("-l").arg(&self.path).status() {
-            Ok(s) if s.success() => {
-                let _ = std::fs::remove_dir(&self.path);
-            }
-            other => eprintln!("umount {}: {other:?}", self.path.display()),
+        let umount =
+            |args: &[&str]| Command::new("umount").args(args).arg(self.dir.path()).status().is_ok_and(|s| s.success());
+        // Lazily when something still holds it open (a test that failed half-way).
+        if !umount(&[]) && !umount(&["-l"]) {
+            eprintln!("could not unmount the tmpfs at {}", self.dir.path().display());
         }
     }
 }

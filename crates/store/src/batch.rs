@@ -6,7 +6,7 @@
 
 use crate::records::{
     AlertRecord, AuditRecord, BaselineRecord, EventRecord, FileRecord, HostRecord, IdentityRecord, OutboxRecord,
-    ResourceRecord, RolloutRecord, SilenceRecord,
+    QuarantineRecord, ResourceRecord, RolloutRecord, SilenceRecord,
 };
 
 /// One write, applied in order within a batch.
@@ -56,6 +56,39 @@ pub enum Op {
     Audit(AuditRecord),
     /// Insert or replace an identity record (by kind and id).
     PutIdentity(IdentityRecord),
+    /// Record a write that was refused (its id is assigned by the store); the oldest
+    /// beyond [`QUARANTINE_KEEP`](crate::QUARANTINE_KEEP) go.
+    Quarantine(QuarantineRecord),
+}
+
+impl Op {
+    /// The op's name, for logs and for saying what a refused write held.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Host(_) => "host",
+            Op::File(_) => "file",
+            Op::RemoveFile { .. } => "remove_file",
+            Op::RemoveHost { .. } => "remove_host",
+            Op::Resource(_) => "resource",
+            Op::ResetFileSeqs { .. } => "reset_file_seqs",
+            Op::Baseline(_) => "baseline",
+            Op::Event(_) => "event",
+            Op::Alert(_) => "alert",
+            Op::RemoveAlert { .. } => "remove_alert",
+            Op::Silence(_) => "silence",
+            Op::RemoveSilence { .. } => "remove_silence",
+            Op::OutboxAdd(_) => "outbox_add",
+            Op::OutboxDelivered { .. } => "outbox_delivered",
+            Op::OutboxRetry { .. } => "outbox_retry",
+            Op::OutboxRetryNow { .. } => "outbox_retry_now",
+            Op::OutboxExpire { .. } => "outbox_expire",
+            Op::OutboxPrune { .. } => "outbox_prune",
+            Op::PutRollout(_) => "rollout",
+            Op::Audit(_) => "audit",
+            Op::PutIdentity(_) => "identity",
+            Op::Quarantine(_) => "quarantine",
+        }
+    }
 }
 
 /// Operations committed together in one transaction.

@@ -20,6 +20,10 @@
 //!   and WAL keeps them from blocking the writer.
 //! - **All or nothing, in order.** A batch is one transaction; its ops apply in
 //!   the order given, and a failing op leaves nothing of the batch behind.
+//! - **Failures say whether a retry can help.** [`StoreError::kind`] tells a full
+//!   disk, a lock or an I/O error (retry later: the ops are fine) from ops that can
+//!   never be stored ([`FailureKind::Data`]); only those may be refused, and a
+//!   refusal is itself recorded ([`Op::Quarantine`]).
 //! - **Schema by `user_version`.** Migrations run in order at open, each in its
 //!   own transaction; a database newer than this build is refused, not guessed at.
 //! - **The audit log is a hash chain.** Each record's hash covers its fields and the
@@ -31,11 +35,11 @@
 //!
 //! - `records`: what is stored and returned, and `batch`: the [`Op`]s that
 //!   change it. Plain data with no SQL, so a second backend shares them.
-//! - `error`: [`StoreError`], the crate's one error type.
+//! - `error`: [`StoreError`], the crate's one error type, and [`FailureKind`].
 //! - `sqlite`: the SQLite backend, [`Store`]: the connection and pragmas
 //!   (`mod.rs`), schema and migrations (`schema`), the batch transaction
 //!   (`write`), and reads and retention per domain (`hosts`, `resources`,
-//!   `alerts`, `outbox`, `changes`, `audit`).
+//!   `alerts`, `outbox`, `changes`, `audit`, and `quarantine`: refused writes).
 
 mod batch;
 mod error;
@@ -43,10 +47,10 @@ mod records;
 mod sqlite;
 
 pub use batch::{Batch, Op};
-pub use error::{Result, StoreError};
+pub use error::{FailureKind, Result, StoreError};
 pub use records::{
     AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX, AlertRecord, AuditFilter, AuditRecord, BaselineRecord, EventRecord, Extract,
-    FileRecord, HostRecord, IdentityRecord, OutboxRecord, OutboxSummary, ResourceRecord, RolloutRecord, RollupRecord,
-    SilenceRecord, StoreStats,
+    FileRecord, HostRecord, IdentityRecord, OutboxRecord, OutboxSummary, QUARANTINE_KEEP, QuarantineRecord,
+    ResourceRecord, RolloutRecord, RollupRecord, SilenceRecord, StoreStats,
 };
 pub use sqlite::Store;

@@ -34,6 +34,28 @@ pub struct FileRecord {
     pub state: Vec<u8>,
 }
 
+/// A write the store could not take however often it was tried (it violated a
+/// constraint, say), refused so that the rest of its batch could be stored. Kept so an
+/// operator can see what was refused and why; only the newest
+/// [`QUARANTINE_KEEP`] are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QuarantineRecord {
+    /// Assigned by the store (ignored on insert).
+    pub id: i64,
+    pub at_ms: i64,
+    /// The host whose snapshot it was, or empty (a write of the server's own).
+    pub host_id: String,
+    /// The snapshot's seq in its host's spool, or 0.
+    pub seq: u64,
+    /// Why the store refused it.
+    pub error: String,
+    /// What it held (kinds of ops and the paths of files), never the values.
+    pub detail: String,
+}
+
+/// How many [`QuarantineRecord`]s the store keeps (the oldest go first).
+pub const QUARANTINE_KEEP: usize = 1000;
+
 // Resource samples and their rollups.
 
 /// One resource sample (`sample` is an encoded `ResourceSample`).

@@ -4,8 +4,8 @@
 //! spans every table: row counts and the combined retention of samples and
 //! events. The rest is split by what it touches: `schema` (DDL and
 //! migrations), `write` (the batch transaction), and the reads and retention
-//! of each domain in `hosts`, `resources`, `alerts`, `outbox`, `changes` and
-//! `audit` (the hash-chained audit log).
+//! of each domain in `hosts`, `resources`, `alerts`, `outbox`, `changes`,
+//! `audit` (the hash-chained audit log) and `quarantine` (writes refused).
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +19,7 @@ mod audit;
 mod changes;
 mod hosts;
 mod outbox;
+mod quarantine;
 mod resources;
 mod schema;
 mod write;

@@ -168,6 +168,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
         id INTEGER NOT NULL,
         hash TEXT NOT NULL
      ) STRICT, WITHOUT ROWID;",
+    // 8: writes refused because they could never be stored (`Op::Quarantine`), newest kept.
+    "CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        host_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        detail TEXT NOT NULL
+     ) STRICT;
+     CREATE INDEX quarantine_by_host ON quarantine (host_id);",
 ];
 
 /// The migration after whose DDL the records already there are chained (in Rust: SQLite

@@ -15,21 +15,29 @@ use crate::batch::{Batch, Op};
 use crate::error::Result;
 use crate::records::{
     AlertRecord, AuditRecord, BaselineRecord, EventRecord, FileRecord, HostRecord, IdentityRecord, OutboxRecord,
-    ResourceRecord, RolloutRecord, SilenceRecord,
+    QuarantineRecord, ResourceRecord, RolloutRecord, SilenceRecord,
 };
 
 impl Store {
     /// Apply every operation in order, in one transaction. On error nothing is applied.
     pub fn write_batch(&mut self, batch: &Batch) -> Result<()> {
-        if batch.is_empty() {
+        self.write_parts(&[&batch.ops])
+    }
+
+    /// [`Store::write_batch`] of the ops of every part, in order, as one batch: a
+    /// caller that commits some of its writes together (leaving out one the store
+    /// refused) does not copy them into a new batch first.
+    pub fn write_parts(&mut self, parts: &[&[Op]]) -> Result<()> {
+        let ops = || parts.iter().flat_map(|p| p.iter());
+        if parts.iter().all(|p| p.is_empty()) {
             return Ok(());
         }
-        let last_host = last_host_ops(batch);
+        let last_host = last_host_ops(ops());
         let Self { conn, path } = self;
         let e = |e| sqlite(path, e);
         let tx = conn.transaction().map_err(e)?;
         let mut st = Statements::new(&tx);
-        for (i, op) in batch.ops.iter().enumerate() {
+        for (i, op) in ops().enumerate() {
             if let Op::Host(h) = op
                 && last_host.get(h.host_id.as_str()) != Some(&i)
             {
@@ -44,9 +52,9 @@ impl Store {
 
 /// The index of each host's last `Op::Host` in the batch: a host row is
 /// replaced whole, so only its last version in a batch needs writing.
-fn last_host_ops(batch: &Batch) -> HashMap<&str, usize> {
+fn last_host_ops<'a>(ops: impl Iterator<Item = &'a Op>) -> HashMap<&'a str, usize> {
     let mut last_host = HashMap::new();
-    for (i, op) in batch.ops.iter().enumerate() {
+    for (i, op) in ops.enumerate() {
         if let Op::Host(h) = op {
             last_host.insert(h.host_id.as_str(), i);
         }
@@ -109,7 +117,19 @@ fn apply(st: &mut Statements<'_>, op: &Op) -> rusqlite::Result<()> {
         Op::PutRollout(r) => put_rollout(st, r),
         Op::Audit(a) => add_audit(st, a),
         Op::PutIdentity(r) => put_identity(st, r),
+        Op::Quarantine(q) => quarantine(st, q),
     }
+}
+
+fn quarantine(st: &mut Statements<'_>, q: &QuarantineRecord) -> rusqlite::Result<()> {
+    st.execute(
+        "INSERT INTO quarantine (at_ms, host_id, seq, error, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![q.at_ms, q.host_id, q.seq as i64, q.error, q.detail],
+    )?;
+    st.execute(
+        "DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - ?1",
+        params![crate::QUARANTINE_KEEP as i64],
+    )
 }
 
 fn put_identity(st: &mut Statements<'_>, r: &IdentityRecord) -> rusqlite::Result<()> {
@@ -160,7 +180,8 @@ fn remove_host(st: &mut Statements<'_>, host_id: &str) -> rusqlite::Result<()> {
     st.execute("DELETE FROM files WHERE host_id = ?1", params![host_id])?;
     st.execute("DELETE FROM file_history WHERE host_id = ?1", params![host_id])?;
     st.execute("DELETE FROM resources WHERE host_id = ?1", params![host_id])?;
-    st.execute("DELETE FROM resource_rollups WHERE host_id = ?1", params![host_id])
+    st.execute("DELETE FROM resource_rollups WHERE host_id = ?1", params![host_id])?;
+    st.execute("DELETE FROM quarantine WHERE host_id = ?1", params![host_id])
 }
 
 fn reset_file_seqs(st: &mut Statements<'_>, host_id: &str) -> rusqlite::Result<()> {
