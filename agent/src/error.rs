@@ -16,6 +16,15 @@ pub enum AgentError {
     Watch(String),
     #[error("spool {path}: {message}")]
     Spool { path: PathBuf, message: String },
+    /// The spool could not store a record: the disk is full (`ENOSPC`, a quota), the
+    /// file would pass its size limit (`EFBIG`), or the write or its sync failed
+    /// (`EIO`). Nothing of the record was kept.
+    #[error("spool {path}: cannot store the record: {source}")]
+    SpoolWrite {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("connect to {url}: {message}")]
     Connect { url: String, message: String },
     #[error("server closed the stream: {0}")]
@@ -37,6 +46,20 @@ pub enum AgentError {
 impl AgentError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io { path: path.into(), source }
+    }
+
+    /// The spool's disk cannot take a record now (full, over a size limit, failing):
+    /// the snapshot is not durable; delivering it from memory is the caller's choice.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, Self::SpoolWrite { .. })
+    }
+
+    /// The OS error behind a failed spool write (`ENOSPC`, `EFBIG`, `EIO`, ...).
+    pub fn storage_errno(&self) -> Option<i32> {
+        match self {
+            Self::SpoolWrite { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
     }
 
     /// An error the agent stops on instead of retrying.
