@@ -22,7 +22,7 @@ use driftwatch_proto::v1::Role;
 use tonic::Status;
 use tonic::codegen::http;
 
-use crate::operators::{Authenticated, Operators};
+use crate::operators::{Authenticated, Operators, TokenMemo};
 use crate::principal::Principal;
 use crate::tls::peer::CertStatus;
 use crate::tls::{DenyList, PeerInfo};
@@ -82,13 +82,14 @@ pub enum Caller {
 
 /// Checks operator credentials ([`Operators`] in the server; fakes in tests).
 pub trait Credentials {
-    fn token(&self, token: &str) -> Result<Authenticated, String>;
+    /// `memo`: the connection's memory of its last verified token, if any.
+    fn token(&self, token: &str, memo: Option<&TokenMemo>) -> Result<Authenticated, String>;
     fn certificate(&self, name: &str, serial: &str) -> Result<Authenticated, String>;
 }
 
 impl Credentials for Operators {
-    fn token(&self, token: &str) -> Result<Authenticated, String> {
-        self.authenticate_token(token)
+    fn token(&self, token: &str, memo: Option<&TokenMemo>) -> Result<Authenticated, String> {
+        self.authenticate_token(token, memo)
     }
     fn certificate(&self, name: &str, serial: &str) -> Result<Authenticated, String> {
         self.authenticate_certificate(name, serial)
@@ -183,7 +184,8 @@ pub fn decide(
     let (who, method) = match (call.authorization, valid) {
         (Some(header), _) => {
             let token = driftwatch_proto::bearer::parse(header).map_err(Status::unauthenticated)?;
-            (creds.token(token).map_err(Status::unauthenticated)?, Method::Token)
+            let memo = call.peer.map(|p| &p.token_memo);
+            (creds.token(token, memo).map_err(Status::unauthenticated)?, Method::Token)
         }
         (None, Some((Some(Identity::Operator(name)), serial, _))) => {
             (creds.certificate(name, serial).map_err(Status::unauthenticated)?, Method::Certificate)

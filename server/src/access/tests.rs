@@ -3,7 +3,13 @@ use std::collections::HashMap;
 use tonic::Code;
 
 fn peer(addr: &str, cert: CertStatus) -> PeerInfo {
-    PeerInfo { remote: addr.parse().unwrap(), tls: true, cert, streams: Default::default() }
+    PeerInfo {
+        remote: addr.parse().unwrap(),
+        tls: true,
+        cert,
+        streams: Default::default(),
+        token_memo: Default::default(),
+    }
 }
 
 fn host_cert(id: &str, serial: &str) -> CertStatus {
@@ -26,7 +32,7 @@ impl Fake {
 }
 
 impl Credentials for Fake {
-    fn token(&self, token: &str) -> Result<Authenticated, String> {
+    fn token(&self, token: &str, _memo: Option<&TokenMemo>) -> Result<Authenticated, String> {
         let role = token.strip_prefix("tok-").and_then(driftwatch_proto::parse_role).ok_or("unknown token")?;
         Ok(Authenticated { principal: format!("{token}-name"), role })
     }

@@ -62,14 +62,22 @@ impl Operators {
         Arc::new(Self { creds: RwLock::new(creds), write: tokio::sync::Mutex::new(()), writer, ca })
     }
 
-    /// The principal and role of a presented bearer token.
-    pub fn authenticate_token(&self, token: &str) -> Result<Authenticated, String> {
+    /// The principal and role of a presented bearer token. `memo`: the connection's
+    /// last verified token; the same text again skips the hash (the credential's
+    /// state, revocation and expiry, is checked on every call all the same).
+    pub fn authenticate_token(&self, token: &str, memo: Option<&TokenMemo>) -> Result<Authenticated, String> {
         let unknown = || "unknown token".to_string();
-        let id = records::token_id(token.trim()).ok_or_else(unknown)?;
+        let token = token.trim();
+        let id = records::token_id(token).ok_or_else(unknown)?;
         let creds = self.creds.read();
         let live = creds.get(id).filter(|c| c.cred.kind == Kind::Token).ok_or_else(unknown)?;
-        if !live.hash.is_some_and(|h| records::same_hash(&h, &records::token_digest(token))) {
-            return Err(unknown());
+        if !memo.is_some_and(|m| m.holds(token, id)) {
+            if !live.hash.is_some_and(|h| records::same_hash(&h, &records::token_digest(token))) {
+                return Err(unknown());
+            }
+            if let Some(m) = memo {
+                m.remember(token, id);
+            }
         }
         if let Some(why) = live.cred.refusal(driftwatch_proto::now_millis()) {
             return Err(why);
@@ -254,6 +262,23 @@ impl Operators {
     }
 }
 
+/// One connection's last verified token and its id. A long-lived client sends the
+/// same token on every call; hashing it once per connection instead of once per call
+/// is most of the token check's cost. Only text that hashed to a stored token is
+/// remembered, compared in time independent of where it differs.
+#[derive(Debug, Clone, Default)]
+pub struct TokenMemo(Arc<parking_lot::Mutex<Option<(Box<str>, Box<str>)>>>);
+
+impl TokenMemo {
+    fn holds(&self, token: &str, id: &str) -> bool {
+        self.0.lock().as_ref().is_some_and(|(t, i)| &**i == id && records::same_hash(t.as_bytes(), token.as_bytes()))
+    }
+
+    fn remember(&self, token: &str, id: &str) {
+        *self.0.lock() = Some((token.into(), id.into()));
+    }
+}
+
 /// A credential as the access layer checks it on every call: its role parsed and its
 /// token hash decoded once, when it is loaded or changed.
 struct Live {
@@ -302,4 +327,51 @@ fn op(c: &StoredCredential) -> Op {
         updated_ms: driftwatch_proto::now_millis(),
         body: serde_json::to_vec(c).expect("credential serializes"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operators_with(token: &str, revoked: bool) -> Arc<Operators> {
+        let cred = StoredCredential {
+            id: records::token_id(token).unwrap().into(),
+            kind: Kind::Token,
+            name: "alice".into(),
+            role: "operator".into(),
+            hash: records::token_hash(token),
+            created_ms: 1_000,
+            revoked_ms: revoked.then_some(2_000),
+            ..Default::default()
+        };
+        let record = IdentityRecord {
+            kind: OPERATOR_KIND.into(),
+            id: cred.id.clone(),
+            updated_ms: 1_000,
+            body: serde_json::to_vec(&cred).unwrap(),
+        };
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        Operators::load(vec![record], WriteSender::for_tests(tx), None)
+    }
+
+    #[test]
+    fn a_connection_remembers_only_a_verified_token_and_revocation_still_counts() {
+        let (token, _) = records::new_token();
+        let ops = operators_with(&token, false);
+        let memo = TokenMemo::default();
+        let who = ops.authenticate_token(&token, Some(&memo)).unwrap();
+        assert_eq!((who.principal.as_str(), who.role), ("alice", Role::Operator));
+        assert!(memo.holds(&token, records::token_id(&token).unwrap()));
+        // Same id, another secret: not the remembered text, so hashed, and refused.
+        let forged = format!("{}.{}", token.rsplit_once('.').unwrap().0, "f".repeat(64));
+        assert_eq!(ops.authenticate_token(&forged, Some(&memo)).unwrap_err(), "unknown token");
+        assert!(memo.holds(&token, records::token_id(&token).unwrap()), "a refused token is not remembered");
+        // The remembered token, once revoked, is refused on the same connection.
+        let revoked = operators_with(&token, true);
+        assert!(revoked.authenticate_token(&token, Some(&memo)).unwrap_err().contains("revoked"));
+        // A token that does not verify is never remembered.
+        let fresh = TokenMemo::default();
+        assert!(ops.authenticate_token(&forged, Some(&fresh)).is_err());
+        assert!(!fresh.holds(&forged, records::token_id(&forged).unwrap()));
+    }
 }

@@ -154,7 +154,8 @@ pub fn serve_tls(
                 // Chain validation costs about what the handshake's own signature check
                 // does; it runs here, once per connection, not per request.
                 let cert = material.classify(tls.get_ref().1.peer_certificates());
-                let info = PeerInfo { remote, tls: true, cert, streams: Default::default() };
+                let info =
+                    PeerInfo { remote, tls: true, cert, streams: Default::default(), token_memo: Default::default() };
                 let _ = tx.send(Ok(Conn { io: Io::Tls(Box::new(tls)), info })).await;
             });
         }

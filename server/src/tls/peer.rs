@@ -18,6 +18,8 @@ pub struct PeerInfo {
     pub cert: CertStatus,
     /// Requests open on this connection now (shared by every request's copy).
     pub streams: StreamCount,
+    /// The last bearer token verified on this connection (shared likewise).
+    pub token_memo: crate::operators::TokenMemo,
 }
 
 /// A connection's open request count: one atomic per connection, so counting costs
@@ -38,7 +40,7 @@ pub enum CertStatus {
 
 impl PeerInfo {
     pub fn plaintext(remote: SocketAddr) -> Self {
-        Self { remote, tls: false, cert: CertStatus::None, streams: StreamCount::default() }
+        Self { remote, tls: false, cert: CertStatus::None, streams: Default::default(), token_memo: Default::default() }
     }
 
     /// The peer's address is on this machine (127.0.0.0/8, ::1, or IPv4-mapped loopback).
