@@ -111,6 +111,49 @@ impl Spool {
         self.need_full = true;
     }
 
+    /// Take the next seq for a snapshot that is not written here (the spool could not
+    /// take it; it is sent from memory): no later snapshot gets the same seq.
+    pub fn take_seq(&mut self, snapshot: &mut Snapshot) -> u64 {
+        let seq = self.next_seq;
+        snapshot.seq = seq;
+        self.next_seq = seq + 1;
+        seq
+    }
+
+    /// Never number a snapshot at or below `seq` (what the server has applied of this
+    /// spool, which may include snapshots sent from memory that this spool never held).
+    pub fn number_above(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+    }
+
+    /// Drop the oldest segment to make room on a full disk: its unacknowledged
+    /// snapshots are counted as dropped and the next snapshot is a full one. Returns
+    /// how many were dropped, `None` when the spool holds no segment.
+    pub fn drop_oldest(&mut self) -> Result<Option<u64>> {
+        let Some(&oldest) = self.segments.keys().next() else { return Ok(None) };
+        let before = self.entries.len();
+        self.entries.retain(|e| e.segment != oldest);
+        let lost = (before - self.entries.len()) as u64;
+        self.remove_segment(oldest)?;
+        self.count_dropped(lost);
+        Ok(Some(lost))
+    }
+
+    /// Count `n` snapshots lost outside the spool (held in memory when it could not
+    /// take them, dropped there before the server had them) with the spool's own drops;
+    /// the next snapshot is a full one. The count reaches `meta` with its next write
+    /// when this one fails (a full disk).
+    pub fn count_dropped(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.dropped += n;
+        self.need_full = true;
+        if let Err(e) = self.write_meta() {
+            tracing::debug!(error = %e, "spool meta not written; the dropped count goes with the next write");
+        }
+    }
+
     /// Assign the next seq to `snapshot`, write it durably, return the seq.
     pub fn append(&mut self, snapshot: &mut Snapshot) -> Result<u64> {
         let seq = self.next_seq;
