@@ -10,7 +10,8 @@
 //! - [`corrections`]: `Changes.Correct` actions, the server's view of a file;
 //! - [`files`]: fixtures, the fleet key, editor-style writes;
 //! - [`gateway`], [`sample_agent`], [`model_agent`]: protocol-level agents;
-//! - [`webhook`]: a webhook receiver for notifiers.
+//! - [`webhook`]: a webhook receiver for notifiers;
+//! - [`tmpfs`]: a small tmpfs for full-disk tests (root).
 
 pub mod agent;
 pub mod agent_process;
@@ -25,6 +26,7 @@ pub mod sample_agent;
 pub mod server;
 pub mod test_ca;
 pub mod tls;
+pub mod tmpfs;
 pub mod wait;
 pub mod webhook;
 
