@@ -30,6 +30,11 @@ impl Backoff {
         Duration::from_secs_f64(jittered)
     }
 
+    /// The base of the next delay (before jitter).
+    pub fn current(&self) -> Duration {
+        self.current
+    }
+
     /// A connection succeeded: start over.
     pub fn reset(&mut self) {
         self.current = INITIAL;

@@ -12,6 +12,15 @@ use prost::Message;
 pub const PART_BYTES: usize = 256 * 1024;
 /// A single file state larger than this is sent without its keys.
 pub const MAX_FILE_STATE_BYTES: usize = 1024 * 1024;
+/// The smallest part size a small spool gets.
+pub const MIN_PART_BYTES: usize = 16 * 1024;
+
+/// Part size for a spool of `spool_max_bytes`: a quarter of it, so that several parts
+/// fit and flow while earlier ones are acknowledged, within
+/// [`MIN_PART_BYTES`]..=[`PART_BYTES`].
+pub fn part_bytes(spool_max_bytes: u64) -> usize {
+    usize::try_from(spool_max_bytes / 4).unwrap_or(usize::MAX).clamp(MIN_PART_BYTES, PART_BYTES)
+}
 
 /// Drop the keys of a file state too large to send, saying why; the hash and
 /// metadata still travel, so a change is still seen.
@@ -67,6 +76,14 @@ mod tests {
     #[test]
     fn empty_input_is_one_empty_part() {
         assert_eq!(split(Vec::new(), PART_BYTES), vec![Vec::<FileState>::new()]);
+    }
+
+    #[test]
+    fn parts_are_a_quarter_of_a_small_spool() {
+        assert_eq!(part_bytes(64 * 1024), 16 * 1024);
+        assert_eq!(part_bytes(512 * 1024), 128 * 1024);
+        assert_eq!(part_bytes(64 * 1024 * 1024), PART_BYTES);
+        assert_eq!(part_bytes(0), MIN_PART_BYTES);
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl AgentGateway for Gateway {
                 match m.kind {
                     Some(agent_message::Kind::Hello(h)) => {
                         let _ = events.send(Event::Hello);
-                        let welcome = Welcome { acked_seq: h.last_acked_seq, settings: None };
+                        let welcome = Welcome { acked_seq: h.last_acked_seq, settings: None, ..Default::default() };
                         let _ = tx.send(msg(server_message::Kind::Welcome(welcome))).await;
                     }
                     Some(agent_message::Kind::Snapshot(s)) => {

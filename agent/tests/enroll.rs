@@ -129,7 +129,7 @@ impl AgentGateway for Gateway {
                             return;
                         }
                         let _ = events.send(Event::Hello { host_id: h.host_id, serial: peer.serial.clone() });
-                        let welcome = Welcome { acked_seq: h.last_acked_seq, settings: None };
+                        let welcome = Welcome { acked_seq: h.last_acked_seq, settings: None, ..Default::default() };
                         let _ = tx.send(msg(server_message::Kind::Welcome(welcome))).await;
                     }
                     Some(agent_message::Kind::Snapshot(s)) => {

@@ -43,6 +43,8 @@ struct Seen {
 #[derive(Clone, Default)]
 struct Gateway {
     seen: Arc<Mutex<Seen>>,
+    /// Never acknowledge: what the agent sends stays in its spool.
+    silent: bool,
 }
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
@@ -62,11 +64,12 @@ impl AgentGateway for Gateway {
         Err(Status::unimplemented("this test's gateway does not enroll"))
     }
 
-    /// Welcomes with nothing stored, acks every snapshot at once.
+    /// Welcomes with nothing stored, acks every snapshot at once (unless silent).
     async fn connect(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<OutStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let seen = self.seen.clone();
+        let silent = self.silent;
         tokio::spawn(async move {
             while let Some(Ok(m)) = inbound.next().await {
                 match m.kind {
@@ -90,7 +93,9 @@ impl AgentGateway for Gateway {
                                 s.hashes.entry(f.path.clone()).or_default().insert(f.content_hash.clone());
                             }
                         }
-                        let _ = tx.send(msg(server_message::Kind::Ack(Ack { seq: snap.seq }))).await;
+                        if !silent {
+                            let _ = tx.send(msg(server_message::Kind::Ack(Ack { seq: snap.seq }))).await;
+                        }
                     }
                     _ => {}
                 }
@@ -102,9 +107,12 @@ impl AgentGateway for Gateway {
 
 /// A gateway on 127.0.0.1:0: its URL and what it sees.
 async fn gateway() -> (String, Arc<Mutex<Seen>>) {
+    gateway_with(Gateway::default()).await
+}
+
+async fn gateway_with(gw: Gateway) -> (String, Arc<Mutex<Seen>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let gw = Gateway::default();
     let seen = gw.seen.clone();
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -197,12 +205,13 @@ async fn writes_cut_short_by_a_file_size_limit_are_rolled_back_and_everything_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_bit_and_a_corrupt_meta_lose_one_record_counted_and_the_rest_is_delivered() {
     let (_t, dir) = setup(4, 5);
-    // Run 1: no server, so everything stays in the spool.
+    // Run 1: a server that never acknowledges, so everything stays in the spool.
+    let (silent, _) = gateway_with(Gateway { silent: true, ..Default::default() }).await;
     let mut agent = Agent::spawn(&dir, 1, |cmd| {
-        cmd.args(["--server", "http://127.0.0.1:9", "--insecure", "--host-id", "damage-test"]);
+        cmd.args(["--server", &silent, "--insecure", "--host-id", "damage-test"]);
     });
     wait_until("the full listing spooled", &mut agent, DEADLINE, || {
-        agent_log(&dir, 1).contains("full snapshot spooled")
+        agent_log(&dir, 1).contains("full snapshot placed")
     })
     .await;
     for round in 1..=4 {

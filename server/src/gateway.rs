@@ -26,11 +26,14 @@ use crate::engine::EvalMsg;
 use crate::error::ServerError;
 use crate::limits::{Breach, Limit};
 use crate::metrics::Metrics;
+use crate::spool_report::{AlertChange, Listing, alert_message};
 use crate::state::{Connection, FileEntry, FleetState, HostEntry};
 use crate::writer::{AckTarget, WriteItem, WriteSender};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PATH_LEN: usize = 4096;
+/// Characters of an agent's spool condition kept (it is shown, never parsed).
+const MAX_SPOOL_REASON: usize = 256;
 
 #[derive(Clone)]
 pub struct Gateway {
@@ -204,6 +207,8 @@ impl Gateway {
             for f in entry.files.values_mut() {
                 f.seq = 0;
             }
+            entry.listing = None;
+            entry.drops.rebase();
             reset_seqs = true;
         }
         let labels = self.identities.labels_for(id, &hello.labels);
@@ -212,6 +217,9 @@ impl Gateway {
         entry.agent_version = hello.agent_version.clone();
         entry.fleet_key_id = hello.fleet_key_id.clone();
         entry.dropped_snapshots = entry.dropped_snapshots.max(hello.dropped_snapshots);
+        let (new_drops, alert) = entry.drops.report(hello.dropped_snapshots);
+        note_spool(&mut entry, id, &hello.spool_degraded, hello.unspooled_snapshots);
+        let (dropped, degraded) = (entry.dropped_snapshots, entry.spool_degraded.clone());
         entry.last_seen_ms = now;
         let (acks, acks_rx) = watch::channel(entry.stored_seq);
         // Changes are few and each waits for its result: a small queue is plenty.
@@ -220,12 +228,14 @@ impl Gateway {
         entry.connection = Some(Connection { id: conn_id, since_ms: now, peer: peer.to_string(), acks, commands, cut });
         let welcome = v1::Welcome {
             acked_seq: entry.stored_seq,
+            applied_seq: entry.applied_seq,
             settings: Some(v1::AgentSettings {
                 heartbeat_interval: Some(driftwatch_proto::duration::to_proto(self.heartbeat_interval)),
             }),
         };
         let record = entry.record(id);
         drop(entry);
+        self.drops_seen(id, new_drops, alert, dropped, &degraded);
         // Labels/version (and a spool change) are stored by the stream's task, first.
         let write = WriteItem { host: Some(record), reset_file_seqs: reset_seqs, ..Default::default() };
         if relabelled {
@@ -243,6 +253,33 @@ impl Gateway {
             write,
         })
     }
+}
+
+impl Gateway {
+    /// Count drops an agent newly reported, and raise or resolve its drop alert.
+    fn drops_seen(&self, host: &str, new: u64, alert: Option<AlertChange>, total: u64, degraded: &str) {
+        if new > 0 {
+            self.metrics.agent_spool_dropped.inc_by(new);
+            tracing::warn!(host, new, total, "the agent reports snapshots dropped by its spool");
+        }
+        if let Some(change) = alert {
+            self.engine.send(alert_message(host, change, total, degraded));
+        }
+    }
+}
+
+/// Record the spool condition an agent reports (Hello, Heartbeat); say when it changes.
+fn note_spool(h: &mut HostEntry, host: &str, degraded: &str, unspooled: u64) {
+    let degraded: String = degraded.chars().take(MAX_SPOOL_REASON).collect();
+    if h.spool_degraded != degraded {
+        if degraded.is_empty() {
+            tracing::info!(host, "the agent can write its spool again");
+        } else {
+            tracing::warn!(host, reason = %degraded, "the agent cannot write its spool; it sends from memory (not durable on the host)");
+        }
+        h.spool_degraded = degraded;
+    }
+    h.unspooled_snapshots = unspooled;
 }
 
 /// The peer's address, for logs.
@@ -328,12 +365,15 @@ impl ConnTask {
         match m.kind {
             Some(agent_message::Kind::Snapshot(s)) => self.snapshot(s).await,
             Some(agent_message::Kind::Heartbeat(hb)) => {
-                let record = {
+                let (record, new, alert, total, degraded) = {
                     let Some(mut h) = self.gw.state.hosts.get_mut(&self.host_id) else { return Ok(()) };
                     h.last_seen_ms = driftwatch_proto::now_millis();
                     h.dropped_snapshots = h.dropped_snapshots.max(hb.dropped_snapshots);
-                    h.record(&self.host_id)
+                    let (new, alert) = h.drops.report(hb.dropped_snapshots);
+                    note_spool(&mut h, &self.host_id, &hb.spool_degraded, hb.unspooled_snapshots);
+                    (h.record(&self.host_id), new, alert, h.dropped_snapshots, h.spool_degraded.clone())
                 };
+                self.gw.drops_seen(&self.host_id, new, alert, total, &degraded);
                 // Waits for room (back-pressure): the drop count must be stored.
                 let _ = self.gw.writer.send(WriteItem { host: Some(record), ..Default::default() }).await;
                 Ok(())
@@ -379,6 +419,8 @@ impl ConnTask {
         let now = driftwatch_proto::now_millis();
         let mut evals = Vec::new();
         let mut changed = Vec::new();
+        // Drops a whole listing healed: (new ones, alert change, total, condition).
+        let mut healed = None;
         let item = {
             let Some(mut h) = self.gw.state.hosts.get_mut(&self.host_id) else {
                 return Err(ServerError::Unavailable("host entry vanished".into()));
@@ -396,7 +438,8 @@ impl ConnTask {
                 }
                 return Ok(());
             }
-            if let Err(b) = self.check_limits(&h, &s) {
+            let listing = s.full.then(|| Listing::step(h.listing, s.seq, s.full_first_seq));
+            if let Err(b) = self.check_limits(&h, &s, listing.filter(|l| l.whole).map(|l| l.first)) {
                 self.gw.metrics.snapshots_rejected.inc();
                 return Err(self.gw.breach(b));
             }
@@ -418,16 +461,34 @@ impl ConnTask {
                 let previous = h.files.insert(f.path.clone(), entry).map(|old| old.shared());
                 changed.push((f.path, previous, Some(current)));
             }
-            if s.full && s.full_last {
-                // The listing that started at `first` is complete: what it did not
-                // list (last updated before it began) is gone.
-                let first = if s.full_first_seq == 0 { s.seq } else { s.full_first_seq };
-                let gone: Vec<String> = h.files.iter().filter(|(_, f)| f.seq < first).map(|(p, _)| p.clone()).collect();
-                for p in gone {
-                    h.files.remove(&p);
-                    changed.push((p.clone(), None, None));
-                    item.removed_files.push((self.host_id.clone(), p));
+            if let Some(l) = listing {
+                h.listing = (!s.full_last).then_some(l);
+            }
+            match listing {
+                Some(l) if s.full_last && l.whole => {
+                    // The listing that started at `first` is complete: what it did not
+                    // list (last updated before it began) is gone.
+                    let gone: Vec<String> =
+                        h.files.iter().filter(|(_, f)| f.seq < l.first).map(|(p, _)| p.clone()).collect();
+                    for p in gone {
+                        h.files.remove(&p);
+                        changed.push((p.clone(), None, None));
+                        item.removed_files.push((self.host_id.clone(), p));
+                    }
+                    let (new, alert) = h.drops.healed(s.dropped_snapshots);
+                    h.dropped_snapshots = h.dropped_snapshots.max(s.dropped_snapshots);
+                    healed = Some((new, alert, h.dropped_snapshots, h.spool_degraded.clone()));
                 }
+                Some(l) if s.full_last => {
+                    // A part never arrived (dropped by the agent's full spool, or before
+                    // a restart of this server): the files it listed must not go.
+                    self.gw.metrics.listings_incomplete.inc();
+                    tracing::info!(host = %self.host_id, first = l.first, last = s.seq, "a full listing arrived with a part missing; nothing pruned");
+                }
+                _ => {}
+            }
+            if s.unspooled {
+                self.gw.metrics.snapshots_unspooled.inc();
             }
             if let Some(r) = s.resources {
                 let sampled_ms = r.sampled_at.as_ref().map(driftwatch_proto::timestamp_millis).unwrap_or(now);
@@ -451,12 +512,17 @@ impl ConnTask {
         for m in evals {
             self.gw.engine.send(m);
         }
+        if let Some((new, alert, total, degraded)) = healed {
+            self.gw.drops_seen(&self.host_id, new, alert, total, &degraded);
+        }
         self.gw.writer.send(item).await.map_err(|_| ServerError::Unavailable("server is shutting down".into()))
     }
 
     /// The per-host limits after this snapshot: keys per file, files and bytes of
     /// file state held. Nothing of a refused snapshot is applied.
-    fn check_limits(&self, h: &HostEntry, s: &Snapshot) -> Result<(), Breach> {
+    /// `listing_from`: the first seq of the whole listing `s` is part of (files last
+    /// updated before it go when it ends).
+    fn check_limits(&self, h: &HostEntry, s: &Snapshot, listing_from: Option<u64>) -> Result<(), Breach> {
         if s.files.is_empty() {
             return Ok(());
         }
@@ -465,7 +531,6 @@ impl ConnTask {
             limits.check_keys(&self.host_id, &f.path, f.keys.len())?;
         }
         let incoming: Vec<(&str, u64)> = s.files.iter().map(|f| (f.path.as_str(), f.encoded_len() as u64)).collect();
-        let listing_from = s.full.then_some(if s.full_first_seq == 0 { s.seq } else { s.full_first_seq });
         let held = h.files.iter().map(|(p, f)| (p.as_str(), f.seq, f.encoded().len() as u64));
         limits.check_host(&self.host_id, crate::limits::usage_after(held, &incoming, listing_from))
     }

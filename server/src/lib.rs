@@ -26,6 +26,7 @@ pub mod rule_input;
 pub mod rules_service;
 pub mod selector;
 pub mod silences;
+pub mod spool_report;
 pub mod state;
 pub mod tls;
 pub mod writer;

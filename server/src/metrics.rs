@@ -21,6 +21,12 @@ pub struct Metrics {
     pub snapshots_ingested: Counter,
     pub snapshots_duplicate: Counter,
     pub snapshots_rejected: Counter,
+    /// Snapshots agents sent from memory because their spool could not take them.
+    pub snapshots_unspooled: Counter,
+    /// Snapshots agents reported dropping (sum of every host's increases).
+    pub agent_spool_dropped: Counter,
+    /// Full listings whose last part arrived with a part missing (nothing pruned).
+    pub listings_incomplete: Counter,
     pub connections_refused: Counter,
     pub ingest_ack_seconds: Histogram,
     pub store_commit_seconds: Histogram,
@@ -78,6 +84,24 @@ impl Metrics {
         );
         let snapshots_rejected = Counter::default();
         registry.register("snapshots_rejected", "Snapshots refused as invalid", snapshots_rejected.clone());
+        let snapshots_unspooled = Counter::default();
+        registry.register(
+            "snapshots_unspooled",
+            "Snapshots agents sent from memory because their spool could not take them (not durable on the host)",
+            snapshots_unspooled.clone(),
+        );
+        let agent_spool_dropped = Counter::default();
+        registry.register(
+            "agent_spool_dropped",
+            "Snapshots agents reported dropping because their spool was full (GetHost shows the host)",
+            agent_spool_dropped.clone(),
+        );
+        let listings_incomplete = Counter::default();
+        registry.register(
+            "full_listings_incomplete",
+            "Full listings that arrived with a part missing; they pruned nothing",
+            listings_incomplete.clone(),
+        );
         let connections_refused = Counter::default();
         registry.register(
             "connections_refused",
@@ -232,6 +256,9 @@ impl Metrics {
             snapshots_ingested,
             snapshots_duplicate,
             snapshots_rejected,
+            snapshots_unspooled,
+            agent_spool_dropped,
+            listings_incomplete,
             connections_refused,
             ingest_ack_seconds,
             store_commit_seconds,

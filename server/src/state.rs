@@ -11,6 +11,7 @@ use driftwatch_proto::v1::{self, FileState, ResourceSample};
 use tokio::sync::watch;
 
 use crate::error::ServerError;
+use crate::spool_report::{Drops, Listing};
 
 /// The one NotFound for a host id the server does not know.
 pub fn unknown_host(id: &str) -> ServerError {
@@ -95,6 +96,15 @@ pub struct HostEntry {
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     pub dropped_snapshots: u64,
+    /// The drops the agent reported against what whole listings healed (the alert).
+    pub drops: Drops,
+    /// Why the agent cannot write its spool, as it last said ("" when it can).
+    pub spool_degraded: String,
+    /// Snapshots the agent sent from memory since it started, as it last said.
+    pub unspooled_snapshots: u64,
+    /// The full listing being received (in memory: a restart in the middle of one
+    /// means it cannot be vouched for, and it prunes nothing).
+    pub listing: Option<Listing>,
     pub connection: Option<Connection>,
     pub files: BTreeMap<String, FileEntry>,
     pub resources: Option<ResourceSample>,
@@ -112,6 +122,10 @@ impl HostEntry {
             first_seen_ms: now_ms,
             last_seen_ms: now_ms,
             dropped_snapshots: 0,
+            drops: Drops::default(),
+            spool_degraded: String::new(),
+            unspooled_snapshots: 0,
+            listing: None,
             connection: None,
             files: BTreeMap::new(),
             resources: None,
@@ -147,6 +161,8 @@ impl HostEntry {
             last_seq: self.stored_seq,
             dropped_snapshots: self.dropped_snapshots,
             identity: None,
+            spool_degraded: self.spool_degraded.clone(),
+            unspooled_snapshots: self.unspooled_snapshots,
         }
     }
 }
@@ -196,6 +212,7 @@ impl FleetState {
             e.stored_seq = h.last_seq;
             e.last_seen_ms = h.last_seen_ms;
             e.dropped_snapshots = h.dropped_snapshots;
+            e.drops = Drops::loaded(h.dropped_snapshots);
             self.hosts.insert(h.host_id, e);
         }
         for f in files {

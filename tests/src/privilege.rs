@@ -2,6 +2,7 @@
 //! bind root too, a small tmpfs. [`require`] decides whether a test without it skips
 //! (saying why) or fails: in CI (`CI=true`, which runs as root) nothing may skip.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
@@ -60,7 +61,7 @@ impl Tmpfs {
         }
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
             .arg(dir.path())
             .output()
             .map_err(|e| format!("cannot run mount: {e}"))?;
@@ -83,6 +84,36 @@ impl Tmpfs {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Fill the file system with the file `name` until a write fails for lack of
+    /// space; returns the bytes written. Deleting the file frees them again.
+    pub fn fill(&self, name: &str) -> u64 {
+        let path = self.path().join(name);
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("filler file");
+        let mut written = 0u64;
+        let mut chunk = vec![0xa5u8; 64 * 1024];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                    // Smaller writes take the last partial pages too.
+                    if chunk.len() == 1 {
+                        break;
+                    }
+                    chunk.truncate(chunk.len() / 2);
+                }
+                Err(e) => panic!("fill {}: {e}", path.display()),
+            }
+        }
+        let _ = f.sync_all();
+        written
+    }
+
+    /// Bytes free on the file system.
+    pub fn free(&self) -> u64 {
+        rustix::fs::statvfs(self.path()).map(|s| s.f_bavail * s.f_frsize).expect("statvfs of the tmpfs")
     }
 }
 

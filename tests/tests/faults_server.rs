@@ -269,31 +269,6 @@ async fn a_real_agent_goes_on_after_a_refused_snapshot() {
     server.stop().await.unwrap();
 }
 
-/// Fill the file system holding `path` with one file until a write fails for space.
-fn fill(path: &Path) -> u64 {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0xa5u8; 64 * 1024];
-    let mut written = 0u64;
-    loop {
-        match f.write(&chunk) {
-            Ok(0) => break,
-            Ok(n) => written += n as u64,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-            Err(e) => panic!("filling {}: {e}", path.display()),
-        }
-    }
-    // Whatever a partial page left.
-    while let Ok(n) = f.write(&chunk[..512]) {
-        if n == 0 {
-            break;
-        }
-        written += n as u64;
-    }
-    let _ = f.sync_all();
-    written
-}
-
 /// The stored value of `V` in a stored file state.
 fn stored_v(state: &[u8]) -> Option<i64> {
     use prost::Message;
@@ -337,7 +312,7 @@ async fn a_full_disk_under_the_server_loses_and_acknowledges_nothing() {
     wait_for("the first listing acknowledged", Duration::from_secs(30), || std::future::ready(all_acked())).await;
 
     let filler = tmpfs.path().join("filler");
-    let filled = fill(&filler);
+    let filled = tmpfs.fill("filler");
     println!("filler: {filled} bytes");
 
     // Edit until commits fail; each edit waits until the agent has spooled it.

@@ -1,7 +1,7 @@
 //! The server's side of a stream, read on its own task so that acks are processed
 //! even while the stream task waits for room to send (otherwise both sides could
-//! wait on each other). An ack drops everything up to its seq from the spool: the
-//! server has stored it durably.
+//! wait on each other). An ack drops everything up to its seq from the spool and from
+//! memory: the server has stored it durably.
 
 use std::sync::Arc;
 
@@ -19,13 +19,22 @@ pub(super) async fn read_server(
     mut inbound: tonic::Streaming<ServerMessage>,
     others: mpsc::UnboundedSender<ServerMessage>,
 ) -> Result<()> {
+    // A full disk fails every meta write: say so once, not on every ack.
+    let mut failing = false;
     while let Some(msg) = inbound.next().await {
         match msg {
             Ok(ServerMessage { kind: Some(server_message::Kind::Ack(a)) }) => {
                 let seq = a.seq;
-                if let Err(e) = spool_call(&shared, move |s| s.ack(seq)).await {
-                    tracing::error!(error = %e, "cannot record ack in spool");
+                match spool_call(&shared, move |s| s.ack(seq)).await {
+                    Ok(()) => failing = false,
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::error!(error = %e, "cannot record ack in spool");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot record ack in spool"),
                 }
+                // Held in memory or spooled alike: stored on the server.
+                shared.acked_up_to(seq);
             }
             Ok(other) => {
                 if others.send(other).is_err() {

@@ -1,6 +1,6 @@
 //! Opening a stream: connect, introduce the agent (Hello: host, labels, spool id,
-//! what it holds as acknowledged), and take the server's Welcome (what the server
-//! has durably stored, and its settings).
+//! what it holds as acknowledged, how its spool is), and take the server's Welcome
+//! (what the server has durably stored and applied, and its settings).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,7 +13,6 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
 use super::{AGENT_VERSION, Shared, spool_call};
-use crate::backoff::Backoff;
 use crate::error::{AgentError, Result};
 use crate::identity::{self, HostIdentity};
 
@@ -34,13 +33,10 @@ pub(super) struct Session {
 }
 
 /// Connect (over TLS with `identity`'s certificate when given), send Hello, wait for
-/// Welcome, and drop from the spool what the server already stored. Resets `backoff`
-/// once the server has welcomed us.
-pub(super) async fn open(
-    shared: &Arc<Shared>,
-    backoff: &mut Backoff,
-    identity: Option<&HostIdentity>,
-) -> Result<Session> {
+/// Welcome, and drop from the spool what the server already stored. A Welcome is not
+/// progress by itself: the caller resets its backoff only once the server stores
+/// something (a refused snapshot would otherwise be resent every second).
+pub(super) async fn open(shared: &Arc<Shared>, identity: Option<&HostIdentity>) -> Result<Session> {
     let cfg = &shared.config;
     let endpoint = identity::enroll::endpoint(cfg, identity)
         .await?
@@ -52,10 +48,11 @@ pub(super) async fn open(
         .map_err(|e| AgentError::Connect { url: cfg.server.clone(), message: driftwatch_proto::error_chain(&e) })?;
     let mut client = AgentGatewayClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
 
-    let (spool_id, acked, dropped) = {
+    let (spool_id, acked) = {
         let s = shared.spool.lock();
-        (s.spool_id().to_string(), s.acked(), s.dropped())
+        (s.spool_id().to_string(), s.acked())
     };
+    let report = shared.spool_report();
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     let host_id = identity.map_or_else(|| cfg.host_id.clone(), |id| id.host_id.clone());
     let hello = v1::Hello {
@@ -64,8 +61,10 @@ pub(super) async fn open(
         agent_version: AGENT_VERSION.to_string(),
         spool_id,
         last_acked_seq: acked,
-        dropped_snapshots: dropped,
+        dropped_snapshots: report.dropped,
         fleet_key_id: shared.key_id.clone(),
+        spool_degraded: report.degraded,
+        unspooled_snapshots: report.unspooled,
     };
     tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) })
         .await
@@ -79,11 +78,18 @@ pub(super) async fn open(
         Some(Err(s)) => return Err(AgentError::Rejected(s)),
         None => return Err(AgentError::Watch("server closed the stream before welcome".into())),
     };
-    backoff.reset();
-    shared.status.connected.store(true, Ordering::Relaxed);
-    shared.status.connections.fetch_add(1, Ordering::Relaxed);
     let server_acked = welcome.acked_seq;
-    spool_call(shared, move |s| s.ack(server_acked)).await?;
+    let applied = welcome.applied_seq;
+    spool_call(shared, move |s| {
+        // Snapshots sent from memory and lost in a restart may be applied on the server
+        // without being in the spool: new ones are numbered above them.
+        s.number_above(applied);
+        s.ack(server_acked)
+    })
+    .await?;
+    shared.acked_up_to(server_acked);
+    shared.set_connected(true);
+    shared.status.connections.fetch_add(1, Ordering::Relaxed);
     // The server's setting, within sane bounds (a zero or absurd value must not spin or starve).
     let heartbeat_every = welcome
         .settings

@@ -1,6 +1,8 @@
 //! The agent's tasks, wired with channels:
 //! - producer ([`producer`]): turns watcher batches and resource samples into
-//!   snapshots and appends them to the spool (blocking I/O on the blocking pool);
+//!   snapshots and places them ([`append`]) in the spool (blocking I/O on the blocking
+//!   pool), or in memory ([`unspooled`]) when the spool cannot take them; full
+//!   listings only while connected;
 //! - stream ([`stream`]): keeps one gRPC stream to the server (with connection
 //!   backoff), resends the spool's unacknowledged snapshots, sends new ones as they
 //!   land, and heartbeats; [`hello`] opens a stream, [`acks`] reads the server's side
@@ -15,11 +17,13 @@
 //! One `CancellationToken` stops them all.
 
 mod acks;
+mod append;
 mod changes;
 mod hello;
 mod producer;
 mod renew;
 mod stream;
+mod unspooled;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use driftwatch_formats::Masker;
 use driftwatch_proto::v1;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::Applier;
@@ -37,7 +41,9 @@ use crate::identity::{self, HostIdentity, IdentityFiles, Plan};
 use crate::resources::ResourceSampler;
 use crate::spool::Spool;
 use crate::watch::{FileWatcher, WatchConfig};
+use append::SpoolHealth;
 use changes::ResultQueue;
+use unspooled::Unspooled;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -55,6 +61,12 @@ pub struct AgentStatus {
     pub changes_handled: AtomicU64,
     /// Certificates renewed on the stream and stored.
     pub certificates_renewed: AtomicU64,
+    /// Full listings scanned (every start, every one the spool or the server asked for).
+    pub full_listings: AtomicU64,
+    /// The reconnect backoff's current base delay, in milliseconds.
+    pub backoff_ms: AtomicU64,
+    /// Snapshots sent from memory because the spool could not take them.
+    pub unspooled: AtomicU64,
 }
 
 /// What the tasks share.
@@ -65,6 +77,16 @@ struct Shared {
     spooled: Notify,
     /// The producer should send a full snapshot next.
     want_full: Notify,
+    /// Snapshots the spool could not take, until acknowledged.
+    unspooled: Mutex<Unspooled>,
+    /// Whether the spool can be written (and when to try again).
+    health: Mutex<SpoolHealth>,
+    /// The spool's health changed: tell the server now.
+    health_changed: Notify,
+    /// Connected, past the Welcome.
+    link: watch::Sender<bool>,
+    /// The highest seq the server has acknowledged (room in the spool may follow).
+    acked: watch::Sender<u64>,
     status: Arc<AgentStatus>,
     key_id: String,
     /// To the applier thread; taken (closed) at shutdown.
@@ -206,7 +228,9 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
     let (spool, key, held) = tokio::task::spawn_blocking(move || {
         let held = identity_at_start(&cfg, &files)?;
         let key = load_fleet_key(&cfg)?;
-        let spool = Spool::open(&cfg.state_dir.join("spool"), cfg.spool_max_bytes)?;
+        let mut spool = Spool::open(&cfg.state_dir.join("spool"), cfg.spool_max_bytes)?;
+        // A full disk is the run loop's to handle (`append::on_failure`).
+        spool.keep_on_full_disk();
         Ok::<_, AgentError>((spool, key, held))
     })
     .await
@@ -253,6 +277,11 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         spool: Mutex::new(spool),
         spooled: Notify::new(),
         want_full: Notify::new(),
+        unspooled: Mutex::new(Unspooled::default()),
+        health: Mutex::new(SpoolHealth::default()),
+        health_changed: Notify::new(),
+        link: watch::Sender::new(false),
+        acked: watch::Sender::new(0),
         status: status.clone(),
         changes: Mutex::new(Some(change_tx)),
         results,
@@ -274,6 +303,57 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
     Ok(RunningAgent { status, token, task })
 }
 
+/// What the agent tells the server about its spool (Hello, Heartbeat).
+struct SpoolReport {
+    /// Unacknowledged snapshots, spooled or held in memory.
+    pending: u64,
+    dropped: u64,
+    degraded: String,
+    unspooled: u64,
+}
+
+impl Shared {
+    fn set_connected(&self, up: bool) {
+        self.status.connected.store(up, Ordering::Relaxed);
+        self.link.send_replace(up);
+    }
+
+    /// The server stored everything up to `seq` (the spool has recorded it already).
+    fn acked_up_to(&self, seq: u64) {
+        self.unspooled.lock().ack(seq);
+        self.acked.send_if_modified(|a| {
+            let newer = seq > *a;
+            *a = (*a).max(seq);
+            newer
+        });
+    }
+
+    fn spool_report(&self) -> SpoolReport {
+        let (pending, dropped) = {
+            let s = self.spool.lock();
+            (s.pending(), s.dropped())
+        };
+        SpoolReport {
+            pending: pending + self.unspooled.lock().len() as u64,
+            dropped,
+            degraded: self.health.lock().degraded().unwrap_or_default().to_string(),
+            unspooled: self.status.unspooled.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A heartbeat saying how the spool is.
+    fn heartbeat(&self) -> v1::Heartbeat {
+        let r = self.spool_report();
+        v1::Heartbeat {
+            sent_at: now(),
+            spool_pending: r.pending,
+            dropped_snapshots: r.dropped,
+            spool_degraded: r.degraded,
+            unspooled_snapshots: r.unspooled,
+        }
+    }
+}
+
 /// The current time as a protobuf timestamp (`taken_at`, `sent_at`).
 fn now() -> Option<driftwatch_proto::Timestamp> {
     Some(driftwatch_proto::timestamp(std::time::SystemTime::now()))
@@ -291,6 +371,8 @@ async fn spool_call<T: Send + 'static>(
         let r = f(&mut spool);
         s.status.acked_seq.store(spool.acked(), Ordering::Relaxed);
         s.status.pending.store(spool.pending(), Ordering::Relaxed);
+        // Reading back or an ack can find (and count) lost records too.
+        s.status.dropped.store(spool.dropped(), Ordering::Relaxed);
         if spool.take_need_full() {
             s.want_full.notify_one();
         }

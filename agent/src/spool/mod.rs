@@ -102,6 +102,8 @@ pub struct Spool {
     total_bytes: u64,
     max_bytes: u64,
     segment_bytes: u64,
+    /// On a full disk, drop the oldest segments to make room (see [`Spool::keep_on_full_disk`]).
+    drop_on_full: bool,
 }
 
 /// Why an append attempt failed.
@@ -157,6 +159,7 @@ impl Spool {
             total_bytes: 0,
             max_bytes,
             segment_bytes: (max_bytes / 8).clamp(64 * 1024, 4 * 1024 * 1024),
+            drop_on_full: true,
         };
         spool.scan()?;
         // Deleting a dead newest segment needs `meta` to bound the seqs it held.
@@ -168,6 +171,14 @@ impl Spool {
         let saved = !spool.meta_dirty || spool.save_meta("open");
         spool.remove_dead(saved);
         Ok(spool)
+    }
+
+    /// On a full disk, fail the append instead of dropping the oldest segments to make
+    /// room: for a caller with its own policy (the agent keeps a connected stream's
+    /// snapshots in memory and drops, with [`Spool::drop_oldest`], only while
+    /// disconnected; a drop here would cost a full listing each time).
+    pub fn keep_on_full_disk(&mut self) {
+        self.drop_on_full = false;
     }
 
     pub fn spool_id(&self) -> &str {
@@ -194,6 +205,60 @@ impl Spool {
     }
     pub fn request_full(&mut self) {
         self.need_full = true;
+    }
+
+    /// Take the next seq for a snapshot that is not written here (the spool could not
+    /// take it; it is sent from memory): no later snapshot gets the same seq.
+    pub fn take_seq(&mut self, snapshot: &mut Snapshot) -> u64 {
+        let seq = self.next_seq;
+        snapshot.seq = seq;
+        self.skip_to(seq + 1);
+        seq
+    }
+
+    /// Never number a snapshot at or below `seq` (what the server has applied of this
+    /// spool, which may include snapshots sent from memory that this spool never held).
+    pub fn number_above(&mut self, seq: u64) {
+        if seq >= self.next_seq {
+            self.skip_to(seq + 1);
+        }
+    }
+
+    /// Seqs below `next` are handed out without records here. The next record starts a
+    /// segment (a segment's seqs stay contiguous for the scanner), and `meta` must
+    /// learn the new bound (now if it can, else with its next write).
+    fn skip_to(&mut self, next: u64) {
+        self.next_seq = next;
+        self.active = None;
+        self.save_meta("seq taken");
+    }
+
+    /// Drop the oldest segment to make room on a full disk: its unacknowledged
+    /// snapshots are counted as dropped and the next snapshot is a full one. Returns
+    /// how many were dropped; `None` when only the newest segment is left (it bounds
+    /// the next seq until `meta` is durable, so it stays).
+    pub fn drop_oldest(&mut self) -> Result<Option<u64>> {
+        let newest = self.segments.keys().next_back().copied();
+        let Some(oldest) = self.segments.keys().next().copied().filter(|s| Some(*s) != newest) else {
+            return Ok(None);
+        };
+        let (lost, bytes) = self.forget_segment(oldest);
+        self.count_dropped(lost);
+        self.delete_file(oldest, bytes);
+        Ok(Some(lost))
+    }
+
+    /// Count `n` snapshots lost outside the spool (held in memory when it could not
+    /// take them, dropped there before the server had them) with the spool's own drops;
+    /// the next snapshot is a full one. The count reaches `meta` with its next write
+    /// when this one fails (a full disk).
+    pub fn count_dropped(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.dropped += n;
+        self.need_full = true;
+        self.save_meta("count dropped");
     }
 
     /// Assign the next seq to `snapshot`, write it durably, return the seq. On an error

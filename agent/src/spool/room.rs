@@ -16,7 +16,7 @@ impl Spool {
         }
         let active_used = self.active.as_ref().is_some_and(|(f, _)| self.segments.get(f).is_some_and(|s| s.bytes > 0));
         let rotated = active_used && self.rotate(self.next_seq).is_ok();
-        if !full {
+        if !full || !self.drop_on_full {
             return rotated;
         }
         let keep = self.segments.keys().next_back().copied();

@@ -221,6 +221,13 @@ pub fn host_detail(h: &v1::Host) -> String {
         s.last_seq,
         s.dropped_snapshots
     );
+    if !s.spool_degraded.is_empty() || s.unspooled_snapshots > 0 {
+        out.push_str(&format!(
+            "spool:    {}  sent from memory: {}\n",
+            if s.spool_degraded.is_empty() { "writable" } else { &s.spool_degraded },
+            s.unspooled_snapshots
+        ));
+    }
     out.push_str(&identity_detail(&s.identity));
     if let Some(r) = &s.resources {
         out.push_str(&format!(

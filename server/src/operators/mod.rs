@@ -267,15 +267,22 @@ impl Operators {
 /// is most of the token check's cost. Only text that hashed to a stored token is
 /// remembered, compared in time independent of where it differs.
 #[derive(Debug, Clone, Default)]
-pub struct TokenMemo(Arc<parking_lot::Mutex<Option<(Box<str>, Box<str>)>>>);
+pub struct TokenMemo(Arc<parking_lot::Mutex<Option<Verified>>>);
+
+/// A token's text and its id.
+#[derive(Debug)]
+struct Verified(Box<str>, Box<str>);
 
 impl TokenMemo {
     fn holds(&self, token: &str, id: &str) -> bool {
-        self.0.lock().as_ref().is_some_and(|(t, i)| &**i == id && records::same_hash(t.as_bytes(), token.as_bytes()))
+        self.0
+            .lock()
+            .as_ref()
+            .is_some_and(|Verified(t, i)| &**i == id && records::same_hash(t.as_bytes(), token.as_bytes()))
     }
 
     fn remember(&self, token: &str, id: &str) {
-        *self.0.lock() = Some((token.into(), id.into()));
+        *self.0.lock() = Some(Verified(token.into(), id.into()));
     }
 }
 
