@@ -196,3 +196,21 @@ async fn fleet_client_addr_opt(url: &str) -> Option<v1::fleet_client::FleetClien
     let ch = tonic::transport::Endpoint::from_shared(url.to_string()).ok()?.connect().await.ok()?;
     Some(v1::fleet_client::FleetClient::new(ch))
 }
+
+/// The reconnect storm in its short form: `driftwatch-sim restart` with 200 agents
+/// (the agent's own backoff; the server SIGKILLed and restarted). It must bring every
+/// agent back; its figures are printed (5,000 agents: BENCHMARKS.md).
+#[test]
+fn every_agent_is_back_after_the_server_is_killed_and_restarted() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_driftwatch-sim"))
+        .args(["--server-bin"])
+        .arg(server_binary())
+        .args(["restart", "--agents", "200", "--deadline-secs", "60"])
+        .output()
+        .expect("driftwatch-sim runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let result = stdout.lines().find(|l| l.starts_with("RESULT restart")).expect("a RESULT line");
+    println!("{result}");
+    assert!(result.contains("welcomed="), "{result}");
+}
