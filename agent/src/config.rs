@@ -92,6 +92,11 @@ pub struct AgentFile {
     pub backups: Option<BackupsFile>,
     #[serde(default)]
     pub files: Vec<FileCommandsFile>,
+    /// HTTP/2 ping to the server after this long without hearing from it. Default `30s`.
+    pub keepalive_interval: Option<String>,
+    /// A ping unanswered this long means the server is gone: the stream is dropped and
+    /// the agent reconnects. Default `10s`.
+    pub keepalive_timeout: Option<String>,
 }
 
 /// Resolved `[backups]`.
@@ -118,6 +123,21 @@ pub struct FileCommands {
 }
 
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a silent server is noticed: HTTP/2 pings on the agent's connection. A server
+/// that answers nothing (dead host, half-open connection, stopped process) is given up
+/// within `interval + timeout` of its last frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(30), timeout: Duration::from_secs(10) }
+    }
+}
 
 /// Resolved, validated configuration.
 #[derive(Debug, Clone)]
@@ -147,6 +167,7 @@ pub struct AgentConfig {
     pub writable: Vec<String>,
     pub backups: BackupPolicy,
     pub files: Vec<FileCommands>,
+    pub keepalive: Keepalive,
 }
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -250,6 +271,10 @@ impl AgentConfig {
             duration("resource_interval", file.resource_interval.as_deref(), Duration::from_secs(10));
         let debounce = duration("debounce", file.debounce.as_deref(), Duration::from_millis(5));
         let rescan_interval = duration("rescan_interval", file.rescan_interval.as_deref(), Duration::from_secs(60));
+        let keepalive = Keepalive {
+            interval: duration("keepalive_interval", file.keepalive_interval.as_deref(), Keepalive::default().interval),
+            timeout: duration("keepalive_timeout", file.keepalive_timeout.as_deref(), Keepalive::default().timeout),
+        };
         if !resource_interval.is_zero() && resource_interval < Duration::from_millis(100) {
             err("resource_interval", "must be 0 (off) or at least 100ms".into());
         }
@@ -258,6 +283,12 @@ impl AgentConfig {
         }
         if rescan_interval < Duration::from_secs(1) {
             err("rescan_interval", "must be at least 1s".into());
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&keepalive.interval) {
+            err("keepalive_interval", "must be between 1s and 1h".into());
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&keepalive.timeout) {
+            err("keepalive_timeout", "must be between 1s and 10m".into());
         }
         let max_file_bytes = file.max_file_bytes.unwrap_or(1024 * 1024);
         if !(1024..=256 * 1024 * 1024).contains(&max_file_bytes) {
@@ -357,6 +388,7 @@ impl AgentConfig {
             writable: file.writable,
             backups: BackupPolicy { keep, max_age },
             files,
+            keepalive,
         })
     }
 }
@@ -486,6 +518,20 @@ mod tests {
         let errs = AgentConfig::resolve(f, "agent.toml").unwrap_err().to_string();
         assert!(errs.contains("agent.toml: resource_interval: invalid duration \"1x\": unknown unit"), "{errs}");
         assert!(!errs.contains("max_age"), "{errs}");
+    }
+
+    #[test]
+    fn keepalive_defaults_and_bounds() {
+        assert_eq!(AgentConfig::resolve(base(), "agent.toml").unwrap().keepalive, Keepalive::default());
+        let mut f = base();
+        (f.keepalive_interval, f.keepalive_timeout) = (Some("2s".into()), Some("1500ms".into()));
+        let k = AgentConfig::resolve(f, "agent.toml").unwrap().keepalive;
+        assert_eq!((k.interval, k.timeout), (Duration::from_secs(2), Duration::from_millis(1500)));
+        let mut f = base();
+        (f.keepalive_interval, f.keepalive_timeout) = (Some("100ms".into()), Some("1h".into()));
+        let errs = AgentConfig::resolve(f, "agent.toml").unwrap_err().to_string();
+        assert!(errs.contains("keepalive_interval: must be between 1s and 1h"), "{errs}");
+        assert!(errs.contains("keepalive_timeout: must be between 1s and 10m"), "{errs}");
     }
 
     #[test]

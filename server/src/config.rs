@@ -47,6 +47,11 @@ pub struct ServerFile {
     pub tls_san: Option<Vec<String>>,
     #[serde(default)]
     pub tls: TlsFile,
+    /// HTTP/2 ping to a client after this long without hearing from it. Default `30s`.
+    pub keepalive_interval: Option<String>,
+    /// A ping unanswered this long closes the connection (and the agent's stream:
+    /// the host goes offline). Default `10s`.
+    pub keepalive_timeout: Option<String>,
 }
 
 /// `[access]`: what operator calls need beyond the role table (`crate::access::table`).
@@ -138,6 +143,21 @@ pub struct ServerConfig {
     pub remediation: crate::changes::remediate::RemediationSettings,
     /// None: `--insecure` (plaintext, loopback only).
     pub tls: Option<crate::tls::TlsConfig>,
+    pub keepalive: Keepalive,
+}
+
+/// HTTP/2 pings to every client: a peer that answers nothing (dead host, half-open
+/// connection, stopped process) is dropped within `interval + timeout` of its last frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(30), timeout: Duration::from_secs(10) }
+    }
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -166,6 +186,7 @@ impl ServerConfig {
             subscriber_stall: Duration::from_secs(10),
             remediation: Default::default(),
             tls: None,
+            keepalive: Keepalive::default(),
         }
     }
 
@@ -281,6 +302,21 @@ impl ServerConfig {
         if let Some(n) = r.file_history_versions {
             retention.file_history_versions = n;
         }
+        let mut keepalive = Keepalive::default();
+        for (field, value, slot, max) in [
+            ("keepalive_interval", &file.keepalive_interval, &mut keepalive.interval, Duration::from_secs(3600)),
+            ("keepalive_timeout", &file.keepalive_timeout, &mut keepalive.timeout, Duration::from_secs(600)),
+        ] {
+            if let Some(v) = value {
+                match driftwatch_proto::duration::parse(v) {
+                    Ok(d) if (Duration::from_secs(1)..=max).contains(&d) => *slot = d,
+                    Ok(_) => {
+                        field_err(field, format!("must be between 1s and {}", driftwatch_proto::duration::format(max)))
+                    }
+                    Err(e) => field_err(field, e),
+                }
+            }
+        }
         let mut remediation = crate::changes::remediate::RemediationSettings::default();
         let rm = &file.remediation;
         for (field, value, slot) in [
@@ -370,6 +406,7 @@ impl ServerConfig {
             subscriber_stall: Duration::from_secs(10),
             remediation,
             tls,
+            keepalive,
         })
     }
 
@@ -575,6 +612,20 @@ mod tests {
         }
         let f: ServerFile = toml::from_str("insecure = true\n[tls]\nclient_ca = \"/x\"").unwrap();
         assert!(ServerConfig::resolve(f, "f").unwrap_err().to_string().contains("--insecure serves plaintext"));
+    }
+
+    #[test]
+    fn keepalive_defaults_and_bounds() {
+        let c = ServerConfig::resolve(toml::from_str("insecure = true").unwrap(), "s").unwrap();
+        assert_eq!(c.keepalive, Keepalive::default());
+        let f = toml::from_str("insecure = true\nkeepalive_interval = \"2s\"\nkeepalive_timeout = \"1s\"").unwrap();
+        let k = ServerConfig::resolve(f, "s").unwrap().keepalive;
+        assert_eq!((k.interval, k.timeout), (Duration::from_secs(2), Duration::from_secs(1)));
+        let f = toml::from_str("insecure = true\nkeepalive_interval = \"0s\"\nkeepalive_timeout = \"1d\"").unwrap();
+        let Err(ServerError::Config(errs)) = ServerConfig::resolve(f, "s") else { panic!() };
+        let text = errs.join("\n");
+        assert!(text.contains("s: keepalive_interval: must be between 1s and 1h"), "{text}");
+        assert!(text.contains("s: keepalive_timeout: must be between 1s and 10m"), "{text}");
     }
 
     #[test]

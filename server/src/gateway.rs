@@ -1,8 +1,9 @@
 //! `AgentGateway.Connect`: one long-lived stream per agent.
 //!
 //! Per stream: read Hello (over TLS its host id must be the certificate's, and a
-//! newer stream replaces an older one; under `--insecure` a host id that is
-//! connected already is refused), answer
+//! newer stream replaces an older one; under `--insecure` only a Hello with the
+//! connected stream's spool id replaces it, another claiming a connected host id is
+//! refused), answer
 //! Welcome with the durably stored seq, then apply snapshots to the in-memory
 //! state and hand them to the group-commit writer; Acks go out only when the
 //! writer has committed. Duplicates (seq already applied for this spool) are not
@@ -182,14 +183,14 @@ impl Gateway {
         let conn_id = self.state.next_connection_id();
         let mut entry = self.state.hosts.entry(id.to_string()).or_insert_with(|| HostEntry::new(now));
         if let Some(c) = &entry.connection {
-            if caller.is_none() {
+            if !replaces(caller.is_some(), &entry.spool_id, &hello.spool_id) {
                 return Err(ServerError::AlreadyExists(format!(
                     "host '{id}' is already connected (from {}); a second agent may not claim its id",
                     c.peer
                 )));
             }
-            // The same certificate again: the agent reconnected while its old stream
-            // looks alive (a half-open connection). The newer stream wins.
+            // The same agent again: it reconnected while its old stream looks alive (a
+            // half-open connection not noticed yet). The newer stream wins.
             tracing::info!(host = %id, old = %c.peer, new = %peer, "a newer stream of the same host replaces the old one");
             let _ = c.cut.send(Some(Status::aborted("replaced by a newer stream of the same host")));
         }
@@ -280,6 +281,15 @@ fn note_spool(h: &mut HostEntry, host: &str, degraded: &str, unspooled: u64) {
         h.spool_degraded = degraded;
     }
     h.unspooled_snapshots = unspooled;
+}
+
+/// Whether a Hello for a host that has a stream already replaces that stream (else it
+/// is refused). Over TLS the caller proved the host's certificate: it is that host, so
+/// the newer stream wins. Under `--insecure` nothing is proved; a Hello carrying the
+/// connected stream's spool id is the same agent (the same state dir) coming back,
+/// while another agent claiming the id by mistake has another spool and is refused.
+fn replaces(authenticated: bool, connected_spool: &str, hello_spool: &str) -> bool {
+    authenticated || (!connected_spool.is_empty() && connected_spool == hello_spool)
 }
 
 /// The peer's address, for logs.
@@ -562,4 +572,17 @@ fn validate_files(files: &[FileState]) -> Result<(), ServerError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replaces;
+
+    #[test]
+    fn a_newer_stream_replaces_only_the_same_agent() {
+        assert!(replaces(true, "spool-a", "spool-b"), "a certificate proves the host");
+        assert!(replaces(false, "spool-a", "spool-a"), "the same agent reconnecting");
+        assert!(!replaces(false, "spool-a", "spool-b"), "another agent claiming the id");
+        assert!(!replaces(false, "", ""), "nothing known to compare");
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`files`]: fixtures, the fleet key, editor-style writes;
 //! - [`gateway`], [`sample_agent`], [`model_agent`]: protocol-level agents;
 //! - [`webhook`]: a webhook receiver for notifiers;
+//! - [`proxy`]: a TCP proxy that can stop forwarding without closing (dead peers);
 //! - [`privilege`], [`netns`]: root, capabilities, tmpfs mounts, network namespaces, and
 //!   whether a test without them skips or (in CI) fails.
 
@@ -24,6 +25,7 @@ pub mod model_agent;
 pub mod netns;
 pub mod privilege;
 pub mod process;
+pub mod proxy;
 pub mod sample_agent;
 pub mod server;
 pub mod test_ca;

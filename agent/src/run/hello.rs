@@ -38,10 +38,13 @@ pub(super) struct Session {
 /// something (a refused snapshot would otherwise be resent every second).
 pub(super) async fn open(shared: &Arc<Shared>, identity: Option<&HostIdentity>) -> Result<Session> {
     let cfg = &shared.config;
+    // Pings also while no stream is open (the Hello waits on the connection), so a
+    // silent server is given up within interval + timeout at every stage.
     let endpoint = identity::enroll::endpoint(cfg, identity)
         .await?
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .http2_keep_alive_interval(cfg.keepalive.interval)
+        .keep_alive_timeout(cfg.keepalive.timeout)
+        .keep_alive_while_idle(true);
     let channel = endpoint
         .connect()
         .await

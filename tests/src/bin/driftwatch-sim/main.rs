@@ -11,6 +11,7 @@
 //!   driftwatch-sim rollout --agents 1000                    StartRollout → SUCCEEDED across 4 waves
 //!   driftwatch-sim notify --alerts 200                      alert fired → webhook delivery, p50/p99
 //!   driftwatch-sim --tls storm --agents 5000               every agent (re)connects at once: handshakes/s
+//!   driftwatch-sim restart --agents 5000                   SIGKILL and restart the server: reconnect storm with the agent's backoff
 //!   driftwatch-sim [--tls] query --clients 8 --duration-secs 10   GetHost calls/s and p50/p99 (with a token under --tls)
 //!
 //! `--tls` starts the server with mutual TLS (its built-in CA); virtual agents then
@@ -26,6 +27,7 @@ mod ingest;
 mod latency;
 mod notify;
 mod query;
+mod restart;
 mod rollout;
 mod shared;
 mod storm;
@@ -94,6 +96,16 @@ enum Cmd {
         /// Seconds to hold the connections afterwards.
         #[arg(long, default_value_t = 2)]
         hold_secs: u64,
+    },
+    /// Agents reconnecting with the agent's own backoff while the server is SIGKILLed and
+    /// restarted on the same port and data dir: attempts per 100 ms, refusals, time until
+    /// every agent is back, server RSS.
+    Restart {
+        #[arg(long, default_value_t = 5000)]
+        agents: usize,
+        /// Give up waiting for all agents (first connect, or back after the restart) after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        deadline_secs: u64,
     },
     /// Many agents connected and idle (heartbeats only): server memory per agent.
     Idle {
@@ -202,7 +214,11 @@ fn main() -> anyhow::Result<()> {
                     config: receiver.as_ref().map(|r| notify::server_config(tmp.path(), r)).transpose()?,
                     tls: cli.tls,
                 };
-                if cli.tls && matches!(cli.cmd, Cmd::Latency { .. } | Cmd::AgentFootprint { .. } | Cmd::Rollout { .. })
+                if cli.tls
+                    && matches!(
+                        cli.cmd,
+                        Cmd::Latency { .. } | Cmd::AgentFootprint { .. } | Cmd::Rollout { .. } | Cmd::Restart { .. }
+                    )
                 {
                     anyhow::bail!("--tls is for the ingest, idle, storm, query, subscribers and notify scenarios");
                 }
@@ -222,6 +238,9 @@ fn main() -> anyhow::Result<()> {
                 ingest::run_with_stuck_subscribers(&server, run, stuck_subscribers).await
             }
             Cmd::Storm { agents, hold_secs } => storm::run(&server, agents, Duration::from_secs(hold_secs)).await,
+            Cmd::Restart { agents, deadline_secs } => {
+                restart::run(&mut server, agents, Duration::from_secs(deadline_secs)).await
+            }
             Cmd::Idle { agents, files_per_agent, hold_secs } => {
                 idle::run(&server, agents, files_per_agent, Duration::from_secs(hold_secs)).await
             }

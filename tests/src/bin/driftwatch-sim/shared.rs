@@ -28,6 +28,8 @@ pub struct ServerProc {
     metrics: Option<String>,
     /// The server's data dir, when this process started it.
     data: Option<PathBuf>,
+    /// How it was started (binary and arguments), for a restart on the same port and data dir.
+    started: Option<(PathBuf, Vec<std::ffi::OsString>)>,
 }
 
 /// How the started server is configured.
@@ -111,7 +113,7 @@ pub fn endpoint(url: &str, identity: Option<(String, String)>) -> anyhow::Result
 impl ServerProc {
     /// A server started elsewhere (`--server URL`, `--server-pid PID`).
     pub fn external(url: String, pid: Option<u32>) -> Self {
-        Self { url, child: None, pid, metrics: None, data: None }
+        Self { url, child: None, pid, metrics: None, data: None, started: None }
     }
 
     pub fn spawn(bin: &Option<PathBuf>, dir: &Path, setup: &ServerSetup, log: &str) -> anyhow::Result<Self> {
@@ -131,6 +133,7 @@ impl ServerProc {
         cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &metrics, "--log", log])
             .arg("--data")
             .arg(dir.join("server-data"));
+        let args = cmd.get_args().map(|a| a.to_os_string()).collect();
         let child = ChildProcess::spawn("driftwatch-server", cmd, None)
             .with_context(|| format!("start {} (build it first: cargo build --release)", bin.display()))?;
         let pid = child.pid();
@@ -141,7 +144,25 @@ impl ServerProc {
             pid: Some(pid),
             metrics: Some(metrics),
             data: Some(dir.join("server-data")),
+            started: Some((bin, args)),
         })
+    }
+
+    /// SIGKILL the server this process started (no drain, no flush), and reap it.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.as_mut().context("the server was not started here (--server)")?.kill();
+        Ok(())
+    }
+
+    /// Start the server again as it was started: same port, same data dir.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let (bin, args) = self.started.as_ref().context("the server was not started here (--server)")?;
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        let child = ChildProcess::spawn("driftwatch-server", cmd, None)?;
+        self.pid = Some(child.pid());
+        self.child = Some(child);
+        Ok(())
     }
 
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
