@@ -287,12 +287,12 @@ mod tests {
         let mut h = SpoolHealth::default();
         let t0 = Instant::now();
         assert!(h.may_append(t0));
-        let (d1, changed) = h.failed("storage full".into(), t0, 0.5);
+        let (d1, changed) = h.failed("storage full".into(), t0, 1.0);
         assert!(changed);
         assert_eq!(d1, Duration::from_secs(1));
         assert!(!h.may_append(t0 + Duration::from_millis(500)));
         assert!(h.may_append(t0 + d1));
-        let (d2, changed) = h.failed("storage full".into(), t0 + d1, 0.5);
+        let (d2, changed) = h.failed("storage full".into(), t0 + d1, 1.0);
         assert!(!changed, "the same reason again is no news");
         assert!(d2 > d1);
         assert_eq!(h.degraded(), Some("storage full"));
@@ -300,6 +300,6 @@ mod tests {
         assert!(!h.succeeded());
         assert!(h.may_append(t0));
         assert_eq!(h.degraded(), None);
-        assert_eq!(h.failed("write failed".into(), t0, 0.5).0, Duration::from_secs(1), "the backoff starts over");
+        assert_eq!(h.failed("write failed".into(), t0, 1.0).0, Duration::from_secs(1), "the backoff starts over");
     }
 }
