@@ -7,22 +7,20 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Agent, POLL};
+use common::{Agent, OutStream, POLL, msg};
 use driftwatch_formats::Masker;
-use driftwatch_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
+use driftwatch_proto::v1::agent_gateway_server::AgentGateway;
 use driftwatch_proto::v1::{
-    Ack, AgentMessage, ApplyChange, ChangeOutcome, ChangeResult, FileState, ServerMessage, Welcome, agent_message,
-    server_message,
+    Ack, AgentMessage, ApplyChange, ChangeOutcome, ChangeResult, FileState, Welcome, agent_message, server_message,
 };
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -46,12 +44,6 @@ struct Plan {
 struct Gateway {
     events: mpsc::UnboundedSender<Event>,
     plan: Arc<Mutex<Option<Plan>>>,
-}
-
-type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
-
-fn msg(kind: server_message::Kind) -> Result<ServerMessage, Status> {
-    Ok(ServerMessage { kind: Some(kind) })
 }
 
 #[tonic::async_trait]
@@ -120,16 +112,9 @@ struct Server {
 }
 
 async fn server() -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let (events_tx, events) = mpsc::unbounded_channel();
     let plan = Arc::new(Mutex::new(None));
-    let gateway = Gateway { events: events_tx, plan: plan.clone() };
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AgentGatewayServer::new(gateway))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let url = common::serve_plaintext(Gateway { events: events_tx, plan: plan.clone() }).await;
     Server { url, events, plan }
 }
 

@@ -8,23 +8,21 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Agent, POLL};
+use common::{Agent, OutStream, POLL, msg};
 use driftwatch_pki::{AgentKey, Ca, Identity, inspect, inspect_pem};
 use driftwatch_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
 use driftwatch_proto::v1::{
-    Ack, AgentMessage, CertificateIssued, EnrollRequest, EnrollResponse, ServerMessage, Welcome, agent_message,
-    server_message,
+    Ack, AgentMessage, CertificateIssued, EnrollRequest, EnrollResponse, Welcome, agent_message, server_message,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -60,12 +58,6 @@ struct Gateway {
     events: mpsc::UnboundedSender<Event>,
     /// Bumped to end every open stream (the agents reconnect).
     kick: watch::Receiver<u32>,
-}
-
-type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
-
-fn msg(kind: server_message::Kind) -> Result<ServerMessage, Status> {
-    Ok(ServerMessage { kind: Some(kind) })
 }
 
 #[tonic::async_trait]

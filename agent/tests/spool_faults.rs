@@ -8,18 +8,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
 
-use common::{Agent, wait_until};
+use common::{Agent, OutStream, msg, wait_until};
 use driftwatch_agent::spool::segment;
-use driftwatch_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
-use driftwatch_proto::v1::{Ack, AgentMessage, ServerMessage, Welcome, agent_message, server_message};
+use driftwatch_proto::v1::agent_gateway_server::AgentGateway;
+use driftwatch_proto::v1::{Ack, AgentMessage, Welcome, agent_message, server_message};
 use parking_lot::Mutex;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -45,12 +44,6 @@ struct Gateway {
     seen: Arc<Mutex<Seen>>,
     /// Never acknowledge: what the agent sends stays in its spool.
     silent: bool,
-}
-
-type OutStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
-
-fn msg(kind: server_message::Kind) -> Result<ServerMessage, Status> {
-    Ok(ServerMessage { kind: Some(kind) })
 }
 
 #[tonic::async_trait]
@@ -111,15 +104,8 @@ async fn gateway() -> (String, Arc<Mutex<Seen>>) {
 }
 
 async fn gateway_with(gw: Gateway) -> (String, Arc<Mutex<Seen>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let seen = gw.seen.clone();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AgentGatewayServer::new(gw))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    (url, seen)
+    (common::serve_plaintext(gw).await, seen)
 }
 
 fn setup(files: usize, lines: usize) -> (tempfile::TempDir, PathBuf) {

@@ -87,3 +87,27 @@ pub async fn wait_until(what: &str, agent: &mut Agent, deadline: Duration, mut c
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// What a test's gateway streams back to the agent.
+pub type OutStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<driftwatch_proto::v1::ServerMessage, tonic::Status>> + Send>,
+>;
+
+/// One message of `kind` on a test gateway's stream.
+pub fn msg(
+    kind: driftwatch_proto::v1::server_message::Kind,
+) -> Result<driftwatch_proto::v1::ServerMessage, tonic::Status> {
+    Ok(driftwatch_proto::v1::ServerMessage { kind: Some(kind) })
+}
+
+/// Serve `gateway` in plaintext on 127.0.0.1:0; its URL.
+pub async fn serve_plaintext<G: driftwatch_proto::v1::agent_gateway_server::AgentGateway>(gateway: G) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(driftwatch_proto::v1::agent_gateway_server::AgentGatewayServer::new(gateway))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    url
+}
