@@ -113,16 +113,8 @@ impl WriteSender {
     /// Queue `item`, waiting while the queue is full (counted). Fails only once the
     /// writer has stopped (shutdown).
     pub async fn send(&self, item: WriteItem) -> Result<(), NotQueued> {
-        let queued = Queued::start(&self.depth);
-        let item = match self.tx.try_send(item) {
-            Ok(()) => {
-                queued.taken();
-                return Ok(());
-            }
-            Err(TrySendError::Closed(_)) => return Err(NotQueued::Stopped),
-            Err(TrySendError::Full(item)) => item,
-        };
-        self.full_waits.inc();
+        let mut queued = Queued::start(&self.depth);
+        let Some(item) = self.queue_now(item, &mut queued)? else { return Ok(()) };
         self.tx.send(item).await.map_err(|_| NotQueued::Stopped)?;
         queued.taken();
         Ok(())
@@ -131,25 +123,33 @@ impl WriteSender {
     /// [`WriteSender::send`] for threads that are not async workers (the engine
     /// thread, `spawn_blocking`); panics on an async worker, as `blocking_send` does.
     pub fn blocking_send(&self, item: WriteItem) -> Result<(), NotQueued> {
-        let queued = Queued::start(&self.depth);
-        let item = match self.tx.try_send(item) {
-            Ok(()) => {
-                queued.taken();
-                return Ok(());
-            }
-            Err(TrySendError::Closed(_)) => return Err(NotQueued::Stopped),
-            Err(TrySendError::Full(item)) => item,
-        };
-        self.full_waits.inc();
+        let mut queued = Queued::start(&self.depth);
+        let Some(item) = self.queue_now(item, &mut queued)? else { return Ok(()) };
         self.tx.blocking_send(item).map_err(|_| NotQueued::Stopped)?;
         queued.taken();
         Ok(())
     }
 
+    /// The first step of both sends: queue `item` if there is room now (`None`), else
+    /// count a wait and hand it back to wait for room.
+    fn queue_now(&self, item: WriteItem, queued: &mut Queued) -> Result<Option<WriteItem>, NotQueued> {
+        match self.tx.try_send(item) {
+            Ok(()) => {
+                queued.taken();
+                Ok(None)
+            }
+            Err(TrySendError::Closed(_)) => Err(NotQueued::Stopped),
+            Err(TrySendError::Full(item)) => {
+                self.full_waits.inc();
+                Ok(Some(item))
+            }
+        }
+    }
+
     /// Queue `item` only if there is room now. Only for callers that keep the item
     /// and try again later themselves (host expiry, on its next pass).
     pub fn try_send(&self, item: WriteItem) -> Result<(), NotQueued> {
-        let queued = Queued::start(&self.depth);
+        let mut queued = Queued::start(&self.depth);
         self.tx.try_send(item).map_err(|e| match e {
             TrySendError::Full(_) => NotQueued::Full,
             TrySendError::Closed(_) => NotQueued::Stopped,
@@ -171,7 +171,7 @@ impl<'a> Queued<'a> {
     }
 
     /// In the queue: the writer takes it out of the count.
-    fn taken(mut self) {
+    fn taken(&mut self) {
         self.0 = None;
     }
 }
