@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use driftwatch_pki::Identity;
@@ -40,6 +41,10 @@ pub struct Authenticated {
 pub struct Operators {
     /// By id: a token's public part, a certificate's serial.
     creds: RwLock<HashMap<String, Live>>,
+    /// Moves on with every change to `creds`: a connection's remembered verdict holds
+    /// only while it has not moved. Each instance starts in its own range (a memo never
+    /// vouches across servers in one process, as in tests).
+    generation: AtomicU64,
     /// Serialises changes end to end (check, sign, commit).
     write: tokio::sync::Mutex<()>,
     writer: WriteSender,
@@ -59,30 +64,44 @@ impl Operators {
                 }
             }
         }
-        Arc::new(Self { creds: RwLock::new(creds), write: tokio::sync::Mutex::new(()), writer, ca })
+        static RANGES: AtomicU64 = AtomicU64::new(0);
+        let generation = AtomicU64::new(RANGES.fetch_add(1 << 32, Ordering::Relaxed));
+        Arc::new(Self { creds: RwLock::new(creds), generation, write: tokio::sync::Mutex::new(()), writer, ca })
     }
 
     /// The principal and role of a presented bearer token. `memo`: the connection's
-    /// last verified token; the same text again skips the hash (the credential's
-    /// state, revocation and expiry, is checked on every call all the same).
+    /// last verdict; the same text again, while no credential changed and before the
+    /// token expires, gets it without the hash and the lookup. Any change (a
+    /// revocation) sends every connection through the full check on its next call.
     pub fn authenticate_token(&self, token: &str, memo: Option<&TokenMemo>) -> Result<Authenticated, String> {
-        let unknown = || "unknown token".to_string();
         let token = token.trim();
+        let now = driftwatch_proto::now_millis();
+        // Read before `creds`: a change after this read is seen by the next call.
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(who) = memo.and_then(|m| m.vouches(token, generation, now)) {
+            return Ok(who);
+        }
+        let unknown = || "unknown token".to_string();
         let id = records::token_id(token).ok_or_else(unknown)?;
         let creds = self.creds.read();
         let live = creds.get(id).filter(|c| c.cred.kind == Kind::Token).ok_or_else(unknown)?;
-        if !memo.is_some_and(|m| m.holds(token, id)) {
-            if !live.hash.is_some_and(|h| records::same_hash(&h, &records::token_digest(token))) {
-                return Err(unknown());
-            }
-            if let Some(m) = memo {
-                m.remember(token, id);
-            }
+        if !live.hash.is_some_and(|h| records::same_hash(&h, &records::token_digest(token))) {
+            return Err(unknown());
         }
-        if let Some(why) = live.cred.refusal(driftwatch_proto::now_millis()) {
+        if let Some(why) = live.cred.refusal(now) {
             return Err(why);
         }
-        Ok(Authenticated { principal: live.cred.name.clone(), role: live.role })
+        let who = Authenticated { principal: live.cred.name.clone(), role: live.role };
+        if let Some(m) = memo {
+            m.remember(Verified { token: token.into(), generation, expires_ms: live.cred.expires_ms, who: who.clone() });
+        }
+        Ok(who)
+    }
+
+    /// Install a changed credential; remembered verdicts no longer hold.
+    fn install(&self, cred: StoredCredential) {
+        self.creds.write().insert(cred.id.clone(), Live::new(cred));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The role of an operator certificate (already verified against the fleet CA):
@@ -213,7 +232,7 @@ impl Operators {
         let audit = entry(actor, action, &cred, reason_suffix(reason).trim_start_matches("; ").to_string());
         crate::writer::commit_durable(&self.writer, vec![op(&cred), AuditLog::op(audit)]).await?;
         let proto = cred.to_proto();
-        self.creds.write().insert(cred.id.clone(), Live::new(cred));
+        self.install(cred);
         tracing::info!(credential = %id, %actor, "operator credential revoked");
         Ok(proto)
     }
@@ -257,32 +276,43 @@ impl Operators {
         crate::writer::commit_durable(&self.writer, vec![op(&cred), AuditLog::op(audit)]).await?;
         let proto = cred.to_proto();
         tracing::info!(credential = %cred.id, name = %cred.name, role = %cred.role, %actor, action, "operator credential");
-        self.creds.write().insert(cred.id.clone(), Live::new(cred));
+        self.install(cred);
         Ok(proto)
     }
 }
 
-/// One connection's last verified token and its id. A long-lived client sends the
-/// same token on every call; hashing it once per connection instead of once per call
-/// is most of the token check's cost. Only text that hashed to a stored token is
-/// remembered, compared in time independent of where it differs.
+/// One connection's last verdict on a bearer token. A long-lived client sends the
+/// same token on every call; checking it once per connection (until a credential
+/// changes) instead of once per call removes the hash and the shared lookup. Only a
+/// token that verified is remembered, compared in time independent of where it differs.
 #[derive(Debug, Clone, Default)]
 pub struct TokenMemo(Arc<parking_lot::Mutex<Option<Verified>>>);
 
-/// A token's text and its id.
+/// A token that verified, when, and what it proved.
 #[derive(Debug)]
-struct Verified(Box<str>, Box<str>);
+struct Verified {
+    token: Box<str>,
+    /// [`Operators::generation`] read before the check.
+    generation: u64,
+    /// 0: never.
+    expires_ms: i64,
+    who: Authenticated,
+}
 
 impl TokenMemo {
-    fn holds(&self, token: &str, id: &str) -> bool {
-        self.0
-            .lock()
-            .as_ref()
-            .is_some_and(|Verified(t, i)| &**i == id && records::same_hash(t.as_bytes(), token.as_bytes()))
+    /// The remembered verdict, if `token` is the remembered text, no credential has
+    /// changed since, and it has not expired.
+    fn vouches(&self, token: &str, generation: u64, now_ms: i64) -> Option<Authenticated> {
+        let memo = self.0.lock();
+        let v = memo.as_ref()?;
+        let holds = v.generation == generation
+            && (v.expires_ms == 0 || now_ms < v.expires_ms)
+            && records::same_hash(v.token.as_bytes(), token.as_bytes());
+        holds.then(|| v.who.clone())
     }
 
-    fn remember(&self, token: &str, id: &str) {
-        *self.0.lock() = Some(Verified(token.into(), id.into()));
+    fn remember(&self, verified: Verified) {
+        *self.0.lock() = Some(verified);
     }
 }
 
@@ -362,23 +392,49 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_remembers_only_a_verified_token_and_revocation_still_counts() {
+    fn a_connection_remembers_only_a_verified_token_until_a_credential_changes() {
         let (token, _) = records::new_token();
         let ops = operators_with(&token, false);
         let memo = TokenMemo::default();
+        let generation = || ops.generation.load(Ordering::Acquire);
+        let now = driftwatch_proto::now_millis();
         let who = ops.authenticate_token(&token, Some(&memo)).unwrap();
         assert_eq!((who.principal.as_str(), who.role), ("alice", Role::Operator));
-        assert!(memo.holds(&token, records::token_id(&token).unwrap()));
-        // Same id, another secret: not the remembered text, so hashed, and refused.
+        assert_eq!(memo.vouches(&token, generation(), now), Some(who.clone()));
+        // Same id, another secret: not the remembered text, so checked, and refused.
         let forged = format!("{}.{}", token.rsplit_once('.').unwrap().0, "f".repeat(64));
+        assert_eq!(memo.vouches(&forged, generation(), now), None);
         assert_eq!(ops.authenticate_token(&forged, Some(&memo)).unwrap_err(), "unknown token");
-        assert!(memo.holds(&token, records::token_id(&token).unwrap()), "a refused token is not remembered");
-        // The remembered token, once revoked, is refused on the same connection.
+        assert!(memo.vouches(&token, generation(), now).is_some(), "a refused token is not remembered");
+        // Another server's verdict is not this one's: its own state says revoked.
         let revoked = operators_with(&token, true);
         assert!(revoked.authenticate_token(&token, Some(&memo)).unwrap_err().contains("revoked"));
         // A token that does not verify is never remembered.
         let fresh = TokenMemo::default();
         assert!(ops.authenticate_token(&forged, Some(&fresh)).is_err());
-        assert!(!fresh.holds(&forged, records::token_id(&forged).unwrap()));
+        assert_eq!(fresh.vouches(&forged, generation(), now), None);
+        // Revoked on this server: the remembered verdict no longer holds, on the next call.
+        let memo = TokenMemo::default();
+        ops.authenticate_token(&token, Some(&memo)).unwrap();
+        let mut cred = ops.creds.read().get(records::token_id(&token).unwrap()).unwrap().cred.clone();
+        cred.revoked_ms = Some(now);
+        ops.install(cred);
+        assert_eq!(memo.vouches(&token, generation(), now), None);
+        assert!(ops.authenticate_token(&token, Some(&memo)).unwrap_err().contains("revoked"));
+    }
+
+    #[test]
+    fn a_remembered_token_expires_when_the_token_does() {
+        let (token, _) = records::new_token();
+        let ops = operators_with(&token, false);
+        let now = driftwatch_proto::now_millis();
+        let mut cred = ops.creds.read().get(records::token_id(&token).unwrap()).unwrap().cred.clone();
+        cred.expires_ms = now + 60_000;
+        ops.install(cred);
+        let memo = TokenMemo::default();
+        ops.authenticate_token(&token, Some(&memo)).unwrap();
+        let generation = ops.generation.load(Ordering::Acquire);
+        assert!(memo.vouches(&token, generation, now + 59_999).is_some());
+        assert_eq!(memo.vouches(&token, generation, now + 60_000), None, "expired: checked in full again");
     }
 }
