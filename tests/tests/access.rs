@@ -240,6 +240,27 @@ async fn every_rpc_by_every_role_over_tls() {
 
 /// The audit actor is the authenticated principal, never a request field, and a
 /// token's creation and revocation are audited by whoever did them.
+/// A connection remembers the token it last verified; revoking that token, from
+/// another connection, still refuses the very next call on this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_mid_connection_is_refused_on_its_next_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server_with(ServerConfig::for_tests_tls(dir.path())).await;
+    let (url, ca) = (tls_url(&server), server_ca(dir.path()));
+    let admin = Bearer::new(Some(&admin_token(dir.path()))).unwrap();
+    let control = tls_channel(&url, &ca, None).await.unwrap();
+    let (token, id) = new_token(&control, &admin, "t-held", Role::Viewer, 0).await;
+    let held = tls_channel(&url, &ca, None).await.unwrap();
+    let who_am_i = "/driftwatch.v1.Access/WhoAmI";
+    for _ in 0..3 {
+        assert_eq!(call(&held, who_am_i, false, Some(&token)).await, Code::Ok, "the token works before revocation");
+    }
+    let mut req = tonic::Request::new(v1::RevokeTokenRequest { id, reason: "test".into() });
+    admin.apply(req.metadata_mut());
+    AccessClient::new(control).revoke_token(req).await.unwrap();
+    assert_eq!(call(&held, who_am_i, false, Some(&token)).await, Code::Unauthenticated);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_actor_is_the_authenticated_principal() {
     let dir = tempfile::tempdir().unwrap();

@@ -93,7 +93,12 @@ impl Operators {
         }
         let who = Authenticated { principal: live.cred.name.clone(), role: live.role };
         if let Some(m) = memo {
-            m.remember(Verified { token: token.into(), generation, expires_ms: live.cred.expires_ms, who: who.clone() });
+            m.remember(Verified {
+                token: token.into(),
+                generation,
+                expires_ms: live.cred.expires_ms,
+                who: who.clone(),
+            });
         }
         Ok(who)
     }
