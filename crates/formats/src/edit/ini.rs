@@ -369,8 +369,10 @@ mod tests {
 
     #[test]
     fn empty_values() {
-        assert_eq!(ed("[s]\na =\nb=\n", &[set("s.a", "1"), set("s.b", "2")]), "[s]\na = 1\nb=2\n");
-        assert_eq!(ed("[s]\ne = #fff\n", &[set("s.e", "1")]), "[s]\ne = 1 #fff\n");
+        // An empty value reads as a string, so text that would read as a number is quoted
+        // (what `text_value` tells the server); other text stays bare.
+        assert_eq!(ed("[s]\na =\nb=\n", &[set("s.a", "1"), set("s.b", "x")]), "[s]\na = \"1\"\nb=x\n");
+        assert_eq!(ed("[s]\ne = #fff\n", &[set("s.e", "one")]), "[s]\ne = one #fff\n");
         assert_eq!(ed("[s]\ne = 1 #fff\n", &[set("s.e", "")]), "[s]\ne = #fff\n");
         assert_eq!(ed("[s]\na = 1\n", &[set("s.a", "")]), "[s]\na =\n");
     }
