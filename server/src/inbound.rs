@@ -95,6 +95,11 @@ pub fn check_snapshot(s: &Snapshot, host: &str, limits: &Limits) -> Result<(), R
     if s.seq == 0 {
         return Err(invalid("snapshot seq must be at least 1"));
     }
+    if let Some(r) = &s.resources {
+        // The gateway stores and the engine judges resource rules by this time (a file's
+        // `modified_at` is only shown, and a file's odd mtime must not refuse a snapshot).
+        check_time("resources.sampled_at", r.sampled_at.as_ref())?;
+    }
     for f in &s.files {
         check_file(f)?;
     }
@@ -102,6 +107,16 @@ pub fn check_snapshot(s: &Snapshot, host: &str, limits: &Limits) -> Result<(), R
         limits.check_keys(host, &f.path, f.keys.len())?;
     }
     Ok(())
+}
+
+fn check_time(field: &str, t: Option<&prost_types::Timestamp>) -> Result<(), Refusal> {
+    match t {
+        Some(t) if !driftwatch_proto::timestamp_in_range(t) => Err(invalid(format!(
+            "snapshot {field} is not a valid time (seconds {}, nanos {}; years 1 to 9999)",
+            t.seconds, t.nanos
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn check_file(f: &FileState) -> Result<(), Refusal> {
@@ -187,6 +202,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A sample time far outside protobuf's range overflowed its conversion to
+    /// milliseconds in the gateway and the rule engine (the shared conversion, found by
+    /// the silences' fuzzer); such a time is refused.
+    #[test]
+    fn times_outside_protobufs_range_are_refused() {
+        let l = Limits::default();
+        let far = prost_types::Timestamp { seconds: i64::MAX, nanos: 0 };
+        let mut m = snapshot(1, &["/etc/a"]);
+        if let Some(agent_message::Kind::Snapshot(s)) = &mut m.kind {
+            s.resources = Some(driftwatch_proto::v1::ResourceSample { sampled_at: Some(far), ..Default::default() });
+        }
+        assert!(refused(check_agent_message(&m, LATER, &l)).contains("sampled_at"));
+        if let Some(agent_message::Kind::Snapshot(s)) = &mut m.kind {
+            s.resources = None;
+            s.files[0].modified_at = Some(far);
+        }
+        assert_eq!(check_agent_message(&m, LATER, &l), Ok(()));
     }
 
     #[test]
