@@ -22,7 +22,7 @@ pub struct Target {
     pub check: fn(&[u8]),
 }
 
-/// Every target, in the order `scripts/fuzz` runs them.
+/// Every target.
 pub const TARGETS: &[Target] = &[
     Target { name: "gateway_agent_message", check: gateway::agent_message },
     Target { name: "spool_scan", check: spool::scan },
