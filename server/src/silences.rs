@@ -47,31 +47,8 @@ impl CompiledMatcher {
     }
 }
 
-/// Parse `name=value`, `name!=value`, `name=~regex`, `name!~regex`.
-pub fn parse_matcher(s: &str) -> Result<v1::Matcher, String> {
-    for (tok, op) in [("!~", Op::NotRegex), ("=~", Op::Regex), ("!=", Op::NotEqual), ("=", Op::Equal)] {
-        if let Some(i) = s.find(tok) {
-            let name = s[..i].trim();
-            let value = s[i + tok.len()..].trim().trim_matches('"');
-            if name.is_empty() {
-                return Err(format!("matcher {s:?}: missing label name"));
-            }
-            return Ok(v1::Matcher { name: name.to_string(), value: value.to_string(), op: op as i32 });
-        }
-    }
-    Err(format!("matcher {s:?}: expected name=value, name!=value, name=~regex or name!~regex"))
-}
-
-/// The matcher as `name=value`, `name!=value`, `name=~regex`, `name!~regex`.
-pub fn matcher_text(m: &v1::Matcher) -> String {
-    let op = match Op::try_from(m.op) {
-        Ok(Op::NotEqual) => "!=",
-        Ok(Op::Regex) => "=~",
-        Ok(Op::NotRegex) => "!~",
-        _ => "=",
-    };
-    format!("{}{op}{}", m.name, m.value)
-}
+/// The matcher grammar is shared with the CLI.
+pub use driftwatch_proto::matcher::{matcher_text, parse_matcher};
 
 /// A silence and its compiled matchers.
 #[derive(Debug, Clone)]
