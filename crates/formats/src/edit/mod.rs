@@ -100,6 +100,11 @@ pub fn edit(format: Format, content: &str, ops: &[EditOp]) -> Result<String, Edi
     if let Some(op) = ops.iter().find(|op| holds_nul(op)) {
         return Err(unsupported(format, format!("`{}`: a NUL byte cannot be written to a text file", op.key())));
     }
+    // `analyze` shows a secret-looking key segment as `<masked:…>`: that names no key of
+    // the file, and writing it literally would add a second key shown the same way.
+    if let Some(op) = ops.iter().find(|op| op.key().split(['.', '[']).any(|s| s.starts_with("<masked:"))) {
+        return Err(unsupported(format, format!("`{}`: a masked key segment cannot be named", op.key())));
+    }
     let mut text = body.to_owned();
     let mut expected: Vec<(String, Expect)> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
@@ -155,6 +160,10 @@ fn text_as_typed(format: Format, text: &str, op: &EditOp, masker: &Masker) -> Op
         return None;
     }
     let current = read_keys(text, format, masker).ok()?.into_iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    // A masked value's type is not known here (and the server never sets one): the line decides.
+    if current.as_ref().is_some_and(|v| matches!(v.kind, Some(Kind::Masked(_)))) {
+        return None;
+    }
     let want = text_value(current.as_ref(), t);
     let as_written = text_value(None, t);
     (want != as_written).then(|| EditOp::Set { key: key.clone(), value: NewValue::Typed(want) })

@@ -281,6 +281,14 @@ fn line_formats_read_operator_text_back_as_text_value_says() {
             let after: HashMap<String, Value> = keys_of(format, &out).into_iter().collect();
             assert_eq!(after[key], want, "{format:?}: {key} set to {text:?} gave\n{out}");
         }
+        // Under a masked value (its type unknown) the line decides, and the same edit
+        // twice is the edit once (found by fuzzing: `psk=123` set to `123` became `psk="123"`).
+        let doc = if format == Format::Env { "PASSWORD=1\n" } else { "password = 1\n" };
+        let key = if format == Format::Env { "PASSWORD" } else { "password" };
+        assert!(matches!(keys_of(format, doc)[0].1.kind, Some(driftwatch_proto::v1::value::Kind::Masked(_))));
+        let once = edit(format, doc, &[set(key, NewValue::Text("1.5".into()))]).unwrap();
+        assert!(once.contains("= 1.5") || once.contains("=1.5"), "{once}");
+        assert_eq!(edit(format, &once, &[set(key, NewValue::Text("1.5".into()))]).unwrap(), once);
     }
 }
 
@@ -300,6 +308,30 @@ fn a_nul_byte_is_refused_before_anything_is_written() {
             assert!(
                 matches!(&e, EditError::Unsupported { reason, .. } if reason.contains("NUL")),
                 "{format:?} {op:?}: {e}"
+            );
+        }
+    }
+}
+
+/// Found by fuzzing (`formats_ini`): a key whose segment `analyze` masks (an INI section
+/// named like a token) was set by its masked name, which added a section literally named
+/// `<masked:…>`: two keys shown the same, the old value read back.
+#[test]
+fn a_masked_key_segment_cannot_be_named() {
+    let token = format!("ghp_{}", "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5");
+    for (format, doc) in [
+        (Format::Ini, format!("[{token}]\nox = 1\n")),
+        (Format::Toml, format!("[\"{token}\"]\nox = 1\n")),
+        (Format::Json, format!("{{\"{token}\": {{\"ox\": 1}}}}")),
+    ] {
+        let keys = keys_of(format, &doc);
+        let (key, _) = &keys[0];
+        assert!(key.starts_with("<masked:") && key.ends_with(".ox"), "{format:?}: {key}");
+        for op in [set(key, NewValue::Text("2".into())), EditOp::Remove { key: key.clone() }] {
+            let e = edit(format, &doc, std::slice::from_ref(&op)).unwrap_err();
+            assert!(
+                matches!(&e, EditError::Unsupported { reason, .. } if reason.contains("masked")),
+                "{format:?}: {e}"
             );
         }
     }
