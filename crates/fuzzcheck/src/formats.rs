@@ -156,6 +156,10 @@ fn edit_op(selector: u8, pick: u8, arg: &[u8], before: &BTreeMap<String, Value>)
             // A plain dotted name: segments that look secret would be shown masked.
             let key: String =
                 key.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')).take(20).collect();
+            // A segment that looks like a token is shown masked, under another name.
+            if key.split('.').any(|seg| secret_reason("", seg).is_some()) {
+                return None;
+            }
             Some(EditOp::Set { key, value: NewValue::Text(value.to_owned()) })
         }
     }
@@ -181,7 +185,12 @@ fn check_edit(op: &EditOp, before: &BTreeMap<String, Value>, after: &BTreeMap<St
                 NewValue::Typed(v) => v.clone(),
             };
             let got = after.get(key).unwrap_or_else(|| panic!("`{key}` is missing after it was set"));
-            assert_reads_back(key, got, &want, masker);
+            // Over a masked value (its type unknown; the server never sets one) the
+            // format's own rules type the text.
+            let over_masked = matches!(before.get(key).and_then(|v| v.kind.as_ref()), Some(Kind::Masked(_)));
+            if !over_masked || matches!(value, NewValue::Typed(_)) {
+                assert_reads_back(key, got, &want, masker);
+            }
         }
     }
     for (k, v) in before {

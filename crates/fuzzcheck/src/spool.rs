@@ -49,8 +49,13 @@ pub fn scan(data: &[u8]) {
     let mut meta_acked = 0;
     match (flags >> 1) & 3 {
         0 => {}
+        // A healthy spool's meta is one the agent wrote.
+        1 | 2 | 3 if healthy => {
+            meta_acked = u64::from(input.byte());
+            write(&spool_dir.join("meta"), format!("spool_id=fuzz\nacked={meta_acked}\ndropped=0\n").as_bytes());
+        }
         1 | 2 => {
-            let id = if healthy { "fuzz".to_string() } else { input.string() };
+            let id = input.string();
             meta_acked = if flags & 8 == 0 { u64::from(input.byte()) } else { input.u64() };
             let dropped = input.u64();
             write(
@@ -65,12 +70,18 @@ pub fn scan(data: &[u8]) {
     // Intact records by seq, as the spool must give them back.
     let mut intact: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut seq = u64::from(input.byte());
+    // Whether every segment is named by the seq of its first record, as the agent names them.
+    let mut named_by_first = true;
     for _ in 0..1 + input.byte() % 3 {
         let mut bytes = Vec::new();
-        let first = if healthy { seq + 1 } else { input.u64() };
+        let mut first = seq.wrapping_add(1);
+        if !healthy && input.bool() {
+            first = input.u64();
+            named_by_first = false;
+        }
         for _ in 0..input.byte() % 6 {
             let kind = if healthy { 0 } else { input.byte() };
-            seq = if kind & 1 == 0 { seq + 1 } else { input.u64() };
+            seq = if kind & 1 == 0 { seq.wrapping_add(1) } else { input.u64() };
             if kind & 2 == 0 {
                 let payload = snapshot(seq, &mut input).encode_to_vec();
                 bytes.extend(record(seq, &payload));
@@ -96,10 +107,10 @@ pub fn scan(data: &[u8]) {
         Err(_) if !healthy => return,
         Err(e) => panic!("a healthy spool does not open: {e}"),
     };
-    check_opened(spool, healthy, meta_acked, &intact);
+    check_opened(spool, healthy, named_by_first, meta_acked, &intact);
 }
 
-fn check_opened(mut spool: Spool, healthy: bool, meta_acked: u64, intact: &[(u64, Vec<u8>)]) {
+fn check_opened(mut spool: Spool, healthy: bool, named_by_first: bool, meta_acked: u64, intact: &[(u64, Vec<u8>)]) {
     let acked = spool.acked();
     let all = spool.read_after(0, usize::MAX).expect("what the spool indexed reads back");
     assert_eq!(all.len() as u64, spool.pending());
@@ -127,7 +138,12 @@ fn check_opened(mut spool: Spool, healthy: bool, meta_acked: u64, intact: &[(u64
         let want: Vec<u64> = all.iter().map(|s| s.seq).filter(|s| *s > mid.seq).take(2).collect();
         assert_eq!(tail.iter().map(|s| s.seq).collect::<Vec<_>>(), want);
     }
-    // A new snapshot never reuses a seq.
+    // A new snapshot never reuses a seq. (Only where segments are named as the agent
+    // names them: a new segment is created by name, and a stray file of that name would
+    // be replaced.)
+    if !named_by_first {
+        return;
+    }
     let mut next = Snapshot::default();
     if let Ok(seq) = spool.append(&mut next) {
         assert!(seq > last && seq > acked, "append reused seq {seq} (last {last}, acked {acked})");
