@@ -50,7 +50,7 @@ pub fn scan(data: &[u8]) {
     match (flags >> 1) & 3 {
         0 => {}
         // A healthy spool's meta is one the agent wrote.
-        1 | 2 | 3 if healthy => {
+        1..=3 if healthy => {
             meta_acked = u64::from(input.byte());
             write(&spool_dir.join("meta"), format!("spool_id=fuzz\nacked={meta_acked}\ndropped=0\n").as_bytes());
         }
