@@ -76,6 +76,12 @@ pub(super) fn apply(text: &str, op: &EditOp) -> Result<Applied, EditError> {
                 return Err(unsupported(Format::Yaml, format!("`{key}` {problem}")));
             }
             let scalar = new_scalar(Format::Yaml, key, value, Some(leaf.existing))?;
+            // A document that is one scalar (`` or `[i]`): null would leave a document with no key.
+            let document_root = key.is_empty()
+                || key.strip_prefix('[').and_then(|k| k.strip_suffix(']')).is_some_and(|i| i.parse::<usize>().is_ok());
+            if document_root && scalar == Scalar::Null {
+                return Err(unsupported(Format::Yaml, "a document's root value cannot be set to null"));
+            }
             let written = render(&scalar, leaf.style, file_quote(&walk)).ok_or_else(|| {
                 unsupported(Format::Yaml, format!("`{key}`: the new value has no safe YAML form here"))
             })?;
@@ -389,6 +395,17 @@ mod tests {
 
     fn ed(text: &str, ops: &[EditOp]) -> String {
         super::super::testkit::ed(Format::Yaml, text, ops)
+    }
+
+    /// Found by fuzzing (`formats_yaml`): a document that is one scalar, set to null, lost
+    /// its only key and the edit failed its own check.
+    #[test]
+    fn a_document_root_cannot_be_set_to_null() {
+        for (doc, key) in [("7\n", ""), ("a: 1\n---\n7\n", "[1]")] {
+            let e = super::super::testkit::ed_err(Format::Yaml, doc, &[typed(key, Value::null())]);
+            assert!(matches!(e, EditError::Unsupported { .. }), "{doc:?}: {e}");
+        }
+        assert_eq!(ed("7\n", &[typed("", Value::int(8))]), "8\n");
     }
     fn ed_err(text: &str, ops: &[EditOp]) -> EditError {
         super::super::testkit::ed_err(Format::Yaml, text, ops)
