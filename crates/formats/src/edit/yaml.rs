@@ -146,7 +146,7 @@ fn render(scalar: &Scalar, style: ScalarStyle, file_quote: Quote) -> Option<Stri
 fn plain_ok(s: &str) -> bool {
     !s.is_empty()
         && s.trim() == s
-        && !s.chars().any(|c| c.is_control())
+        && s.chars().all(printable)
         && !s.starts_with([
             '-', '?', ':', ',', '[', ']', '{', '}', '#', '&', '*', '!', '|', '>', '\'', '"', '%', '@', '`',
         ])
@@ -158,7 +158,13 @@ fn plain_ok(s: &str) -> bool {
 
 /// Single quotes have no escapes, and line breaks in them fold: anything else goes.
 fn single_ok(s: &str) -> bool {
-    !s.chars().any(|c| c.is_control())
+    s.chars().all(printable)
+}
+
+/// YAML's printable characters (`c-printable`, less the line breaks and tab a single-line
+/// scalar cannot hold as they are): everything else must be escaped in double quotes.
+fn printable(c: char) -> bool {
+    !c.is_control() && !matches!(c, '\u{feff}' | '\u{fffe}' | '\u{ffff}')
 }
 
 fn double_quoted(s: &str) -> String {
@@ -172,7 +178,7 @@ fn double_quoted(s: &str) -> String {
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
             '\0' => out.push_str("\\0"),
-            c if c.is_control() || c == '\u{feff}' => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c if !printable(c) => out.push_str(&format!("\\u{:04X}", c as u32)),
             c => out.push(c),
         }
     }
@@ -406,6 +412,14 @@ mod tests {
             assert!(matches!(e, EditError::Unsupported { .. }), "{doc:?}: {e}");
         }
         assert_eq!(ed("7\n", &[typed("", Value::int(8))]), "8\n");
+    }
+
+    /// Found by fuzzing (`formats_yaml`): U+FFFE and U+FFFF are not printable in YAML and
+    /// were written as they are; the edited text did not parse.
+    #[test]
+    fn unprintable_characters_are_escaped() {
+        assert_eq!(ed("a: x\n", &[set("a", "b\u{ffff}c")]), "a: \"b\\uFFFFc\"\n");
+        assert_eq!(ed("a: 'x'\n", &[set("a", "\u{fffe}")]), "a: \"\\uFFFE\"\n");
     }
     fn ed_err(text: &str, ops: &[EditOp]) -> EditError {
         super::super::testkit::ed_err(Format::Yaml, text, ops)
