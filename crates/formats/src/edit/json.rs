@@ -288,7 +288,8 @@ impl Scanner<'_> {
                     self.i += 1;
                 }
                 let token = &self.text[start..self.i];
-                let kind = if token.contains(['.', 'e', 'E']) || token.parse::<i64>().is_err() {
+                // `-0` reads as the float -0.0 (an i64 has no negative zero).
+                let kind = if token.contains(['.', 'e', 'E']) || token == "-0" || token.parse::<i64>().is_err() {
                     Existing::Float
                 } else {
                     Existing::Int
@@ -399,6 +400,9 @@ mod tests {
         // Found by fuzzing (`formats_json`): a root scalar set to null left a document
         // with no keys, and the edit failed its own check.
         assert!(matches!(ed_err("7", &[typed("", Value::null())]), EditError::Unsupported { .. }));
+        // Found by fuzzing (`formats_json`): `-0` reads as a float, so text over it is typed
+        // as one (it was typed as an int, unlike what the server was told).
+        assert_eq!(ed("{\"a\": -0}", &[set("a", "0")]), "{\"a\": 0.0}");
     }
 
     #[test]
