@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use driftwatch_proto::v1::{
-    self, AgentMessage, FileState, ServerMessage, Snapshot, agent_gateway_server::AgentGateway, agent_message,
-    server_message,
+    self, AgentMessage, ServerMessage, Snapshot, agent_gateway_server::AgentGateway, agent_message, server_message,
 };
 use driftwatch_store::{FileRecord, ResourceRecord};
 use prost::Message;
@@ -25,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::EvalMsg;
 use crate::error::ServerError;
+use crate::inbound::Position;
 use crate::limits::{Breach, Limit};
 use crate::metrics::Metrics;
 use crate::spool_report::{AlertChange, Listing, alert_message};
@@ -32,7 +32,6 @@ use crate::state::{Connection, FileEntry, FleetState, HostEntry};
 use crate::writer::{AckTarget, WriteItem, WriteSender};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_PATH_LEN: usize = 4096;
 /// Characters of an agent's spool condition kept (it is shown, never parsed).
 const MAX_SPOOL_REASON: usize = 256;
 
@@ -97,9 +96,17 @@ impl AgentGateway for Gateway {
         let caller = request.extensions().get::<crate::access::AgentCaller>().cloned();
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
-            Ok(Some(Ok(AgentMessage { kind: Some(agent_message::Kind::Hello(h)) }))) => h,
-            Ok(Some(Ok(_))) => {
-                return Err(self.refuse(&peer, ServerError::InvalidArgument("the first message must be hello".into())));
+            Ok(Some(Ok(m))) => {
+                if let Err(r) = crate::inbound::check_agent_message(&m, Position::First, &self.limits) {
+                    return Err(self.refuse(&peer, r.into_error(&self.limits, &self.metrics)));
+                }
+                // The check accepts nothing else first.
+                let Some(agent_message::Kind::Hello(h)) = m.kind else {
+                    return Err(
+                        self.refuse(&peer, ServerError::InvalidArgument("the first message must be hello".into()))
+                    );
+                };
+                h
             }
             Ok(Some(Err(status))) => return Err(self.inbound_error(status)),
             Ok(None) => return Err(Status::cancelled("stream closed before hello")),
@@ -153,7 +160,7 @@ impl Gateway {
         status
     }
 
-    /// Validate the Hello and claim the host id for this connection.
+    /// Claim the host id of a checked Hello (`inbound::check_hello`) for this connection.
     fn register(
         &self,
         hello: &v1::Hello,
@@ -161,7 +168,6 @@ impl Gateway {
         caller: Option<&crate::access::AgentCaller>,
     ) -> Result<Registered, ServerError> {
         let id = hello.host_id.trim();
-        driftwatch_pki::check_host_id(id).map_err(|e| ServerError::InvalidArgument(format!("host_id {e}")))?;
         if let Some(c) = caller
             && c.host_id != id
         {
@@ -169,10 +175,6 @@ impl Gateway {
                 "hello says host '{id}' but the client certificate is for host '{}'",
                 c.host_id
             )));
-        }
-        self.limits.check_labels(&hello.labels, &format!("the hello of host '{id}'")).map_err(|b| self.breach(b))?;
-        if hello.spool_id.is_empty() || hello.spool_id.len() > 64 {
-            return Err(ServerError::InvalidArgument("spool_id must be 1-64 characters".into()));
         }
         let connected = self.metrics.connected_agents.get();
         if connected >= self.limits.max_agents as i64 {
@@ -372,6 +374,14 @@ impl ConnTask {
     }
 
     async fn handle(&mut self, m: AgentMessage) -> Result<(), ServerError> {
+        if let Err(r) =
+            crate::inbound::check_agent_message(&m, Position::Later { host: &self.host_id }, &self.gw.limits)
+        {
+            if matches!(m.kind, Some(agent_message::Kind::Snapshot(_))) {
+                self.gw.metrics.snapshots_rejected.inc();
+            }
+            return Err(r.into_error(&self.gw.limits, &self.gw.metrics));
+        }
         match m.kind {
             Some(agent_message::Kind::Snapshot(s)) => self.snapshot(s).await,
             Some(agent_message::Kind::Heartbeat(hb)) => {
@@ -414,6 +424,7 @@ impl ConnTask {
                 let msg = ServerMessage { kind: Some(server_message::Kind::CertificateIssued(issued)) };
                 self.tx.send(Ok(msg)).await.map_err(|_| ServerError::Unavailable("agent went away".into()))
             }
+            // Refused by the check above already.
             Some(agent_message::Kind::Hello(_)) => Err(ServerError::InvalidArgument("hello sent twice".into())),
             None => Err(ServerError::InvalidArgument("empty agent message".into())),
         }
@@ -421,11 +432,6 @@ impl ConnTask {
 
     async fn snapshot(&mut self, s: Snapshot) -> Result<(), ServerError> {
         let received = Instant::now();
-        if s.seq == 0 {
-            self.gw.metrics.snapshots_rejected.inc();
-            return Err(ServerError::InvalidArgument("snapshot seq must be at least 1".into()));
-        }
-        validate_files(&s.files)?;
         let now = driftwatch_proto::now_millis();
         let mut evals = Vec::new();
         let mut changed = Vec::new();
@@ -528,8 +534,8 @@ impl ConnTask {
         self.gw.writer.send(item).await.map_err(|_| ServerError::Unavailable("server is shutting down".into()))
     }
 
-    /// The per-host limits after this snapshot: keys per file, files and bytes of
-    /// file state held. Nothing of a refused snapshot is applied.
+    /// The per-host limits after this snapshot: files and bytes of file state held
+    /// (keys per file: `inbound::check_snapshot`). Nothing of a refused snapshot is applied.
     /// `listing_from`: the first seq of the whole listing `s` is part of (files last
     /// updated before it go when it ends).
     fn check_limits(&self, h: &HostEntry, s: &Snapshot, listing_from: Option<u64>) -> Result<(), Breach> {
@@ -537,9 +543,6 @@ impl ConnTask {
             return Ok(());
         }
         let limits = &self.gw.limits;
-        for f in &s.files {
-            limits.check_keys(&self.host_id, &f.path, f.keys.len())?;
-        }
         let incoming: Vec<(&str, u64)> = s.files.iter().map(|f| (f.path.as_str(), f.encoded_len() as u64)).collect();
         let held = h.files.iter().map(|(p, f)| (p.as_str(), f.seq, f.encoded().len() as u64));
         limits.check_host(&self.host_id, crate::limits::usage_after(held, &incoming, listing_from))
@@ -560,18 +563,6 @@ impl ConnTask {
         // Last seen and offline, stored even when the writer's queue is full (it waits).
         let _ = self.gw.writer.send(WriteItem { host: Some(record), ..Default::default() }).await;
     }
-}
-
-fn validate_files(files: &[FileState]) -> Result<(), ServerError> {
-    for f in files {
-        if f.path.is_empty() || f.path.len() > MAX_PATH_LEN || !f.path.starts_with('/') {
-            return Err(ServerError::InvalidArgument(format!(
-                "file path must be absolute and at most {MAX_PATH_LEN} bytes (got {:?})",
-                f.path.chars().take(80).collect::<String>()
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod error;
 pub mod fleet;
 pub mod gateway;
 pub mod hub;
+pub mod inbound;
 pub mod limits;
 pub mod metrics;
 pub mod notify;

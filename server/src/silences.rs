@@ -47,31 +47,8 @@ impl CompiledMatcher {
     }
 }
 
-/// Parse `name=value`, `name!=value`, `name=~regex`, `name!~regex`.
-pub fn parse_matcher(s: &str) -> Result<v1::Matcher, String> {
-    for (tok, op) in [("!~", Op::NotRegex), ("=~", Op::Regex), ("!=", Op::NotEqual), ("=", Op::Equal)] {
-        if let Some(i) = s.find(tok) {
-            let name = s[..i].trim();
-            let value = s[i + tok.len()..].trim().trim_matches('"');
-            if name.is_empty() {
-                return Err(format!("matcher {s:?}: missing label name"));
-            }
-            return Ok(v1::Matcher { name: name.to_string(), value: value.to_string(), op: op as i32 });
-        }
-    }
-    Err(format!("matcher {s:?}: expected name=value, name!=value, name=~regex or name!~regex"))
-}
-
-/// The matcher as `name=value`, `name!=value`, `name=~regex`, `name!~regex`.
-pub fn matcher_text(m: &v1::Matcher) -> String {
-    let op = match Op::try_from(m.op) {
-        Ok(Op::NotEqual) => "!=",
-        Ok(Op::Regex) => "=~",
-        Ok(Op::NotRegex) => "!~",
-        _ => "=",
-    };
-    format!("{}{op}{}", m.name, m.value)
-}
+/// The matcher grammar is shared with the CLI.
+pub use driftwatch_proto::matcher::{matcher_text, parse_matcher};
 
 /// A silence and its compiled matchers.
 #[derive(Debug, Clone)]
@@ -131,11 +108,16 @@ pub fn validate_create(req: &v1::CreateSilenceRequest, actor: &str, now_ms: i64)
     {
         problems.push("matchers match every alert; add a matcher that requires a label value".to_string());
     }
+    for (field, t) in [("starts_at", &req.starts_at), ("ends_at", &req.ends_at)] {
+        if t.as_ref().is_some_and(|t| !driftwatch_proto::timestamp_in_range(t)) {
+            problems.push(format!("{field} is not a valid time (years 1 to 9999)"));
+        }
+    }
     let starts_ms = req.starts_at.as_ref().map(driftwatch_proto::timestamp_millis).unwrap_or(now_ms);
     let ends_ms = match (&req.ends_at, &req.duration) {
         (Some(t), None) => Some(driftwatch_proto::timestamp_millis(t)),
         (None, Some(d)) => match driftwatch_proto::duration::from_proto("duration", d) {
-            Ok(d) if !d.is_zero() => Some(starts_ms.max(now_ms) + d.as_millis() as i64),
+            Ok(d) if !d.is_zero() => Some(starts_ms.max(now_ms).saturating_add(d.as_millis() as i64)),
             Ok(_) => {
                 problems.push("duration must be positive".into());
                 None
@@ -238,6 +220,25 @@ mod tests {
         assert!(!s.silences(&l, 1_500));
         assert!(s.silences(&l, 2_500));
         assert!(!s.silences(&labels(&[("host", "web-2")]), 2_500));
+    }
+
+    /// Found by fuzzing (`silence_matchers`): a start or end far outside protobuf's
+    /// timestamp range overflowed the conversion to milliseconds (a panic in the request).
+    #[test]
+    fn extreme_times_are_refused_not_overflowed() {
+        let ts = |seconds| prost_types::Timestamp { seconds, nanos: 999_999_999 };
+        let req = |starts_at, ends_at, duration| v1::CreateSilenceRequest {
+            matchers: vec![parse_matcher("host=web-1").unwrap()],
+            starts_at,
+            ends_at,
+            duration,
+            comment: String::new(),
+        };
+        let now = 1_700_000_000_000;
+        assert!(validate_create(&req(Some(ts(i64::MAX)), Some(ts(i64::MIN)), None), "a", now).is_err());
+        assert!(validate_create(&req(Some(ts(i64::MIN)), Some(ts(i64::MAX)), None), "a", now).is_err());
+        let long = prost_types::Duration { seconds: 3_000_000_000, nanos: 0 };
+        assert!(validate_create(&req(Some(ts(i64::MAX / 1000)), None, Some(long)), "a", now).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use crate::connect::Conn;
 use clap::{Args, Subcommand};
+use driftwatch_proto::matcher::matcher_text;
 use driftwatch_proto::v1::{self, alerts_client::AlertsClient};
 
 use crate::output::{Output, table, to_json, ts};
@@ -357,26 +358,7 @@ pub async fn ack(ch: Conn, out: Output, id: String, comment: String) -> anyhow::
 }
 
 fn parse_matcher(s: &str) -> anyhow::Result<v1::Matcher> {
-    use v1::matcher::Op;
-    for (tok, op) in [("!~", Op::NotRegex), ("=~", Op::Regex), ("!=", Op::NotEqual), ("=", Op::Equal)] {
-        if let Some(i) = s.find(tok) {
-            let name = s[..i].trim();
-            anyhow::ensure!(!name.is_empty(), "matcher {s:?}: missing label name");
-            let value = s[i + tok.len()..].trim().trim_matches('"');
-            return Ok(v1::Matcher { name: name.into(), value: value.into(), op: op as i32 });
-        }
-    }
-    anyhow::bail!("matcher {s:?}: expected name=value, name!=value, name=~regex or name!~regex")
-}
-
-fn matcher_text(m: &v1::Matcher) -> String {
-    let op = match v1::matcher::Op::try_from(m.op) {
-        Ok(v1::matcher::Op::NotEqual) => "!=",
-        Ok(v1::matcher::Op::Regex) => "=~",
-        Ok(v1::matcher::Op::NotRegex) => "!~",
-        _ => "=",
-    };
-    format!("{}{op}{}", m.name, m.value)
+    driftwatch_proto::matcher::parse_matcher(s).map_err(anyhow::Error::msg)
 }
 
 pub async fn silence(ch: Conn, out: Output, cmd: SilenceCmd) -> anyhow::Result<()> {

@@ -66,10 +66,17 @@ pub(crate) fn parse_yaml(text: &str) -> Result<Vec<Node>, SyntaxError> {
 }
 
 fn yaml_error(e: &serde_yaml_ng::Error, text: &str) -> SyntaxError {
-    let (line, column) = match e.location() {
+    let (mut line, mut column) = match e.location() {
         Some(loc) => (loc.line(), loc.column()),
         None => (0, 0),
     };
+    // At the end of a stream without a final line break the parser reports the line
+    // after the last one: point at the end of the last line instead.
+    let last = yaml_lines(text);
+    if line > last.len() {
+        line = last.len();
+        column = last.last().map_or(0, |l| l.chars().count()) + 1;
+    }
     let mut message = e.to_string();
     // The primary position is reported in fields; a context position (`while parsing a
     // flow sequence at line 2 column 4`) stays in the text.
@@ -81,4 +88,26 @@ fn yaml_error(e: &serde_yaml_ng::Error, text: &str) -> SyntaxError {
         message.drain(..start);
     }
     SyntaxError::new(sanitize_message(&message, text), line, column)
+}
+
+/// The lines of `text` as YAML counts them (`\r\n`, `\n` and a lone `\r` end a line).
+pub(crate) fn yaml_lines(text: &str) -> Vec<&str> {
+    text.split('\n').flat_map(|l| l.strip_suffix('\r').unwrap_or(l).split('\r')).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`formats_yaml`): an error at the end of a stream without a final
+    /// line break was reported on the line after the last one.
+    #[test]
+    fn yaml_errors_point_into_the_file() {
+        for text in ["a: 1\nb: [1, {c", "a: 1\rb: [1, {c", "x: [\n"] {
+            let e = parse_yaml(text).unwrap_err();
+            let lines = yaml_lines(text);
+            assert!(e.line >= 1 && e.line as usize <= lines.len(), "{text:?}: line {} of {}", e.line, lines.len());
+        }
+        assert_eq!(yaml_lines("a\r\nb\rc\n"), ["a", "b", "c", ""]);
+    }
 }

@@ -9,6 +9,7 @@ pub mod audit_chain;
 pub mod bearer;
 pub mod codec;
 pub mod duration;
+pub mod matcher;
 mod names;
 
 pub use names::*;
@@ -51,9 +52,19 @@ pub fn timestamp_from_millis(ms: i64) -> Timestamp {
     Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
-/// protobuf `Timestamp` → milliseconds since the Unix epoch.
+/// Whether `t` is within protobuf's range for a `Timestamp`: 0001-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59.999999999Z, nanos below a second. Peers' timestamps outside it
+/// are refused.
+pub fn timestamp_in_range(t: &Timestamp) -> bool {
+    const MIN_SECONDS: i64 = -62_135_596_800;
+    const MAX_SECONDS: i64 = 253_402_300_799;
+    (MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) && (0..1_000_000_000).contains(&t.nanos)
+}
+
+/// protobuf `Timestamp` → milliseconds since the Unix epoch, saturating: a peer's
+/// timestamp far outside protobuf's range (years 1 to 9999) must not overflow.
 pub fn timestamp_millis(t: &Timestamp) -> i64 {
-    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+    t.seconds.saturating_mul(1000).saturating_add(i64::from(t.nanos) / 1_000_000)
 }
 
 /// An error with its causes, for a log line or a message: a transport error hides
@@ -140,6 +151,19 @@ impl v1::Value {
 #[cfg(test)]
 mod masked_tests {
     use super::*;
+
+    /// Found by fuzzing (`silence_matchers`): a timestamp far outside protobuf's range
+    /// overflowed the conversion (a panic in debug builds, garbage in release).
+    #[test]
+    fn extreme_timestamps_saturate_and_are_out_of_range() {
+        let ts = |seconds, nanos| Timestamp { seconds, nanos };
+        assert_eq!(timestamp_millis(&ts(i64::MAX, 999_999_999)), i64::MAX);
+        assert_eq!(timestamp_millis(&ts(i64::MIN, -999_999_999)), i64::MIN);
+        assert_eq!(timestamp_millis(&ts(1, 500_000_000)), 1_500);
+        assert!(timestamp_in_range(&ts(0, 0)) && timestamp_in_range(&ts(253_402_300_799, 999_999_999)));
+        assert!(!timestamp_in_range(&ts(253_402_300_800, 0)) && !timestamp_in_range(&ts(0, -1)));
+        assert!(!timestamp_in_range(&ts(i64::MIN, 0)) && !timestamp_in_range(&ts(0, 1_000_000_000)));
+    }
 
     #[test]
     fn one_truncation_and_equality_only_under_the_same_key() {

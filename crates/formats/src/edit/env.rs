@@ -42,6 +42,14 @@ pub(super) fn apply(text: &str, op: &EditOp) -> Result<Applied, EditError> {
                 if a.value.is_empty() && after.starts_with('#') && !written.is_empty() {
                     written.push(' ');
                 }
+                // `KEY="x"# note` set bare: a comment after a bare value needs a blank before it.
+                if a.quote != Quote::None
+                    && after.starts_with('#')
+                    && !written.is_empty()
+                    && !written.starts_with(['"', '\''])
+                {
+                    written.push(' ');
+                }
                 // Emptying `KEY=x # note` gives `KEY= # note`: one blank before the comment goes too.
                 // (Only with a blank before the value: the comment needs one after `=`.)
                 if written.is_empty()
@@ -135,7 +143,8 @@ fn bare_ok(text: &str) -> bool {
 /// `text` in `style` quotes: single when asked and possible (no `'` inside), else double with
 /// the escapes the parser reads back.
 fn quote(style: Quote, text: &str) -> String {
-    if style == Quote::Single && !text.contains('\'') {
+    // Single quotes have no escapes, and a CR in them reads back as nothing before an LF.
+    if style == Quote::Single && !text.contains(['\'', '\r']) {
         return format!("'{text}'");
     }
     let mut out = String::with_capacity(text.len() + 2);
@@ -257,6 +266,17 @@ mod tests {
     }
     fn ed_err(text: &str, ops: &[EditOp]) -> EditError {
         super::super::testkit::ed_err(Format::Env, text, ops)
+    }
+
+    /// Found by fuzzing (`formats_env`): a quoted value right before its comment, set to a
+    /// bare number, took the comment into the value; and a CR in single quotes read back
+    /// as another string (CRLF is read as LF).
+    #[test]
+    fn comments_after_quotes_and_line_breaks_in_single_quotes() {
+        assert_eq!(ed("A=\" x\"# note\n", &[typed("A", Value::float(1.5))]), "A=1.5 # note\n");
+        assert_eq!(ed("A=\" x\"# note\n", &[set("A", "y z")]), "A=\"y z\"# note\n");
+        assert_eq!(ed("Q='s'\n", &[set("Q", "a\r\nb")]), "Q=\"a\\r\\nb\"\n");
+        assert_eq!(ed("Q='s'\n", &[set("Q", "a b")]), "Q='a b'\n");
     }
 
     #[test]

@@ -66,6 +66,15 @@ pub(super) fn apply(text: &str, op: &EditOp) -> Result<Applied, EditError> {
                         written.insert(0, ' ');
                     }
                 }
+                if !e.value.is_empty()
+                    && !written.is_empty()
+                    && e.quote != Quote::None
+                    && after.starts_with([';', '#'])
+                    && !written.starts_with(['"', '\''])
+                {
+                    // `k = "x";note` set bare: a comment after a bare value needs a blank before it.
+                    written.push(' ');
+                }
                 let mut range = e.value.clone();
                 if written.is_empty() && !e.value.is_empty() {
                     let rest = after.trim_start_matches([' ', '\t']);
@@ -369,10 +378,21 @@ mod tests {
 
     #[test]
     fn empty_values() {
-        assert_eq!(ed("[s]\na =\nb=\n", &[set("s.a", "1"), set("s.b", "2")]), "[s]\na = 1\nb=2\n");
-        assert_eq!(ed("[s]\ne = #fff\n", &[set("s.e", "1")]), "[s]\ne = 1 #fff\n");
+        // An empty value reads as a string, so text that would read as a number is quoted
+        // (what `text_value` tells the server); other text stays bare.
+        assert_eq!(ed("[s]\na =\nb=\n", &[set("s.a", "1"), set("s.b", "x")]), "[s]\na = \"1\"\nb=x\n");
+        assert_eq!(ed("[s]\ne = #fff\n", &[set("s.e", "one")]), "[s]\ne = one #fff\n");
         assert_eq!(ed("[s]\ne = 1 #fff\n", &[set("s.e", "")]), "[s]\ne = #fff\n");
         assert_eq!(ed("[s]\na = 1\n", &[set("s.a", "")]), "[s]\na =\n");
+    }
+
+    /// Found by fuzzing (`formats_ini`): a quoted value right before its comment, set to a
+    /// bare number, took the comment into the value (`host=2.5;note` reads as a string),
+    /// and the edit failed its own check.
+    #[test]
+    fn a_bare_value_keeps_the_comment_after_a_quoted_one() {
+        assert_eq!(ed("[s]\nhost=\"x\";note\n", &[typed("s.host", Value::float(2.5))]), "[s]\nhost=2.5 ;note\n");
+        assert_eq!(ed("[s]\nhost=\"x\";note\n", &[set("s.host", "y")]), "[s]\nhost=\"y\";note\n");
     }
 
     #[test]

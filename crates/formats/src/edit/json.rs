@@ -69,8 +69,12 @@ pub(super) fn apply(text: &str, op: &EditOp) -> Result<Applied, EditError> {
     match op {
         EditOp::Set { key, value } => {
             let leaf = all.iter().rev().find(|f| f.path == *key && matches!(f.node, Node::Scalar { .. }));
-            if let Some(Found { node: Node::Scalar { span, kind }, .. }) = leaf {
+            if let Some(Found { node: Node::Scalar { span, kind }, loc, .. }) = leaf {
                 let scalar = new_scalar(Format::Json, key, value, Some(*kind))?;
+                if matches!(loc, Loc::Root) && scalar == Scalar::Null {
+                    // A null document has no keys: the key would be gone, not null.
+                    return Err(unsupported(Format::Json, "the root value cannot be set to null"));
+                }
                 let written = render(&scalar);
                 return Ok(Applied { text: splice(text, span.clone(), &written), expect: set(scalar) });
             }
@@ -284,7 +288,8 @@ impl Scanner<'_> {
                     self.i += 1;
                 }
                 let token = &self.text[start..self.i];
-                let kind = if token.contains(['.', 'e', 'E']) || token.parse::<i64>().is_err() {
+                // `-0` reads as the float -0.0 (an i64 has no negative zero).
+                let kind = if token.contains(['.', 'e', 'E']) || token == "-0" || token.parse::<i64>().is_err() {
                     Existing::Float
                 } else {
                     Existing::Int
@@ -392,6 +397,12 @@ mod tests {
         assert!(matches!(ed_err("[1, 2]", &[set("x", "1")]), EditError::Unsupported { .. }));
         assert!(matches!(ed_err("[1, 2]", &[remove("[0]")]), EditError::Unsupported { .. }));
         assert!(matches!(ed_err("5", &[remove("")]), EditError::Unsupported { .. }));
+        // Found by fuzzing (`formats_json`): a root scalar set to null left a document
+        // with no keys, and the edit failed its own check.
+        assert!(matches!(ed_err("7", &[typed("", Value::null())]), EditError::Unsupported { .. }));
+        // Found by fuzzing (`formats_json`): `-0` reads as a float, so text over it is typed
+        // as one (it was typed as an int, unlike what the server was told).
+        assert_eq!(ed("{\"a\": -0}", &[set("a", "0")]), "{\"a\": 0.0}");
     }
 
     #[test]

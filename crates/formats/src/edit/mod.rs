@@ -97,9 +97,25 @@ pub fn edit(format: Format, content: &str, ops: &[EditOp]) -> Result<String, Edi
     // A throwaway key: verification only compares fingerprints made with the same masker.
     let masker = Masker::new(b"driftwatch edit verification");
     let before = read_keys(body, format, &masker).map_err(EditError::InvalidInput)?;
+    if let Some(op) = ops.iter().find(|op| holds_nul(op)) {
+        return Err(unsupported(format, format!("`{}`: a NUL byte cannot be written to a text file", op.key())));
+    }
+    // `analyze` shows a secret-looking key segment as `<masked:…>`: that names no key of
+    // the file, and writing it literally would add a second key shown the same way.
+    if let Some(op) = ops.iter().find(|op| op.key().split(['.', '[']).any(|s| s.starts_with("<masked:"))) {
+        return Err(unsupported(format, format!("`{}`: a masked key segment cannot be named", op.key())));
+    }
     let mut text = body.to_owned();
     let mut expected: Vec<(String, Expect)> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
+        let typed;
+        let op = match text_as_typed(format, &text, op, &masker) {
+            Some(t) => {
+                typed = t;
+                &typed
+            }
+            None => op,
+        };
         let applied = match format {
             Format::Env => env::apply(&text, op),
             Format::Ini => ini::apply(&text, op),
@@ -121,6 +137,36 @@ pub fn edit(format: Format, content: &str, ops: &[EditOp]) -> Result<String, Edi
     }
     verify(format, &text, &before, &expected, &masker)?;
     Ok(format!("{bom}{text}"))
+}
+
+fn holds_nul(op: &EditOp) -> bool {
+    op.key().contains('\0')
+        || match op {
+            EditOp::Set { value: NewValue::Text(t), .. } => t.contains('\0'),
+            EditOp::Set { value: NewValue::Typed(v), .. } => {
+                matches!(&v.kind, Some(Kind::StringValue(s)) if s.contains('\0'))
+            }
+            EditOp::Remove { .. } => false,
+        }
+}
+
+/// In .env and INI a line's text is its type (`30` reads as a number, `"30"` as a string),
+/// so operator text that would read as another type than [`text_value`] gives it (the
+/// type of the value it replaces: what the server checked its rules against) is written
+/// as that typed value instead: `"30"` quoted over a string, `1.0` over a float.
+fn text_as_typed(format: Format, text: &str, op: &EditOp, masker: &Masker) -> Option<EditOp> {
+    let EditOp::Set { key, value: NewValue::Text(t) } = op else { return None };
+    if !matches!(format, Format::Env | Format::Ini) {
+        return None;
+    }
+    let current = read_keys(text, format, masker).ok()?.into_iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    // A masked value's type is not known here (and the server never sets one): the line decides.
+    if current.as_ref().is_some_and(|v| matches!(v.kind, Some(Kind::Masked(_)))) {
+        return None;
+    }
+    let want = text_value(current.as_ref(), t);
+    let as_written = text_value(None, t);
+    (want != as_written).then(|| EditOp::Set { key: key.clone(), value: NewValue::Typed(want) })
 }
 
 // ---------------------------------------------------------------------------------------

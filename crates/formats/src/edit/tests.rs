@@ -257,6 +257,86 @@ fn error_messages_never_quote_values() {
     assert!(!e.to_string().contains("hunter2"), "{e}");
 }
 
+/// Found by fuzzing (`formats_ini`, `formats_env`): operator text over a string on an
+/// unquoted line (`key = value`, then `true`) was written bare and read back as a bool,
+/// while `text_value`, what the server checks its rules against, said string.
+#[test]
+fn line_formats_read_operator_text_back_as_text_value_says() {
+    let cases = [
+        (Format::Env, "NAME=web\nRATIO=0.5\nN=1\nQ=\"q\"\n", ["NAME", "RATIO", "N", "Q"]),
+        (Format::Ini, "name = web\nratio = 0.5\nn = 1\nq = \"q\"\n", ["name", "ratio", "n", "q"]),
+    ];
+    for (format, doc, [name, ratio, n, q]) in cases {
+        let before: HashMap<String, Value> = keys_of(format, doc).into_iter().collect();
+        for (key, text, want) in [
+            (name, "true", Value::string("true")),
+            (name, "30", Value::string("30")),
+            (ratio, "1", Value::float(1.0)),
+            (n, "7", Value::int(7)),
+            (n, "x y", Value::string("x y")),
+            (q, "30", Value::string("30")),
+        ] {
+            assert_eq!(super::text_value(before.get(key), text), want, "{format:?} {key} {text}");
+            let out = edit(format, doc, &[set(key, NewValue::Text(text.into()))]).unwrap();
+            let after: HashMap<String, Value> = keys_of(format, &out).into_iter().collect();
+            assert_eq!(after[key], want, "{format:?}: {key} set to {text:?} gave\n{out}");
+        }
+        // Under a masked value (its type unknown) the line decides, and the same edit
+        // twice is the edit once (found by fuzzing: `psk=123` set to `123` became `psk="123"`).
+        let doc = if format == Format::Env { "PASSWORD=1\n" } else { "password = 1\n" };
+        let key = if format == Format::Env { "PASSWORD" } else { "password" };
+        assert!(matches!(keys_of(format, doc)[0].1.kind, Some(driftwatch_proto::v1::value::Kind::Masked(_))));
+        let once = edit(format, doc, &[set(key, NewValue::Text("1.5".into()))]).unwrap();
+        assert!(once.contains("= 1.5") || once.contains("=1.5"), "{once}");
+        assert_eq!(edit(format, &once, &[set(key, NewValue::Text("1.5".into()))]).unwrap(), once);
+    }
+}
+
+/// Found by fuzzing (`formats_env`): a NUL byte in a value made the file binary, and the
+/// edit failed its own check instead of being refused.
+#[test]
+fn a_nul_byte_is_refused_before_anything_is_written() {
+    for (format, doc, key) in
+        [(Format::Env, "A=1\n", "A"), (Format::Ini, "a = 1\n", "a"), (Format::Json, "{\"a\": 1}", "a")]
+    {
+        for op in [
+            set(key, NewValue::Text("x\0y".into())),
+            set(key, NewValue::Typed(Value::string("\0"))),
+            set("b\0", NewValue::Text("1".into())),
+        ] {
+            let e = edit(format, doc, std::slice::from_ref(&op)).unwrap_err();
+            assert!(
+                matches!(&e, EditError::Unsupported { reason, .. } if reason.contains("NUL")),
+                "{format:?} {op:?}: {e}"
+            );
+        }
+    }
+}
+
+/// Found by fuzzing (`formats_ini`): a key whose segment `analyze` masks (an INI section
+/// named like a token) was set by its masked name, which added a section literally named
+/// `<masked:…>`: two keys shown the same, the old value read back.
+#[test]
+fn a_masked_key_segment_cannot_be_named() {
+    let token = format!("ghp_{}", "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5");
+    for (format, doc) in [
+        (Format::Ini, format!("[{token}]\nox = 1\n")),
+        (Format::Toml, format!("[\"{token}\"]\nox = 1\n")),
+        (Format::Json, format!("{{\"{token}\": {{\"ox\": 1}}}}")),
+    ] {
+        let keys = keys_of(format, &doc);
+        let (key, _) = &keys[0];
+        assert!(key.starts_with("<masked:") && key.ends_with(".ox"), "{format:?}: {key}");
+        for op in [set(key, NewValue::Text("2".into())), EditOp::Remove { key: key.clone() }] {
+            let e = edit(format, &doc, std::slice::from_ref(&op)).unwrap_err();
+            assert!(
+                matches!(&e, EditError::Unsupported { reason, .. } if reason.contains("masked")),
+                "{format:?}: {e}"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Properties
 

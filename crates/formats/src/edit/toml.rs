@@ -73,8 +73,11 @@ struct Walk {
 pub(super) fn apply(text: &str, op: &EditOp) -> Result<Applied, EditError> {
     parse_toml(text)
         .map_err(|e| EditError::InvalidInput(format!("{} (line {}, column {})", e.message, e.line, e.column)))?;
-    let doc = Document::parse(text)
-        .map_err(|_| EditError::Verification("toml_edit rejects a file the parser accepts".to_owned()))?;
+    // The two parsers disagree at the edges (an integer beyond i64 is a float to one and
+    // an error to the other): a file the editor cannot read is not edited, and says so.
+    let doc = Document::parse(text).map_err(|_| {
+        unsupported(Format::Toml, "the in-place editor cannot read this file (e.g. an integer beyond 64 bits)")
+    })?;
     let mut walk = Walk::default();
     walk_table(text, doc.as_table(), "", &[], &mut walk);
     match op {
@@ -412,6 +415,14 @@ mod tests {
     }
     fn ed_err(text: &str, ops: &[EditOp]) -> EditError {
         super::super::testkit::ed_err(Format::Toml, text, ops)
+    }
+
+    /// Found by fuzzing (`formats_toml`): an integer beyond i64 parses (as a float) but
+    /// toml_edit refuses the file; the edit failed its own check instead of saying why.
+    #[test]
+    fn a_file_the_editor_cannot_read_is_refused_with_a_reason() {
+        let e = ed_err("big = 333333333333333333333333\nport = 1\n", &[set("port", "2")]);
+        assert!(matches!(&e, EditError::Unsupported { reason, .. } if reason.contains("cannot read")), "{e}");
     }
 
     const DOC: &str = "# top\ntitle = \"x\"   # c\n\n[server]\nport = 8080\nhost = 'h'\nratio = 0.5\n\n# db\n[db.main]\nurl = \"\"\"\nmulti\"\"\"\nlist = [1, 2,  3]\npoint = { x = 1, y = 2 }\nwhen = 1979-05-27T07:32:00Z\n";

@@ -76,6 +76,12 @@ pub(super) fn apply(text: &str, op: &EditOp) -> Result<Applied, EditError> {
                 return Err(unsupported(Format::Yaml, format!("`{key}` {problem}")));
             }
             let scalar = new_scalar(Format::Yaml, key, value, Some(leaf.existing))?;
+            // A document that is one scalar (`` or `[i]`): null would leave a document with no key.
+            let document_root = key.is_empty()
+                || key.strip_prefix('[').and_then(|k| k.strip_suffix(']')).is_some_and(|i| i.parse::<usize>().is_ok());
+            if document_root && scalar == Scalar::Null {
+                return Err(unsupported(Format::Yaml, "a document's root value cannot be set to null"));
+            }
             let written = render(&scalar, leaf.style, file_quote(&walk)).ok_or_else(|| {
                 unsupported(Format::Yaml, format!("`{key}`: the new value has no safe YAML form here"))
             })?;
@@ -140,7 +146,7 @@ fn render(scalar: &Scalar, style: ScalarStyle, file_quote: Quote) -> Option<Stri
 fn plain_ok(s: &str) -> bool {
     !s.is_empty()
         && s.trim() == s
-        && !s.chars().any(|c| c.is_control())
+        && s.chars().all(printable)
         && !s.starts_with([
             '-', '?', ':', ',', '[', ']', '{', '}', '#', '&', '*', '!', '|', '>', '\'', '"', '%', '@', '`',
         ])
@@ -152,7 +158,13 @@ fn plain_ok(s: &str) -> bool {
 
 /// Single quotes have no escapes, and line breaks in them fold: anything else goes.
 fn single_ok(s: &str) -> bool {
-    !s.chars().any(|c| c.is_control())
+    s.chars().all(printable)
+}
+
+/// YAML's printable characters (`c-printable`, less the line breaks and tab a single-line
+/// scalar cannot hold as they are): everything else must be escaped in double quotes.
+fn printable(c: char) -> bool {
+    !c.is_control() && !matches!(c, '\u{feff}' | '\u{fffe}' | '\u{ffff}')
 }
 
 fn double_quoted(s: &str) -> String {
@@ -166,7 +178,7 @@ fn double_quoted(s: &str) -> String {
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
             '\0' => out.push_str("\\0"),
-            c if c.is_control() || c == '\u{feff}' => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c if !printable(c) => out.push_str(&format!("\\u{:04X}", c as u32)),
             c => out.push(c),
         }
     }
@@ -389,6 +401,25 @@ mod tests {
 
     fn ed(text: &str, ops: &[EditOp]) -> String {
         super::super::testkit::ed(Format::Yaml, text, ops)
+    }
+
+    /// Found by fuzzing (`formats_yaml`): a document that is one scalar, set to null, lost
+    /// its only key and the edit failed its own check.
+    #[test]
+    fn a_document_root_cannot_be_set_to_null() {
+        for (doc, key) in [("7\n", ""), ("a: 1\n---\n7\n", "[1]")] {
+            let e = super::super::testkit::ed_err(Format::Yaml, doc, &[typed(key, Value::null())]);
+            assert!(matches!(e, EditError::Unsupported { .. }), "{doc:?}: {e}");
+        }
+        assert_eq!(ed("7\n", &[typed("", Value::int(8))]), "8\n");
+    }
+
+    /// Found by fuzzing (`formats_yaml`): U+FFFE and U+FFFF are not printable in YAML and
+    /// were written as they are; the edited text did not parse.
+    #[test]
+    fn unprintable_characters_are_escaped() {
+        assert_eq!(ed("a: x\n", &[set("a", "b\u{ffff}c")]), "a: \"b\\uFFFFc\"\n");
+        assert_eq!(ed("a: 'x'\n", &[set("a", "\u{fffe}")]), "a: \"\\uFFFE\"\n");
     }
     fn ed_err(text: &str, ops: &[EditOp]) -> EditError {
         super::super::testkit::ed_err(Format::Yaml, text, ops)
