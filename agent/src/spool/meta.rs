@@ -96,7 +96,11 @@ pub fn parse(text: &str) -> Result<Meta, String> {
     let (mut id, mut acked, mut dropped, mut last_seq, mut lost) = (None, None, None, None, None);
     for line in body.lines() {
         let (k, v) = line.split_once('=').ok_or_else(|| format!("line without '=': {}", line.len()))?;
-        let num = || v.parse::<u64>().map_err(|_| format!("{k} is not a number"));
+        let num = || match v.parse::<u64>() {
+            Ok(n) if n <= super::segment::MAX_SEQ => Ok(n),
+            Ok(_) => Err(format!("{k} is past the highest seq")),
+            Err(_) => Err(format!("{k} is not a number")),
+        };
         let slot_taken = match k {
             "spool_id" => id.replace(valid_id(v)?).is_some(),
             "acked" => acked.replace(num()?).is_some(),
@@ -175,6 +179,9 @@ impl Lost {
             let (a, b) = r.split_once('-').ok_or("lost: a range without '-'")?;
             let (a, b) = (a.parse::<u64>(), b.parse::<u64>());
             let (Ok(a), Ok(b)) = (a, b) else { return Err("lost: not a number".into()) };
+            if b > super::segment::MAX_SEQ {
+                return Err("lost: past the highest seq".into());
+            }
             if a > b || out.last().is_some_and(|&(_, pb): &(u64, u64)| a <= pb) {
                 return Err("lost: ranges out of order".into());
             }
@@ -220,6 +227,22 @@ mod tests {
         assert!(parse("spool_id=abc\nacked=1x\ndropped=3\n").is_err());
         assert!(parse("spool_id=abc\ndropped=3\n").is_err());
         assert!(parse("spool_id=\nacked=1\ndropped=3\n").is_err());
+    }
+
+    #[test]
+    fn seqs_past_the_ceiling_make_the_file_corrupt_not_an_overflow() {
+        let max = super::super::segment::MAX_SEQ;
+        assert!(parse(&format!("spool_id=abc\nacked={max}\ndropped=0\n")).is_ok());
+        for acked in [max + 1, u64::MAX] {
+            let why = parse(&format!("spool_id=abc\nacked={acked}\ndropped=0\n")).unwrap_err();
+            assert!(why.contains("past the highest seq"), "{why}");
+        }
+        let mut m = meta();
+        m.last_seq = u64::MAX;
+        assert!(parse(&encode(&m)).is_err());
+        m.last_seq = 20;
+        m.lost.0 = vec![(7, u64::MAX)];
+        assert!(parse(&encode(&m)).is_err());
     }
 
     #[test]

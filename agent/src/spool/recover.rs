@@ -33,7 +33,10 @@ impl Spool {
             let ent = ent.map_err(|e| AgentError::io(&self.dir, e))?;
             let name = ent.file_name();
             let name = name.to_string_lossy();
-            if let Some(n) = name.strip_suffix(".seg").and_then(|n| n.parse::<u64>().ok()) {
+            // A name past the seq ceiling is not one the spool wrote: left alone, unread.
+            if let Some(n) =
+                name.strip_suffix(".seg").and_then(|n| n.parse::<u64>().ok()).filter(|n| *n <= super::segment::MAX_SEQ)
+            {
                 segs.push((n, ent.path()));
             }
         }

@@ -17,6 +17,11 @@ pub const MAX_RECORD: usize = 64 * 1024 * 1024;
 /// crafted bytes full of plausible headers cannot make a scan quadratic.
 const RESYNC_WORK: usize = 32;
 
+/// No seq above this is believed, from a record, a segment's name or `meta`: far more
+/// than an agent hands out in its life, and far enough from `u64::MAX` that seq
+/// arithmetic (`+ 1`, spans) never overflows on what a damaged disk says.
+pub const MAX_SEQ: u64 = 1 << 62;
+
 /// The CRC of a record: seq, then payload.
 pub fn crc(seq: u64, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
@@ -148,7 +153,7 @@ fn span(prev: u64, next: u64) -> Option<(u64, u64)> {
 /// with one bit of the length field flipped back.
 fn record_at(data: &[u8], off: usize, above: u64, most: u64, budget: &mut usize) -> Option<Found> {
     let (len, crc_field, seq) = header(data.get(off..)?)?;
-    if seq <= above || seq > most {
+    if seq <= above || seq > most || seq > MAX_SEQ {
         return None;
     }
     // The length as written costs nothing extra in order (each byte is checked once);
@@ -171,7 +176,7 @@ fn record_at(data: &[u8], off: usize, above: u64, most: u64, budget: &mut usize)
 fn with_length_repaired(bytes: &[u8], offset: usize, above: u64) -> Option<Found> {
     let (_, crc_field, seq) = header(bytes)?;
     let payload = &bytes[HEADER..];
-    (seq > above && payload.len() <= MAX_RECORD && crc(seq, payload) == crc_field).then_some(Found {
+    (seq > above && seq <= MAX_SEQ && payload.len() <= MAX_RECORD && crc(seq, payload) == crc_field).then_some(Found {
         seq,
         offset: offset as u64,
         len: payload.len() as u32,

@@ -285,6 +285,29 @@ fn read_after_checks_the_crc() {
     assert_eq!((tags(&mut s), s.dropped()), (vec![1, 3], 1), "not counted again at open");
 }
 
+/// Seqs near `u64::MAX`, from a damaged record or a stray file's name: never believed,
+/// so nothing overflows and the records below them stay.
+#[test]
+fn seqs_past_the_ceiling_are_damage_not_an_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        for i in 1..=3 {
+            s.append(&mut snap(i)).unwrap();
+        }
+    }
+    let seg = segment_file(dir.path());
+    let mut data = std::fs::read(&seg).unwrap();
+    data.extend(segment::encode(u64::MAX, &snap(9).encode_to_vec()));
+    std::fs::write(&seg, data).unwrap();
+    std::fs::write(dir.path().join(format!("{:020}.seg", u64::MAX)), segment::encode(u64::MAX, b"x")).unwrap();
+    let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(tags(&mut s), vec![1, 2, 3]);
+    assert!(s.last_seq() < segment::MAX_SEQ);
+    let next = s.append(&mut snap(4)).unwrap();
+    assert!(next > 3 && next < segment::MAX_SEQ, "seq {next}");
+}
+
 #[test]
 fn a_vanished_segment_is_counted() {
     let dir = tempfile::tempdir().unwrap();
