@@ -604,6 +604,130 @@ async fn an_outage_delays_but_keeps_every_event_in_order() {
     env.stop().await;
 }
 
+/// How long the receiver of the long-outage test is away: `DRIFTWATCH_RECEIVER_DOWN_SECS`,
+/// 15 s by default (CI); the full form is 120.
+fn receiver_away() -> Duration {
+    let secs = std::env::var("DRIFTWATCH_RECEIVER_DOWN_SECS").ok().map(|v| {
+        v.parse::<u64>().unwrap_or_else(|_| panic!("DRIFTWATCH_RECEIVER_DOWN_SECS={v:?}: a number of seconds"))
+    });
+    Duration::from_secs(secs.unwrap_or(15))
+}
+
+/// Longest the notifier may take, with the default retry settings (backoff doubling
+/// to 1 m, circuit open for 30 s after 5 failures), to try again once the receiver answers.
+const DEFAULT_RETRY_GAP: Duration = Duration::from_secs(60 + 30);
+
+/// The receiver's listener is closed (connections refused) for the first three
+/// quarters of the outage, then it answers 503 until a retry has come in. Events
+/// of two alerts happen meanwhile. The notifier runs with the default retry
+/// settings: it retries until `max_age` (24 h), so an outage of minutes delays but
+/// drops nothing, and no operator setting is needed for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_receiver_away_for_minutes_gets_every_event_in_order_with_its_idempotency_key() {
+    let away = receiver_away();
+    let rx = Receiver::start(0).await;
+    let matcher = format!("alertname=~{RULE}|{WORKERS_RULE}");
+    let env = setup(|dir| webhook_toml_matching(&format!("url = \"{}\"", rx.url), &matcher, dir, "")).await;
+    let start = env.events_of(&[RULE, WORKERS_RULE], 0).await.last().map_or(0, |e| e.id);
+
+    rx.close().await;
+    let closed = Instant::now();
+    use v1::AlertEventKind::{Fired, Resolved};
+    let pool = ("BROWSER_POOL_MAX_SIZE", "30");
+    let workers = ("WORKERS", "16");
+    // While refused: the pool alert fires and resolves, the workers alert fires, the pool alert fires again.
+    env.set(&[pool]);
+    let e = env.wait_event(RULE, Fired, start).await;
+    env.restore();
+    let e = env.wait_event(RULE, Resolved, e.id).await;
+    env.set(&[workers]);
+    let workers_fired = env.wait_event(WORKERS_RULE, Fired, e.id).await;
+    env.set(&[workers, pool]);
+    let pool_again = env.wait_event(RULE, Fired, workers_fired.id).await;
+    wait_for("a refused attempt", WAIT, || async {
+        env.server.notifiers.status().into_iter().find(|s| s.failed_attempts >= 1)
+    })
+    .await;
+    // The outage itself: a duration, not a condition.
+    tokio::time::sleep_until((closed + away * 3 / 4).into()).await;
+    let refused_attempts = env.server.notifiers.status()[0].failed_attempts;
+
+    rx.state.down.store(true, Ordering::SeqCst);
+    rx.open().await;
+    let answering_503 = Instant::now();
+    // While answering 503: both alerts resolve.
+    env.restore();
+    env.wait_event(RULE, Resolved, pool_again.id).await;
+    env.wait_event(WORKERS_RULE, Resolved, workers_fired.id).await;
+    tokio::time::sleep_until((closed + away).into()).await;
+    // At least one retry seen by the receiver, so a key is compared across attempts.
+    wait_for("a retry answered 503", DEFAULT_RETRY_GAP + WAIT, || async {
+        rx.hits().into_iter().find(|h| h.status == 503)
+    })
+    .await;
+    let back = Instant::now();
+    rx.state.down.store(false, Ordering::SeqCst);
+
+    let expected = env.events_of(&[RULE, WORKERS_RULE], start).await;
+    assert_eq!(expected.len(), 6, "fired, resolved, fired, fired, resolved, resolved: {expected:#?}");
+    let ok = wait_for("every event delivered", DEFAULT_RETRY_GAP + WAIT, || async {
+        let ok: Vec<Hit> = rx.hits().into_iter().filter(|h| h.status == 200).collect();
+        (ok.len() >= expected.len()).then_some(ok)
+    })
+    .await;
+    let s = wait_for("the outbox to drain", WAIT, || async {
+        env.server.notifiers.status().into_iter().find(|s| s.pending == 0 && s.delivered == expected.len() as u64)
+    })
+    .await;
+    let hits = rx.hits();
+    let event_id = |h: &Hit| h.json["event_id"].as_u64().unwrap();
+
+    // Every event exactly once, in order per alert, with its own key.
+    let mut delivered: Vec<u64> = ok.iter().map(event_id).collect();
+    delivered.sort_unstable();
+    assert_eq!(delivered, expected.iter().map(|e| e.id).collect::<Vec<_>>(), "each event once: {ok:#?}");
+    for e in &expected {
+        let fp = &e.alert.as_ref().unwrap().fingerprint;
+        let mine: Vec<u64> = ok.iter().filter(|h| h.json["alert"]["fingerprint"] == fp.as_str()).map(event_id).collect();
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "alert {fp}: delivered out of order: {mine:?}");
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    for h in &ok {
+        assert_eq!(h.idempotency_key, event_id(h).to_string(), "{h:#?}");
+        assert_eq!(h.event_id, h.idempotency_key);
+        assert!(keys.insert(h.idempotency_key.clone()), "one key per event");
+        check_signature(h);
+    }
+    // Every attempt the receiver saw carries its event's one key.
+    let retried: Vec<&Hit> = hits.iter().filter(|h| h.status == 503).collect();
+    for h in &retried {
+        let done = ok.iter().find(|o| event_id(o) == event_id(h)).expect("a retried event is delivered");
+        assert_eq!(h.idempotency_key, done.idempotency_key, "stable across attempts");
+        assert!(h.json["attempt"].as_u64() < done.json["attempt"].as_u64());
+    }
+    assert_eq!((s.delivered, s.pending, s.circuit.as_str()), (6, 0, "closed"), "{s:?}");
+    let rows = driftwatch_store::Store::open(&env.cfg.sqlite_path()).unwrap().outbox_rows("hook").unwrap();
+    assert!(rows.len() == 6 && rows.iter().all(|r| r.delivered_ms.is_some()), "nothing expired or left: {rows:#?}");
+
+    let first_ok = ok.iter().map(|h| h.at).min().unwrap();
+    let last_ok = ok.iter().map(|h| h.at).max().unwrap();
+    let attempts: Vec<(u64, &str, u64)> =
+        ok.iter().map(|h| (event_id(h), h.json["kind"].as_str().unwrap(), h.json["attempt"].as_u64().unwrap())).collect();
+    println!(
+        "webhook receiver away {away:?} (refused {:?}, then 503 for {:?}): {} failed attempts ({refused_attempts} while \
+         refused, {} answered 503); after it answered 200 again: first delivery {:?}, all {} delivered {:?}; \
+         (event, kind, attempt) in delivery order: {attempts:?}",
+        answering_503 - closed,
+        back - answering_503,
+        s.failed_attempts,
+        retried.len(),
+        first_ok - back,
+        ok.len(),
+        last_ok - back,
+    );
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_still_firing_is_repeated_until_it_resolves() {
     let rx = Receiver::start(0).await;
