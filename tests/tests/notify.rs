@@ -88,7 +88,8 @@ impl Env {
         let mut text = String::from_utf8(self.original.clone()).unwrap();
         for (key, value) in edits {
             let prefix = format!("{key}=");
-            let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {key} in the fixture"));
+            let line =
+                text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {key} in the fixture"));
             text = text.replacen(&line.to_string(), &format!("{prefix}{value}"), 1);
         }
         write_0600(&self.file, text.as_bytes());
@@ -110,12 +111,8 @@ impl Env {
         wait_for(&format!("a {kind:?} event of {rule}"), WAIT, || {
             let mut c = c.clone();
             async move {
-                let events = c
-                    .list_events(v1::ListEventsRequest { after_id: after, limit: 0 })
-                    .await
-                    .ok()?
-                    .into_inner()
-                    .events;
+                let events =
+                    c.list_events(v1::ListEventsRequest { after_id: after, limit: 0 }).await.ok()?.into_inner().events;
                 events.into_iter().find(|e| e.kind == kind as i32 && e.alert.as_ref().is_some_and(|a| a.rule == rule))
             }
         })
@@ -491,8 +488,10 @@ async fn a_real_alertmanager_gets_the_alert_and_its_resolution() {
     assert_eq!(active["generatorURL"], format!("driftwatch://alerts/{}", alert.fingerprint));
 
     env.restore();
-    wait_for("Alertmanager to see the resolution", WAIT, || async { am_rule_alert(&am.url).await.is_none().then_some(()) })
-        .await;
+    wait_for("Alertmanager to see the resolution", WAIT, || async {
+        am_rule_alert(&am.url).await.is_none().then_some(())
+    })
+    .await;
     let s = wait_for("fired and resolved delivered through the outbox", WAIT, || async {
         env.server.notifiers.status().into_iter().find(|s| s.delivered >= 2 && s.pending == 0)
     })
@@ -544,8 +543,9 @@ async fn a_real_alertmanager_restarted_blank_mid_incident_gets_the_firing_alert_
     // Usually still empty here: the alert comes back with the next resend pass.
     let listed_at_ready = am_rule_alert(&am.url).await.is_some();
     // Nothing new happens to the alert: only the server's resends can bring it back.
-    let again = wait_for("the firing alert in the restarted Alertmanager", AM_RESEND * 4 + WAIT, || am_rule_alert(&am.url))
-        .await;
+    let again =
+        wait_for("the firing alert in the restarted Alertmanager", AM_RESEND * 4 + WAIT, || am_rule_alert(&am.url))
+            .await;
     let back_after = killed.elapsed();
     println!(
         "alertmanager SIGKILLed and restarted blank: ready after {ready_after:?}, alert listed at ready: \
@@ -561,8 +561,10 @@ async fn a_real_alertmanager_restarted_blank_mid_incident_gets_the_firing_alert_
     // Resolved after the restart: the restarted instance hears it, through the outbox.
     env.restore();
     let resolved = env.wait_event(RULE, v1::AlertEventKind::Resolved, 0).await;
-    wait_for("Alertmanager to see the resolution", WAIT, || async { am_rule_alert(&am.url).await.is_none().then_some(()) })
-        .await;
+    wait_for("Alertmanager to see the resolution", WAIT, || async {
+        am_rule_alert(&am.url).await.is_none().then_some(())
+    })
+    .await;
     let key = format!("am@{}", am.url);
     let rows = wait_for("the resolved notification delivered", WAIT, || async {
         let rows = driftwatch_store::Store::open(&env.cfg.sqlite_path()).unwrap().outbox_rows(&key).unwrap();
@@ -688,7 +690,8 @@ async fn a_webhook_receiver_away_for_minutes_gets_every_event_in_order_with_its_
     assert_eq!(delivered, expected.iter().map(|e| e.id).collect::<Vec<_>>(), "each event once: {ok:#?}");
     for e in &expected {
         let fp = &e.alert.as_ref().unwrap().fingerprint;
-        let mine: Vec<u64> = ok.iter().filter(|h| h.json["alert"]["fingerprint"] == fp.as_str()).map(event_id).collect();
+        let mine: Vec<u64> =
+            ok.iter().filter(|h| h.json["alert"]["fingerprint"] == fp.as_str()).map(event_id).collect();
         assert!(mine.windows(2).all(|w| w[0] < w[1]), "alert {fp}: delivered out of order: {mine:?}");
     }
     let mut keys = std::collections::BTreeSet::new();
@@ -711,8 +714,10 @@ async fn a_webhook_receiver_away_for_minutes_gets_every_event_in_order_with_its_
 
     let first_ok = ok.iter().map(|h| h.at).min().unwrap();
     let last_ok = ok.iter().map(|h| h.at).max().unwrap();
-    let attempts: Vec<(u64, &str, u64)> =
-        ok.iter().map(|h| (event_id(h), h.json["kind"].as_str().unwrap(), h.json["attempt"].as_u64().unwrap())).collect();
+    let attempts: Vec<(u64, &str, u64)> = ok
+        .iter()
+        .map(|h| (event_id(h), h.json["kind"].as_str().unwrap(), h.json["attempt"].as_u64().unwrap()))
+        .collect();
     println!(
         "webhook receiver away {away:?} (refused {:?}, then 503 for {:?}): {} failed attempts ({refused_attempts} while \
          refused, {} answered 503); after it answered 200 again: first delivery {:?}, all {} delivered {:?}; \
