@@ -1,7 +1,9 @@
 //! A webhook receiver on `127.0.0.1:0` (`POST /hook`) that records every request and
 //! can fail on demand: for the notifier tests and the simulator's `notify` benchmark.
 //! Plain HTTP ([`Receiver::start`]) or HTTPS with a given rustls config
-//! ([`Receiver::start_tls`], see [`crate::test_ca::TestCa`]).
+//! ([`Receiver::start_tls`], see [`crate::test_ca::TestCa`]). A receiver can also go
+//! away for real ([`Receiver::close`]: the listener is closed, so connections are
+//! refused) and come back on the same port ([`Receiver::open`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +21,8 @@ use crate::wait::wait_for;
 
 /// How long [`Receiver::wait_delivered`] waits.
 const DELIVERY_WAIT: Duration = Duration::from_secs(20);
+/// How long closing (or re-binding the port) may take.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// One request the receiver got, and what it answered.
 #[derive(Debug, Clone)]
@@ -53,12 +57,24 @@ pub struct Receiver {
     /// `http://127.0.0.1:PORT/hook`
     pub url: String,
     pub state: ReceiverState,
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// None while closed.
+    serving: Mutex<Option<Serving>>,
+}
+
+/// The serve task of an open receiver, and how to stop it gracefully.
+struct Serving {
+    stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(s) = self.serving.lock().take() {
+            s.stop.cancel();
+            s.task.abort();
+        }
     }
 }
 
@@ -85,31 +101,69 @@ async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes
 impl Receiver {
     /// Listening; the first `fail_first` calls are answered 503.
     pub async fn start(fail_first: usize) -> Self {
-        let state = ReceiverState::default();
-        state.fail_next.store(fail_first, Ordering::SeqCst);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the receiver");
-        let url = format!("http://{}/hook", listener.local_addr().expect("receiver address"));
-        let app = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(state.clone());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("the receiver serves");
-        });
-        Self { url, state, task }
+        Self::start_with(fail_first, None).await
     }
 
     /// Listening over TLS with `tls` (`https://127.0.0.1:PORT/hook`: give the
     /// certificate the IP address `127.0.0.1`); the first `fail_first` calls are answered 503.
     pub async fn start_tls(fail_first: usize, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with(fail_first, Some(tls)).await
+    }
+
+    async fn start_with(fail_first: usize, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let state = ReceiverState::default();
         state.fail_next.store(fail_first, Ordering::SeqCst);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the receiver");
         let addr = listener.local_addr().expect("receiver address");
-        let url = format!("https://{addr}/hook");
-        let tls = TlsListener::new(listener, tokio_rustls::TlsAcceptor::from(tls), state.handshake_failures.clone());
-        let app = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(state.clone());
-        let task = tokio::spawn(async move {
-            axum::serve(tls, app).await.expect("the receiver serves");
-        });
-        Self { url, state, task }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let rx = Self { url: format!("{scheme}://{addr}/hook"), state, addr, tls, serving: Mutex::new(None) };
+        rx.serve(listener);
+        rx
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let app = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(self.state.clone());
+        let shutdown = stop.clone().cancelled_owned();
+        let task = match &self.tls {
+            None => tokio::spawn(async move {
+                axum::serve(listener, app).with_graceful_shutdown(shutdown).await.expect("the receiver serves");
+            }),
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                let tls = TlsListener::new(listener, acceptor, self.state.handshake_failures.clone());
+                tokio::spawn(async move {
+                    axum::serve(tls, app).with_graceful_shutdown(shutdown).await.expect("the receiver serves");
+                })
+            }
+        };
+        *self.serving.lock() = Some(Serving { stop, task });
+    }
+
+    /// Go away: stop accepting, close the listener and every idle connection (a
+    /// request in flight is answered first). Until [`Receiver::open`], connecting
+    /// is refused.
+    pub async fn close(&self) {
+        let Some(s) = self.serving.lock().take() else { return };
+        s.stop.cancel();
+        tokio::time::timeout(CLOSE_WAIT, s.task)
+            .await
+            .expect("the receiver's connections close")
+            .expect("the receiver's serve task");
+    }
+
+    /// Come back on the same port (a no-op when open).
+    pub async fn open(&self) {
+        if self.serving.lock().is_some() {
+            return;
+        }
+        // The port was free while closed; something else may hold it for a moment.
+        let addr = self.addr;
+        let listener = wait_for("the receiver's port to be free again", CLOSE_WAIT, || async move {
+            tokio::net::TcpListener::bind(addr).await.ok()
+        })
+        .await;
+        self.serve(listener);
     }
 
     /// Failed TLS handshakes so far.

@@ -5,11 +5,16 @@
 //! exactly one successful delivery per event), undelivered notifications
 //! surviving a server restart, and webhooks over TLS (a receiver with its own CA,
 //! a client certificate, an `Authorization` header, a URL that is a secret).
+//! Receivers that come back: a real Alertmanager SIGKILLed and restarted blank in
+//! the middle of an incident, and a webhook receiver away for minutes.
+//!
+//! The long outage's full form (2 minutes away; CI runs 15 s):
+//! `DRIFTWATCH_RECEIVER_DOWN_SECS=120 cargo test -p driftwatch-tests --test notify -- --nocapture a_webhook_receiver_away`
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use driftwatch_proto::v1::{self, alerts_client::AlertsClient};
 use driftwatch_server::{RunningServer, ServerConfig};
@@ -21,6 +26,8 @@ use serde_json::Value as Json;
 use sha2::Sha256;
 
 const RULE: &str = "browser-pool-max-size-above-20";
+/// A second rule of the example set, on another key of the same file.
+const WORKERS_RULE: &str = "workers-above-12";
 const WEB: &[(&str, &str)] = &[("env", "production"), ("service", "web2img")];
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "webhook-test-secret";
@@ -76,14 +83,51 @@ fn write_0600(p: &Path, content: &[u8]) {
 }
 
 impl Env {
+    /// The fixture with each (key, value) of `edits` set; `&[]` is the original.
+    fn set(&self, edits: &[(&str, &str)]) {
+        let mut text = String::from_utf8(self.original.clone()).unwrap();
+        for (key, value) in edits {
+            let prefix = format!("{key}=");
+            let line =
+                text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {key} in the fixture"));
+            text = text.replacen(&line.to_string(), &format!("{prefix}{value}"), 1);
+        }
+        write_0600(&self.file, text.as_bytes());
+    }
+
+    /// BROWSER_POOL_MAX_SIZE 12 → 30: `RULE` fires.
     fn break_it(&self) {
-        let text = String::from_utf8(self.original.clone()).unwrap();
-        assert!(text.contains("BROWSER_POOL_MAX_SIZE=12"), "fixture changed?");
-        write_0600(&self.file, text.replacen("BROWSER_POOL_MAX_SIZE=12", "BROWSER_POOL_MAX_SIZE=30", 1).as_bytes());
+        assert!(String::from_utf8_lossy(&self.original).contains("BROWSER_POOL_MAX_SIZE=12\n"), "fixture changed?");
+        self.set(&[("BROWSER_POOL_MAX_SIZE", "30")]);
     }
 
     fn restore(&self) {
-        write_0600(&self.file, &self.original);
+        self.set(&[]);
+    }
+
+    /// The first event of `rule` and `kind` after event `after`, waiting for it.
+    async fn wait_event(&self, rule: &str, kind: v1::AlertEventKind, after: u64) -> v1::AlertEvent {
+        let c = self.alerts().await;
+        wait_for(&format!("a {kind:?} event of {rule}"), WAIT, || {
+            let mut c = c.clone();
+            async move {
+                let events =
+                    c.list_events(v1::ListEventsRequest { after_id: after, limit: 0 }).await.ok()?.into_inner().events;
+                events.into_iter().find(|e| e.kind == kind as i32 && e.alert.as_ref().is_some_and(|a| a.rule == rule))
+            }
+        })
+        .await
+    }
+
+    /// Every fired and resolved event of `rules` after event `after`, in id order.
+    async fn events_of(&self, rules: &[&str], after: u64) -> Vec<v1::AlertEvent> {
+        let req = v1::ListEventsRequest { after_id: after, limit: 0 };
+        let events = self.alerts().await.list_events(req).await.unwrap().into_inner().events;
+        let kinds = [v1::AlertEventKind::Fired as i32, v1::AlertEventKind::Resolved as i32];
+        events
+            .into_iter()
+            .filter(|e| kinds.contains(&e.kind) && e.alert.as_ref().is_some_and(|a| rules.contains(&a.rule.as_str())))
+            .collect()
     }
 
     async fn alerts(&self) -> AlertsClient<tonic::transport::Channel> {
@@ -134,13 +178,18 @@ fn webhook_toml(url: &str, dir: &Path, extra: &str) -> String {
     webhook_toml_with(&format!("url = \"{url}\""), dir, extra)
 }
 
-/// The webhook with `url_line` (`url = ...` or `url_file = ...`).
+/// The webhook with `url_line` (`url = ...` or `url_file = ...`), for `RULE`'s alerts.
 fn webhook_toml_with(url_line: &str, dir: &Path, extra: &str) -> String {
+    webhook_toml_matching(url_line, &format!("alertname={RULE}"), dir, extra)
+}
+
+/// The webhook with `url_line`, for the alerts `matcher` takes.
+fn webhook_toml_matching(url_line: &str, matcher: &str, dir: &Path, extra: &str) -> String {
     let secret = dir.join("hook.key");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     format!(
         "[[notifiers]]\nname = \"hook\"\nkind = \"webhook\"\n{url_line}\nsecret_file = \"{}\"\n\
-         matchers = [\"alertname={RULE}\"]\nselector = \"env=production\"\nmin_severity = \"high\"\n{extra}",
+         matchers = [\"{matcher}\"]\nselector = \"env=production\"\nmin_severity = \"high\"\n{extra}",
         secret.display()
     )
 }
@@ -302,7 +351,10 @@ async fn undelivered_notifications_survive_a_restart_and_go_out_once() {
 struct Alertmanager {
     child: std::process::Child,
     url: String,
-    _dir: tempfile::TempDir,
+    port: u16,
+    dir: tempfile::TempDir,
+    /// Starts so far; each start has its own storage dir.
+    starts: u32,
 }
 
 impl Drop for Alertmanager {
@@ -314,32 +366,61 @@ impl Drop for Alertmanager {
 
 const AM_BIN: &str = "/usr/bin/prometheus-alertmanager";
 
-async fn start_alertmanager() -> Alertmanager {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("alertmanager.yml");
-    std::fs::write(&config, "route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n")
+impl Alertmanager {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("alertmanager.yml"),
+            "route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n",
+        )
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let log = std::fs::File::create(dir.path().join("alertmanager.log")).unwrap();
-    let child = std::process::Command::new(AM_BIN)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        // Empty: no cluster (no gossip port, no peers).
-        .arg("--cluster.listen-address=")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus-alertmanager");
-    let am = Alertmanager { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
-    let client = reqwest::Client::new();
-    let ready = format!("{}/-/ready", am.url);
-    wait_for("alertmanager to be ready", WAIT, || {
-        let (client, ready) = (client.clone(), ready.clone());
-        async move { client.get(&ready).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
-    })
-    .await;
-    am
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Self::spawn(dir.path(), port, 1);
+        let mut am = Alertmanager { child, url: format!("http://127.0.0.1:{port}"), port, dir, starts: 1 };
+        am.wait_ready().await;
+        am
+    }
+
+    /// Start number `n` on `port`, storage in `data-<n>`, output appended to `alertmanager.log`.
+    fn spawn(dir: &Path, port: u16, n: u32) -> std::process::Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("alertmanager.log")).unwrap();
+        std::process::Command::new(AM_BIN)
+            .arg(format!("--config.file={}", dir.join("alertmanager.yml").display()))
+            .arg(format!("--storage.path={}", dir.join(format!("data-{n}")).display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // Empty: no cluster (no gossip port, no peers).
+            .arg("--cluster.listen-address=")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus-alertmanager")
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = reqwest::Client::new();
+        let ready = format!("{}/-/ready", self.url);
+        let log = self.dir.path().join("alertmanager.log");
+        wait_for("alertmanager to be ready", WAIT, || {
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                panic!("alertmanager exited ({exit}):\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            let (client, ready) = (client.clone(), ready.clone());
+            async move { client.get(&ready).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
+        })
+        .await;
+    }
+
+    /// SIGKILL (no shutdown: nothing saved, every alert it held is gone), then start
+    /// again on the same port with an empty storage dir: a blank instance, as after a
+    /// crash that lost its volume. (Alertmanager keeps alerts in memory only; the fresh
+    /// dir makes the loss certain whatever a version persists.)
+    async fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.starts += 1;
+        self.child = Self::spawn(self.dir.path(), self.port, self.starts);
+        self.wait_ready().await;
+    }
 }
 
 /// The alerts Alertmanager lists (active ones: resolved alerts are not listed).
@@ -349,30 +430,39 @@ async fn am_alerts(url: &str) -> Vec<Json> {
     serde_json::from_slice::<Vec<Json>>(&body).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_alertmanager_gets_the_alert_and_its_resolution() {
-    if !driftwatch_tests::outside_program(
+/// `RULE`'s alert as Alertmanager lists it, if it does.
+async fn am_rule_alert(url: &str) -> Option<Json> {
+    am_alerts(url).await.into_iter().find(|a| a["labels"]["alertname"] == RULE)
+}
+
+/// An Alertmanager notifier for `RULE`'s alerts.
+fn alertmanager_toml(url: &str, resend_interval: &str) -> String {
+    format!(
+        "[[notifiers]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = [\"{url}\"]\nmatchers = [\"alertname={RULE}\"]\n\
+         resend_interval = \"{resend_interval}\"\n"
+    )
+}
+
+fn alertmanager_installed() -> bool {
+    driftwatch_tests::outside_program(
         "prometheus-alertmanager",
         Path::new(AM_BIN).exists(),
         "apt-get install -y prometheus-alertmanager",
-    ) {
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_alertmanager_gets_the_alert_and_its_resolution() {
+    if !alertmanager_installed() {
         return;
     }
-    let am = start_alertmanager().await;
+    let am = Alertmanager::start().await;
     // Every channel at once, as the issue's first test asks: a subscriber, a webhook and
     // a real Alertmanager all see the alert fire, then resolve.
     let rx = Receiver::start(0).await;
     // resend_interval 1m: endsAt is 4 minutes ahead, so the alert leaving the active
     // list within seconds can only be our resolution.
-    let env = setup(|dir| {
-        format!(
-            "[[notifiers]]\nname = \"am\"\nkind = \"alertmanager\"\nurls = [\"{}\"]\nmatchers = [\"alertname={RULE}\"]\n\
-             resend_interval = \"1m\"\n{}",
-            am.url,
-            webhook_toml(&rx.url, dir, "")
-        )
-    })
-    .await;
+    let env = setup(|dir| format!("{}{}", alertmanager_toml(&am.url, "1m"), webhook_toml(&rx.url, dir, ""))).await;
     let mut sub = env
         .alerts()
         .await
@@ -386,10 +476,7 @@ async fn a_real_alertmanager_gets_the_alert_and_its_resolution() {
         .into_inner();
     env.break_it();
     let alert = env.firing_alert().await;
-    let active = wait_for("Alertmanager to list the alert", WAIT, || async {
-        am_alerts(&am.url).await.into_iter().find(|a| a["labels"]["alertname"] == RULE)
-    })
-    .await;
+    let active = wait_for("Alertmanager to list the alert", WAIT, || am_rule_alert(&am.url)).await;
     assert_eq!(active["status"]["state"], "active", "{active:#}");
     let labels = &active["labels"];
     assert_eq!(labels["severity"], "high");
@@ -402,8 +489,7 @@ async fn a_real_alertmanager_gets_the_alert_and_its_resolution() {
 
     env.restore();
     wait_for("Alertmanager to see the resolution", WAIT, || async {
-        let listed = am_alerts(&am.url).await.into_iter().any(|a| a["labels"]["alertname"] == RULE);
-        (!listed).then_some(())
+        am_rule_alert(&am.url).await.is_none().then_some(())
     })
     .await;
     let s = wait_for("fired and resolved delivered through the outbox", WAIT, || async {
@@ -428,6 +514,65 @@ async fn a_real_alertmanager_gets_the_alert_and_its_resolution() {
             (resolved.json["event_id"].as_u64().unwrap(), v1::AlertEventKind::Resolved as i32),
         ]
     );
+    env.stop().await;
+}
+
+/// How often the restart test's notifier re-sends firing alerts: the bound on how
+/// long a blank Alertmanager goes without an alert that is still firing.
+const AM_RESEND: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_alertmanager_restarted_blank_mid_incident_gets_the_firing_alert_again_then_its_resolution() {
+    if !alertmanager_installed() {
+        return;
+    }
+    let mut am = Alertmanager::start().await;
+    let env = setup(|_| alertmanager_toml(&am.url, &format!("{}s", AM_RESEND.as_secs()))).await;
+    env.break_it();
+    let alert = env.firing_alert().await;
+    let fired = env.wait_event(RULE, v1::AlertEventKind::Fired, 0).await;
+    let before = wait_for("Alertmanager to list the alert", WAIT, || am_rule_alert(&am.url)).await;
+    wait_for("the fired notification delivered", WAIT, || async {
+        env.server.notifiers.status().into_iter().find(|s| s.delivered >= 1 && s.pending == 0)
+    })
+    .await;
+
+    let killed = Instant::now();
+    am.kill_and_restart().await;
+    let ready_after = killed.elapsed();
+    // Usually still empty here: the alert comes back with the next resend pass.
+    let listed_at_ready = am_rule_alert(&am.url).await.is_some();
+    // Nothing new happens to the alert: only the server's resends can bring it back.
+    let again =
+        wait_for("the firing alert in the restarted Alertmanager", AM_RESEND * 4 + WAIT, || am_rule_alert(&am.url))
+            .await;
+    let back_after = killed.elapsed();
+    println!(
+        "alertmanager SIGKILLed and restarted blank: ready after {ready_after:?}, alert listed at ready: \
+         {listed_at_ready}, alert back after {back_after:?} (resend_interval {AM_RESEND:?})"
+    );
+    assert_eq!(again["status"]["state"], "active", "{again:#}");
+    assert_eq!(again["labels"], before["labels"], "the same alert");
+    assert_eq!(again["startsAt"], before["startsAt"], "the same firing episode, not a new one");
+    assert_eq!(again["generatorURL"], format!("driftwatch://alerts/{}", alert.fingerprint));
+    let ends_at = |a: &Json| a["endsAt"].as_str().unwrap().to_string();
+    assert!(ends_at(&again) > ends_at(&before), "a later resend: {} then {}", ends_at(&before), ends_at(&again));
+
+    // Resolved after the restart: the restarted instance hears it, through the outbox.
+    env.restore();
+    let resolved = env.wait_event(RULE, v1::AlertEventKind::Resolved, 0).await;
+    wait_for("Alertmanager to see the resolution", WAIT, || async {
+        am_rule_alert(&am.url).await.is_none().then_some(())
+    })
+    .await;
+    let key = format!("am@{}", am.url);
+    let rows = wait_for("the resolved notification delivered", WAIT, || async {
+        let rows = driftwatch_store::Store::open(&env.cfg.sqlite_path()).unwrap().outbox_rows(&key).unwrap();
+        rows.iter().all(|r| r.delivered_ms.is_some()).then_some(rows)
+    })
+    .await;
+    let kinds: Vec<(&str, u64)> = rows.iter().map(|r| (r.kind.as_str(), r.event_id)).collect();
+    assert_eq!(kinds, vec![("fired", fired.id), ("resolved", resolved.id)], "{rows:#?}");
     env.stop().await;
 }
 
@@ -458,6 +603,133 @@ async fn an_outage_delays_but_keeps_every_event_in_order() {
     })
     .await;
     assert_eq!(s.circuit, "closed");
+    env.stop().await;
+}
+
+/// How long the receiver of the long-outage test is away: `DRIFTWATCH_RECEIVER_DOWN_SECS`,
+/// 15 s by default (CI); the full form is 120.
+fn receiver_away() -> Duration {
+    let secs = std::env::var("DRIFTWATCH_RECEIVER_DOWN_SECS").ok().map(|v| {
+        v.parse::<u64>().unwrap_or_else(|_| panic!("DRIFTWATCH_RECEIVER_DOWN_SECS={v:?}: a number of seconds"))
+    });
+    Duration::from_secs(secs.unwrap_or(15))
+}
+
+/// Longest the notifier may take, with the default retry settings (backoff doubling
+/// to 1 m, circuit open for 30 s after 5 failures), to try again once the receiver answers.
+const DEFAULT_RETRY_GAP: Duration = Duration::from_secs(60 + 30);
+
+/// The receiver's listener is closed (connections refused) for the first three
+/// quarters of the outage, then it answers 503 until a retry has come in. Events
+/// of two alerts happen meanwhile. The notifier runs with the default retry
+/// settings: it retries until `max_age` (24 h), so an outage of minutes delays but
+/// drops nothing, and no operator setting is needed for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_receiver_away_for_minutes_gets_every_event_in_order_with_its_idempotency_key() {
+    let away = receiver_away();
+    let rx = Receiver::start(0).await;
+    let matcher = format!("alertname=~{RULE}|{WORKERS_RULE}");
+    let env = setup(|dir| webhook_toml_matching(&format!("url = \"{}\"", rx.url), &matcher, dir, "")).await;
+    let start = env.events_of(&[RULE, WORKERS_RULE], 0).await.last().map_or(0, |e| e.id);
+
+    rx.close().await;
+    let closed = Instant::now();
+    use v1::AlertEventKind::{Fired, Resolved};
+    let pool = ("BROWSER_POOL_MAX_SIZE", "30");
+    let workers = ("WORKERS", "16");
+    // While refused: the pool alert fires and resolves, the workers alert fires, the pool alert fires again.
+    env.set(&[pool]);
+    let e = env.wait_event(RULE, Fired, start).await;
+    env.restore();
+    let e = env.wait_event(RULE, Resolved, e.id).await;
+    env.set(&[workers]);
+    let workers_fired = env.wait_event(WORKERS_RULE, Fired, e.id).await;
+    env.set(&[workers, pool]);
+    let pool_again = env.wait_event(RULE, Fired, workers_fired.id).await;
+    wait_for("a refused attempt", WAIT, || async {
+        env.server.notifiers.status().into_iter().find(|s| s.failed_attempts >= 1)
+    })
+    .await;
+    // The outage itself: a duration, not a condition.
+    tokio::time::sleep_until((closed + away * 3 / 4).into()).await;
+    let refused_attempts = env.server.notifiers.status()[0].failed_attempts;
+
+    rx.state.down.store(true, Ordering::SeqCst);
+    rx.open().await;
+    let answering_503 = Instant::now();
+    // While answering 503: both alerts resolve.
+    env.restore();
+    env.wait_event(RULE, Resolved, pool_again.id).await;
+    env.wait_event(WORKERS_RULE, Resolved, workers_fired.id).await;
+    tokio::time::sleep_until((closed + away).into()).await;
+    // At least one retry seen by the receiver, so a key is compared across attempts.
+    wait_for("a retry answered 503", DEFAULT_RETRY_GAP + WAIT, || async {
+        rx.hits().into_iter().find(|h| h.status == 503)
+    })
+    .await;
+    let back = Instant::now();
+    rx.state.down.store(false, Ordering::SeqCst);
+
+    let expected = env.events_of(&[RULE, WORKERS_RULE], start).await;
+    assert_eq!(expected.len(), 6, "fired, resolved, fired, fired, resolved, resolved: {expected:#?}");
+    let ok = wait_for("every event delivered", DEFAULT_RETRY_GAP + WAIT, || async {
+        let ok: Vec<Hit> = rx.hits().into_iter().filter(|h| h.status == 200).collect();
+        (ok.len() >= expected.len()).then_some(ok)
+    })
+    .await;
+    let s = wait_for("the outbox to drain", WAIT, || async {
+        env.server.notifiers.status().into_iter().find(|s| s.pending == 0 && s.delivered == expected.len() as u64)
+    })
+    .await;
+    let hits = rx.hits();
+    let event_id = |h: &Hit| h.json["event_id"].as_u64().unwrap();
+
+    // Every event exactly once, in order per alert, with its own key.
+    let mut delivered: Vec<u64> = ok.iter().map(event_id).collect();
+    delivered.sort_unstable();
+    assert_eq!(delivered, expected.iter().map(|e| e.id).collect::<Vec<_>>(), "each event once: {ok:#?}");
+    for e in &expected {
+        let fp = &e.alert.as_ref().unwrap().fingerprint;
+        let mine: Vec<u64> =
+            ok.iter().filter(|h| h.json["alert"]["fingerprint"] == fp.as_str()).map(event_id).collect();
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "alert {fp}: delivered out of order: {mine:?}");
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    for h in &ok {
+        assert_eq!(h.idempotency_key, event_id(h).to_string(), "{h:#?}");
+        assert_eq!(h.event_id, h.idempotency_key);
+        assert!(keys.insert(h.idempotency_key.clone()), "one key per event");
+        check_signature(h);
+    }
+    // Every attempt the receiver saw carries its event's one key.
+    let retried: Vec<&Hit> = hits.iter().filter(|h| h.status == 503).collect();
+    for h in &retried {
+        let done = ok.iter().find(|o| event_id(o) == event_id(h)).expect("a retried event is delivered");
+        assert_eq!(h.idempotency_key, done.idempotency_key, "stable across attempts");
+        assert!(h.json["attempt"].as_u64() < done.json["attempt"].as_u64());
+    }
+    assert_eq!((s.delivered, s.pending, s.circuit.as_str()), (6, 0, "closed"), "{s:?}");
+    let rows = driftwatch_store::Store::open(&env.cfg.sqlite_path()).unwrap().outbox_rows("hook").unwrap();
+    assert!(rows.len() == 6 && rows.iter().all(|r| r.delivered_ms.is_some()), "nothing expired or left: {rows:#?}");
+
+    let first_ok = ok.iter().map(|h| h.at).min().unwrap();
+    let last_ok = ok.iter().map(|h| h.at).max().unwrap();
+    let attempts: Vec<(u64, &str, u64)> = ok
+        .iter()
+        .map(|h| (event_id(h), h.json["kind"].as_str().unwrap(), h.json["attempt"].as_u64().unwrap()))
+        .collect();
+    println!(
+        "webhook receiver away {away:?} (refused {:?}, then 503 for {:?}): {} failed attempts ({refused_attempts} while \
+         refused, {} answered 503); after it answered 200 again: first delivery {:?}, all {} delivered {:?}; \
+         (event, kind, attempt) in delivery order: {attempts:?}",
+        answering_503 - closed,
+        back - answering_503,
+        s.failed_attempts,
+        retried.len(),
+        first_ok - back,
+        ok.len(),
+        last_ok - back,
+    );
     env.stop().await;
 }
 
