@@ -30,6 +30,7 @@ mod query;
 mod restart;
 mod rollout;
 mod shared;
+mod soak;
 mod storm;
 mod subscribers;
 
@@ -163,6 +164,25 @@ enum Cmd {
         #[arg(long)]
         poll_ms: Option<u64>,
     },
+    /// Virtual agents with steady file churn and real agent processes whose files a
+    /// writer edits, for minutes: server and agent RSS slope after a warm-up
+    Soak {
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        #[arg(long, default_value_t = 600)]
+        duration_secs: u64,
+        /// RSS samples before this are not in the slope.
+        #[arg(long, default_value_t = 120)]
+        warmup_secs: u64,
+        /// Each virtual agent sends a changed file this often.
+        #[arg(long, default_value_t = 1000)]
+        every_ms: u64,
+        #[arg(long, default_value_t = 2)]
+        real_agents: usize,
+        /// The driftwatch-agent binary [default: next to this binary].
+        #[arg(long)]
+        agent_bin: Option<PathBuf>,
+    },
     /// The real agent binary watching N files: RSS and idle CPU.
     AgentFootprint {
         #[arg(long, default_value_t = 1000)]
@@ -217,7 +237,11 @@ fn main() -> anyhow::Result<()> {
                 if cli.tls
                     && matches!(
                         cli.cmd,
-                        Cmd::Latency { .. } | Cmd::AgentFootprint { .. } | Cmd::Rollout { .. } | Cmd::Restart { .. }
+                        Cmd::Latency { .. }
+                            | Cmd::AgentFootprint { .. }
+                            | Cmd::Rollout { .. }
+                            | Cmd::Restart { .. }
+                            | Cmd::Soak { .. }
                     )
                 {
                     anyhow::bail!("--tls is for the ingest, idle, storm, query, subscribers and notify scenarios");
@@ -255,6 +279,17 @@ fn main() -> anyhow::Result<()> {
                 let waves = waves.split(',').map(|w| w.trim().to_string()).filter(|w| !w.is_empty()).collect();
                 let poll = poll_ms.map(|ms| Duration::from_millis(ms.max(1)));
                 rollout::run(&server, agents, agents_per_connection.max(1), waves, poll).await
+            }
+            Cmd::Soak { agents, duration_secs, warmup_secs, every_ms, real_agents, agent_bin } => {
+                let run = soak::Run {
+                    agents,
+                    duration: Duration::from_secs(duration_secs),
+                    warmup: Duration::from_secs(warmup_secs),
+                    every: Duration::from_millis(every_ms.max(1)),
+                    real_agents,
+                    agent_bin,
+                };
+                soak::run(&server, run, tmp.path()).await
             }
             Cmd::AgentFootprint { files, duration_secs, agent_bin } => {
                 footprint::run(&server, files, Duration::from_secs(duration_secs), agent_bin, tmp.path()).await
