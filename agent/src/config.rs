@@ -124,20 +124,8 @@ pub struct FileCommands {
 
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How a silent server is noticed: HTTP/2 pings on the agent's connection. A server
-/// that answers nothing (dead host, half-open connection, stopped process) is given up
-/// within `interval + timeout` of its last frame.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Keepalive {
-    pub interval: Duration,
-    pub timeout: Duration,
-}
-
-impl Default for Keepalive {
-    fn default() -> Self {
-        Self { interval: Duration::from_secs(30), timeout: Duration::from_secs(10) }
-    }
-}
+/// How a silent server is noticed: HTTP/2 pings on the agent's connection.
+pub use driftwatch_proto::keepalive::Keepalive;
 
 /// Resolved, validated configuration.
 #[derive(Debug, Clone)]
@@ -271,10 +259,6 @@ impl AgentConfig {
             duration("resource_interval", file.resource_interval.as_deref(), Duration::from_secs(10));
         let debounce = duration("debounce", file.debounce.as_deref(), Duration::from_millis(5));
         let rescan_interval = duration("rescan_interval", file.rescan_interval.as_deref(), Duration::from_secs(60));
-        let keepalive = Keepalive {
-            interval: duration("keepalive_interval", file.keepalive_interval.as_deref(), Keepalive::default().interval),
-            timeout: duration("keepalive_timeout", file.keepalive_timeout.as_deref(), Keepalive::default().timeout),
-        };
         if !resource_interval.is_zero() && resource_interval < Duration::from_millis(100) {
             err("resource_interval", "must be 0 (off) or at least 100ms".into());
         }
@@ -284,11 +268,10 @@ impl AgentConfig {
         if rescan_interval < Duration::from_secs(1) {
             err("rescan_interval", "must be at least 1s".into());
         }
-        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&keepalive.interval) {
-            err("keepalive_interval", "must be between 1s and 1h".into());
-        }
-        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&keepalive.timeout) {
-            err("keepalive_timeout", "must be between 1s and 10m".into());
+        let (keepalive, problems) =
+            Keepalive::resolve(file.keepalive_interval.as_deref(), file.keepalive_timeout.as_deref());
+        for (field, message) in problems {
+            err(field, message);
         }
         let max_file_bytes = file.max_file_bytes.unwrap_or(1024 * 1024);
         if !(1024..=256 * 1024 * 1024).contains(&max_file_bytes) {

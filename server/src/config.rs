@@ -146,19 +146,8 @@ pub struct ServerConfig {
     pub keepalive: Keepalive,
 }
 
-/// HTTP/2 pings to every client: a peer that answers nothing (dead host, half-open
-/// connection, stopped process) is dropped within `interval + timeout` of its last frame.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Keepalive {
-    pub interval: Duration,
-    pub timeout: Duration,
-}
-
-impl Default for Keepalive {
-    fn default() -> Self {
-        Self { interval: Duration::from_secs(30), timeout: Duration::from_secs(10) }
-    }
-}
+/// HTTP/2 pings to every client.
+pub use driftwatch_proto::keepalive::Keepalive;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
@@ -302,20 +291,10 @@ impl ServerConfig {
         if let Some(n) = r.file_history_versions {
             retention.file_history_versions = n;
         }
-        let mut keepalive = Keepalive::default();
-        for (field, value, slot, max) in [
-            ("keepalive_interval", &file.keepalive_interval, &mut keepalive.interval, Duration::from_secs(3600)),
-            ("keepalive_timeout", &file.keepalive_timeout, &mut keepalive.timeout, Duration::from_secs(600)),
-        ] {
-            if let Some(v) = value {
-                match driftwatch_proto::duration::parse(v) {
-                    Ok(d) if (Duration::from_secs(1)..=max).contains(&d) => *slot = d,
-                    Ok(_) => {
-                        field_err(field, format!("must be between 1s and {}", driftwatch_proto::duration::format(max)))
-                    }
-                    Err(e) => field_err(field, e),
-                }
-            }
+        let (keepalive, problems) =
+            Keepalive::resolve(file.keepalive_interval.as_deref(), file.keepalive_timeout.as_deref());
+        for (field, message) in problems {
+            field_err(field, message);
         }
         let mut remediation = crate::changes::remediate::RemediationSettings::default();
         let rm = &file.remediation;

@@ -9,6 +9,7 @@ pub mod audit_chain;
 pub mod bearer;
 pub mod codec;
 pub mod duration;
+pub mod keepalive;
 pub mod matcher;
 mod names;
 
