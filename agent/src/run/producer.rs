@@ -46,6 +46,11 @@ pub(super) async fn produce(
     // Batches computed before the latest full scan are older than it: dropped.
     let mut scan_generation = 0;
     loop {
+        // Checked here, not only in the select below: an abandoned listing loops back
+        // without reaching it, and the link can still read "connected" while stopping.
+        if token.is_cancelled() {
+            return Ok(());
+        }
         if full_pending && *link.borrow_and_update() {
             let (generation, whole) = spool_full_listing(&shared, &watcher, &sampler, &token).await?;
             scan_generation = generation;

@@ -41,7 +41,11 @@ pub(super) async fn stream_loop(shared: Arc<Shared>, token: CancellationToken) -
     loop {
         let started = std::time::Instant::now();
         let result = tokio::select! {
-            _ = token.cancelled() => return Ok(()),
+            _ = token.cancelled() => {
+                // Tasks waiting for the link (a listing waiting for room) must see it go.
+                shared.set_connected(false);
+                return Ok(());
+            }
             r = one_stream(&shared, &token, &mut backoff) => r,
         };
         shared.set_connected(false);
