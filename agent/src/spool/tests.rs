@@ -30,6 +30,14 @@ fn segment_file(dir: &Path) -> PathBuf {
     segment_files(dir).into_iter().next().expect("a segment file")
 }
 
+/// A spool in `dir` holding records 1..=n (tags equal to seqs), closed again.
+fn written(dir: &Path, n: u32) {
+    let mut s = Spool::open(dir, 1 << 20).unwrap();
+    for i in 1..=n {
+        s.append(&mut snap(i)).unwrap();
+    }
+}
+
 fn tags(s: &mut Spool) -> Vec<u64> {
     s.read_after(0, usize::MAX).unwrap().iter().map(|x| x.files[0].size).collect()
 }
@@ -82,12 +90,7 @@ fn append_ack_reopen() {
 #[test]
 fn torn_tail_is_cut_and_appends_continue() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
-        for i in 1..=3 {
-            s.append(&mut snap(i)).unwrap();
-        }
-    }
+    written(dir.path(), 3);
     let seg = segment_file(dir.path());
     let len = std::fs::metadata(&seg).unwrap().len();
     // A crash mid-write: half of the last record, which was never reported as stored.
@@ -103,12 +106,7 @@ fn torn_tail_is_cut_and_appends_continue() {
 #[test]
 fn a_damaged_last_record_is_counted() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
-        for i in 1..=3 {
-            s.append(&mut snap(i)).unwrap();
-        }
-    }
+    written(dir.path(), 3);
     let seg = segment_file(dir.path());
     let mut data = std::fs::read(&seg).unwrap();
     let n = data.len();
@@ -290,12 +288,7 @@ fn read_after_checks_the_crc() {
 #[test]
 fn seqs_past_the_ceiling_are_damage_not_an_overflow() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
-        for i in 1..=3 {
-            s.append(&mut snap(i)).unwrap();
-        }
-    }
+    written(dir.path(), 3);
     let seg = segment_file(dir.path());
     let mut data = std::fs::read(&seg).unwrap();
     data.extend(segment::encode(u64::MAX, &snap(9).encode_to_vec()));
