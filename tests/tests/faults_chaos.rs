@@ -6,10 +6,11 @@
 //! is SIGKILLed at a random moment and restarted on the same port and data dir, and the
 //! test waits, with a deadline, until every agent is connected again; every third round
 //! one agent (in turn) is SIGKILLed first, while the server is up, and restarted on its
-//! same state dir. Every agent logs each snapshot the server
-//! acknowledged (`driftwatch_agent::run::ACK_LOG_ENV`, a test-only ledger).
+//! same state dir. Every agent logs each snapshot the server acknowledged
+//! (`driftwatch_agent::run::ACK_LOG_ENV`, a test-only ledger).
 //!
-//! Oracles, after a last clean settle and a final SIGKILL of everything:
+//! Oracles, after a last clean settle (no edits; the server shows the disk and has
+//! acknowledged all it stored) and a final SIGKILL of everything:
 //! - every acknowledged snapshot is in the store (see [`check_ledger`] for what that
 //!   means row by row);
 //! - the stored state of every file equals the file on disk, parsed the agent's way
@@ -17,7 +18,8 @@
 //! - no history row is stored twice (one host, path and seq);
 //! - every agent reconnected after every round (each wait has a deadline).
 //!
-//! Short form (CI): `DRIFTWATCH_CHAOS_ROUNDS` rounds, 6 by default (two with an agent killed). Full form:
+//! Short form (CI): `DRIFTWATCH_CHAOS_ROUNDS` rounds, 6 by default (two of them with an
+//! agent killed). Full form (figures in BENCHMARKS.md):
 //!
 //! ```text
 //! DRIFTWATCH_CHAOS_ROUNDS=15 cargo test -p driftwatch-tests --test faults_chaos -- --nocapture
@@ -57,6 +59,7 @@ fn content(template: &str, n: u64) -> String {
 struct Server {
     dir: PathBuf,
     port: u16,
+    metrics_port: u16,
     process: Option<ChildProcess>,
 }
 
@@ -64,7 +67,7 @@ impl Server {
     fn start(dir: &Path) -> Self {
         // History is kept whole: retention must not remove what the ledger checks.
         std::fs::write(dir.join("server.toml"), "[retention]\nfile_history_versions = 0\n").unwrap();
-        let mut s = Self { dir: dir.to_path_buf(), port: free_port(), process: None };
+        let mut s = Self { dir: dir.to_path_buf(), port: free_port(), metrics_port: free_port(), process: None };
         s.launch();
         s
     }
@@ -80,7 +83,8 @@ impl Server {
     fn launch(&mut self) {
         let mut cmd = Command::new(server_binary());
         cmd.arg("--insecure")
-            .args(["--listen", &format!("127.0.0.1:{}", self.port), "--metrics-listen", "off"])
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--metrics-listen", &format!("127.0.0.1:{}", self.metrics_port)])
             .arg("--config")
             .arg(self.dir.join("server.toml"))
             .arg("--data")
@@ -93,6 +97,17 @@ impl Server {
         if let Some(mut p) = self.process.take() {
             p.kill();
         }
+    }
+
+    /// A counter of `/metrics` (`driftwatch_<name>_total`), `None` while unreadable.
+    async fn counter(&self, name: &str) -> Option<u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        let line = format!("driftwatch_{name}_total ");
+        out.lines().find_map(|l| l.strip_prefix(&line)).and_then(|v| v.trim().parse().ok())
     }
 }
 
@@ -185,8 +200,81 @@ async fn wait_as_on_disk(c: &mut FleetClient<Channel>, w: &Watched, masker: &Mas
     }
 }
 
+/// Edit every file of every watched directory at once, each a new value. Returns each
+/// file's new value.
+fn burst(dirs: &[PathBuf], edits: &AtomicU64) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    for d in dirs {
+        for (name, template) in FILES {
+            let n = edits.fetch_add(1, Ordering::Relaxed) + 1;
+            replace_file(&d.join(name), &content(template, n));
+            out.push((d.join(name), n));
+        }
+    }
+    out
+}
+
+/// Wait until the server shows every file of `burst` at its burst value or later.
+async fn wait_applied(c: &FleetClient<Channel>, watched: &[Watched], burst: &[(PathBuf, u64)], round: usize) {
+    wait_for(&format!("round {round}: the burst applied"), WAIT, || {
+        let mut c = c.clone();
+        async move {
+            for (p, n) in burst {
+                let host = &watched.iter().find(|w| p.starts_with(&w.dir))?.host;
+                let s = get_file(&mut c, host, p).await?.state?;
+                (value_of(&s)? >= *n).then_some(())?;
+            }
+            Some(())
+        }
+    })
+    .await;
+}
+
+/// Wait until `id` is online on a stream opened after `since`.
+async fn wait_reconnected(c: &FleetClient<Channel>, id: &str, since: std::time::SystemTime) {
+    let since_ms = since.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    wait_for(&format!("{id} connected again"), WAIT, || {
+        let mut c = c.clone();
+        async move {
+            let h = c.get_host(v1::GetHostRequest { host_id: id.into() }).await.ok()?.into_inner().summary?;
+            let at = h.connected_since.as_ref().map(driftwatch_proto::timestamp_millis)?;
+            (h.state == v1::ConnectionState::Online as i32 && at >= since_ms).then_some(())
+        }
+    })
+    .await;
+}
+
+/// A file's edit value (`V`, `v` or `service.v`).
+fn value_of(state: &v1::FileState) -> Option<u64> {
+    let kv = state.keys.iter().find(|kv| kv.key.eq_ignore_ascii_case("v") || kv.key.ends_with(".v"))?;
+    match kv.value.as_ref()?.kind {
+        Some(v1::value::Kind::IntValue(n)) => u64::try_from(n).ok(),
+        _ => None,
+    }
+}
+
+/// Another connection holding the server's database write lock (`BEGIN IMMEDIATE`):
+/// the server applies snapshots (its view shows them) but cannot store them, so none
+/// may be acknowledged. Released (rolled back) on drop.
+struct WriteLock(rusqlite::Connection);
+
+impl WriteLock {
+    fn take(db: &Path) -> Self {
+        let c = rusqlite::Connection::open(db).unwrap();
+        c.busy_timeout(WAIT).unwrap();
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        Self(c)
+    }
+}
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        let _ = self.0.execute_batch("ROLLBACK");
+    }
+}
+
 /// Edits one file of every watched directory every 50-100 ms, each a new value, until
-/// told to stop. Returns how many edits it made.
+/// told to stop.
 fn spawn_writer(dirs: Vec<PathBuf>, stop: Arc<AtomicBool>, edits: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut rng = rand::rng();
@@ -207,6 +295,8 @@ fn spawn_writer(dirs: Vec<PathBuf>, stop: Arc<AtomicBool>, edits: Arc<AtomicU64>
 struct Acked {
     spool_id: String,
     seq: u64,
+    /// Acknowledged by a Welcome: stored before a crash cut the stream, before its Ack.
+    by_welcome: bool,
     files: Vec<(String, String)>,
 }
 
@@ -226,7 +316,12 @@ fn read_ledger(path: &Path) -> (Vec<Acked>, bool) {
                     .iter()
                     .map(|f| Some((f["path"].as_str()?.to_string(), f["hash"].as_str()?.to_string())))
                     .collect::<Option<Vec<_>>>()?;
-                Some(Acked { spool_id: v["spool_id"].as_str()?.to_string(), seq: v["seq"].as_u64()?, files })
+                Some(Acked {
+                    spool_id: v["spool_id"].as_str()?.to_string(),
+                    seq: v["seq"].as_u64()?,
+                    by_welcome: v["via"].as_str()? == "welcome",
+                    files,
+                })
             });
         match parsed {
             Some(a) => out.push(a),
@@ -315,38 +410,83 @@ async fn acknowledged_snapshots_survive_kill_9_of_server_and_agents() {
         ledgers.push(ledger);
     }
     let ids: Vec<String> = watched.iter().map(|w| w.host.clone()).collect();
-    let c = fleet(&url).await;
+    let mut c = fleet(&url).await;
     wait_all_online(&c, &ids, "every agent connected at start").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let edits = Arc::new(AtomicU64::new(0));
-    let writer = spawn_writer(watched.iter().map(|w| w.dir.clone()).collect(), stop.clone(), edits.clone());
+    let dirs: Vec<PathBuf> = watched.iter().map(|w| w.dir.clone()).collect();
+    let writer = spawn_writer(dirs.clone(), stop.clone(), edits.clone());
 
     let mut rng = rand::rng();
-    let (mut server_kills, mut agent_kills) = (0, 0);
+    let (mut server_kills, mut agent_kills, mut stalled_rounds) = (0, 0, 0);
     let mut reconnects = Vec::new();
     for round in 1..=rounds {
-        // Edits and acks flowing for a while, then the crashes at random moments: an
-        // agent (every third round, in turn) while the server is up, then the server.
+        // Edits and acks flowing for a while, then the crashes at random moments. The
+        // server dies with work in flight: after a burst of edits, somewhere in the
+        // pipeline (parse, spool, send, apply, commit, ack); every other round with its
+        // store stalled first (a held write lock), so that the burst is applied and
+        // shown but not stored when it dies.
+        let round_started = Instant::now();
         tokio::time::sleep(Duration::from_millis(rng.random_range(400..=1500))).await;
+        let stalled = (round % 2 == 0).then(|| WriteLock::take(&server.data().join("driftwatch.db")));
+        let burst = burst(&dirs, &edits);
+        if stalled.is_some() {
+            wait_applied(&c, &watched, &burst, round).await;
+            stalled_rounds += 1;
+        }
+        // Every third round an agent (in turn) is killed too, while the server is up,
+        // and restarted. With the store stalled it reconnects while its burst is
+        // applied and not stored, so it sends the burst again: the server must take
+        // that as a duplicate, and store the burst once when the store is free again.
         let victim = (round % 3 == 0).then(|| (round / 3 - 1) % AGENTS);
+        let mut stalled = stalled;
         if let Some(v) = victim {
+            let duplicates = server.counter("snapshots_duplicate").await;
+            let killed = std::time::SystemTime::now();
             agents[v].kill();
             agent_kills += 1;
             agents[v].start_again();
+            if stalled.is_some() {
+                let t = Instant::now();
+                wait_reconnected(&c, &ids[v], killed).await;
+                let back = t.elapsed();
+                let before = duplicates.expect("the server's metrics");
+                let after =
+                    wait_for(&format!("round {round}: {}'s resend taken as a duplicate", ids[v]), WAIT, || async {
+                        server.counter("snapshots_duplicate").await.filter(|n| *n > before)
+                    })
+                    .await;
+                println!(
+                    "round {round}: {} back into the stalled server after {} ms; {} of its snapshots resent and taken as duplicates",
+                    ids[v],
+                    back.as_millis(),
+                    after - before
+                );
+                stalled = None;
+            }
             tokio::time::sleep(Duration::from_millis(rng.random_range(300..=1200))).await;
+        } else if stalled.is_none() {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..=40))).await;
         }
         server.kill();
         server_kills += 1;
+        drop(stalled);
         let restarted = Instant::now();
         server.launch();
-        let c = fleet(&url).await;
+        c = fleet(&url).await;
         wait_all_online(&c, &ids, &format!("every agent reconnected after round {round}")).await;
         let took = restarted.elapsed();
         reconnects.push(took);
-        let victim = victim.map(|v| format!(" (agent {} killed before it)", ids[v])).unwrap_or_default();
+        let how = match (round % 2 == 0, victim) {
+            (false, None) => "mid-pipeline".to_string(),
+            (true, None) => "with its store stalled".to_string(),
+            (false, Some(v)) => format!("mid-pipeline, after {} was killed and restarted", ids[v]),
+            (true, Some(v)) => format!("after {} was killed and resent into a stalled store", ids[v]),
+        };
         println!(
-            "round {round}: server killed{victim}; all {AGENTS} agents back {} ms after the restart",
+            "round {round} ({} ms): server killed {how}; all {AGENTS} agents back {} ms after the restart",
+            round_started.elapsed().as_millis(),
             took.as_millis()
         );
     }
@@ -354,7 +494,6 @@ async fn acknowledged_snapshots_survive_kill_9_of_server_and_agents() {
     // A clean settle: no more edits, the server's view catches up with the disk.
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
-    let mut c = fleet(&url).await;
     for (w, ledger) in watched.iter().zip(&ledgers) {
         wait_as_on_disk(&mut c, w, &masker).await;
         // And acknowledged: the agent has logged every snapshot the server stored.
@@ -383,10 +522,11 @@ async fn acknowledged_snapshots_survive_kill_9_of_server_and_agents() {
     )
     .expect("open the server's database read-only");
 
-    let (mut acks, mut rows, mut torn) = (0, 0, 0);
+    let (mut acks, mut rows, mut torn, mut by_welcome) = (0, 0, 0, 0);
     for (w, ledger) in watched.iter().zip(&ledgers) {
         let (entries, was_torn) = read_ledger(ledger);
         torn += usize::from(was_torn);
+        by_welcome += entries.iter().filter(|a| a.by_welcome).count();
         assert!(!entries.is_empty(), "{}: nothing acknowledged at all", w.host);
         let spools: BTreeSet<&str> = entries.iter().map(|a| a.spool_id.as_str()).collect();
         assert_eq!(spools.len(), 1, "{}: a kill -9 must not start a new spool: {spools:?}", w.host);
@@ -423,8 +563,8 @@ async fn acknowledged_snapshots_survive_kill_9_of_server_and_agents() {
     let mut times = reconnects.clone();
     let (min, max) = (times.iter().min().copied(), times.iter().max().copied());
     println!(
-        "RESULT chaos: rounds={rounds} server_kills={server_kills} agent_kills={agent_kills} edits={} \
-         acks_logged={acks} acks_checked={acks} file_rows_checked={rows} torn_ledger_lines={torn} \
+        "RESULT chaos: rounds={rounds} server_kills={server_kills} (with the store stalled: {stalled_rounds}) agent_kills={agent_kills} edits={} \
+         acks_logged={acks} (by_welcome={by_welcome}) acks_checked={acks} file_rows_checked={rows} torn_ledger_lines={torn} \
          history_rows={history} duplicate_rows=0 dropped_snapshots={dropped} \
          reconnect_ms(min/median/max)={}/{}/{} total={:.1}s",
         edits.load(Ordering::Relaxed),

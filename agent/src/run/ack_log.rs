@@ -3,7 +3,8 @@
 //! which checks each one against the server's store.
 //!
 //! One JSON line per snapshot, appended after the server's Ack (or Welcome) covering
-//! it: `{"spool_id":…,"seq":…,"ack":…,"files":[{"path":…,"hash":…},…]}`. Each line
+//! it: `{"spool_id":…,"seq":…,"ack":…,"via":"ack"|"welcome",`
+//! `"files":[{"path":…,"hash":…},…]}`. Each line
 //! is one `write(2)` to a file opened with `O_APPEND`, so a SIGKILL loses at most the
 //! line being written (a reader tolerates a torn last line); it is not fsynced (the
 //! ledger survives a killed process, not a power loss). Acks are cumulative, so the
@@ -22,16 +23,25 @@ use super::unspooled::Unspooled;
 use crate::error::Result;
 use crate::spool::Spool;
 
-/// The server stored everything up to `seq`: drop it from the spool ([`Spool::ack`]),
-/// and with the ledger on, log each snapshot that covers first.
-pub(super) fn spool_ack(shared: &Shared, spool: &mut Spool, seq: u64) -> Result<()> {
+/// What told the agent that the server stored a snapshot.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum Via {
+    Ack,
+    /// The `acked_seq` of a Welcome: stored before the stream it was sent on ended.
+    Welcome,
+}
+
+/// The server stored everything up to `seq` (said by `via`): drop it from the spool
+/// ([`Spool::ack`]), and with the ledger on, log each snapshot that covers.
+pub(super) fn spool_ack(shared: &Shared, spool: &mut Spool, seq: u64, via: Via) -> Result<()> {
     let Some(log) = &shared.ack_log else { return spool.ack(seq) };
     // Lock order as in `append::place`: the spool, then memory.
     let covered = AckLog::covered(spool, &shared.unspooled.lock(), seq);
     let spool_id = spool.spool_id().to_string();
     let r = spool.ack(seq);
     // Whatever the spool could record: the server said these are stored.
-    log.record(&spool_id, seq, &covered);
+    log.record(&spool_id, seq, via, &covered);
     r
 }
 
@@ -50,6 +60,7 @@ struct Line<'a> {
     seq: u64,
     /// The ack (or Welcome) that covered it.
     ack: u64,
+    via: Via,
     files: Vec<FileLine<'a>>,
 }
 
@@ -97,12 +108,12 @@ impl AckLog {
         out
     }
 
-    /// Append one line per snapshot in `covered`, acknowledged by `ack`.
-    pub fn record(&self, spool_id: &str, ack: u64, covered: &[Snapshot]) {
+    /// Append one line per snapshot in `covered`, acknowledged by `ack` (`via`).
+    pub fn record(&self, spool_id: &str, ack: u64, via: Via, covered: &[Snapshot]) {
         let mut file = self.file.lock();
         for s in covered {
             let files = s.files.iter().map(|f| FileLine { path: &f.path, hash: &f.content_hash }).collect();
-            let line = Line { spool_id, seq: s.seq, ack, files };
+            let line = Line { spool_id, seq: s.seq, ack, via, files };
             let Ok(mut text) = serde_json::to_string(&line) else { continue };
             text.push('\n');
             if let Err(e) = file.write_all(text.as_bytes()) {
@@ -148,12 +159,13 @@ mod tests {
 
         let path = dir.path().join("acks.log");
         let log = AckLog { file: Mutex::new(File::create(&path).unwrap()) };
-        log.record("sp", 4, &covered);
+        log.record("sp", 4, Via::Welcome, &covered);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[2]["seq"], 4);
         assert_eq!(lines[2]["ack"], 4);
+        assert_eq!(lines[2]["via"], "welcome");
         assert_eq!(lines[2]["spool_id"], "sp");
         assert_eq!(lines[2]["files"][0]["path"], "/held");
         assert_eq!(lines[2]["files"][0]["hash"], "h-/held");
