@@ -55,6 +55,14 @@ fn content(template: &str, n: u64) -> String {
     template.replace("{n}", &n.to_string())
 }
 
+/// Write edit `n` of `name` in `dir` as editors do (a temp file renamed over it), the
+/// temp file named after the edit: the writer thread and a burst may edit at once.
+fn edit(dir: &Path, name: &str, template: &str, n: u64) {
+    let tmp = dir.join(format!(".{name}.{n}.dwtmp"));
+    std::fs::write(&tmp, content(template, n)).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
 /// The server binary on a fixed port and data dir, restartable.
 struct Server {
     dir: PathBuf,
@@ -207,7 +215,7 @@ fn burst(dirs: &[PathBuf], edits: &AtomicU64) -> Vec<(PathBuf, u64)> {
     for d in dirs {
         for (name, template) in FILES {
             let n = edits.fetch_add(1, Ordering::Relaxed) + 1;
-            replace_file(&d.join(name), &content(template, n));
+            edit(d, name, template, n);
             out.push((d.join(name), n));
         }
     }
@@ -282,7 +290,7 @@ fn spawn_writer(dirs: Vec<PathBuf>, stop: Arc<AtomicBool>, edits: Arc<AtomicU64>
             for d in &dirs {
                 let (name, template) = FILES[rng.random_range(0..FILES.len())];
                 let n = edits.fetch_add(1, Ordering::Relaxed) + 1;
-                replace_file(&d.join(name), &content(template, n));
+                edit(d, name, template, n);
             }
             // Pacing of the edit rate, not a wait for a condition.
             std::thread::sleep(Duration::from_millis(rng.random_range(50..=100)));
@@ -399,7 +407,7 @@ async fn acknowledged_snapshots_survive_kill_9_of_server_and_agents() {
         let etc = dir.path().join(format!("etc-{i}"));
         std::fs::create_dir_all(&etc).unwrap();
         for (name, template) in FILES {
-            replace_file(&etc.join(name), &content(template, 0));
+            edit(&etc, name, template, 0);
         }
         let adir = dir.path().join(format!("agent-{i}"));
         let ledger = dir.path().join(format!("acks-{i}.log"));
