@@ -4,12 +4,12 @@
 //!
 //! One JSON line per snapshot, appended after the server's Ack (or Welcome) covering
 //! it: `{"spool_id":…,"seq":…,"ack":…,"via":"ack"|"welcome",`
-//! `"files":[{"path":…,"hash":…},…]}`. Each line
-//! is one `write(2)` to a file opened with `O_APPEND`, so a SIGKILL loses at most the
-//! line being written (a reader tolerates a torn last line); it is not fsynced (the
-//! ledger survives a killed process, not a power loss). Acks are cumulative, so the
-//! snapshots an ack covers are read back from the spool (and from memory) before the
-//! spool drops them. Unset, the hook costs one `Option` check per ack.
+//! `"files":[{"path":…,"hash":…},…]}`. Each line is one `write(2)` to a file opened
+//! with `O_APPEND`, so a SIGKILL loses at most the line being written (a reader
+//! tolerates a torn last line); it is not fsynced (the ledger survives a killed
+//! process, not a power loss). Acks are cumulative, so the snapshots an ack covers are
+//! read back from the spool (and from memory) before the spool drops them. Unset, the
+//! hook costs an `Option` check (and a reference count) per ack.
 
 use std::fs::File;
 use std::io::Write;
