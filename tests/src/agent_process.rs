@@ -94,6 +94,8 @@ pub struct AgentProcess {
     log_filter: String,
     /// Run inside this network namespace (`ip netns exec`), for multi-host tests.
     netns: Option<String>,
+    /// Environment variables set for every run of it (test hooks).
+    env: Vec<(String, PathBuf)>,
     process: Option<ChildProcess>,
 }
 
@@ -124,10 +126,31 @@ impl AgentProcess {
             log: log.map(Path::to_path_buf),
             log_filter: log_filter.to_string(),
             netns: None,
+            env: Vec::new(),
             process: None,
         };
         a.launch()?;
         Ok(a)
+    }
+
+    /// [`AgentProcess::start`] with the environment variables `env` set for this and
+    /// every later run of it (e.g. `driftwatch_agent::run::ACK_LOG_ENV`).
+    pub fn start_with_env(dir: &Path, file: &AgentFile, env: &[(&str, &Path)]) -> Self {
+        std::fs::create_dir_all(dir).expect("agent dir");
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, agent_toml(file)).expect("write the agent config");
+        let mut a = Self {
+            host_id: file.host_id.clone().unwrap_or_default(),
+            bin: agent_binary().to_path_buf(),
+            config,
+            log: Some(dir.join("agent.log")),
+            log_filter: "info".into(),
+            netns: None,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_path_buf())).collect(),
+            process: None,
+        };
+        a.launch().expect("start the agent process");
+        a
     }
 
     /// [`AgentProcess::start`] inside network namespace `ns` (see `crate::netns`).
@@ -142,6 +165,7 @@ impl AgentProcess {
             log: Some(dir.join("agent.log")),
             log_filter: "info".into(),
             netns: Some(ns.to_string()),
+            env: Vec::new(),
             process: None,
         };
         a.launch().expect("start the agent process in its namespace");
@@ -154,6 +178,7 @@ impl AgentProcess {
             None => Command::new(&self.bin),
         };
         cmd.arg("--config").arg(&self.config).args(["--log", &self.log_filter]);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let name = format!("driftwatch-agent {}", self.host_id);
         self.process = Some(ChildProcess::spawn(&name, cmd, self.log.as_deref())?);
         Ok(())
@@ -180,7 +205,14 @@ impl AgentProcess {
         }
     }
 
-    /// Start it again after [`stop`](Self::stop): a new process on the same config and
+    /// SIGKILL it (no drain, no flush) and reap it: a crashed host.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Start it again after [`stop`](Self::stop) or [`kill`](Self::kill): a new process on the same config and
     /// state dir (a restarted agent).
     pub fn start_again(&mut self) {
         assert!(self.process.is_none(), "{} is still running", self.host_id);

@@ -9,6 +9,7 @@ use driftwatch_proto::v1::{ServerMessage, server_message};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
+use super::ack_log::{Via, spool_ack};
 use super::{Shared, spool_call};
 use crate::error::{AgentError, Result};
 
@@ -25,7 +26,8 @@ pub(super) async fn read_server(
         match msg {
             Ok(ServerMessage { kind: Some(server_message::Kind::Ack(a)) }) => {
                 let seq = a.seq;
-                match spool_call(&shared, move |s| s.ack(seq)).await {
+                let sh = shared.clone();
+                match spool_call(&shared, move |s| spool_ack(&sh, s, seq, Via::Ack)).await {
                     Ok(()) => failing = false,
                     Err(e) if !failing => {
                         failing = true;

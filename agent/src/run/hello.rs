@@ -12,6 +12,7 @@ use driftwatch_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
+use super::ack_log::{Via, spool_ack};
 use super::{AGENT_VERSION, Shared, spool_call};
 use crate::error::{AgentError, Result};
 use crate::identity::{self, HostIdentity};
@@ -83,11 +84,12 @@ pub(super) async fn open(shared: &Arc<Shared>, identity: Option<&HostIdentity>) 
     };
     let server_acked = welcome.acked_seq;
     let applied = welcome.applied_seq;
+    let sh = shared.clone();
     spool_call(shared, move |s| {
         // Snapshots sent from memory and lost in a restart may be applied on the server
         // without being in the spool: new ones are numbered above them.
         s.number_above(applied);
-        s.ack(server_acked)
+        spool_ack(&sh, s, server_acked, Via::Welcome)
     })
     .await?;
     shared.acked_up_to(server_acked);

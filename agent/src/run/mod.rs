@@ -16,6 +16,7 @@
 //!
 //! One `CancellationToken` stops them all.
 
+mod ack_log;
 mod acks;
 mod append;
 mod changes;
@@ -46,6 +47,7 @@ use changes::ResultQueue;
 use unspooled::Unspooled;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use ack_log::ACK_LOG_ENV;
 
 /// Live counters, for logs and tests.
 #[derive(Debug, Default)]
@@ -96,6 +98,8 @@ struct Shared {
     /// the agent has enrolled; replaced by a renewal, used from the next connect).
     identity_files: IdentityFiles,
     identity: Mutex<Option<HostIdentity>>,
+    /// Test hook ([`ack_log::ACK_LOG_ENV`]): a ledger of every acknowledged snapshot.
+    ack_log: Option<ack_log::AckLog>,
 }
 
 /// A started agent.
@@ -287,6 +291,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         results,
         identity_files,
         identity: Mutex::new(held),
+        ack_log: ack_log::AckLog::from_env(),
     });
     let t = token.clone();
     let task = tokio::spawn(async move {
