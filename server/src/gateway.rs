@@ -437,7 +437,13 @@ impl ConnTask {
         let mut changed = Vec::new();
         // Drops a whole listing healed: (new ones, alert change, total, condition).
         let mut healed = None;
-        let item = {
+        // The place in the writer's queue is taken first and used while the host entry
+        // is still locked: a host record another task builds from this entry afterwards
+        // (labels, a replaced stream's disconnect) carries this seq as applied, so it
+        // must be queued behind this snapshot's write, never ahead of it.
+        let permit =
+            self.gw.writer.reserve().await.map_err(|_| ServerError::Unavailable("server is shutting down".into()))?;
+        {
             let Some(mut h) = self.gw.state.hosts.get_mut(&self.host_id) else {
                 return Err(ServerError::Unavailable("host entry vanished".into()));
             };
@@ -519,8 +525,8 @@ impl ConnTask {
             }
             h.applied_seq = s.seq;
             item.host = Some(h.record(&self.host_id));
-            item
-        };
+            permit.send(item);
+        }
         // Rules see the change now; the engine never makes ingest wait.
         for (path, previous, current) in changed {
             self.gw.engine.file_changed(&self.host_id, &path, previous, current);
@@ -531,7 +537,7 @@ impl ConnTask {
         if let Some((new, alert, total, degraded)) = healed {
             self.gw.drops_seen(&self.host_id, new, alert, total, &degraded);
         }
-        self.gw.writer.send(item).await.map_err(|_| ServerError::Unavailable("server is shutting down".into()))
+        Ok(())
     }
 
     /// The per-host limits after this snapshot: files and bytes of file state held

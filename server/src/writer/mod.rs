@@ -146,6 +146,22 @@ impl WriteSender {
         }
     }
 
+    /// Hold a place in the queue (waiting for room, counted, as `send` does), so that
+    /// the item can be queued without waiting inside the critical section that makes
+    /// it: whatever another writer builds after that section is queued behind it.
+    pub async fn reserve(&self) -> Result<WritePermit<'_>, NotQueued> {
+        let queued = Queued::start(&self.depth);
+        let permit = match self.tx.try_reserve() {
+            Ok(p) => p,
+            Err(TrySendError::Closed(())) => return Err(NotQueued::Stopped),
+            Err(TrySendError::Full(())) => {
+                self.full_waits.inc();
+                self.tx.reserve().await.map_err(|_| NotQueued::Stopped)?
+            }
+        };
+        Ok(WritePermit { permit, queued })
+    }
+
     /// Queue `item` only if there is room now. Only for callers that keep the item
     /// and try again later themselves (host expiry, on its next pass).
     pub fn try_send(&self, item: WriteItem) -> Result<(), NotQueued> {
@@ -156,6 +172,20 @@ impl WriteSender {
         })?;
         queued.taken();
         Ok(())
+    }
+}
+
+/// A place in the writer's queue (see [`WriteSender::reserve`]); given back if dropped.
+pub struct WritePermit<'a> {
+    permit: mpsc::Permit<'a, WriteItem>,
+    queued: Queued<'a>,
+}
+
+impl WritePermit<'_> {
+    /// Queue `item` now (never waits).
+    pub fn send(mut self, item: WriteItem) {
+        self.permit.send(item);
+        self.queued.taken();
     }
 }
 

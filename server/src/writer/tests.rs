@@ -189,6 +189,37 @@ async fn a_full_queue_makes_senders_wait_and_is_counted() {
     assert_eq!(metrics.writer_queue_depth.get(), 2, "one taken by nobody yet, one just queued");
 }
 
+/// A reserved place keeps the order in which items were made, not the order in which
+/// their senders got to the queue.
+#[tokio::test]
+async fn a_reserved_place_queues_ahead_of_later_sends_and_is_given_back_if_unused() {
+    let metrics = Metrics::new();
+    let (tx, mut rx) = mpsc::channel(2);
+    let s = WriteSender {
+        tx,
+        depth: metrics.writer_queue_depth.clone(),
+        full_waits: metrics.writer_queue_full_waits.clone(),
+    };
+    let unused = s.reserve().await.unwrap();
+    assert_eq!(metrics.writer_queue_depth.get(), 1);
+    drop(unused);
+    assert_eq!(metrics.writer_queue_depth.get(), 0, "an unused place is given back");
+    let permit = s.reserve().await.unwrap();
+    let item = |seq| WriteItem {
+        ack: Some(AckTarget { host_id: "h".into(), spool_id: "s".into(), seq }),
+        ..Default::default()
+    };
+    permit.send(item(1));
+    s.send(item(2)).await.unwrap();
+    let order: Vec<u64> = [rx.recv().await.unwrap(), rx.recv().await.unwrap()]
+        .iter()
+        .map(|i| i.ack.as_ref().map_or(0, |a| a.seq))
+        .collect();
+    assert_eq!(order, vec![1, 2]);
+    drop(rx);
+    assert_eq!(s.reserve().await.err(), Some(NotQueued::Stopped));
+}
+
 #[test]
 fn what_a_refused_write_held_is_described_without_values() {
     let ops = vec![
