@@ -94,14 +94,14 @@ async fn host_records_sent_while_the_writer_queue_is_full_are_stored() {
     let lock = WriteLock::take(&db);
     let stalled = Instant::now();
     // The writer takes seq 2 and is stuck on it; 3-6 fill the queue; the stream task
-    // applies seq 7 and waits for room; seq 8 stays unread.
+    // waits for a place for seq 7 before applying it; seq 8 stays unread.
     for seq in 2..=8 {
         busy.send(snap(seq, &format!("/etc/f{seq}"))).unwrap();
     }
     let c = fleet_client(&server).await;
-    wait_for("seq 7 applied (the writer's queue is full)", Duration::from_secs(30), || {
+    wait_for("seq 6 applied (the writer's queue is full)", Duration::from_secs(30), || {
         let mut c = c.clone();
-        async move { get_file(&mut c, "busy", Path::new("/etc/f7")).await }
+        async move { get_file(&mut c, "busy", Path::new("/etc/f6")).await }
     })
     .await;
 
