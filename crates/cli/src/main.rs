@@ -14,7 +14,7 @@ mod output;
 mod rules_test;
 mod up;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use connect::Target;
 use driftwatch_proto::v1::{self, fleet_client::FleetClient};
 use exit::Outcome;
@@ -128,13 +128,6 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Write the man pages of `driftwatch` and each of its commands into DIR
-    /// (packaging: `scripts/man`).
-    #[command(hide = true)]
-    Man {
-        #[arg(value_name = "DIR")]
-        dir: std::path::PathBuf,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,8 +179,13 @@ fn rules_check(dir: &std::path::Path, out: Output) -> anyhow::Result<bool> {
 }
 
 fn main() -> std::process::ExitCode {
-    // A usage error exits here, with clap's own message and status 2.
-    let cli = Cli::parse();
+    // A usage error exits here, with clap's own message and status 2. `man` is added
+    // here only, so that neither completions nor the man pages offer it.
+    let matches = Cli::command().subcommand(manual::man_command()).get_matches();
+    if let Some(("man", m)) = matches.subcommand() {
+        return exit::finish(manual::man_pages(Cli::command(), m).map(|()| Outcome::Clean));
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     exit::finish(run(cli))
 }
 
@@ -195,7 +193,6 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     // Neither needs a server nor credentials (a stale DRIFTWATCH_TOKEN_FILE must not stop them).
     match &cli.command {
         Command::Completions { shell } => return manual::completions(*shell, Cli::command()).map(|()| Outcome::Clean),
-        Command::Man { dir } => return manual::man_pages(Cli::command(), dir).map(|()| Outcome::Clean),
         _ => {}
     }
     driftwatch_pki::install_tls_provider();
@@ -299,7 +296,7 @@ async fn query(target: &Target, out: Output, cmd: Command) -> anyhow::Result<Out
             }
             return Ok(Outcome::clean_if(status.ok));
         }
-        Command::Up(_) | Command::Rules(_) | Command::Completions { .. } | Command::Man { .. } => {
+        Command::Up(_) | Command::Rules(_) | Command::Completions { .. } => {
             unreachable!("handled in main")
         }
         Command::Alerts(a) => alerts::list(ch, out, a).await?,

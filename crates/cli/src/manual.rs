@@ -2,7 +2,7 @@
 //! `scripts/man`): both from the clap definition, so they never drift from the flags.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::Context;
 
@@ -14,8 +14,18 @@ pub fn completions(shell: clap_complete::Shell, mut cmd: clap::Command) -> anyho
     std::io::stdout().lock().write_all(&script).context("stdout")
 }
 
-/// `driftwatch.1` and one page per command (`driftwatch-rules-check.1`, ...) in `dir`.
-pub fn man_pages(cmd: clap::Command, dir: &Path) -> anyhow::Result<()> {
+/// `driftwatch man DIR`: hidden, for packaging.
+pub fn man_command() -> clap::Command {
+    clap::Command::new("man")
+        .hide(true)
+        .about("Write the man pages of driftwatch and each of its commands into DIR")
+        .arg(clap::Arg::new("dir").value_name("DIR").required(true).value_parser(clap::value_parser!(PathBuf)))
+}
+
+/// `driftwatch.1` and one page per command (`driftwatch-rules-check.1`, ...) in the
+/// directory `man DIR` names.
+pub fn man_pages(cmd: clap::Command, args: &clap::ArgMatches) -> anyhow::Result<()> {
+    let dir = args.get_one::<PathBuf>("dir").context("man: DIR is required")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let write = || -> std::io::Result<()> {
         clap_mangen::generate_to(cmd.clone(), dir)?;
