@@ -43,7 +43,7 @@ struct Args {
     /// Log filter, e.g. info or driftwatch_server=debug.
     #[arg(long, env = "DRIFTWATCH_LOG", default_value = "info")]
     log: String,
-    /// Write the man pages into DIR and exit (packaging: `scripts/man`).
+    /// Write the man pages into DIR and exit (packaging: `scripts/docs-for-packages`).
     #[arg(long, value_name = "DIR", hide = true)]
     man: Option<PathBuf>,
     #[command(subcommand)]

@@ -190,10 +190,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
-    // Neither needs a server nor credentials (a stale DRIFTWATCH_TOKEN_FILE must not stop them).
-    match &cli.command {
-        Command::Completions { shell } => return manual::completions(*shell, Cli::command()).map(|()| Outcome::Clean),
-        _ => {}
+    // Completions need no server and no credentials (a stale DRIFTWATCH_TOKEN_FILE must not stop them).
+    if let Command::Completions { shell } = &cli.command {
+        return manual::completions(*shell, Cli::command()).map(|()| Outcome::Clean);
     }
     driftwatch_pki::install_tls_provider();
     let target = Target {

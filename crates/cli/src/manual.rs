@@ -1,5 +1,5 @@
 //! `driftwatch completions SHELL` and the hidden `driftwatch man DIR` (packaging:
-//! `scripts/man`): both from the clap definition, so they never drift from the flags.
+//! `scripts/docs-for-packages`): both from the clap definition, so they never drift from the flags.
 
 use std::io::Write;
 use std::path::PathBuf;
