@@ -59,10 +59,16 @@ struct Args {
     /// Log filter, e.g. info or driftwatch_agent=debug.
     #[arg(long, env = "DRIFTWATCH_LOG", default_value = "info")]
     log: String,
+    /// Write the man pages into DIR and exit (packaging: `scripts/docs-for-packages`).
+    #[arg(long, value_name = "DIR", hide = true)]
+    man: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.man {
+        return man_pages(dir);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         // Logs are diagnostics: stderr, leaving stdout to what a command prints.
@@ -122,6 +128,13 @@ fn resolve(args: Args) -> anyhow::Result<AgentConfig> {
         file.insecure = Some(true);
     }
     Ok(AgentConfig::resolve(file, &source)?)
+}
+
+/// The man pages, from the flags themselves (one per subcommand too).
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(<Args as clap::CommandFactory>::command(), dir)
+        .with_context(|| format!("cannot write the man pages into {}", dir.display()))
 }
 
 async fn shutdown_signal() {

@@ -43,6 +43,9 @@ struct Args {
     /// Log filter, e.g. info or driftwatch_server=debug.
     #[arg(long, env = "DRIFTWATCH_LOG", default_value = "info")]
     log: String,
+    /// Write the man pages into DIR and exit (packaging: `scripts/docs-for-packages`).
+    #[arg(long, value_name = "DIR", hide = true)]
+    man: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -67,6 +70,9 @@ enum RotateStep {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.man {
+        return man_pages(dir);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         // Logs are diagnostics: stderr, leaving stdout to what a command prints.
@@ -132,6 +138,13 @@ fn rotate_ca(config: &ServerConfig, step: RotateStep) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The man pages, from the flags themselves (one per subcommand too).
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(<Args as clap::CommandFactory>::command(), dir)
+        .with_context(|| format!("cannot write the man pages into {}", dir.display()))
 }
 
 async fn shutdown_signal() {

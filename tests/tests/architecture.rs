@@ -175,3 +175,16 @@ fn the_cli_uses_server_internals_only_to_run_driftwatch_up() {
     }
     assert!(offenders.is_empty(), "only up.rs may use driftwatch_server: {offenders:?}");
 }
+
+#[test]
+fn the_cli_decides_its_exit_status_in_one_place() {
+    let dir = root().join("crates/cli/src");
+    let mut offenders = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        if text.contains("process::exit(") {
+            offenders.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    assert!(offenders.is_empty(), "exit statuses are decided in exit.rs only: {offenders:?}");
+}

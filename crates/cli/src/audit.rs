@@ -2,6 +2,7 @@
 //! `driftwatch audit verify`: the log's hash chain recomputed here, from the oldest record.
 
 use crate::connect::Conn;
+use crate::exit::Finding;
 use clap::{Args, Subcommand};
 use driftwatch_proto::audit_chain::{ChainRecord, ChainVerifier};
 use driftwatch_proto::v1::{self, audit_client::AuditClient};
@@ -90,14 +91,16 @@ async fn verify(ch: Conn, out: Output) -> anyhow::Result<()> {
         let req = v1::ListAuditEventsRequest { after_id, limit: VERIFY_PAGE, ..Default::default() };
         let page = client.list_audit_events(req).await.map_err(status_err)?.into_inner().events;
         for e in &page {
-            chain.push(&ChainRecord::of_event(e)).map_err(|b| anyhow::anyhow!("audit log verification failed: {b}"))?;
+            chain
+                .push(&ChainRecord::of_event(e))
+                .map_err(|b| anyhow::Error::new(Finding(format!("audit log verification failed: {b}"))))?;
         }
         match page.last() {
             Some(last) if page.len() == VERIFY_PAGE as usize => after_id = last.id,
             _ => break,
         }
     }
-    let s = chain.finish().map_err(|b| anyhow::anyhow!("audit log verification failed: {b}"))?;
+    let s = chain.finish().map_err(|b| anyhow::Error::new(Finding(format!("audit log verification failed: {b}"))))?;
     let (head_id, head_hash) = s.head.clone().unwrap_or_default();
     match out {
         Output::Json => println!(

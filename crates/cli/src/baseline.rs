@@ -1,6 +1,7 @@
 //! `driftwatch baseline pin|show|list|set|diff|delete`.
 
 use crate::connect::Conn;
+use crate::exit::Outcome;
 use clap::Subcommand;
 use driftwatch_proto::v1::{self, baselines_client::BaselinesClient};
 
@@ -97,7 +98,7 @@ fn key_value(s: &str) -> anyhow::Result<v1::KeyValue> {
     Ok(v1::KeyValue { key: k.to_string(), value: Some(value) })
 }
 
-pub async fn run(channel: Conn, out: Output, cmd: BaselineCmd) -> anyhow::Result<()> {
+pub async fn run(channel: Conn, out: Output, cmd: BaselineCmd) -> anyhow::Result<Outcome> {
     let mut c = BaselinesClient::new(channel.clone());
     let b = match cmd {
         BaselineCmd::Pin { host_id, name, path, selector, resources, reason } => {
@@ -131,7 +132,7 @@ pub async fn run(channel: Conn, out: Output, cmd: BaselineCmd) -> anyhow::Result
                 Output::Json => println!("{}", to_json(&r, "ListBaselinesResponse")?),
                 Output::Table => print!("{}", list_table(&r.baselines)),
             }
-            return Ok(());
+            return Ok(Outcome::Clean);
         }
         BaselineCmd::Set { name, path, set, remove, promote, from_host, resources, remove_resources, reason } => {
             let set = set.iter().map(|s| key_value(s)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -163,7 +164,7 @@ pub async fn run(channel: Conn, out: Output, cmd: BaselineCmd) -> anyhow::Result
                 Output::Json => println!("{}", to_json(&d, "DiffResponse")?),
                 Output::Table => print!("{}", crate::diff_table(&d)),
             }
-            return Ok(());
+            return Ok(crate::diff_outcome(&d));
         }
         BaselineCmd::Delete { name, reason } => {
             c.delete_baseline(v1::DeleteBaselineRequest { name, reason }).await.map_err(crate::status_err)?.into_inner()
@@ -173,7 +174,7 @@ pub async fn run(channel: Conn, out: Output, cmd: BaselineCmd) -> anyhow::Result
         Output::Json => println!("{}", to_json(&b, "Baseline")?),
         Output::Table => print!("{}", detail(&b)),
     }
-    Ok(())
+    Ok(Outcome::Clean)
 }
 
 fn scope(b: &v1::Baseline) -> String {

@@ -98,7 +98,7 @@ pub async fn channel(target: &Target) -> anyhow::Result<Conn> {
         .connect()
         .await
         .map_err(|e| anyhow::anyhow!("{}", driftwatch_proto::error_chain(&e)))
-        .with_context(|| format!("cannot reach the driftwatch server at {}", target.server))?;
+        .with_context(|| crate::exit::Unreachable(target.server.clone()))?;
     Ok(InterceptedService::new(channel, bearer))
 }
 

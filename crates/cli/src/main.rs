@@ -7,21 +7,24 @@ mod baseline;
 mod changes;
 mod connect;
 mod enroll_token;
+mod exit;
 mod hosts;
+mod manual;
 mod output;
 mod rules_test;
 mod up;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use connect::Target;
 use driftwatch_proto::v1::{self, fleet_client::FleetClient};
+use exit::Outcome;
 use output::{Output, bytes, table, to_json, ts};
 
 /// driftwatch: keep a fleet's configuration and resource use from regressing.
 ///
 /// Query commands talk to a driftwatch server over gRPC (the same API grpcurl uses).
 #[derive(Debug, Parser)]
-#[command(name = "driftwatch", version)]
+#[command(name = "driftwatch", version, after_help = exit::EXIT_STATUS_HELP)]
 struct Cli {
     /// Server URL: https://HOST:PORT (with --ca-file), or http:// for a server on loopback
     /// without TLS (`driftwatch up`).
@@ -119,19 +122,25 @@ enum Command {
         #[arg(long)]
         other_path: Option<String>,
     },
+    /// Print the shell completion script for SHELL to stdout, e.g.
+    /// `driftwatch completions bash > /etc/bash_completion.d/driftwatch`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum RulesCmd {
     /// Load every rule file in DIR and print `file:line:col: message` for each
-    /// problem (exit code 1), or a summary when all is well. Needs no server.
+    /// problem (exit status 1), or a summary when all is well. Needs no server.
     Check {
         /// The rules directory (*.yaml, *.yml).
         dir: std::path::PathBuf,
     },
     /// Run rule unit tests (YAML test files, as `promtool test rules`): replay file
     /// snapshots, resource series and agent connectivity through the rules and check the
-    /// alerts at given times. Prints `PASS name` / `FAIL name` with what differed; exit code
+    /// alerts at given times. Prints `PASS name` / `FAIL name` with what differed; exit status
     /// 1 on any failure or error. Needs no server.
     Test {
         /// Test files.
@@ -169,8 +178,22 @@ fn rules_check(dir: &std::path::Path, out: Output) -> anyhow::Result<bool> {
     Ok(errors.is_empty())
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    // A usage error exits here, with clap's own message and status 2. `man` is added
+    // here only, so that neither completions nor the man pages offer it.
+    let matches = Cli::command().subcommand(manual::man_command()).get_matches();
+    if let Some(("man", m)) = matches.subcommand() {
+        return exit::finish(manual::man_pages(Cli::command(), m).map(|()| Outcome::Clean));
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    exit::finish(run(cli))
+}
+
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    // Completions need no server and no credentials (a stale DRIFTWATCH_TOKEN_FILE must not stop them).
+    if let Command::Completions { shell } = &cli.command {
+        return manual::completions(*shell, Cli::command()).map(|()| Outcome::Clean);
+    }
     driftwatch_pki::install_tls_provider();
     let target = Target {
         server: cli.server.clone(),
@@ -181,22 +204,14 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Up(args) => up::run(args).await,
-            Command::Rules(RulesCmd::Check { dir }) => {
-                if !rules_check(&dir, cli.output)? {
-                    std::process::exit(1);
-                }
-                Ok(())
-            }
-            Command::Rules(RulesCmd::Test { files }) => {
-                if !rules_test::run(&files, cli.output) {
-                    std::process::exit(1);
-                }
-                Ok(())
-            }
+            Command::Up(args) => up::run(args).await.map(|()| Outcome::Clean),
+            Command::Rules(RulesCmd::Check { dir }) => rules_check(&dir, cli.output).map(Outcome::clean_if),
+            Command::Rules(RulesCmd::Test { files }) => Ok(Outcome::clean_if(rules_test::run(&files, cli.output))),
             cmd @ Command::Rules(RulesCmd::List | RulesCmd::Reload) => query(&target, cli.output, cmd).await,
             Command::Alerts(a) if a.watch.is_some() => match a.watch {
-                Some(alerts::AlertsCmd::Watch(w)) => alerts::watch(target, cli.output, w).await,
+                Some(alerts::AlertsCmd::Watch(w)) => {
+                    alerts::watch(target, cli.output, w).await.map(|()| Outcome::Clean)
+                }
                 None => unreachable!("checked"),
             },
             cmd => query(&target, cli.output, cmd).await,
@@ -208,11 +223,14 @@ pub(crate) async fn channel(target: &Target) -> anyhow::Result<connect::Conn> {
     connect::channel(target).await
 }
 
+/// A refused or failed call as an error that keeps its code (for the exit status) and
+/// reads `not found: no host "x"`.
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
-    match s.message() {
-        "" => anyhow::anyhow!("{}", code_name(s.code())),
-        m => anyhow::anyhow!("{}: {m}", code_name(s.code())),
-    }
+    let text = match s.message() {
+        "" => code_name(s.code()).to_string(),
+        m => format!("{}: {m}", code_name(s.code())),
+    };
+    anyhow::Error::new(exit::CallFailed { code: s.code(), text })
 }
 
 fn code_name(c: tonic::Code) -> &'static str {
@@ -230,7 +248,7 @@ fn code_name(c: tonic::Code) -> &'static str {
     }
 }
 
-async fn query(target: &Target, out: Output, cmd: Command) -> anyhow::Result<()> {
+async fn query(target: &Target, out: Output, cmd: Command) -> anyhow::Result<Outcome> {
     let ch = channel(target).await?;
     let mut c = FleetClient::new(ch.clone());
     match cmd {
@@ -275,26 +293,17 @@ async fn query(target: &Target, out: Output, cmd: Command) -> anyhow::Result<()>
                 Output::Json => println!("{}", to_json(&status, "ReloadStatus")?),
                 Output::Table => print!("{}", reload_status(&status)),
             }
-            if !status.ok {
-                std::process::exit(1);
-            }
+            return Ok(Outcome::clean_if(status.ok));
         }
-        Command::Up(_) | Command::Rules(_) => unreachable!("handled in main"),
-        Command::Baseline(b) => baseline::run(ch, out, b).await?,
+        Command::Up(_) | Command::Rules(_) | Command::Completions { .. } => {
+            unreachable!("handled in main")
+        }
         Command::Alerts(a) => alerts::list(ch, out, a).await?,
         Command::Ack { id, comment } => alerts::ack(ch, out, id, comment).await?,
         Command::Silence(cmd) => alerts::silence(ch, out, cmd).await?,
         Command::Audit(a) => audit::run(ch, out, a).await?,
-        Command::Correct(a) => {
-            if !changes::correct(ch, out, a).await? {
-                std::process::exit(1);
-            }
-        }
-        Command::Rollout(cmd) => {
-            if !changes::rollout(ch, out, cmd).await? {
-                std::process::exit(1);
-            }
-        }
+        Command::Correct(a) => return changes::correct(ch, out, a).await.map(Outcome::clean_if),
+        Command::Rollout(cmd) => return changes::rollout(ch, out, cmd).await.map(Outcome::clean_if),
         Command::Hosts(args) => hosts::run(ch, out, args).await?,
         Command::EnrollToken(cmd) => enroll_token::run(ch, out, cmd).await?,
         Command::Token(cmd) => access::token(ch, out, cmd).await?,
@@ -323,9 +332,16 @@ async fn query(target: &Target, out: Output, cmd: Command) -> anyhow::Result<()>
                 Output::Json => println!("{}", to_json(&d, "DiffResponse")?),
                 Output::Table => print!("{}", diff_table(&d)),
             }
+            return Ok(diff_outcome(&d));
         }
+        Command::Baseline(b) => return baseline::run(ch, out, b).await,
     }
-    Ok(())
+    Ok(Outcome::Clean)
+}
+
+/// `diff` and `baseline diff`: differences are findings (exit status 1), as diff(1).
+pub(crate) fn diff_outcome(d: &v1::DiffResponse) -> Outcome {
+    Outcome::clean_if(d.added == 0 && d.removed == 0 && d.changed == 0)
 }
 
 /// `rules: 24 from DIR, last reload ok` and every problem of a failed reload.

@@ -112,10 +112,11 @@ async fn hosts_file_diff_in_table_and_json() {
     assert_eq!(j["state"]["keys"][0]["key"], "WORKERS");
     assert_eq!(j["state"]["keys"][0]["value"]["intValue"], "8");
     assert!(j["state"]["keys"][1]["value"]["masked"]["fingerprint"].is_string());
+    // Differences: exit status 1 (the exit codes' own test is `exit_codes.rs`).
     let (ok, out, _) = &results[5];
     let ok = *ok;
     assert!(
-        ok && out.contains("changed  WORKERS") && out.contains("1 added, 1 removed, 1 changed, 1 unchanged"),
+        !ok && out.contains("changed  WORKERS") && out.contains("1 added, 1 removed, 1 changed, 1 unchanged"),
         "{out}"
     );
     let (ok, _, err) = &results[6];
@@ -135,7 +136,7 @@ async fn hosts_file_diff_in_table_and_json() {
         "{out}{err}"
     );
     let (ok, out, _) = &results[11];
-    assert!(*ok && out.contains("changed  WORKERS") && out.contains("20") && out.contains("16"), "{out}");
+    assert!(!*ok && out.contains("changed  WORKERS") && out.contains("20") && out.contains("16"), "{out}");
     let (ok, out, _) = &results[12];
     assert!(*ok && out.starts_with("NAME") && out.contains("cli ") && out.contains("host cli-host"), "{out}");
     let (ok, out, _) = &results[13];
