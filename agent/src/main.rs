@@ -59,15 +59,14 @@ struct Args {
     /// Log filter, e.g. info or driftwatch_agent=debug.
     #[arg(long, env = "DRIFTWATCH_LOG", default_value = "info")]
     log: String,
+    /// Log format: text (coloured only on a terminal) or json (one object per line).
+    #[arg(long, env = "DRIFTWATCH_LOG_FORMAT", value_name = "text|json", default_value = "text")]
+    log_format: driftwatch_telemetry::LogFormat,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
-        // Logs are diagnostics: stderr, leaving stdout to what a command prints.
-        .with_writer(std::io::stderr)
-        .init();
+    driftwatch_telemetry::logging::init(&args.log, args.log_format).map_err(|e| anyhow::anyhow!("--log: {e}"))?;
     let config = resolve(args)?;
     driftwatch_agent::memory::single_arena();
     // One thread is plenty for a watcher and a stream; blocking work (file reads,

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Parser;
 use driftwatch_server::{ServerConfig, ServerFile};
 
@@ -43,6 +42,9 @@ struct Args {
     /// Log filter, e.g. info or driftwatch_server=debug.
     #[arg(long, env = "DRIFTWATCH_LOG", default_value = "info")]
     log: String,
+    /// Log format: text (coloured only on a terminal) or json (one object per line).
+    #[arg(long, env = "DRIFTWATCH_LOG_FORMAT", value_name = "text|json", default_value = "text")]
+    log_format: driftwatch_telemetry::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -67,11 +69,7 @@ enum RotateStep {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
-        // Logs are diagnostics: stderr, leaving stdout to what a command prints.
-        .with_writer(std::io::stderr)
-        .init();
+    driftwatch_telemetry::logging::init(&args.log, args.log_format).map_err(|e| anyhow::anyhow!("--log: {e}"))?;
     let (mut file, source) = match &args.config {
         Some(p) => (ServerConfig::load_file(p)?, p.display().to_string()),
         None => (ServerFile::default(), "flags".to_string()),
