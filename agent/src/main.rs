@@ -53,6 +53,10 @@ struct Args {
     /// Where the spool, the local key and the agent's certificate live [default: ./driftwatch-agent-state].
     #[arg(long, env = "DRIFTWATCH_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Serve this agent's Prometheus /metrics and /healthz on ADDR (IP:PORT; "off"
+    /// disables) [default: off]. Off loopback, set metrics_token_file in the config.
+    #[arg(long, env = "DRIFTWATCH_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Plaintext gRPC. Loopback development only.
     #[arg(long, env = "DRIFTWATCH_INSECURE")]
     insecure: bool,
@@ -117,6 +121,7 @@ fn resolve(args: Args) -> anyhow::Result<AgentConfig> {
     }
     file.resource_interval = args.resource_interval.or(file.resource_interval);
     file.state_dir = args.state_dir.or(file.state_dir);
+    file.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     if args.insecure {
         file.insecure = Some(true);
     }
