@@ -97,6 +97,15 @@ pub struct AgentFile {
     /// A ping unanswered this long means the server is gone: the stream is dropped and
     /// the agent reconnects. Default `10s`.
     pub keepalive_timeout: Option<String>,
+    /// Address of the agent's own Prometheus `/metrics` and `/healthz` (`--metrics-listen`).
+    /// Default off.
+    pub metrics_listen: Option<String>,
+    /// A file holding the token `/metrics` scrapers must send (`Authorization: Bearer`).
+    /// Required when `metrics_listen` is not a loopback address.
+    pub metrics_token_file: Option<PathBuf>,
+    /// How long `/healthz` stays 200 while the server cannot be reached (since the
+    /// agent started, or since the stream was lost). Default `5m`.
+    pub healthz_grace: Option<String>,
 }
 
 /// Resolved `[backups]`.
@@ -156,10 +165,18 @@ pub struct AgentConfig {
     pub backups: BackupPolicy,
     pub files: Vec<FileCommands>,
     pub keepalive: Keepalive,
+    /// The agent's `/metrics` and `/healthz`; None: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// What `/metrics` scrapers must send as `Authorization: Bearer` (`/healthz` stays open).
+    pub metrics_token: Option<String>,
+    /// How long `/healthz` stays 200 without a connection to the server.
+    pub healthz_grace: Duration,
 }
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 pub const DEFAULT_STATE_DIR: &str = "./driftwatch-agent-state";
+/// `/healthz` is 503 once the agent has been without its server this long.
+pub const DEFAULT_HEALTHZ_GRACE: Duration = Duration::from_secs(300);
 
 impl AgentConfig {
     /// Read and parse a TOML config file.
@@ -347,6 +364,27 @@ impl AgentConfig {
                 timeout,
             });
         }
+        let metrics_listen = match file.metrics_listen.as_deref().map(str::trim) {
+            None | Some("" | "off" | "none") => None,
+            Some(a) => a
+                .parse::<std::net::SocketAddr>()
+                .map_err(|_| err("metrics_listen", format!("'{a}' must be IP:PORT, e.g. 127.0.0.1:9465 (or off)")))
+                .ok(),
+        };
+        use driftwatch_telemetry::endpoint::{listen_problem, read_token_file};
+        let metrics_token = file
+            .metrics_token_file
+            .as_deref()
+            .and_then(|f| read_token_file(f).map_err(|e| err("metrics_token_file", e)).ok());
+        if let Some(addr) = metrics_listen
+            && let Some(why) = listen_problem(addr, file.metrics_token_file.is_some(), "metrics_token_file")
+        {
+            err("metrics_listen", why);
+        }
+        let healthz_grace = opt_duration(file.healthz_grace.as_deref(), DEFAULT_HEALTHZ_GRACE).unwrap_or_else(|e| {
+            err("healthz_grace", e);
+            DEFAULT_HEALTHZ_GRACE
+        });
         if !errors.is_empty() {
             return Err(AgentError::Config(errors.join("\n  ")));
         }
@@ -372,6 +410,9 @@ impl AgentConfig {
             backups: BackupPolicy { keep, max_age },
             files,
             keepalive,
+            metrics_listen,
+            metrics_token,
+            healthz_grace,
         })
     }
 }
@@ -658,6 +699,38 @@ mod tests {
         f.insecure = None;
         f.host_id = Some("lat-2:eu".into());
         assert!(errors(f).contains("agent.toml: host_id: an enrolled host id"), "a colon cannot be in a SPIFFE id");
+    }
+
+    #[test]
+    fn metrics_endpoint_is_off_by_default_and_needs_a_token_off_loopback() {
+        let c = AgentConfig::resolve(base(), "agent.toml").unwrap();
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(c.healthz_grace, DEFAULT_HEALTHZ_GRACE);
+        let mut f = base();
+        f.metrics_listen = Some("127.0.0.1:9465".into());
+        f.healthz_grace = Some("30s".into());
+        let c = AgentConfig::resolve(f.clone(), "agent.toml").unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9465".parse().unwrap()));
+        assert_eq!(c.healthz_grace, Duration::from_secs(30));
+        f.metrics_listen = Some("off".into());
+        assert_eq!(AgentConfig::resolve(f.clone(), "agent.toml").unwrap().metrics_listen, None);
+        f.metrics_listen = Some("0.0.0.0:9465".into());
+        f.healthz_grace = Some("5".into());
+        let msg = errors(f.clone());
+        assert!(
+            msg.contains("agent.toml: metrics_listen: 0.0.0.0:9465 leaves this host: set metrics_token_file"),
+            "{msg}"
+        );
+        assert!(msg.contains("agent.toml: healthz_grace: "), "{msg}");
+        let d = tempfile::tempdir().unwrap();
+        let token = d.path().join("metrics.token");
+        std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+        f.metrics_token_file = Some(token);
+        f.healthz_grace = None;
+        let c = AgentConfig::resolve(f.clone(), "agent.toml").unwrap();
+        assert_eq!(c.metrics_token.as_deref(), Some("0123456789abcdef0123"));
+        f.metrics_listen = Some("localhost".into());
+        assert!(errors(f).contains("agent.toml: metrics_listen: 'localhost' must be IP:PORT"));
     }
 
     #[test]

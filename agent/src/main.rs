@@ -53,6 +53,10 @@ struct Args {
     /// Where the spool, the local key and the agent's certificate live [default: ./driftwatch-agent-state].
     #[arg(long, env = "DRIFTWATCH_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Serve this agent's Prometheus /metrics and /healthz on ADDR (IP:PORT; "off"
+    /// disables) [default: off]. Off loopback, set metrics_token_file in the config.
+    #[arg(long, env = "DRIFTWATCH_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Plaintext gRPC. Loopback development only.
     #[arg(long, env = "DRIFTWATCH_INSECURE")]
     insecure: bool,
@@ -62,6 +66,9 @@ struct Args {
     /// Write the man pages into DIR and exit (packaging: `scripts/docs-for-packages`).
     #[arg(long, value_name = "DIR", hide = true)]
     man: Option<PathBuf>,
+    /// Log format: text (coloured only on a terminal) or json (one object per line).
+    #[arg(long, env = "DRIFTWATCH_LOG_FORMAT", value_name = "text|json", default_value = "text")]
+    log_format: driftwatch_telemetry::LogFormat,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,11 +76,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(dir) = &args.man {
         return man_pages(dir);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
-        // Logs are diagnostics: stderr, leaving stdout to what a command prints.
-        .with_writer(std::io::stderr)
-        .init();
+    driftwatch_telemetry::logging::init(&args.log, args.log_format).map_err(|e| anyhow::anyhow!("--log: {e}"))?;
     let config = resolve(args)?;
     driftwatch_agent::memory::single_arena();
     // One thread is plenty for a watcher and a stream; blocking work (file reads,
@@ -124,6 +127,7 @@ fn resolve(args: Args) -> anyhow::Result<AgentConfig> {
     }
     file.resource_interval = args.resource_interval.or(file.resource_interval);
     file.state_dir = args.state_dir.or(file.state_dir);
+    file.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     if args.insecure {
         file.insecure = Some(true);
     }

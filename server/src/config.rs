@@ -328,33 +328,17 @@ impl ServerConfig {
                 format!("--insecure is for loopback development only; refusing to serve plaintext on {addr}"),
             );
         }
-        let metrics_token = match &file.metrics_token_file {
-            None => None,
-            Some(f) => match std::fs::read_to_string(f) {
-                Ok(t) if t.trim().len() >= 16 && !t.trim().contains(char::is_whitespace) => Some(t.trim().to_string()),
-                Ok(_) => {
-                    field_err(
-                        "metrics_token_file",
-                        format!("{}: needs one token of at least 16 characters", f.display()),
-                    );
-                    None
-                }
-                Err(e) => {
-                    field_err("metrics_token_file", format!("{}: {e}", f.display()));
-                    None
-                }
-            },
-        };
+        let metrics_token = file.metrics_token_file.as_deref().and_then(|f| {
+            driftwatch_telemetry::endpoint::read_token_file(f).map_err(|e| field_err("metrics_token_file", e)).ok()
+        });
         if let Some(Some(addr)) = metrics_listen
-            && !addr.ip().is_loopback()
-            && file.metrics_token_file.is_none()
+            && let Some(why) = driftwatch_telemetry::endpoint::listen_problem(
+                addr,
+                file.metrics_token_file.is_some(),
+                "metrics_token_file",
+            )
         {
-            field_err(
-                "metrics_listen",
-                format!(
-                    "{addr} leaves this host: set metrics_token_file (scrapers send `Authorization: Bearer <token>`)"
-                ),
-            );
+            field_err("metrics_listen", why);
         }
         let tls = if insecure {
             if file.tls.cert.is_some() || file.tls.key.is_some() || file.tls.client_ca.is_some() {

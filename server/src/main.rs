@@ -46,6 +46,9 @@ struct Args {
     /// Write the man pages into DIR and exit (packaging: `scripts/docs-for-packages`).
     #[arg(long, value_name = "DIR", hide = true)]
     man: Option<PathBuf>,
+    /// Log format: text (coloured only on a terminal) or json (one object per line).
+    #[arg(long, env = "DRIFTWATCH_LOG_FORMAT", value_name = "text|json", default_value = "text")]
+    log_format: driftwatch_telemetry::LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -73,11 +76,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(dir) = &args.man {
         return man_pages(dir);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
-        // Logs are diagnostics: stderr, leaving stdout to what a command prints.
-        .with_writer(std::io::stderr)
-        .init();
+    driftwatch_telemetry::logging::init(&args.log, args.log_format).map_err(|e| anyhow::anyhow!("--log: {e}"))?;
     let (mut file, source) = match &args.config {
         Some(p) => (ServerConfig::load_file(p)?, p.display().to_string()),
         None => (ServerFile::default(), "flags".to_string()),

@@ -317,66 +317,26 @@ impl Metrics {
     }
 }
 
-/// Whether a `/metrics` request may read: always without a configured token, else
-/// only with `Authorization: Bearer <token>`.
-pub fn scrape_allowed(token: Option<&str>, authorization: Option<&str>) -> bool {
-    match token {
-        None => true,
-        Some(want) => authorization.and_then(|h| driftwatch_proto::bearer::parse(h).ok()).is_some_and(|got| {
-            // Equal-time comparison: the token is a credential.
-            got.len() == want.len() && got.bytes().zip(want.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
-        }),
+impl driftwatch_telemetry::Endpoint for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+    fn health(&self) -> Result<String, String> {
+        self.unhealthy().map_or(Ok("ok".into()), Err)
     }
 }
 
 /// Serve `/metrics` (behind `token` when set) and `/healthz` (open: probes) until
-/// `shutdown` resolves. `/healthz` is 503 with the reason while store commits fail
-/// (nothing is acknowledged then), 200 again after the next commit.
+/// `shutdown` resolves (`driftwatch_telemetry::serve`). `/healthz` is 503 with the
+/// reason while store commits fail (nothing is acknowledged then), 200 again after
+/// the next commit.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     token: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::http::{HeaderMap, StatusCode, header};
-    use axum::response::IntoResponse;
-    use axum::routing::get;
-    let m = metrics.clone();
-    let token: Option<Arc<str>> = token.map(Into::into);
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move |headers: HeaderMap| {
-                let m = m.clone();
-                let token = token.clone();
-                async move {
-                    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-                    if !scrape_allowed(token.as_deref(), auth) {
-                        return (
-                            StatusCode::UNAUTHORIZED,
-                            [(header::WWW_AUTHENTICATE, "Bearer")],
-                            "metrics need Authorization: Bearer <metrics token>\n",
-                        )
-                            .into_response();
-                    }
-                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.render())
-                        .into_response()
-                }
-            }),
-        )
-        .route(
-            "/healthz",
-            get(move || {
-                let m = metrics.clone();
-                async move {
-                    match m.unhealthy() {
-                        None => (StatusCode::OK, "ok\n".to_string()),
-                        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
-                    }
-                }
-            }),
-        );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    driftwatch_telemetry::serve(listener, metrics, token, shutdown).await
 }
 
 pub fn local_addr(l: &tokio::net::TcpListener) -> SocketAddr {
@@ -386,18 +346,6 @@ pub fn local_addr(l: &tokio::net::TcpListener) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_metrics_token_is_required_only_when_configured() {
-        assert!(scrape_allowed(None, None));
-        assert!(scrape_allowed(None, Some("Bearer whatever")));
-        let t = Some("0123456789abcdef");
-        assert!(scrape_allowed(t, Some("Bearer 0123456789abcdef")));
-        assert!(!scrape_allowed(t, None));
-        assert!(!scrape_allowed(t, Some("Bearer 0123456789abcdeX")));
-        assert!(!scrape_allowed(t, Some("Bearer 0123456789abcde")));
-        assert!(!scrape_allowed(t, Some("Basic 0123456789abcdef")));
-    }
 
     #[test]
     fn health_says_why_commits_fail_until_one_succeeds() {

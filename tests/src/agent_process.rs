@@ -39,6 +39,9 @@ pub fn agent_toml(file: &AgentFile) -> String {
     put("rescan_interval", file.rescan_interval.as_deref().map(s));
     put("max_file_bytes", file.max_file_bytes.map(|n| Value::from(n as i64)));
     put("spool_max_bytes", file.spool_max_bytes.map(|n| Value::from(n as i64)));
+    put("metrics_listen", file.metrics_listen.as_deref().map(s));
+    put("metrics_token_file", file.metrics_token_file.as_deref().map(p));
+    put("healthz_grace", file.healthz_grace.as_deref().map(s));
     let watch = file.watch.iter().map(|w| match w {
         WatchEntry::Plain(x) => s(x),
         WatchEntry::Table { path, format } => {

@@ -153,7 +153,7 @@ fn agent_and_server_never_depend_on_each_other() {
     let server = dependencies("server/Cargo.toml");
     assert!(!agent.iter().any(|d| d == "driftwatch-server"), "{agent:?}");
     assert!(!server.iter().any(|d| d == "driftwatch-agent"), "{server:?}");
-    for lib in ["crates/proto", "crates/formats", "crates/rules", "crates/store"] {
+    for lib in ["crates/proto", "crates/formats", "crates/rules", "crates/store", "crates/telemetry"] {
         let deps = dependencies(&format!("{lib}/Cargo.toml"));
         assert!(
             !deps.iter().any(|d| d == "driftwatch-server" || d == "driftwatch-agent" || d == "driftwatch-cli"),

@@ -236,6 +236,7 @@ fn place(shared: &Shared, mut snapshot: Snapshot) -> Put {
         );
     }
     shared.status.unspooled.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.unspooled.inc();
     publish(shared, &mut spool);
     Put::Unspooled(seq)
 }

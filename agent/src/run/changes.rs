@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::AgentMetrics;
 use super::{AgentStatus, Shared};
 use crate::apply::Applier;
 use crate::error::{AgentError, Result};
@@ -60,7 +61,7 @@ pub(super) fn spawn_applier(
     mut applier: Applier,
     changes: std::sync::mpsc::Receiver<v1::ApplyChange>,
     results: Arc<ResultQueue>,
-    status: Arc<AgentStatus>,
+    (status, metrics): (Arc<AgentStatus>, Arc<AgentMetrics>),
     token: CancellationToken,
 ) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -77,6 +78,7 @@ pub(super) fn spawn_applier(
                 }
                 let result = applier.apply(&change);
                 status.changes_handled.fetch_add(1, Ordering::Relaxed);
+                metrics.change_result(result.outcome);
                 results.push(result);
             }
         })
@@ -98,6 +100,7 @@ pub(super) fn queue_change(shared: &Shared, c: v1::ApplyChange) {
         None => Some(c),
     };
     if let Some(c) = not_queued {
+        shared.metrics.change_result(v1::ChangeOutcome::Failed as i32);
         shared.results.push(v1::ChangeResult {
             change_id: c.change_id,
             path: c.path,

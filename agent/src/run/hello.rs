@@ -95,6 +95,7 @@ pub(super) async fn open(shared: &Arc<Shared>, identity: Option<&HostIdentity>) 
     shared.acked_up_to(server_acked);
     shared.set_connected(true);
     shared.status.connections.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.connections.inc();
     // The server's setting, within sane bounds (a zero or absurd value must not spin or starve).
     let heartbeat_every = welcome
         .settings

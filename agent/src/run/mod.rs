@@ -21,6 +21,7 @@ mod acks;
 mod append;
 mod changes;
 mod hello;
+mod metrics;
 mod producer;
 mod renew;
 mod stream;
@@ -41,9 +42,10 @@ use crate::error::{AgentError, Result};
 use crate::identity::{self, HostIdentity, IdentityFiles, Plan};
 use crate::resources::ResourceSampler;
 use crate::spool::Spool;
-use crate::watch::{FileWatcher, WatchConfig};
+use crate::watch::{FileWatcher, WatchConfig, WatchCounts};
 use append::SpoolHealth;
 use changes::ResultQueue;
+use metrics::AgentMetrics;
 use unspooled::Unspooled;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -100,11 +102,17 @@ struct Shared {
     identity: Mutex<Option<HostIdentity>>,
     /// Test hook ([`ack_log::ACK_LOG_ENV`]): a ledger of every acknowledged snapshot.
     ack_log: Option<ack_log::AckLog>,
+    /// The agent's own metrics (served with `metrics_listen`).
+    metrics: Arc<AgentMetrics>,
+    /// Files tracked and watches held, as the watcher last published them.
+    watch_counts: Arc<WatchCounts>,
 }
 
 /// A started agent.
 pub struct RunningAgent {
     pub status: Arc<AgentStatus>,
+    /// Where `/metrics` and `/healthz` are served (`metrics_listen`, its port bound).
+    pub metrics_addr: Option<std::net::SocketAddr>,
     token: CancellationToken,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -272,9 +280,20 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
     } else {
         Some(ResourceSampler::new(config.process_groups.clone())?)
     };
+    // Bound before anything runs, so a taken port fails the start.
+    let metrics_listener = match config.metrics_listen {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| AgentError::Config(format!("metrics_listen {addr}: {e}")))?,
+        ),
+    };
+    let metrics = Arc::new(AgentMetrics::new());
     let results = Arc::new(ResultQueue::default());
     let (change_tx, change_rx) = std::sync::mpsc::channel();
-    let applier_thread = changes::spawn_applier(applier, change_rx, results.clone(), status.clone(), token.clone())?;
+    let applier_thread =
+        changes::spawn_applier(applier, change_rx, results.clone(), (status.clone(), metrics.clone()), token.clone())?;
     let shared = Arc::new(Shared {
         key_id: masker.key_id(),
         config,
@@ -292,7 +311,25 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         identity_files,
         identity: Mutex::new(held),
         ack_log: ack_log::AckLog::from_env(),
+        metrics,
+        watch_counts: watcher.counts(),
     });
+    let metrics_addr = match metrics_listener {
+        None => None,
+        Some(l) => {
+            let addr = l.local_addr().map_err(|e| AgentError::Config(format!("metrics_listen: {e}")))?;
+            tracing::info!(%addr, token = shared.config.metrics_token.is_some(), "serving /metrics and /healthz");
+            let (served, t, scrape_token) =
+                (Arc::new(metrics::Served(shared.clone())), token.clone(), shared.config.metrics_token.clone());
+            tokio::spawn(async move {
+                let stop = async move { t.cancelled().await };
+                if let Err(e) = driftwatch_telemetry::serve(l, served, scrape_token, stop).await {
+                    tracing::error!(error = %e, "metrics endpoint failed");
+                }
+            });
+            Some(addr)
+        }
+    };
     let t = token.clone();
     let task = tokio::spawn(async move {
         let producer = tokio::spawn(producer::produce(shared.clone(), Arc::new(watcher), changes, sampler, t.clone()));
@@ -305,7 +342,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         tracing::info!("agent stopped");
         p
     });
-    Ok(RunningAgent { status, token, task })
+    Ok(RunningAgent { status, metrics_addr, token, task })
 }
 
 /// What the agent tells the server about its spool (Hello, Heartbeat).
@@ -320,11 +357,14 @@ struct SpoolReport {
 impl Shared {
     fn set_connected(&self, up: bool) {
         self.status.connected.store(up, Ordering::Relaxed);
-        self.link.send_replace(up);
+        if self.link.send_replace(up) != up {
+            self.metrics.link(up);
+        }
     }
 
     /// The server stored everything up to `seq` (the spool has recorded it already).
     fn acked_up_to(&self, seq: u64) {
+        self.metrics.acked();
         self.unspooled.lock().ack(seq);
         self.acked.send_if_modified(|a| {
             let newer = seq > *a;

@@ -34,6 +34,7 @@ mod tests;
 use std::io::{PipeReader, PipeWriter};
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use driftwatch_formats::{Limits, Masker};
@@ -74,9 +75,27 @@ pub struct ChangeBatch {
     pub files: Vec<FileState>,
 }
 
+/// How much the watcher tracks, published whenever it changes so that a metrics
+/// scrape never waits for the tracker (held across file reads).
+#[derive(Debug, Default)]
+pub struct WatchCounts {
+    /// Files tracked (matching a pattern, or named explicitly).
+    pub files: AtomicU64,
+    /// inotify watches held (directories).
+    pub watches: AtomicU64,
+}
+
+impl WatchCounts {
+    fn publish(&self, t: &Tracker) {
+        self.files.store(t.file_count() as u64, Ordering::Relaxed);
+        self.watches.store(t.watch_count() as u64, Ordering::Relaxed);
+    }
+}
+
 /// Watches the configured paths; changes arrive on the receiver from [`FileWatcher::start`].
 pub struct FileWatcher {
     tracker: Arc<Mutex<Tracker>>,
+    counts: Arc<WatchCounts>,
     /// Closing this (on drop) wakes and stops the watcher thread.
     _stop: PipeWriter,
 }
@@ -107,24 +126,35 @@ impl FileWatcher {
         let tracker = Arc::new(Mutex::new(Tracker::new(patterns, config.limits.clone(), masker, ino.watches())));
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let t = tracker.clone();
+        let counts = Arc::new(WatchCounts::default());
+        let c = counts.clone();
         let (debounce, rescan) = (config.debounce, config.rescan_interval.max(Duration::from_millis(10)));
         std::thread::Builder::new()
             .name("driftwatch-watch".into())
-            .spawn(move || event_loop(t, ino, stop_rx, tx, debounce, rescan))
+            .spawn(move || event_loop(t, c, ino, stop_rx, tx, debounce, rescan))
             .map_err(|e| AgentError::Watch(format!("cannot start the watcher thread: {e}")))?;
-        Ok((FileWatcher { tracker, _stop: stop_tx }, rx))
+        Ok((FileWatcher { tracker, counts, _stop: stop_tx }, rx))
+    }
+
+    /// Files tracked and inotify watches held, as last published.
+    pub fn counts(&self) -> Arc<WatchCounts> {
+        self.counts.clone()
     }
 
     /// Blocking. Re-read every matching file (and report every explicit path, present
     /// or not), record them as sent, and start a new generation: batches stamped with
     /// an older generation were computed before this scan and are stale.
     pub fn full_scan(&self) -> (u64, Vec<FileState>) {
-        self.tracker.lock().full_scan()
+        let mut t = self.tracker.lock();
+        let scan = t.full_scan();
+        self.counts.publish(&t);
+        scan
     }
 }
 
 fn event_loop(
     tracker: Arc<Mutex<Tracker>>,
+    counts: Arc<WatchCounts>,
     mut ino: Inotify,
     stop: PipeReader,
     tx: mpsc::Sender<ChangeBatch>,
@@ -136,6 +166,7 @@ fn event_loop(
         if t.generation() == 0 {
             t.discover();
         }
+        counts.publish(&t);
         tracing::info!(watches = t.watch_count(), files = t.file_count(), "file watcher started");
     }
     let mut burst = Debounce::new(debounce);
@@ -176,6 +207,7 @@ fn event_loop(
                 next_rescan = now + rescan_every;
                 files.extend(t.rescan());
             }
+            counts.publish(&t);
             (t.generation(), files)
         };
         if !files.is_empty() && tx.blocking_send(ChangeBatch { generation, files }).is_err() {

@@ -43,12 +43,14 @@ pub struct UpArgs {
     /// Log filter.
     #[arg(long, env = "DRIFTWATCH_LOG", default_value = "warn,driftwatch_server=info,driftwatch_agent=info")]
     log: String,
+    /// Log format: text (coloured only on a terminal) or json (one object per line).
+    #[arg(long, env = "DRIFTWATCH_LOG_FORMAT", value_name = "text|json", default_value = "text")]
+    log_format: driftwatch_telemetry::LogFormat,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
-        .init();
+    // Logs to stderr: the banner and its commands are stdout.
+    driftwatch_telemetry::logging::init(&args.log, args.log_format).map_err(|e| anyhow::anyhow!("--log: {e}"))?;
     if !args.configs.is_dir() {
         anyhow::bail!(
             "{} is not a directory: run `driftwatch up` from the repository root, or pass --configs DIR",

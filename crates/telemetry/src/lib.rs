@@ -1,0 +1,10 @@
+//! driftwatch's own observability, one definition for the server, the agent and
+//! `driftwatch up`: how logs are written (`logging`: text or JSON, colours only on a
+//! terminal) and the `/metrics` + `/healthz` HTTP endpoint (`endpoint`: serving, the
+//! scrape token, which listen addresses need one).
+
+pub mod endpoint;
+pub mod logging;
+
+pub use endpoint::{Endpoint, serve};
+pub use logging::LogFormat;
