@@ -23,12 +23,14 @@ pub mod notify;
 pub mod operators;
 pub mod principal;
 pub mod retention;
+pub mod rpc_metrics;
 pub mod rule_input;
 pub mod rules_service;
 pub mod selector;
 pub mod silences;
 pub mod spool_report;
 pub mod state;
+pub mod state_gauges;
 pub mod tls;
 pub mod writer;
 
@@ -325,6 +327,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         )
         .await?;
     changes_core.resume_rollouts(unfinished).await;
+    metrics.state_gauges.watch(&state, &book, &changes_core);
     let remediation = tokio::spawn(changes::remediate::run(changes_core.clone(), hub.clone(), config.remediation));
     let changes_grpc = changes::ChangesService { core: changes_core.clone(), subscribers };
     let host_expiry = retention::HostExpiry {
@@ -368,7 +371,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     };
     // Inside access: a refused call takes no place in the operator budget.
     let transport_limits = limits::transport::TransportLimitsLayer::new(config.limits, metrics.clone());
+    // Outermost: refusals by access and limits are counted with the rest.
+    let rpc_metrics = rpc_metrics::RpcMetricsLayer(metrics.rpc.clone());
     let router = tonic::transport::Server::builder()
+        .layer(rpc_metrics)
         .layer(access)
         .layer(transport_limits)
         .max_concurrent_streams(config.limits.max_concurrent_streams)

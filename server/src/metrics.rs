@@ -1,4 +1,9 @@
 //! Prometheus metrics and the `/metrics` + `/healthz` endpoint.
+//!
+//! Everything the server counts is named `driftwatch_*`, beside the standard
+//! `process_*` metrics (`driftwatch_telemetry::process`). Per-RPC metrics are in
+//! [`crate::rpc_metrics`], gauges counted from the server's state when scraped in
+//! [`crate::state_gauges`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +13,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+
+use crate::rpc_metrics::RpcMetrics;
+use crate::state_gauges::StateGauges;
 
 /// `notifier` (name) and `target` (its endpoint's position: 0, or an Alertmanager
 /// instance's index in `urls`); never a URL.
@@ -16,7 +25,12 @@ pub type NotifierLabels = Vec<(String, String)>;
 
 #[derive(Debug)]
 pub struct Metrics {
+    /// Unprefixed (`process_*`), with a `driftwatch` sub-registry for the rest.
     pub registry: Registry,
+    /// Calls by RPC and status, and their latency (the gRPC server's outer layer).
+    pub rpc: Arc<RpcMetrics>,
+    /// Alerts, hosts and rollouts by state, counted when scraped once wired in.
+    pub state_gauges: Arc<StateGauges>,
     pub connected_agents: Gauge,
     pub snapshots_ingested: Counter,
     pub snapshots_duplicate: Counter,
@@ -67,7 +81,20 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("driftwatch");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(driftwatch_telemetry::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("driftwatch");
+        registry.register(
+            "build",
+            "The server's version",
+            Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]),
+        );
+        let rpc = RpcMetrics::register(
+            registry,
+            crate::access::table::TABLE.iter().map(|(service, methods)| (*service, methods.iter().map(|(m, _)| *m))),
+        );
+        let state_gauges = Arc::new(StateGauges::default());
+        registry.register_collector(Box::new(state_gauges.clone()));
         let connected_agents = Gauge::default();
         registry.register("connected_agents", "Agent streams currently connected", connected_agents.clone());
         let snapshots_ingested = Counter::default();
@@ -235,7 +262,9 @@ impl Metrics {
             notifications_pending.clone(),
         );
         Arc::new(Self {
-            registry,
+            registry: root,
+            rpc,
+            state_gauges,
             subscribers,
             retention_passes,
             limit_hits,

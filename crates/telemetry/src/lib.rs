@@ -1,10 +1,13 @@
 //! driftwatch's own observability, one definition for the server, the agent and
 //! `driftwatch up`: how logs are written (`logging`: text or JSON, colours only on a
-//! terminal) and the `/metrics` + `/healthz` HTTP endpoint (`endpoint`: serving, the
-//! scrape token, which listen addresses need one).
+//! terminal), the `/metrics` + `/healthz` HTTP endpoint (`endpoint`: serving, the
+//! scrape token, which listen addresses need one) and the standard `process_*`
+//! metrics (`process`).
 
 pub mod endpoint;
 pub mod logging;
+pub mod process;
 
 pub use endpoint::{Endpoint, serve};
 pub use logging::LogFormat;
+pub use process::ProcessCollector;

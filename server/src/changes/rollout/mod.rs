@@ -120,6 +120,11 @@ impl Registry {
         Ok(Starting { starting: self.starting.clone(), actor: actor.to_string() })
     }
 
+    /// The state of every live rollout (`driftwatch_rollouts`), without copying them.
+    pub(crate) fn states(&self) -> Vec<i32> {
+        self.live.lock().values().map(|l| l.rollout.borrow().state).collect()
+    }
+
     fn all(&self) -> Vec<v1::Rollout> {
         self.live.lock().values().map(|l| l.rollout.borrow().clone()).collect()
     }
