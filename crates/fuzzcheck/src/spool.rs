@@ -88,10 +88,17 @@ pub fn scan(data: &[u8]) {
                 intact.push((seq, payload));
             } else {
                 // A torn or corrupt record: a bad CRC, a wrong length, or cut short.
-                let mut rec = record(seq, input.chunk());
+                let payload = input.chunk().to_vec();
+                let mut rec = record(seq, &payload);
                 let at = usize::from(input.byte()) % rec.len();
                 rec[at] ^= input.byte() | 1;
-                rec.truncate(rec.len() - usize::from(kind & 4) * at / 4);
+                let cut = usize::from(kind & 4) * at / 4;
+                rec.truncate(rec.len() - cut);
+                // Only its length field damaged: the spool may find the record again
+                // (it tries the length with a bit flipped back, or up to the next record).
+                if at < 4 && cut == 0 {
+                    intact.push((seq, payload));
+                }
                 bytes.extend(rec);
             }
         }
