@@ -119,10 +119,23 @@ impl AgentProcess {
         log_filter: &str,
         log: Option<&Path>,
     ) -> std::io::Result<Self> {
+        let mut a = Self::prepare(bin, dir, file, log_filter, log)?;
+        a.launch()?;
+        Ok(a)
+    }
+
+    /// Write `file` to `<dir>/agent.toml`; not started yet.
+    fn prepare(
+        bin: &Path,
+        dir: &Path,
+        file: &AgentFile,
+        log_filter: &str,
+        log: Option<&Path>,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("agent.toml");
         std::fs::write(&config, agent_toml(file))?;
-        let mut a = Self {
+        Ok(Self {
             host_id: file.host_id.clone().unwrap_or_default(),
             bin: bin.to_path_buf(),
             config,
@@ -131,46 +144,24 @@ impl AgentProcess {
             netns: None,
             env: Vec::new(),
             process: None,
-        };
-        a.launch()?;
-        Ok(a)
+        })
     }
 
     /// [`AgentProcess::start`] with the environment variables `env` set for this and
     /// every later run of it (e.g. `driftwatch_agent::run::ACK_LOG_ENV`).
     pub fn start_with_env(dir: &Path, file: &AgentFile, env: &[(&str, &Path)]) -> Self {
-        std::fs::create_dir_all(dir).expect("agent dir");
-        let config = dir.join("agent.toml");
-        std::fs::write(&config, agent_toml(file)).expect("write the agent config");
-        let mut a = Self {
-            host_id: file.host_id.clone().unwrap_or_default(),
-            bin: agent_binary().to_path_buf(),
-            config,
-            log: Some(dir.join("agent.log")),
-            log_filter: "info".into(),
-            netns: None,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_path_buf())).collect(),
-            process: None,
-        };
+        let log = dir.join("agent.log");
+        let mut a = Self::prepare(agent_binary(), dir, file, "info", Some(&log)).expect("write the agent config");
+        a.env = env.iter().map(|(k, v)| (k.to_string(), v.to_path_buf())).collect();
         a.launch().expect("start the agent process");
         a
     }
 
     /// [`AgentProcess::start`] inside network namespace `ns` (see `crate::netns`).
     pub fn start_in_netns(ns: &str, dir: &Path, file: &AgentFile) -> Self {
-        std::fs::create_dir_all(dir).expect("agent dir");
-        let config = dir.join("agent.toml");
-        std::fs::write(&config, agent_toml(file)).expect("write the agent config");
-        let mut a = Self {
-            host_id: file.host_id.clone().unwrap_or_default(),
-            bin: agent_binary().to_path_buf(),
-            config,
-            log: Some(dir.join("agent.log")),
-            log_filter: "info".into(),
-            netns: Some(ns.to_string()),
-            env: Vec::new(),
-            process: None,
-        };
+        let log = dir.join("agent.log");
+        let mut a = Self::prepare(agent_binary(), dir, file, "info", Some(&log)).expect("write the agent config");
+        a.netns = Some(ns.to_string());
         a.launch().expect("start the agent process in its namespace");
         a
     }

@@ -119,19 +119,40 @@ fn edit(files: &mut BTreeMap<PathBuf, u64>, path: &Path, tag: usize, bytes: usiz
     files.insert(path.to_path_buf(), rev);
 }
 
+/// A fleet of one agent whose state dir is a 512 KiB tmpfs and which watches 40 files
+/// of about 22 KB (a listing of about 900 KB), with the server up; `None` (skipped, or
+/// failed under CI) when no tmpfs can be mounted.
+struct SmallStateDir {
+    _dir: tempfile::TempDir,
+    fs: Tmpfs,
+    etc: PathBuf,
+    files: BTreeMap<PathBuf, u64>,
+    server: RunningServer,
+    c: FleetClient<Channel>,
+    cfg: driftwatch_agent::AgentConfig,
+}
+
+async fn small_state_dir(host: &str) -> Option<SmallStateDir> {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::required("the agent's state dir on a tmpfs", "512k")?;
+    let etc = dir.path().join("etc");
+    let files = write_files(&etc, 40, 22_000);
+    let server = start_server(&dir.path().join("server")).await;
+    let c = fleet_client(&server).await;
+    let cfg = agent_config(&server, host, fs.path(), &[format!("{}/*.env", etc.display())]);
+    Some(SmallStateDir { _dir: dir, fs, etc, files, server, c, cfg })
+}
+
 /// The state dir on a 512 KiB tmpfs, 40 watched files of about 22 KB (a listing of
 /// about 900 KB), the server up. The disk fills during the first listing, then stays
 /// full: the server still shows every file and every later edit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_on_the_agent_keeps_the_fleet_view_current() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::required("the agent's state dir on a tmpfs", "512k") else { return };
-    let etc = dir.path().join("etc");
-    let mut files = write_files(&etc, 40, 22_000);
-    let server = start_server(&dir.path().join("server")).await;
-    let mut c = fleet_client(&server).await;
+    let Some(SmallStateDir { _dir, fs, etc, mut files, server, mut c, cfg }) = small_state_dir("full").await else {
+        return;
+    };
     let started = Instant::now();
-    let agent = start_agent(agent_config(&server, "full", fs.path(), &[format!("{}/*.env", etc.display())])).await;
+    let agent = start_agent(cfg).await;
     wait_view(&mut c, "full", &files, "every file of the first listing").await;
     println!("listing of 40 files shown after {:?} (free on the state dir: {} bytes)", started.elapsed(), fs.free());
 
@@ -183,13 +204,9 @@ async fn a_full_disk_on_the_agent_keeps_the_fleet_view_current() {
 /// stream task returned on stop without marking the link down).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_starts_on_a_full_state_dir() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::required("the agent's state dir on a tmpfs", "512k") else { return };
-    let etc = dir.path().join("etc");
-    let mut files = write_files(&etc, 40, 22_000);
-    let server = start_server(&dir.path().join("server")).await;
-    let mut c = fleet_client(&server).await;
-    let cfg = agent_config(&server, "full0", fs.path(), &[format!("{}/*.env", etc.display())]);
+    let Some(SmallStateDir { _dir, fs, etc, mut files, server, mut c, cfg }) = small_state_dir("full0").await else {
+        return;
+    };
     // A first run leaves its spool and identity files; then the disk fills up.
     start_agent(cfg.clone()).await.stop().await.unwrap();
     let filled = fs.fill("filler");
