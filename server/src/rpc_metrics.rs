@@ -266,26 +266,17 @@ impl<B: http_body::Body> http_body::Body for Recorded<B> {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
-        match &frame {
-            Some(Ok(f)) => {
-                if let Some(status) = f.trailers_ref().and_then(|t| t.get(&GRPC_STATUS))
-                    && let Some(r) = this.recorder.take()
-                {
-                    r.finish(code_index(status.as_bytes()));
-                }
-            }
+        let code = match &frame {
+            Some(Ok(f)) => f.trailers_ref().and_then(|t| t.get(&GRPC_STATUS)).map(|s| code_index(s.as_bytes())),
             // The body failed (the connection, not the handler): no status was sent.
-            Some(Err(_)) => {
-                if let Some(r) = this.recorder.take() {
-                    r.finish(UNKNOWN);
-                }
-            }
+            Some(Err(_)) => Some(UNKNOWN),
             // Ended without trailers: nothing said otherwise, so it is not an error.
-            None => {
-                if let Some(r) = this.recorder.take() {
-                    r.finish(0);
-                }
-            }
+            None => Some(0),
+        };
+        if let Some(code) = code
+            && let Some(r) = this.recorder.take()
+        {
+            r.finish(code);
         }
         Poll::Ready(frame)
     }

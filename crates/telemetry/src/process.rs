@@ -73,39 +73,27 @@ impl ProcessReading {
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let r = ProcessReading::read();
+        let e = &mut encoder;
         if let Some(v) = r.resident_memory_bytes {
-            let g = ConstGauge::new(v);
-            g.encode(encoder.encode_descriptor(
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes",
-                None,
-                g.metric_type(),
-            )?)?;
+            emit(e, "process_resident_memory_bytes", "Resident memory size in bytes", ConstGauge::new(v))?;
         }
         if let Some(v) = r.cpu_seconds {
-            let c = ConstCounter::new(v);
-            c.encode(encoder.encode_descriptor(
-                "process_cpu_seconds",
-                "Total user and system CPU time spent in seconds",
-                None,
-                c.metric_type(),
-            )?)?;
+            emit(e, "process_cpu_seconds", "Total user and system CPU time spent in seconds", ConstCounter::new(v))?;
         }
         if let Some(v) = r.open_fds {
-            let g = ConstGauge::new(v);
-            g.encode(encoder.encode_descriptor("process_open_fds", "Open file descriptors", None, g.metric_type())?)?;
+            emit(e, "process_open_fds", "Open file descriptors", ConstGauge::new(v))?;
         }
         if let Some(v) = r.start_time_seconds {
-            let g = ConstGauge::new(v);
-            g.encode(encoder.encode_descriptor(
-                "process_start_time_seconds",
-                "Start time of the process since the Unix epoch in seconds",
-                None,
-                g.metric_type(),
-            )?)?;
+            let help = "Start time of the process since the Unix epoch in seconds";
+            emit(e, "process_start_time_seconds", help, ConstGauge::new(v))?;
         }
         Ok(())
     }
+}
+
+/// One metric with its descriptor.
+fn emit(encoder: &mut DescriptorEncoder, name: &str, help: &str, m: impl EncodeMetric) -> Result<(), std::fmt::Error> {
+    m.encode(encoder.encode_descriptor(name, help, None, m.metric_type())?)
 }
 
 #[cfg(test)]
