@@ -6,6 +6,12 @@
 //! a burst of several times the mean attempt rate (`driftwatch-sim restart`). Spread
 //! over the whole base, the attempts are close to even over time. The 10 % floor
 //! keeps an agent from retrying at once in a loop.
+//!
+//! After a connection that made progress (`reset_for_reconnect`), the first [`STEADY_AFTER_RESET`] delays keep
+//! the initial base instead of growing: a restarting server is typically back within a
+//! second or two, and an agent whose first retry found it not yet listening would
+//! otherwise wait up to 1.6 s, then 2.56 s, trailing the rest of the fleet back. The
+//! base grows from then on, so a server that stays down still sees gRPC's schedule.
 
 use std::time::Duration;
 
@@ -15,15 +21,19 @@ pub const MULTIPLIER: f64 = 1.6;
 pub const MIN_FRACTION: f64 = 0.1;
 pub const MAX: Duration = Duration::from_secs(120);
 pub const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How many delays after a reset keep the initial base.
+pub const STEADY_AFTER_RESET: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
     current: Duration,
+    /// Delays left at the initial base before it grows (after a reset only).
+    steady: u32,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { current: INITIAL }
+        Self { current: INITIAL, steady: 0 }
     }
 }
 
@@ -33,7 +43,11 @@ impl Backoff {
     pub fn next_delay(&mut self, unit: f64) -> Duration {
         let base = self.current.as_secs_f64();
         let jittered = base * (MIN_FRACTION + (1.0 - MIN_FRACTION) * unit.clamp(0.0, 1.0));
-        self.current = Duration::from_secs_f64((base * MULTIPLIER).min(MAX.as_secs_f64()));
+        if self.steady > 0 {
+            self.steady -= 1;
+        } else {
+            self.current = Duration::from_secs_f64((base * MULTIPLIER).min(MAX.as_secs_f64()));
+        }
         Duration::from_secs_f64(jittered)
     }
 
@@ -42,9 +56,23 @@ impl Backoff {
         self.current
     }
 
-    /// A connection succeeded: start over.
+    /// Success: start over.
     pub fn reset(&mut self) {
         self.current = INITIAL;
+        self.steady = 0;
+    }
+
+    /// The server refused what the agent sent: retrying soon would be refused again, so
+    /// the base grows from the next delay on, hold or not.
+    pub fn end_hold(&mut self) {
+        self.steady = 0;
+    }
+
+    /// A connection made progress: start over, holding the initial base for the first
+    /// few retries once it ends (see the module docs).
+    pub fn reset_for_reconnect(&mut self) {
+        self.current = INITIAL;
+        self.steady = STEADY_AFTER_RESET;
     }
 }
 
@@ -67,7 +95,7 @@ mod tests {
     fn delay_spans_10_to_100_percent_of_the_base() {
         assert!((Backoff::default().next_delay(0.0).as_secs_f64() - 0.1).abs() < 1e-9);
         assert!((Backoff::default().next_delay(0.5).as_secs_f64() - 0.55).abs() < 1e-9);
-        let mut capped = Backoff { current: MAX };
+        let mut capped = Backoff { current: MAX, steady: 0 };
         assert!(capped.next_delay(1.0) <= MAX);
         assert!(capped.next_delay(0.0) >= Duration::from_secs(12));
     }
@@ -101,12 +129,27 @@ mod tests {
     }
 
     #[test]
-    fn reset_starts_over() {
+    fn a_reset_starts_over_and_a_reconnect_reset_holds_the_initial_base_a_few_times() {
         let mut b = Backoff::default();
         for _ in 0..5 {
             b.next_delay(0.5);
         }
+        b.reset_for_reconnect();
+        let top: Vec<Duration> = (0..STEADY_AFTER_RESET + 2).map(|_| b.next_delay(1.0)).collect();
+        let steady = STEADY_AFTER_RESET as usize;
+        assert!(top[..=steady].iter().all(|d| *d == INITIAL), "{top:?}");
+        assert_eq!(top[steady + 1], INITIAL.mul_f64(MULTIPLIER), "then it grows: {top:?}");
+        // A fresh backoff (never connected), or a plain reset, grows from its first delay.
+        let mut fresh = Backoff::default();
+        fresh.next_delay(1.0);
+        assert_eq!(fresh.next_delay(1.0), INITIAL.mul_f64(MULTIPLIER));
         b.reset();
-        assert_eq!(b.next_delay(1.0), INITIAL);
+        b.next_delay(1.0);
+        assert_eq!(b.next_delay(1.0), INITIAL.mul_f64(MULTIPLIER));
+        // A refusal ends the hold.
+        b.reset_for_reconnect();
+        b.end_hold();
+        b.next_delay(1.0);
+        assert_eq!(b.next_delay(1.0), INITIAL.mul_f64(MULTIPLIER));
     }
 }

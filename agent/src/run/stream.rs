@@ -52,6 +52,9 @@ pub(super) async fn stream_loop(shared: Arc<Shared>, token: CancellationToken) -
         if token.is_cancelled() {
             return Ok(());
         }
+        if matches!(&result, Err(AgentError::Rejected(status)) if refusal(status.code())) {
+            backoff.end_hold();
+        }
         let delay = backoff.next_delay(rand::random::<f64>());
         shared.status.backoff_ms.store(backoff.current().as_millis() as u64, Ordering::Relaxed);
         match result {
@@ -154,7 +157,7 @@ async fn one_stream(shared: &Arc<Shared>, token: &CancellationToken, backoff: &m
             )
         {
             progressed = true;
-            backoff.reset();
+            backoff.reset_for_reconnect();
             shared.status.backoff_ms.store(backoff.current().as_millis() as u64, Ordering::Relaxed);
         }
         let renew_due = renewal.as_ref().map(Renewal::due);

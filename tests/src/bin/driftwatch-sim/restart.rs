@@ -155,7 +155,7 @@ async fn agent(url: String, host: String, log: Arc<Log>, stop: CancellationToken
         match connect(&url, &host, &spool_id).await {
             Ok((_tx, mut inbound)) => {
                 // As the agent: the backoff starts over once the server welcomed us.
-                backoff.reset();
+                backoff.reset_for_reconnect();
                 log.attempts.lock().push((at, Outcome::Welcomed));
                 if !counted[phase].swap(true, Ordering::Relaxed) {
                     log.up[phase].fetch_add(1, Ordering::Relaxed);
