@@ -233,6 +233,10 @@ impl Metrics {
             retention_passes.clone(),
         );
         let limit_hits = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        // Every [limits] key from zero: rate() and alerts see a series before the first hit.
+        for l in crate::limits::Limit::ALL {
+            let _ = limit_hits.get_or_create(&[("limit", l.key())]);
+        }
         registry.register(
             "limit_hits",
             "Times a configured limit was hit (label limit: its config key); see README, server limits",

@@ -204,8 +204,12 @@ impl Notifiers {
                 // Metrics name a target by position: a URL (even redacted) names an
                 // internal host, and /metrics is scraped by more people than read status.
                 let labels = vec![("notifier".to_string(), c.name.clone()), ("target".to_string(), n.to_string())];
-                // Every target's series exists from the start (0: closed).
+                // Every target's series exist from the start (the circuit 0: closed).
                 metrics.notifier_circuit_open.get_or_create(&labels).set(0);
+                let _ = metrics.notifications_delivered.get_or_create(&labels);
+                let _ = metrics.notification_failures.get_or_create(&labels);
+                let _ = metrics.notifications_expired.get_or_create(&labels);
+                let _ = metrics.notifications_pending.get_or_create(&labels);
                 if authorization.is_some() && endpoint.starts_with("http://") {
                     tracing::warn!(notifier = %c.name, %url, "authorization_file over http://: the header is sent in clear");
                 }
