@@ -249,9 +249,10 @@ impl ServerConfig {
             None => Some(PathBuf::from("./rules")).filter(|p| p.is_dir()),
         };
         let insecure = file.insecure.unwrap_or(false);
-        let external_url = file.external_url.as_deref().and_then(|u| {
-            crate::notify::links::check_external_url(u).map_err(|e| field_err("external_url", e)).ok()
-        });
+        let external_url = file
+            .external_url
+            .as_deref()
+            .and_then(|u| crate::notify::links::check_external_url(u).map_err(|e| field_err("external_url", e)).ok());
         let l = &file.limits;
         let limits = crate::limits::config::resolve(l, &mut field_err);
         let mut heartbeat_interval = Duration::from_secs(15);

@@ -145,7 +145,8 @@ impl Collector for StateGauges {
             ConstGauge::new(u64::from(*connected)).encode(family.encode_family(&[("host", host.as_str())])?)?;
         }
         let help = "When the server last heard from the host's agent, in Unix seconds";
-        let mut family = encoder.encode_descriptor("host_last_seen_timestamp_seconds", help, None, MetricType::Gauge)?;
+        let mut family =
+            encoder.encode_descriptor("host_last_seen_timestamp_seconds", help, None, MetricType::Gauge)?;
         for (host, _, seen) in &hosts {
             ConstGauge::new(*seen).encode(family.encode_family(&[("host", host.as_str())])?)?;
         }

@@ -326,7 +326,8 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported_by_a_live_ser
     cfg.external_url = settings.external_url;
     let server = start_server_with(cfg).await;
     let mut acfg = agent_config(&server, "obs-1", &dir.path().join("agent"), &[file.display().to_string()]);
-    acfg.labels = [("env", "production"), ("service", "web2img")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    acfg.labels =
+        [("env", "production"), ("service", "web2img")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     acfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let agent = start_agent(acfg).await;
 
@@ -381,7 +382,10 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported_by_a_live_ser
     // The series the per-host alert and the notifier panels read exist, not only their families.
     assert!(server_scrape.contains("driftwatch_host_connected{host=\"obs-1\"} 1"), "{server_scrape}");
     assert!(server_scrape.contains("driftwatch_host_last_seen_timestamp_seconds{host=\"obs-1\"} "), "{server_scrape}");
-    assert!(server_scrape.contains("driftwatch_notifier_circuit_open{notifier=\"hook\",target=\"0\"} 0"), "{server_scrape}");
+    assert!(
+        server_scrape.contains("driftwatch_notifier_circuit_open{notifier=\"hook\",target=\"0\"} 0"),
+        "{server_scrape}"
+    );
     assert!(agent_scrape.contains("host=\"obs-1\"} 1"), "{agent_scrape}");
     println!("{} metric names checked", used.iter().map(|(n, _)| n).collect::<BTreeSet<_>>().len());
     agent.stop().await.unwrap();

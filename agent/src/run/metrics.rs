@@ -120,8 +120,7 @@ impl AgentMetrics {
             last_ack_age.clone(),
         );
         let spool_bytes = gauge(r, "spool_bytes", "Bytes of the on-disk spool (bounded by spool_max_bytes)");
-        let spool_pending =
-            gauge(r, "spool_pending", "Snapshots in the spool the server has not acknowledged yet");
+        let spool_pending = gauge(r, "spool_pending", "Snapshots in the spool the server has not acknowledged yet");
         let spool_dropped = gauge(
             r,
             "spool_dropped",

@@ -80,7 +80,14 @@ mod tests {
     #[test]
     fn external_url_must_be_an_absolute_http_url_without_query() {
         assert!(check_external_url("https://grafana.example.com/x").is_ok());
-        for bad in ["grafana.example.com", "/d/driftwatch", "ftp://g.example.com", "https://u:p@g.example.com", "https://g.example.com/?orgId=1", "https://g.example.com/#top"] {
+        for bad in [
+            "grafana.example.com",
+            "/d/driftwatch",
+            "ftp://g.example.com",
+            "https://u:p@g.example.com",
+            "https://g.example.com/?orgId=1",
+            "https://g.example.com/#top",
+        ] {
             assert!(check_external_url(bad).is_err(), "{bad} accepted");
         }
     }
