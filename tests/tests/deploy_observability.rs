@@ -54,6 +54,33 @@ fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
     println!("{}", promtool(&["test", "rules", "driftwatch-alerts.test.yaml"]));
 }
 
+/// The dashboard's queries parse as PromQL: each one (Grafana's variables replaced by
+/// what they expand to) as a recording rule, through `promtool check rules`.
+#[test]
+fn the_dashboard_queries_are_valid_promql() {
+    if !promtool_installed() {
+        return;
+    }
+    let exprs = dashboard_exprs(&dashboard());
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$__range", "6h")
+            .replace("$server", ".*")
+            .replace("$agent", ".*")
+            .replace("$host", ".*");
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {}\n",
+            serde_json::to_string(&e).unwrap()
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-queries.yaml");
+    std::fs::write(&file, rules).unwrap();
+    println!("{}", promtool(&["check", "rules", file.to_str().unwrap()]));
+}
+
 #[test]
 fn every_alert_has_severity_annotations_and_a_runbook_section() {
     let rules = std::fs::read_to_string(deploy().join("prometheus/driftwatch-alerts.yaml")).unwrap();
