@@ -5,7 +5,8 @@
 //!   on synthetic series) pass `promtool test rules`; every runbook link names a
 //!   section of `docs/runbook.md`;
 //! - `deploy/grafana/driftwatch.json` is a well-formed dashboard (every panel has a
-//!   data source and queries, unique panel ids and uids);
+//!   data source and queries, unique panel ids and uids) whose queries parse as
+//!   PromQL (`promtool check rules` on them as recording rules);
 //! - every metric name the dashboard's and the rules' PromQL uses is exported by a
 //!   live server or a live agent, scraped after some traffic: an agent streaming, a
 //!   query, an alert firing and notified (whose webhook body links to the dashboard
