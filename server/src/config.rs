@@ -31,6 +31,10 @@ pub struct ServerFile {
     /// A file holding the token `/metrics` scrapers must send (`Authorization: Bearer`).
     /// Required when `metrics_listen` is not a loopback address.
     pub metrics_token_file: Option<PathBuf>,
+    /// Where operators look at driftwatch: the Grafana base URL the dashboard
+    /// (`deploy/grafana/driftwatch.json`) is imported into. Notifications link there
+    /// (`crate::notify::links`); without it they carry no link.
+    pub external_url: Option<String>,
     pub insecure: Option<bool>,
     #[serde(default)]
     pub access: AccessFile,
@@ -125,6 +129,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// What `/metrics` scrapers must send as `Authorization: Bearer` (`/healthz` stays open).
     pub metrics_token: Option<String>,
+    /// `external_url`, checked (absolute http(s), no query or fragment).
+    pub external_url: Option<reqwest::Url>,
     pub insecure: bool,
     pub access: crate::access::Policy,
     /// `[limits]`, validated.
@@ -163,6 +169,7 @@ impl ServerConfig {
             rules: None,
             metrics_listen: Some("127.0.0.1:0".parse().expect("literal")),
             metrics_token: None,
+            external_url: None,
             insecure: true,
             access: Default::default(),
             limits: crate::limits::Limits::default(),
@@ -242,6 +249,10 @@ impl ServerConfig {
             None => Some(PathBuf::from("./rules")).filter(|p| p.is_dir()),
         };
         let insecure = file.insecure.unwrap_or(false);
+        let external_url = file
+            .external_url
+            .as_deref()
+            .and_then(|u| crate::notify::links::check_external_url(u).map_err(|e| field_err("external_url", e)).ok());
         let l = &file.limits;
         let limits = crate::limits::config::resolve(l, &mut field_err);
         let mut heartbeat_interval = Duration::from_secs(15);
@@ -357,6 +368,7 @@ impl ServerConfig {
             rules,
             metrics_listen: metrics_listen.expect("checked"),
             metrics_token,
+            external_url,
             insecure,
             access: crate::access::Policy { open_reflection: file.access.open_reflection.unwrap_or(false) },
             limits,
@@ -500,6 +512,17 @@ mod tests {
         assert!(errs.iter().all(|e| e.starts_with("server.toml: ")));
         assert!(errs.iter().any(|e| e.contains("listen: 'nonsense'")));
         assert!(errs.iter().any(|e| e.contains("limits.max_agents")));
+    }
+
+    #[test]
+    fn external_url_is_an_absolute_http_url() {
+        let f = ServerFile { external_url: Some("https://grafana.example.com/ops".into()), ..base() };
+        let c = ServerConfig::resolve(f, "server.toml").unwrap();
+        assert_eq!(c.external_url.unwrap().as_str(), "https://grafana.example.com/ops");
+        assert_eq!(ServerConfig::resolve(base(), "server.toml").unwrap().external_url, None);
+        let f = ServerFile { external_url: Some("grafana.example.com".into()), ..base() };
+        let err = ServerConfig::resolve(f, "server.toml").unwrap_err().to_string();
+        assert!(err.contains("server.toml: external_url: \"grafana.example.com\" is not a URL"), "{err}");
     }
 
     #[test]

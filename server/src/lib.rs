@@ -173,7 +173,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     let audit = audit::AuditLog::new(writer_tx.clone());
     tracing::info!(alerts = alerts.len(), silences = silences.len(), last_event = max_event_id, "alert state loaded");
     let hub = hub::EventHub::with_capacity(max_event_id, config.subscriber_ring.max(16));
-    let notifiers = notify::Notifiers::new(config.notifiers.clone(), metrics.clone())?;
+    let notifiers = notify::Notifiers::new(
+        config.notifiers.clone(),
+        notify::links::Links::new(config.external_url.clone()),
+        metrics.clone(),
+    )?;
     let book = Arc::new(alert_book::AlertBook::new(
         alerts.iter().filter_map(|r| match v1::Alert::decode(r.payload.as_slice()) {
             Ok(a) => Some(alert_book::Tracked::restored(a)),

@@ -75,6 +75,9 @@ pub struct Metrics {
     pub notification_failures: Family<NotifierLabels, Counter>,
     pub notifications_expired: Family<NotifierLabels, Counter>,
     pub notifications_pending: Family<NotifierLabels, Gauge>,
+    /// 1 while a target's circuit is not closed (open, or half-open probing): its
+    /// endpoint failed `breaker_failures` times in a row and has not answered since.
+    pub notifier_circuit_open: Family<NotifierLabels, Gauge>,
     /// Why the store writer's last commit failed; None once one succeeds (`/healthz`).
     store_problem: parking_lot::Mutex<Option<String>>,
 }
@@ -230,6 +233,10 @@ impl Metrics {
             retention_passes.clone(),
         );
         let limit_hits = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        // Every [limits] key from zero: rate() and alerts see a series before the first hit.
+        for l in crate::limits::Limit::ALL {
+            let _ = limit_hits.get_or_create(&[("limit", l.key())]);
+        }
         registry.register(
             "limit_hits",
             "Times a configured limit was hit (label limit: its config key); see README, server limits",
@@ -261,8 +268,15 @@ impl Metrics {
             "Notifications waiting in the outbox (including retries)",
             notifications_pending.clone(),
         );
+        let notifier_circuit_open = Family::<NotifierLabels, Gauge>::default();
+        registry.register(
+            "notifier_circuit_open",
+            "1 while the target's circuit breaker is open or half-open (deliveries paused between probes)",
+            notifier_circuit_open.clone(),
+        );
         Arc::new(Self {
             registry: root,
+            notifier_circuit_open,
             rpc,
             state_gauges,
             subscribers,

@@ -5,7 +5,12 @@
 //!   resolved; resolved ones stay until `[retention] alerts`);
 //! - `driftwatch_hosts{state}`: known hosts, online (a stream connected) or offline;
 //! - `driftwatch_rollouts{state}`: rollouts under way (pending, running, paused);
-//!   finished ones are in the store (`ListRollouts`).
+//!   finished ones are in the store (`ListRollouts`);
+//! - `driftwatch_host_connected{host}` (1 while its stream is up) and
+//!   `driftwatch_host_last_seen_timestamp_seconds{host}` (the last message from its
+//!   agent): one series per known host, so an alert can name the host that went
+//!   away. As many as the fleet (bounded by `[limits] max_agents`); a host removed by
+//!   `[retention] offline_hosts` leaves with its series.
 //!
 //! Until the server has wired its state in ([`StateGauges::watch`]), and once it is
 //! gone, every series is 0.
@@ -69,6 +74,18 @@ impl StateGauges {
         let _ = self.sources.set(sources);
     }
 
+    /// Every known host: (host id, connected, last seen in Unix seconds), sorted.
+    fn per_host(&self) -> Vec<(String, bool, f64)> {
+        let Some(st) = self.sources.get().and_then(|s| s.state.upgrade()) else { return Vec::new() };
+        let mut hosts: Vec<_> = st
+            .hosts
+            .iter()
+            .map(|h| (h.key().clone(), h.connection.is_some(), h.last_seen_ms as f64 / 1000.0))
+            .collect();
+        hosts.sort_by(|a, b| a.0.cmp(&b.0));
+        hosts
+    }
+
     fn read(&self) -> ([u64; 3], [u64; 2], [u64; 3]) {
         let Some(s) = self.sources.get() else { return Default::default() };
         let alerts = s
@@ -120,7 +137,20 @@ impl Collector for StateGauges {
             "rollouts",
             "Rollouts under way by state (finished ones: ListRollouts)",
             ROLLOUT_STATES.iter().map(|(_, n)| *n).zip(rollouts),
-        )
+        )?;
+        let hosts = self.per_host();
+        let help = "1 while the host's agent stream is connected, 0 while it is offline (one series per known host)";
+        let mut family = encoder.encode_descriptor("host_connected", help, None, MetricType::Gauge)?;
+        for (host, connected, _) in &hosts {
+            ConstGauge::new(u64::from(*connected)).encode(family.encode_family(&[("host", host.as_str())])?)?;
+        }
+        let help = "When the server last heard from the host's agent, in Unix seconds";
+        let mut family =
+            encoder.encode_descriptor("host_last_seen_timestamp_seconds", help, None, MetricType::Gauge)?;
+        for (host, _, seen) in &hosts {
+            ConstGauge::new(*seen).encode(family.encode_family(&[("host", host.as_str())])?)?;
+        }
+        Ok(())
     }
 }
 

@@ -31,6 +31,10 @@ const AGENT_METRICS: &[&str] = &[
     "driftwatch_agent_inotify_watch_headroom ",
     "driftwatch_agent_changes_total{outcome=\"applied\"} ",
     "driftwatch_agent_changes_total{outcome=\"failed\"} ",
+    "process_resident_memory_bytes ",
+    "process_cpu_seconds_total ",
+    "process_open_fds ",
+    "process_start_time_seconds ",
 ];
 
 async fn get(url: &str) -> Option<(u16, String)> {
@@ -75,6 +79,8 @@ async fn a_scrape_shows_every_agent_metric_and_healthz_follows_the_connection() 
     for name in AGENT_METRICS {
         assert!(text.contains(name), "{name} missing from the agent's /metrics:\n{text}");
     }
+    assert!(text.contains(",host=\"obs-1\"} 1"), "build info names the host: {text}");
+    assert!(value(&text, "process_open_fds") >= 3.0, "{text}");
     assert!(value(&text, "driftwatch_agent_watched_files") >= 1.0, "{text}");
     assert!(value(&text, "driftwatch_agent_inotify_watches") >= 1.0, "{text}");
     let max = value(&text, "driftwatch_agent_inotify_max_user_watches");

@@ -53,6 +53,11 @@ fn notifiers(toml_text: &str) -> Vec<driftwatch_server::notify::NotifierConfig> 
 /// A server with the example rules and `notifiers`, on a fixed port, and a real
 /// agent (labels env=production, service=web2img) watching the web2img fixture.
 async fn setup(notifier_toml: impl FnOnce(&Path) -> String) -> Env {
+    setup_linked(notifier_toml, None).await
+}
+
+/// [`setup`] with `external_url` set: notifications link to the dashboard under it.
+async fn setup_linked(notifier_toml: impl FnOnce(&Path) -> String, external_url: Option<&str>) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let configs = dir.path().join("configs");
     copy_fixtures(&configs);
@@ -64,6 +69,7 @@ async fn setup(notifier_toml: impl FnOnce(&Path) -> String) -> Env {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
     cfg.notifiers = notifiers(&notifier_toml(dir.path()));
+    cfg.external_url = external_url.map(|u| driftwatch_server::notify::links::check_external_url(u).unwrap());
     let server = start_server_with(cfg.clone()).await;
     let mut acfg = agent_config(&server, "web-1", &dir.path().join("agent"), &[file.display().to_string()]);
     acfg.labels = WEB.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -462,7 +468,11 @@ async fn a_real_alertmanager_gets_the_alert_and_its_resolution() {
     let rx = Receiver::start(0).await;
     // resend_interval 1m: endsAt is 4 minutes ahead, so the alert leaving the active
     // list within seconds can only be our resolution.
-    let env = setup(|dir| format!("{}{}", alertmanager_toml(&am.url, "1m"), webhook_toml(&rx.url, dir, ""))).await;
+    let env = setup_linked(
+        |dir| format!("{}{}", alertmanager_toml(&am.url, "1m"), webhook_toml(&rx.url, dir, "")),
+        Some("https://grafana.example.com/ops/"),
+    )
+    .await;
     let mut sub = env
         .alerts()
         .await
@@ -485,7 +495,10 @@ async fn a_real_alertmanager_gets_the_alert_and_its_resolution() {
     assert_eq!(labels["host"], "web-1");
     assert_eq!(labels["key"], "BROWSER_POOL_MAX_SIZE");
     assert!(active["annotations"]["summary"].as_str().unwrap().contains("30"), "{active:#}");
-    assert_eq!(active["generatorURL"], format!("driftwatch://alerts/{}", alert.fingerprint));
+    // external_url: the alert's host on the dashboard, Alertmanager's "Source" link.
+    let link = "https://grafana.example.com/ops/d/driftwatch/driftwatch?var-host=web-1";
+    assert_eq!(active["generatorURL"], link, "{active:#}");
+    assert_eq!(alert.host_id, "web-1");
 
     env.restore();
     wait_for("Alertmanager to see the resolution", WAIT, || async {
@@ -500,6 +513,7 @@ async fn a_real_alertmanager_gets_the_alert_and_its_resolution() {
     // The webhook and the subscriber saw the same two events.
     let fired = rx.wait_delivered("fired").await;
     let resolved = rx.wait_delivered("resolved").await;
+    assert_eq!(fired.json["link"], link, "the webhook body links to the same place");
     let mut kinds = Vec::new();
     while kinds.len() < 2 {
         let m = tokio::time::timeout(WAIT, tokio_stream::StreamExt::next(&mut sub)).await.unwrap().unwrap().unwrap();
@@ -554,7 +568,9 @@ async fn a_real_alertmanager_restarted_blank_mid_incident_gets_the_firing_alert_
     assert_eq!(again["status"]["state"], "active", "{again:#}");
     assert_eq!(again["labels"], before["labels"], "the same alert");
     assert_eq!(again["startsAt"], before["startsAt"], "the same firing episode, not a new one");
-    assert_eq!(again["generatorURL"], format!("driftwatch://alerts/{}", alert.fingerprint));
+    // No external_url: no link to give (generatorURL is optional in Alertmanager's API).
+    assert!(again.get("generatorURL").is_none_or(|g| g == ""), "{again:#}");
+    assert!(!alert.fingerprint.is_empty());
     let ends_at = |a: &Json| a["endsAt"].as_str().unwrap().to_string();
     assert!(ends_at(&again) > ends_at(&before), "a later resend: {} then {}", ends_at(&before), ends_at(&again));
 

@@ -100,46 +100,53 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl AgentMetrics {
-    pub(crate) fn new() -> Self {
-        let mut r = Registry::with_prefix("driftwatch_agent");
-        r.register("build", "The agent's version", Info::new(vec![("version".to_string(), AGENT_VERSION.to_string())]));
-        let connected = gauge(&mut r, "connected", "1 while a stream to the server is up (past its Welcome)");
-        let connections = counter(&mut r, "connections", "Streams to the server opened (past their Welcome)");
+    /// `host`: the host id the agent starts with (its certificate's, else the
+    /// configured one), a label of `driftwatch_agent_build_info` so dashboards can
+    /// tell agents apart by host rather than by scrape address.
+    pub(crate) fn new(host: &str) -> Self {
+        // Unprefixed for the standard `process_*` metrics, like the server's.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(driftwatch_telemetry::ProcessCollector));
+        let r = root.sub_registry_with_prefix("driftwatch_agent");
+        let build = vec![("version".to_string(), AGENT_VERSION.to_string()), ("host".to_string(), host.to_string())];
+        r.register("build", "The agent's version and host id", Info::new(build));
+        let r = &mut *r;
+        let connected = gauge(r, "connected", "1 while a stream to the server is up (past its Welcome)");
+        let connections = counter(r, "connections", "Streams to the server opened (past their Welcome)");
         let last_ack_age = Gauge::<f64, AtomicU64>::default();
         r.register(
             "last_ack_age_seconds",
             "Seconds since the server last acknowledged a snapshot (or welcomed a stream); since the start before that",
             last_ack_age.clone(),
         );
-        let spool_bytes = gauge(&mut r, "spool_bytes", "Bytes of the on-disk spool (bounded by spool_max_bytes)");
-        let spool_pending =
-            gauge(&mut r, "spool_pending", "Snapshots in the spool the server has not acknowledged yet");
+        let spool_bytes = gauge(r, "spool_bytes", "Bytes of the on-disk spool (bounded by spool_max_bytes)");
+        let spool_pending = gauge(r, "spool_pending", "Snapshots in the spool the server has not acknowledged yet");
         let spool_dropped = gauge(
-            &mut r,
+            r,
             "spool_dropped",
             "Snapshots this spool dropped unacknowledged (size bound, full disk, damage); reported to the server",
         );
         let spool_degraded =
-            gauge(&mut r, "spool_degraded", "1 while the spool cannot be written (snapshots are held in memory)");
+            gauge(r, "spool_degraded", "1 while the spool cannot be written (snapshots are held in memory)");
         let held_in_memory = gauge(
-            &mut r,
+            r,
             "unspooled_pending",
             "Snapshots held in memory because the spool could not take them, until acknowledged",
         );
         let unspooled = counter(
-            &mut r,
+            r,
             "unspooled_snapshots",
             "Snapshots sent from memory because the spool could not take them (lost if the agent stops first)",
         );
-        let watched_files = gauge(&mut r, "watched_files", "Files tracked (matching a watch pattern, or named)");
-        let inotify_watches = gauge(&mut r, "inotify_watches", "inotify watches this agent holds (directories)");
+        let watched_files = gauge(r, "watched_files", "Files tracked (matching a watch pattern, or named)");
+        let inotify_watches = gauge(r, "inotify_watches", "inotify watches this agent holds (directories)");
         let inotify_max_user_watches = gauge(
-            &mut r,
+            r,
             "inotify_max_user_watches",
             "The kernel's per-user inotify watch limit (fs.inotify.max_user_watches)",
         );
         let inotify_headroom = gauge(
-            &mut r,
+            r,
             "inotify_watch_headroom",
             "max_user_watches minus this agent's watches (other processes of the same user share the limit)",
         );
@@ -149,7 +156,7 @@ impl AgentMetrics {
         }
         r.register("changes", "Changes the server asked for, by outcome", changes.clone());
         Self {
-            registry: r,
+            registry: root,
             started: Instant::now(),
             last_ack_ms: AtomicU64::new(0),
             link_changed_ms: AtomicU64::new(0),
@@ -314,7 +321,7 @@ mod tests {
 
     #[test]
     fn every_metric_is_exported_with_its_name() {
-        let m = AgentMetrics::new();
+        let m = AgentMetrics::new("web-1");
         m.change_result(v1::ChangeOutcome::Conflict as i32);
         let text = m.render(&Reading {
             connected: true,
@@ -325,6 +332,8 @@ mod tests {
         });
         for line in [
             "driftwatch_agent_build_info{version=\"",
+            "host=\"web-1\"} 1",
+            "process_open_fds ",
             "driftwatch_agent_connected 1",
             "driftwatch_agent_spool_bytes 4096",
             "driftwatch_agent_inotify_watch_headroom 8189",
@@ -339,7 +348,7 @@ mod tests {
 
     #[test]
     fn time_without_the_server_counts_from_the_start_until_a_first_connection() {
-        let m = AgentMetrics::new();
+        let m = AgentMetrics::new("web-1");
         assert_eq!(m.without_server(true), None);
         assert!(matches!(m.without_server(false), Some((false, _))));
         m.link(true);

@@ -289,7 +289,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
                 .map_err(|e| AgentError::Config(format!("metrics_listen {addr}: {e}")))?,
         ),
     };
-    let metrics = Arc::new(AgentMetrics::new());
+    let metrics = Arc::new(AgentMetrics::new(held.as_ref().map_or(config.host_id.as_str(), |h| h.host_id.as_str())));
     let results = Arc::new(ResultQueue::default());
     let (change_tx, change_rx) = std::sync::mpsc::channel();
     let applier_thread =

@@ -101,6 +101,24 @@ pub enum Limit {
 }
 
 impl Limit {
+    /// Every limit (each one's metric series exists from the start).
+    pub const ALL: [Limit; 14] = [
+        Limit::MaxMessageBytes,
+        Limit::MaxAgents,
+        Limit::MaxFilesPerHost,
+        Limit::MaxBytesPerHost,
+        Limit::MaxKeysPerFile,
+        Limit::MaxLabels,
+        Limit::MaxLabelKeyBytes,
+        Limit::MaxLabelValueBytes,
+        Limit::MaxSubscribersPerPrincipal,
+        Limit::MaxActiveSilences,
+        Limit::MaxRolloutsPerPrincipal,
+        Limit::MaxConcurrentStreams,
+        Limit::MaxOperatorRequests,
+        Limit::RequestTimeout,
+    ];
+
     /// The key in `[limits]`, also the `limit` label of its metric.
     pub const fn key(self) -> &'static str {
         match self {

@@ -12,6 +12,9 @@
 //! instance (10 minutes or more), the outbox's retries bring it every fired and
 //! resolved event it missed, in order per alert, and the next resend pass the
 //! current state of every firing alert: nothing is lost.
+//!
+//! `generatorURL` is the alert's link under `external_url` ([`super::links`]),
+//! left out without one.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,6 +22,7 @@ use std::time::Duration;
 use driftwatch_proto::v1;
 use serde_json::{Value as Json, json};
 
+use super::links::Links;
 use super::webhook::rfc3339;
 
 /// Resolved alerts are re-sent this long after their resolution.
@@ -53,7 +57,7 @@ fn label_set(map: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 }
 
 /// One alert as Alertmanager takes it; None for alerts that are neither firing nor resolved.
-pub fn am_alert(a: &v1::Alert, now_ms: i64, resend: Duration) -> Option<Json> {
+pub fn am_alert(a: &v1::Alert, now_ms: i64, resend: Duration, links: &Links) -> Option<Json> {
     let ms = |t: &Option<prost_types::Timestamp>| t.as_ref().map(driftwatch_proto::timestamp_millis);
     let starts = ms(&a.fired_at).or(ms(&a.active_since)).unwrap_or(now_ms);
     let ends = match v1::AlertState::try_from(a.state) {
@@ -63,17 +67,25 @@ pub fn am_alert(a: &v1::Alert, now_ms: i64, resend: Duration) -> Option<Json> {
     };
     let labels: BTreeMap<String, String> = a.labels.clone().into_iter().collect();
     let annotations: BTreeMap<String, String> = a.annotations.clone().into_iter().collect();
-    Some(json!({
+    let mut doc = json!({
         "labels": label_set(&labels),
         "annotations": label_set(&annotations),
         "startsAt": rfc3339(starts),
         "endsAt": rfc3339(ends),
-        "generatorURL": format!("driftwatch://alerts/{}", a.fingerprint),
-    }))
+    });
+    if let (Some(link), Some(o)) = (links.alert(a), doc.as_object_mut()) {
+        o.insert("generatorURL".into(), Json::String(link));
+    }
+    Some(doc)
 }
 
 /// Firing alerts, and alerts resolved within the last 5 minutes, as one resend body.
-pub fn resend_set<'a>(alerts: impl Iterator<Item = &'a v1::Alert>, now_ms: i64, resend: Duration) -> Vec<Json> {
+pub fn resend_set<'a>(
+    alerts: impl Iterator<Item = &'a v1::Alert>,
+    now_ms: i64,
+    resend: Duration,
+    links: &Links,
+) -> Vec<Json> {
     let window = RESOLVED_RESEND_WINDOW.as_millis() as i64;
     alerts
         .filter(|a| match v1::AlertState::try_from(a.state) {
@@ -83,7 +95,7 @@ pub fn resend_set<'a>(alerts: impl Iterator<Item = &'a v1::Alert>, now_ms: i64, 
             }
             _ => false,
         })
-        .filter_map(|a| am_alert(a, now_ms, resend))
+        .filter_map(|a| am_alert(a, now_ms, resend, links))
         .collect()
 }
 
@@ -94,6 +106,7 @@ mod tests {
     fn alert(state: v1::AlertState) -> v1::Alert {
         v1::Alert {
             fingerprint: "fp".into(),
+            host_id: "web-1".into(),
             state: state as i32,
             labels: [
                 ("alertname", "workers-above-12"),
@@ -125,7 +138,8 @@ mod tests {
     #[test]
     fn firing_alert_maps_labels_annotations_and_a_future_ends_at() {
         let resend = Duration::from_secs(60);
-        let j = am_alert(&alert(v1::AlertState::Firing), 100_000, resend).unwrap();
+        let links = Links::new(Some(super::super::links::check_external_url("https://grafana.example.com").unwrap()));
+        let j = am_alert(&alert(v1::AlertState::Firing), 100_000, resend, &links).unwrap();
         assert_eq!(j["labels"]["alertname"], "workers-above-12");
         assert_eq!(j["labels"]["severity"], "high");
         assert_eq!(j["labels"]["app_kubernetes_io_name"], "exact wins");
@@ -135,18 +149,22 @@ mod tests {
         assert_eq!(j["annotations"]["summary"], "WORKERS 16 above 12");
         assert_eq!(j["startsAt"], rfc3339(10_000));
         assert_eq!(j["endsAt"], rfc3339(100_000 + 4 * 60_000));
-        assert_eq!(j["generatorURL"], "driftwatch://alerts/fp");
+        assert_eq!(j["generatorURL"], "https://grafana.example.com/d/driftwatch/driftwatch?var-host=web-1");
+        // Without external_url there is no link to give: the optional field is left out.
+        let j = am_alert(&alert(v1::AlertState::Firing), 100_000, resend, &Links::default()).unwrap();
+        assert!(j.get("generatorURL").is_none(), "{j}");
     }
 
     #[test]
     fn resolved_alert_ends_at_its_resolution_and_is_resent_for_five_minutes() {
         let resend = Duration::from_secs(60);
         let r = alert(v1::AlertState::Resolved);
-        assert_eq!(am_alert(&r, 100_000, resend).unwrap()["endsAt"], rfc3339(70_000));
-        assert!(am_alert(&alert(v1::AlertState::Pending), 100_000, resend).is_none());
+        let none = &Links::default();
+        assert_eq!(am_alert(&r, 100_000, resend, none).unwrap()["endsAt"], rfc3339(70_000));
+        assert!(am_alert(&alert(v1::AlertState::Pending), 100_000, resend, none).is_none());
         let all = [alert(v1::AlertState::Firing), r.clone(), alert(v1::AlertState::Pending)];
-        assert_eq!(resend_set(all.iter(), 100_000, resend).len(), 2);
-        assert_eq!(resend_set(all.iter(), 70_000 + 300_000, resend).len(), 2, "5 minutes: still sent");
-        assert_eq!(resend_set(all.iter(), 70_000 + 300_001, resend).len(), 1, "then only the firing one");
+        assert_eq!(resend_set(all.iter(), 100_000, resend, none).len(), 2);
+        assert_eq!(resend_set(all.iter(), 70_000 + 300_000, resend, none).len(), 2, "5 minutes: still sent");
+        assert_eq!(resend_set(all.iter(), 70_000 + 300_001, resend, none).len(), 1, "then only the firing one");
     }
 }

@@ -40,10 +40,13 @@
 //! Silenced alerts are not notified while silenced (their resolution neither);
 //! when a silence ends over a firing alert, the `unsilenced` event is notified to
 //! notifiers that take `fired`, since its firing was held back.
+//!
+//! Notifications link to the dashboard under `external_url` ([`links`]).
 
 pub mod alertmanager;
 pub mod breaker;
 pub mod config;
+pub mod links;
 pub mod transport;
 pub mod webhook;
 mod worker;
@@ -126,6 +129,8 @@ pub struct Notifiers {
     configs: Vec<NotifierConfig>,
     targets: Vec<Arc<Target>>,
     metrics: Arc<Metrics>,
+    /// Where notifications link to (`external_url`).
+    links: links::Links,
     /// Completed webhook repeat scans (tests wait on it instead of sleeping).
     repeat_passes: std::sync::atomic::AtomicU64,
 }
@@ -159,7 +164,11 @@ async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
 }
 
 impl Notifiers {
-    pub fn new(configs: Vec<NotifierConfig>, metrics: Arc<Metrics>) -> Result<Arc<Self>, ServerError> {
+    pub fn new(
+        configs: Vec<NotifierConfig>,
+        links: links::Links,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, ServerError> {
         let client_error =
             |name: &str, e: reqwest::Error| ServerError::Unavailable(format!("notifier {name}: HTTP client: {e}"));
         // One client for the notifiers with the system roots and no client certificate
@@ -195,6 +204,12 @@ impl Notifiers {
                 // Metrics name a target by position: a URL (even redacted) names an
                 // internal host, and /metrics is scraped by more people than read status.
                 let labels = vec![("notifier".to_string(), c.name.clone()), ("target".to_string(), n.to_string())];
+                // Every target's series exist from the start (the circuit 0: closed).
+                metrics.notifier_circuit_open.get_or_create(&labels).set(0);
+                let _ = metrics.notifications_delivered.get_or_create(&labels);
+                let _ = metrics.notification_failures.get_or_create(&labels);
+                let _ = metrics.notifications_expired.get_or_create(&labels);
+                let _ = metrics.notifications_pending.get_or_create(&labels);
                 if authorization.is_some() && endpoint.starts_with("http://") {
                     tracing::warn!(notifier = %c.name, %url, "authorization_file over http://: the header is sent in clear");
                 }
@@ -227,7 +242,7 @@ impl Notifiers {
                 tracing::warn!(notifier = %c.name, url = %url.shown(), "webhook without secret_file: requests are not signed");
             }
         }
-        Ok(Arc::new(Self { configs, targets, metrics, repeat_passes: Default::default() }))
+        Ok(Arc::new(Self { configs, targets, metrics, links, repeat_passes: Default::default() }))
     }
 
     /// How many webhook repeat scans have completed.

@@ -57,7 +57,7 @@ const TWO: &str = r#"
 
 #[test]
 fn router_queues_one_row_per_routed_target() {
-    let n = Notifiers::new(configs(TWO), Metrics::new()).unwrap();
+    let n = Notifiers::new(configs(TWO), Default::default(), Metrics::new()).unwrap();
     let route = |ev: &v1::AlertEvent| EventRouter::route(&*n, ev);
     let prod = [("env", "production"), ("alertname", "workers-above-12")];
     let a = alert("f1", v1::Severity::High, v1::AlertState::Firing, &prod);
@@ -154,6 +154,7 @@ fn fired_events_start_repeat_bookkeeping_and_resolutions_end_it() {
             repeat_interval = "0"
             "#,
         ),
+        Default::default(),
         Metrics::new(),
     )
     .unwrap();
@@ -167,7 +168,7 @@ fn fired_events_start_repeat_bookkeeping_and_resolutions_end_it() {
 
 #[test]
 fn status_lists_every_target_with_a_closed_circuit_at_start() {
-    let n = Notifiers::new(configs(TWO), Metrics::new()).unwrap();
+    let n = Notifiers::new(configs(TWO), Default::default(), Metrics::new()).unwrap();
     let s = n.status();
     assert_eq!(s.len(), 3);
     assert_eq!(
@@ -181,7 +182,7 @@ fn status_lists_every_target_with_a_closed_circuit_at_start() {
     assert!(s.iter().all(|s| s.circuit == "closed" && s.delivered == 0 && s.pending == 0 && s.last_error.is_empty()));
     assert!(
         EventRouter::route(
-            &*Notifiers::new(Vec::new(), Metrics::new()).unwrap(),
+            &*Notifiers::new(Vec::new(), Default::default(), Metrics::new()).unwrap(),
             &event(1, v1::AlertEventKind::Fired, &alert("f", v1::Severity::High, v1::AlertState::Firing, &[]))
         )
         .is_empty()
@@ -206,6 +207,7 @@ async fn rows_past_max_age_are_dropped_and_counted_the_rest_kept() {
             max_age = "1h"
             "#,
         ),
+        Default::default(),
         metrics.clone(),
     )
     .unwrap();
@@ -302,6 +304,7 @@ async fn a_url_file_url_and_the_authorization_never_show_in_status_metrics_or_er
     let (writer, writer_thread) = crate::writer::spawn(store, crate::state::FleetState::new(), metrics.clone(), 16);
     let n = Notifiers::new(
         configs(&format!("{}\n{}", notifier("echo", &echo_url), notifier("refused", &refused_url))),
+        Default::default(),
         metrics.clone(),
     )
     .unwrap();

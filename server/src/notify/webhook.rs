@@ -12,6 +12,7 @@
 //!   "at": "2026-11-24T10:00:00.123Z",
 //!   "sent_at": "2026-11-24T10:00:00.180Z",
 //!   "attempt": 1,
+//!   "link": "https://grafana.example.com/d/driftwatch/driftwatch?var-host=web-1",
 //!   "alert": {
 //!     "fingerprint": "9c0e…", "group": "web2img-settings", "rule": "workers-above-12",
 //!     "host": "web-1", "path": "/srv/web2img/.env.production", "key": "WORKERS", "metric": "",
@@ -30,7 +31,8 @@
 //! (`repeat` = n) re-notification of an alert still firing after `repeat_interval`;
 //! a repeat carries the `event_id` of the event that fired it. `at` is when the
 //! event happened (for a repeat: when it was queued); `sent_at` and `attempt`
-//! describe this delivery attempt. Values keep their type (string, number, bool,
+//! describe this delivery attempt. `link` is the alert's dashboard under
+//! `external_url` (see [`super::links`]), null without one. Values keep their type (string, number, bool,
 //! null); a secret stays masked: `{"masked": "<first 16 hex of its keyed
 //! fingerprint>", "reason": "key name"}`. Timestamps are RFC 3339 UTC, null when unset.
 //!
@@ -70,6 +72,8 @@ pub struct Envelope<'a> {
     pub repeat: u32,
     pub sent_at_ms: i64,
     pub attempt: u32,
+    /// The alert's link (`external_url`), if any.
+    pub link: Option<String>,
 }
 
 /// The JSON body (see the module docs).
@@ -84,6 +88,7 @@ pub fn body(ev: &v1::AlertEvent, env: &Envelope<'_>) -> Vec<u8> {
         "at": ts(&ev.at),
         "sent_at": rfc3339(env.sent_at_ms),
         "attempt": env.attempt,
+        "link": env.link,
         "alert": alert_json(&alert),
     });
     serde_json::to_vec(&doc).expect("JSON values serialize")
@@ -186,7 +191,9 @@ mod tests {
             kind: v1::AlertEventKind::Fired as i32,
             alert: Some(alert),
         };
-        let bytes = body(&ev, &Envelope { notifier: "ops", kind: "fired", repeat: 0, sent_at_ms: 2_000, attempt: 3 });
+        let link = Some("https://grafana.example.com/d/driftwatch/driftwatch?var-host=web-1".to_string());
+        let env = Envelope { notifier: "ops", kind: "fired", repeat: 0, sent_at_ms: 2_000, attempt: 3, link };
+        let bytes = body(&ev, &env);
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(!text.contains(secret_fp), "the full fingerprint never leaves: {text}");
         let v: Json = serde_json::from_slice(&bytes).unwrap();
@@ -194,6 +201,7 @@ mod tests {
         assert_eq!(v["event_id"], 42);
         assert_eq!(v["kind"], "fired");
         assert_eq!(v["attempt"], 3);
+        assert_eq!(v["link"], "https://grafana.example.com/d/driftwatch/driftwatch?var-host=web-1");
         assert_eq!(v["at"], "1970-01-01T00:00:01.000Z");
         assert_eq!(v["sent_at"], "1970-01-01T00:00:02.000Z");
         let a = &v["alert"];

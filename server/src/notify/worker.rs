@@ -107,6 +107,9 @@ impl Target {
             s.last_success_ms = Some(at_ms);
             s.breaker.success()
         };
+        if recovered {
+            n.metrics.notifier_circuit_open.get_or_create(&self.labels).set(0);
+        }
         if delivery {
             n.metrics.notifications_delivered.get_or_create(&self.labels).inc();
         }
@@ -124,6 +127,9 @@ impl Target {
         s.last_error = error.to_string();
         let opened = s.breaker.failure(Instant::now());
         n.metrics.notification_failures.get_or_create(&self.labels).inc();
+        if opened {
+            n.metrics.notifier_circuit_open.get_or_create(&self.labels).set(1);
+        }
         (opened, s.breaker.consecutive_failures())
     }
 }
@@ -213,6 +219,7 @@ async fn attempt(ctx: &Ctx, t: &Target, cfg: &NotifierConfig, row: &OutboxRecord
                     repeat: row.repeat,
                     sent_at_ms: now,
                     attempt: row.attempts + 1,
+                    link: ev.alert.as_ref().and_then(|a| ctx.notifiers.links.alert(a)),
                 },
             );
             let mut req = t
@@ -232,7 +239,7 @@ async fn attempt(ctx: &Ctx, t: &Target, cfg: &NotifierConfig, row: &OutboxRecord
             if !alert.silenced_by.is_empty() {
                 return Outcome::Skipped("alert silenced");
             }
-            let Some(doc) = alertmanager::am_alert(&alert, now, *resend_interval) else {
+            let Some(doc) = alertmanager::am_alert(&alert, now, *resend_interval, &ctx.notifiers.links) else {
                 return Outcome::Skipped("alert neither firing nor resolved");
             };
             let body = serde_json::to_vec(&[doc]).expect("JSON values serialize");
@@ -511,7 +518,7 @@ pub(super) async fn resend_loop(ctx: Arc<Ctx>, t: Arc<Target>, every: Duration) 
                 };
                 wanted && a.silenced_by.is_empty() && f.selects(a)
             });
-            alertmanager::resend_set(selected.iter(), now, every)
+            alertmanager::resend_set(selected.iter(), now, every, &ctx.notifiers.links)
         };
         if docs.is_empty() || !t.allow() {
             continue;
