@@ -31,6 +31,10 @@ pub struct ServerFile {
     /// A file holding the token `/metrics` scrapers must send (`Authorization: Bearer`).
     /// Required when `metrics_listen` is not a loopback address.
     pub metrics_token_file: Option<PathBuf>,
+    /// Export `driftwatch_host_connected{host}` and `..._last_seen_timestamp_seconds{host}`
+    /// (two series per known host; default true). Large fleets that alert on the
+    /// `driftwatch_hosts{state}` totals instead can turn them off.
+    pub metrics_per_host: Option<bool>,
     /// Where operators look at driftwatch: the Grafana base URL the dashboard
     /// (`deploy/grafana/driftwatch.json`) is imported into. Notifications link there
     /// (`crate::notify::links`); without it they carry no link.
@@ -129,6 +133,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// What `/metrics` scrapers must send as `Authorization: Bearer` (`/healthz` stays open).
     pub metrics_token: Option<String>,
+    /// Per-host series on `/metrics` (`metrics_per_host`).
+    pub metrics_per_host: bool,
     /// `external_url`, checked (absolute http(s), no query or fragment).
     pub external_url: Option<reqwest::Url>,
     pub insecure: bool,
@@ -169,6 +175,7 @@ impl ServerConfig {
             rules: None,
             metrics_listen: Some("127.0.0.1:0".parse().expect("literal")),
             metrics_token: None,
+            metrics_per_host: true,
             external_url: None,
             insecure: true,
             access: Default::default(),
@@ -368,6 +375,7 @@ impl ServerConfig {
             rules,
             metrics_listen: metrics_listen.expect("checked"),
             metrics_token,
+            metrics_per_host: file.metrics_per_host.unwrap_or(true),
             external_url,
             insecure,
             access: crate::access::Policy { open_reflection: file.access.open_reflection.unwrap_or(false) },
@@ -520,6 +528,9 @@ mod tests {
         let c = ServerConfig::resolve(f, "server.toml").unwrap();
         assert_eq!(c.external_url.unwrap().as_str(), "https://grafana.example.com/ops");
         assert_eq!(ServerConfig::resolve(base(), "server.toml").unwrap().external_url, None);
+        assert!(ServerConfig::resolve(base(), "server.toml").unwrap().metrics_per_host, "on by default");
+        let f = ServerFile { metrics_per_host: Some(false), ..base() };
+        assert!(!ServerConfig::resolve(f, "server.toml").unwrap().metrics_per_host);
         let f = ServerFile { external_url: Some("grafana.example.com".into()), ..base() };
         let err = ServerConfig::resolve(f, "server.toml").unwrap_err().to_string();
         assert!(err.contains("server.toml: external_url: \"grafana.example.com\" is not a URL"), "{err}");

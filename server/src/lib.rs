@@ -331,7 +331,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         )
         .await?;
     changes_core.resume_rollouts(unfinished).await;
-    metrics.state_gauges.watch(&state, &book, &changes_core);
+    metrics.state_gauges.watch(&state, &book, &changes_core, config.metrics_per_host);
     let remediation = tokio::spawn(changes::remediate::run(changes_core.clone(), hub.clone(), config.remediation));
     let changes_grpc = changes::ChangesService { core: changes_core.clone(), subscribers };
     let host_expiry = retention::HostExpiry {

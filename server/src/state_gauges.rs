@@ -52,6 +52,8 @@ struct Sources {
     state: Weak<FleetState>,
     book: Weak<AlertBook>,
     changes: Weak<ChangesCore>,
+    /// `metrics_per_host`: whether the per-host families are written.
+    per_host: bool,
 }
 
 /// See the module documentation.
@@ -68,15 +70,21 @@ impl std::fmt::Debug for StateGauges {
 
 impl StateGauges {
     /// Count from these from now on (once; a second call is ignored).
-    pub fn watch(&self, state: &Arc<FleetState>, book: &Arc<AlertBook>, changes: &Arc<ChangesCore>) {
-        let sources =
-            Sources { state: Arc::downgrade(state), book: Arc::downgrade(book), changes: Arc::downgrade(changes) };
+    pub fn watch(&self, state: &Arc<FleetState>, book: &Arc<AlertBook>, changes: &Arc<ChangesCore>, per_host: bool) {
+        let sources = Sources {
+            state: Arc::downgrade(state),
+            book: Arc::downgrade(book),
+            changes: Arc::downgrade(changes),
+            per_host,
+        };
         let _ = self.sources.set(sources);
     }
 
     /// Every known host: (host id, connected, last seen in Unix seconds), sorted.
     fn per_host(&self) -> Vec<(String, bool, f64)> {
-        let Some(st) = self.sources.get().and_then(|s| s.state.upgrade()) else { return Vec::new() };
+        let Some(st) = self.sources.get().filter(|s| s.per_host).and_then(|s| s.state.upgrade()) else {
+            return Vec::new();
+        };
         let mut hosts: Vec<_> = st
             .hosts
             .iter()
@@ -175,5 +183,27 @@ mod tests {
         assert!(out.contains("driftwatch_alerts{state=\"firing\"} 0"), "{out}");
         assert!(out.contains("driftwatch_hosts{state=\"offline\"} 0"), "{out}");
         assert!(out.contains("driftwatch_rollouts{state=\"paused\"} 0"), "{out}");
+    }
+
+    #[test]
+    fn per_host_series_follow_the_setting() {
+        let state = FleetState::new();
+        state.hosts.insert("web-1".into(), crate::state::HostEntry::new(5_000));
+        let render = |per_host: bool| {
+            let gauges = Arc::new(StateGauges::default());
+            let sources = Sources { state: Arc::downgrade(&state), book: Weak::new(), changes: Weak::new(), per_host };
+            let _ = gauges.sources.set(sources);
+            let mut r = prometheus_client::registry::Registry::with_prefix("driftwatch");
+            r.register_collector(Box::new(gauges));
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
+            out
+        };
+        let on = render(true);
+        assert!(on.contains("driftwatch_host_connected{host=\"web-1\"} 0"), "{on}");
+        assert!(on.contains("driftwatch_host_last_seen_timestamp_seconds{host=\"web-1\"} 5"), "{on}");
+        let off = render(false);
+        assert!(!off.contains("host=\"web-1\""), "{off}");
+        assert!(off.contains("driftwatch_hosts{state=\"offline\"} 1"), "the totals stay: {off}");
     }
 }
