@@ -81,6 +81,7 @@ impl Harness {
             debounce: Duration::from_millis(5),
             rescan_interval: Duration::from_secs(60),
             limits,
+            host_root: Default::default(),
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let (watcher, rx) = FileWatcher::start(config, Arc::new(Masker::new(b"test fleet key 0123456789"))).unwrap();
@@ -655,6 +656,7 @@ fn format_override_and_detection() {
         debounce: Duration::from_millis(5),
         rescan_interval: Duration::from_secs(60),
         limits: Limits::default(),
+        host_root: Default::default(),
     };
     let (w, _rx) = FileWatcher::start(config, Arc::new(Masker::new(b"k"))).unwrap();
     let (_, states) = w.full_scan();
