@@ -84,8 +84,8 @@ fn runtime_stage(text: &str) -> Stage {
             _ => {}
         }
     }
-    let expand = |s: &str| stage.args.iter().fold(s.to_string(), |s, (k, v)| s.replace(&format!("${{{k}}}"), v));
-    stage.base = expand(&stage.base);
+    // `${ARG}` in the base image, from the ARG defaults.
+    stage.base = stage.args.iter().fold(stage.base.clone(), |s, (k, v)| s.replace(&format!("${{{k}}}"), v));
     stage
 }
 
