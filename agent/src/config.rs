@@ -568,6 +568,22 @@ mod tests {
     }
 
     #[test]
+    fn path_prefix_is_an_existing_directory_and_keeps_watch_paths_below_it() {
+        let d = tempfile::tempdir().unwrap();
+        let mut f = base();
+        f.path_prefix = Some(d.path().to_path_buf());
+        let c = AgentConfig::resolve(f, "agent.toml").unwrap();
+        assert_eq!(c.host_root.prefix(), Some(std::fs::canonicalize(d.path()).unwrap().as_path()));
+        assert_eq!(c.watch[0].pattern, "/etc/app/.env", "watch paths stay node paths");
+        let mut f = base();
+        f.path_prefix = Some(d.path().join("missing"));
+        f.watch.push(WatchEntry::Plain("/etc/../root/.env".into()));
+        let errs = AgentConfig::resolve(f, "agent.toml").unwrap_err().to_string();
+        assert!(errs.contains("agent.toml: path_prefix:") && errs.contains("missing"), "{errs}");
+        assert!(errs.contains("watch[1]: '/etc/../root/.env' may not contain '..' with path_prefix"), "{errs}");
+    }
+
+    #[test]
     fn keepalive_defaults_and_bounds() {
         assert_eq!(AgentConfig::resolve(base(), "agent.toml").unwrap().keepalive, Keepalive::default());
         let mut f = base();
