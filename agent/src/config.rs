@@ -9,6 +9,7 @@ use driftwatch_formats::{Format, Limits};
 use serde::Deserialize;
 
 use crate::error::AgentError;
+use crate::hostroot::HostRoot;
 use crate::resources::ProcessGroup;
 use crate::watch::WatchPattern;
 
@@ -106,6 +107,10 @@ pub struct AgentFile {
     /// How long `/healthz` stays 200 while the server cannot be reached (since the
     /// agent started, or since the stream was lost). Default `5m`.
     pub healthz_grace: Option<String>,
+    /// Where the node's file system is mounted when the agent runs in a container
+    /// (`/host`): `watch`, `writable` and `[[files]]` stay node paths, read and written
+    /// below this directory (`--path-prefix`, see `hostroot`).
+    pub path_prefix: Option<PathBuf>,
 }
 
 /// Resolved `[backups]`.
@@ -171,6 +176,8 @@ pub struct AgentConfig {
     pub metrics_token: Option<String>,
     /// How long `/healthz` stays 200 without a connection to the server.
     pub healthz_grace: Duration,
+    /// The node's `/` locally (`path_prefix`); default: the agent's own `/`.
+    pub host_root: HostRoot,
 }
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -385,6 +392,21 @@ impl AgentConfig {
             err("healthz_grace", e);
             DEFAULT_HEALTHZ_GRACE
         });
+        let host_root = match &file.path_prefix {
+            None => HostRoot::default(),
+            Some(p) => HostRoot::new(p).unwrap_or_else(|e| {
+                err("path_prefix", e);
+                HostRoot::default()
+            }),
+        };
+        if file.path_prefix.is_some() {
+            // Node paths below the prefix: a `..` could leave it.
+            for (i, w) in watch.iter().enumerate() {
+                if Path::new(&w.pattern).components().any(|c| c == std::path::Component::ParentDir) {
+                    err(&format!("watch[{i}]"), format!("'{}' may not contain '..' with path_prefix", w.pattern));
+                }
+            }
+        }
         if !errors.is_empty() {
             return Err(AgentError::Config(errors.join("\n  ")));
         }
@@ -413,6 +435,7 @@ impl AgentConfig {
             metrics_listen,
             metrics_token,
             healthz_grace,
+            host_root,
         })
     }
 }
@@ -542,6 +565,22 @@ mod tests {
         let errs = AgentConfig::resolve(f, "agent.toml").unwrap_err().to_string();
         assert!(errs.contains("agent.toml: resource_interval: invalid duration \"1x\": unknown unit"), "{errs}");
         assert!(!errs.contains("max_age"), "{errs}");
+    }
+
+    #[test]
+    fn path_prefix_is_an_existing_directory_and_keeps_watch_paths_below_it() {
+        let d = tempfile::tempdir().unwrap();
+        let mut f = base();
+        f.path_prefix = Some(d.path().to_path_buf());
+        let c = AgentConfig::resolve(f, "agent.toml").unwrap();
+        assert_eq!(c.host_root.prefix(), Some(std::fs::canonicalize(d.path()).unwrap().as_path()));
+        assert_eq!(c.watch[0].pattern, "/etc/app/.env", "watch paths stay node paths");
+        let mut f = base();
+        f.path_prefix = Some(d.path().join("missing"));
+        f.watch.push(WatchEntry::Plain("/etc/../root/.env".into()));
+        let errs = AgentConfig::resolve(f, "agent.toml").unwrap_err().to_string();
+        assert!(errs.contains("agent.toml: path_prefix:") && errs.contains("missing"), "{errs}");
+        assert!(errs.contains("watch[1]: '/etc/../root/.env' may not contain '..' with path_prefix"), "{errs}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod backoff;
 pub mod config;
 pub mod error;
+pub mod hostroot;
 pub mod identity;
 pub mod memory;
 pub mod parts;

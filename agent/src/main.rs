@@ -57,6 +57,10 @@ struct Args {
     /// disables) [default: off]. Off loopback, set metrics_token_file in the config.
     #[arg(long, env = "DRIFTWATCH_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// The node's file system is mounted at DIR (an agent in a container: /host). Watched
+    /// and writable paths stay node paths (/etc/app/.env), read and written below DIR.
+    #[arg(long, env = "DRIFTWATCH_PATH_PREFIX", value_name = "DIR")]
+    path_prefix: Option<PathBuf>,
     /// Plaintext gRPC. Loopback development only.
     #[arg(long, env = "DRIFTWATCH_INSECURE")]
     insecure: bool,
@@ -128,6 +132,7 @@ fn resolve(args: Args) -> anyhow::Result<AgentConfig> {
     file.resource_interval = args.resource_interval.or(file.resource_interval);
     file.state_dir = args.state_dir.or(file.state_dir);
     file.metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    file.path_prefix = args.path_prefix.or(file.path_prefix);
     if args.insecure {
         file.insecure = Some(true);
     }

@@ -18,6 +18,7 @@ use sysinfo::{
 };
 
 use crate::error::{AgentError, Result};
+use crate::hostroot::HostRoot;
 
 /// A named group of processes: every process whose name matches `pattern`
 /// (a glob such as `chrom*`), counted and summed.
@@ -59,6 +60,9 @@ pub struct ResourceSampler {
     disks: Disks,
     groups: Vec<(ProcessGroup, GlobMatcher)>,
     own_pid: Option<Pid>,
+    /// `path_prefix`: only the node's mounts (below the prefix) are disks, named by
+    /// their node paths; the container's own (its root, config volumes) are not the node's.
+    host: HostRoot,
 }
 
 impl ResourceSampler {
@@ -76,7 +80,20 @@ impl ResourceSampler {
         }
         let mut system = System::new();
         system.refresh_cpu_list(CpuRefreshKind::nothing().with_cpu_usage());
-        Ok(Self { system, disks: Disks::new(), groups: matchers, own_pid: sysinfo::get_current_pid().ok() })
+        Ok(Self {
+            system,
+            disks: Disks::new(),
+            groups: matchers,
+            own_pid: sysinfo::get_current_pid().ok(),
+            host: HostRoot::default(),
+        })
+    }
+
+    /// Report the disks of the node seen below `host` (see the field). Processes need
+    /// nothing: with the host's PID namespace (`hostPID`) /proc already lists the node's.
+    pub fn with_host_root(mut self, host: HostRoot) -> Self {
+        self.host = host;
+        self
     }
 
     /// Take one sample (blocking: reads /proc and statfs).
@@ -134,7 +151,7 @@ impl ResourceSampler {
             memory_used_bytes: s.used_memory(),
             swap_total_bytes: s.total_swap(),
             swap_used_bytes: s.used_swap(),
-            disks: disk_usage(&self.disks),
+            disks: disk_usage(&self.disks, &self.host),
             process_groups,
             agent_rss_bytes: own.map(|p| p.memory()).unwrap_or(0),
             agent_cpu_percent: own.map(|p| f64::from(p.cpu_usage())).unwrap_or(0.0),
@@ -143,7 +160,7 @@ impl ResourceSampler {
 }
 
 /// Real file systems, one entry per mount point, in mount-point order.
-fn disk_usage(disks: &Disks) -> Vec<DiskUsage> {
+fn disk_usage(disks: &Disks, host: &HostRoot) -> Vec<DiskUsage> {
     let mut seen = BTreeSet::new();
     let mut out: Vec<DiskUsage> = disks
         .list()
@@ -152,9 +169,10 @@ fn disk_usage(disks: &Disks) -> Vec<DiskUsage> {
             let fs = d.file_system().to_string_lossy();
             !PSEUDO_FILESYSTEMS.contains(&fs.as_ref()) && d.total_space() > 0
         })
-        .filter(|d| seen.insert(d.mount_point().to_path_buf()))
-        .map(|d| DiskUsage {
-            mount_point: d.mount_point().display().to_string(),
+        .filter_map(|d| Some((host.to_node(d.mount_point())?, d)))
+        .filter(|(node, _)| seen.insert(node.clone()))
+        .map(|(node, d)| DiskUsage {
+            mount_point: node.display().to_string(),
             file_system: d.file_system().to_string_lossy().into_owned(),
             total_bytes: d.total_space(),
             available_bytes: d.available_space(),

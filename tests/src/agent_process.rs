@@ -42,6 +42,7 @@ pub fn agent_toml(file: &AgentFile) -> String {
     put("metrics_listen", file.metrics_listen.as_deref().map(s));
     put("metrics_token_file", file.metrics_token_file.as_deref().map(p));
     put("healthz_grace", file.healthz_grace.as_deref().map(s));
+    put("path_prefix", file.path_prefix.as_deref().map(p));
     let watch = file.watch.iter().map(|w| match w {
         WatchEntry::Plain(x) => s(x),
         WatchEntry::Table { path, format } => {

@@ -12,6 +12,7 @@
 //! - [`gateway`], [`sample_agent`], [`model_agent`]: protocol-level agents;
 //! - [`webhook`]: a webhook receiver for notifiers;
 //! - [`proxy`]: a TCP proxy that can stop forwarding without closing (dead peers);
+//! - [`debroot`]: a cached minimal Debian root (debootstrap) for image and package checks;
 //! - [`privilege`], [`netns`]: root, capabilities, tmpfs mounts, network namespaces, and
 //!   whether a test without them skips or (in CI) fails.
 
@@ -19,6 +20,7 @@ pub mod agent;
 pub mod agent_process;
 pub mod binaries;
 pub mod corrections;
+pub mod debroot;
 pub mod files;
 pub mod gateway;
 pub mod model_agent;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use globset::{GlobBuilder, GlobMatcher};
 
 use super::resolve::{self, Owners, RootDir, Target};
+use crate::hostroot::HostRoot;
 
 pub(crate) const NOTHING_WRITABLE: &str = "this agent allows no writes (no writable paths configured)";
 
@@ -45,6 +46,9 @@ pub enum Denied {
 pub struct Allowlist {
     entries: Vec<Entry>,
     who: Owners,
+    /// `path_prefix`: entries and requests are local paths below it; real paths are
+    /// found as the node resolves its symlinks (`HostRoot::canonicalize`).
+    host: HostRoot,
 }
 
 /// What an entry allows below its root.
@@ -155,9 +159,9 @@ pub(crate) fn entry_matches(entry: &str, requested: &Path, real: &Path) -> bool 
 /// Resolve one entry as the file system is now; `None` when it does not exist (yet).
 /// `transient`: for a file entry that does not exist, resolve its parent anyway (a
 /// restore may recreate it), without keeping the result.
-fn resolve_entry(entry: &str, transient: bool) -> Option<Held> {
+fn resolve_entry(entry: &str, transient: bool, host: &HostRoot) -> Option<Held> {
     let open = |dir: &Path| match RootDir::open(dir) {
-        Ok(r) => Some(Arc::new(r)),
+        Ok(r) => Some(Arc::new(r.below(host.prefix()))),
         Err(e) => {
             tracing::warn!(entry, dir = %dir.display(), error = %e, "cannot open a writable root");
             None
@@ -165,19 +169,19 @@ fn resolve_entry(entry: &str, transient: bool) -> Option<Held> {
     };
     if is_glob(entry) {
         let (base, rest) = split_glob(entry);
-        let real = std::fs::canonicalize(&base).ok().filter(|p| p.is_dir())?;
+        let real = host.canonicalize(&base).ok().filter(|p| p.is_dir())?;
         let scope = Scope::Glob(compile(&rest.join("/"))?);
         return Some(Held { root: open(&real)?, scope, lexical: lexical(&base), real });
     }
     let p = Path::new(entry);
-    match std::fs::canonicalize(p) {
+    match host.canonicalize(p) {
         Ok(real) if real.is_dir() => Some(Held { root: open(&real)?, scope: Scope::All, lexical: lexical(p), real }),
         Ok(real) => {
             let (dir, name) = (real.parent()?, real.file_name()?);
             Some(Held { root: open(dir)?, scope: Scope::File(name.into()), lexical: lexical(p), real })
         }
         Err(_) if transient => {
-            let dir = std::fs::canonicalize(p.parent()?).ok().filter(|d| d.is_dir())?;
+            let dir = host.canonicalize(p.parent()?).ok().filter(|d| d.is_dir())?;
             let name = p.file_name()?;
             let real = dir.join(name);
             Some(Held { root: open(&dir)?, scope: Scope::File(name.into()), lexical: lexical(p), real })
@@ -210,18 +214,18 @@ impl Held {
 impl Allowlist {
     /// Entries are validated by the config (absolute, no `..`, valid globs). Each is
     /// resolved and its root opened now when it exists.
-    pub fn new(entries: Vec<String>) -> Self {
+    pub fn new(entries: Vec<String>, host: HostRoot) -> Self {
         let entries = entries
             .into_iter()
             .map(|configured| {
-                let held = resolve_entry(&configured, false);
+                let held = resolve_entry(&configured, false, &host);
                 if held.is_none() {
                     tracing::info!(entry = %configured, "writable path does not exist yet; resolved when first named");
                 }
                 Entry { configured, held }
             })
             .collect();
-        Self { entries, who: Owners::current() }
+        Self { entries, who: Owners::current(), host }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -234,7 +238,7 @@ impl Allowlist {
         let mut out = Vec::new();
         for e in &mut self.entries {
             if e.held.is_none() {
-                e.held = resolve_entry(&e.configured, false);
+                e.held = resolve_entry(&e.configured, false, &self.host);
             }
             match &e.held {
                 Some(h) if h.root_is_current() => out.push(Slot::Held(h.clone())),
@@ -247,7 +251,7 @@ impl Allowlist {
                         e.configured
                     ),
                 }),
-                None => out.extend(resolve_entry(&e.configured, true).map(Slot::Held)),
+                None => out.extend(resolve_entry(&e.configured, true, &self.host).map(Slot::Held)),
             }
         }
         out
@@ -300,7 +304,7 @@ impl Allowlist {
         }
         // Elsewhere, or through a symlink into another root: find the root by the real
         // parent (by path: this only picks the root, the walk below it decides).
-        let real_parent = match std::fs::canonicalize(parent) {
+        let real_parent = match self.host.canonicalize(parent) {
             Ok(p) => p,
             Err(_) if !denied.is_empty() => return Err(most_telling(denied).expect("not empty")),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -378,7 +382,7 @@ mod tests {
 
     #[test]
     fn nothing_configured_refuses_everything() {
-        let mut a = Allowlist::new(vec![]);
+        let mut a = Allowlist::new(vec![], HostRoot::default());
         assert_eq!(refused(a.check("/etc/app/.env")), NOTHING_WRITABLE);
     }
 
@@ -387,7 +391,7 @@ mod tests {
         let d = dir();
         std::fs::write(d.root.join("a.env"), "A=1\n").unwrap();
         std::fs::write(d.root.join("b.env"), "B=1\n").unwrap();
-        let mut a = Allowlist::new(vec![s(&d.root.join("a.env"))]);
+        let mut a = Allowlist::new(vec![s(&d.root.join("a.env"))], HostRoot::default());
         assert_eq!(a.check(&s(&d.root.join("a.env"))).unwrap().real, d.root.join("a.env"));
         assert!(refused(a.check(&s(&d.root.join("b.env")))).contains("not inside the writable paths"));
         // A path that merely shares the prefix.
@@ -399,7 +403,7 @@ mod tests {
         let d = dir();
         std::fs::create_dir_all(d.root.join("app/sub")).unwrap();
         std::fs::create_dir_all(d.root.join("apple")).unwrap();
-        let mut a = Allowlist::new(vec![s(&d.root.join("app"))]);
+        let mut a = Allowlist::new(vec![s(&d.root.join("app"))], HostRoot::default());
         assert!(a.check(&s(&d.root.join("app/x.yaml"))).is_ok());
         assert!(a.check(&s(&d.root.join("app/sub/y.yaml"))).is_ok());
         assert!(a.check(&s(&d.root.join("apple/x.yaml"))).is_err());
@@ -411,7 +415,7 @@ mod tests {
     fn glob_entry_matches_the_canonical_path() {
         let d = dir();
         std::fs::create_dir_all(d.root.join("app/sub")).unwrap();
-        let mut a = Allowlist::new(vec![format!("{}/app/*.yaml", d.root.display())]);
+        let mut a = Allowlist::new(vec![format!("{}/app/*.yaml", d.root.display())], HostRoot::default());
         assert!(a.check(&s(&d.root.join("app/x.yaml"))).is_ok());
         assert!(refused(a.check(&s(&d.root.join("app/x.json")))).contains("not inside the writable paths"));
         assert!(a.check(&s(&d.root.join("app/sub/x.yaml"))).is_err(), "* does not cross directories");
@@ -421,7 +425,7 @@ mod tests {
     fn dot_dot_and_relative_paths_are_refused() {
         let d = dir();
         std::fs::create_dir_all(d.root.join("app")).unwrap();
-        let mut a = Allowlist::new(vec![s(&d.root.join("app"))]);
+        let mut a = Allowlist::new(vec![s(&d.root.join("app"))], HostRoot::default());
         let m = refused(a.check(&format!("{}/app/../app/x.env", d.root.display())));
         assert!(m.contains("'..'"), "{m}");
         let m = refused(a.check("app/x.env"));
@@ -436,13 +440,13 @@ mod tests {
         std::fs::write(d.root.join("outside/secret.env"), "X=1\n").unwrap();
         symlink(d.root.join("outside/secret.env"), d.root.join("app/link.env")).unwrap();
         symlink(d.root.join("outside"), d.root.join("app/linkdir")).unwrap();
-        let mut a = Allowlist::new(vec![s(&d.root.join("app"))]);
+        let mut a = Allowlist::new(vec![s(&d.root.join("app"))], HostRoot::default());
         let m = refused(a.check(&s(&d.root.join("app/link.env"))));
         assert!(m.contains("symlink") && m.contains("outside the writable paths"), "{m}");
         let m = refused(a.check(&s(&d.root.join("app/linkdir/secret.env"))));
         assert!(m.contains("symlink"), "{m}");
         // Same through a glob entry.
-        let mut a = Allowlist::new(vec![format!("{}/app/*.env", d.root.display())]);
+        let mut a = Allowlist::new(vec![format!("{}/app/*.env", d.root.display())], HostRoot::default());
         assert!(refused(a.check(&s(&d.root.join("app/link.env")))).contains("symlink"));
     }
 
@@ -454,11 +458,11 @@ mod tests {
         symlink(d.root.join("real"), d.root.join("etc-app")).unwrap();
         symlink(d.root.join("real/app.env"), d.root.join("real/current.env")).unwrap();
         // The entry itself goes through a symlink; so does the request.
-        let mut a = Allowlist::new(vec![s(&d.root.join("etc-app"))]);
+        let mut a = Allowlist::new(vec![s(&d.root.join("etc-app"))], HostRoot::default());
         assert_eq!(a.check(&s(&d.root.join("etc-app/app.env"))).unwrap().real, d.root.join("real/app.env"));
         // A symlinked file inside the root is written at its target.
         assert_eq!(a.check(&s(&d.root.join("etc-app/current.env"))).unwrap().real, d.root.join("real/app.env"));
-        let mut a = Allowlist::new(vec![format!("{}/etc-app/*.env", d.root.display())]);
+        let mut a = Allowlist::new(vec![format!("{}/etc-app/*.env", d.root.display())], HostRoot::default());
         assert!(a.check(&s(&d.root.join("real/app.env"))).is_ok());
     }
 
@@ -468,9 +472,9 @@ mod tests {
         std::fs::create_dir_all(d.root.join("app")).unwrap();
         std::fs::create_dir_all(d.root.join("srv")).unwrap();
         symlink(d.root.join("srv"), d.root.join("app/link")).unwrap();
-        let mut a = Allowlist::new(vec![s(&d.root.join("app")), s(&d.root.join("srv"))]);
+        let mut a = Allowlist::new(vec![s(&d.root.join("app")), s(&d.root.join("srv"))], HostRoot::default());
         assert_eq!(a.check(&s(&d.root.join("app/link/x.env"))).unwrap().real, d.root.join("srv/x.env"));
-        let mut a = Allowlist::new(vec![s(&d.root.join("app"))]);
+        let mut a = Allowlist::new(vec![s(&d.root.join("app"))], HostRoot::default());
         let m = refused(a.check(&s(&d.root.join("app/link/x.env"))));
         assert!(m.contains(&format!("symlink {}", d.root.join("app/link").display())), "{m}");
     }
@@ -478,12 +482,12 @@ mod tests {
     #[test]
     fn an_entry_that_appears_later_is_resolved_when_named() {
         let d = dir();
-        let mut a = Allowlist::new(vec![s(&d.root.join("later"))]);
+        let mut a = Allowlist::new(vec![s(&d.root.join("later"))], HostRoot::default());
         assert!(matches!(a.check(&s(&d.root.join("later/x.env"))), Err(Denied::Rejected(_))));
         std::fs::create_dir_all(d.root.join("later")).unwrap();
         assert_eq!(a.check(&s(&d.root.join("later/x.env"))).unwrap().real, d.root.join("later/x.env"));
         // A file entry that does not exist (yet, or any more): its directory is the root.
-        let mut a = Allowlist::new(vec![s(&d.root.join("later/y.env"))]);
+        let mut a = Allowlist::new(vec![s(&d.root.join("later/y.env"))], HostRoot::default());
         assert_eq!(a.check(&s(&d.root.join("later/y.env"))).unwrap().real, d.root.join("later/y.env"));
         assert!(a.check(&s(&d.root.join("later/z.env"))).is_err());
     }
@@ -493,7 +497,7 @@ mod tests {
         let d = dir();
         std::fs::create_dir_all(d.root.join("app")).unwrap();
         symlink(d.root.join("app/nowhere.env"), d.root.join("app/dangling.env")).unwrap();
-        let mut a = Allowlist::new(vec![s(&d.root.join("app"))]);
+        let mut a = Allowlist::new(vec![s(&d.root.join("app"))], HostRoot::default());
         assert!(matches!(a.check(&s(&d.root.join("app/no/x.env"))), Err(Denied::Rejected(_))));
         assert!(matches!(a.check(&s(&d.root.join("app/dangling.env"))), Err(Denied::Rejected(_))));
         // A file that does not exist yet in an allowed directory is fine (restore).

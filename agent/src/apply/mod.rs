@@ -65,6 +65,8 @@ use driftwatch_proto::v1::{ApplyChange, ChangeOutcome, ChangeResult};
 
 use crate::config::{AgentConfig, FileCommands};
 use crate::error::Result;
+use crate::hostroot::HostRoot;
+use crate::watch::WatchPattern;
 use crate::watch::pattern::Compiled;
 use allow::{Allowlist, Denied};
 use backup::{BackupStore, Kind, short};
@@ -88,6 +90,8 @@ pub struct Applier {
     /// Watch patterns with a format override.
     formats: Vec<Compiled>,
     files: Vec<FileCommands>,
+    /// `path_prefix`: changes name node paths, applied below the prefix.
+    host: HostRoot,
     fault: Option<Fault>,
     /// (dry run, result) of recent changes.
     recent: VecDeque<(bool, ChangeResult)>,
@@ -119,6 +123,21 @@ fn end(mut r: ChangeResult, outcome: ChangeOutcome, message: impl Into<String>) 
         r.after_hash = r.before_hash.clone();
     }
     Done { result: r, log_message: None }
+}
+
+/// A unified diff's `---`/`+++` header lines naming `node` instead of `local` (the
+/// content lines are the file's own and stay as they are).
+fn relabel_diff(diff: &str, local: &str, node: &str) -> String {
+    diff.split_inclusive('\n')
+        .enumerate()
+        .map(|(i, line)| {
+            if i < 2 && (line.starts_with("--- ") || line.starts_with("+++ ")) {
+                line.replacen(local, node, 1)
+            } else {
+                line.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A file's content and metadata.
@@ -166,28 +185,37 @@ impl Applier {
     /// setting, and remove temp files an interrupted write left next to writable and
     /// watched files. Blocking.
     pub fn open(config: &AgentConfig, masker: Arc<Masker>) -> Result<Self> {
-        let allow = Allowlist::new(config.writable.clone());
+        // The configured paths are node paths; below here everything is local (`hostroot`).
+        let host = &config.host_root;
+        let writable: Vec<String> = config.writable.iter().map(|w| host.local_text(w)).collect();
+        let watch: Vec<WatchPattern> = config
+            .watch
+            .iter()
+            .map(|p| WatchPattern { pattern: host.local_text(&p.pattern), format: p.format })
+            .collect();
+        let files = config.files.iter().map(|f| FileCommands { path: host.local_text(&f.path), ..f.clone() }).collect();
+        let allow = Allowlist::new(writable.clone(), host.clone());
         let backups = if allow.is_empty() {
             None
         } else {
             Some(BackupStore::open(&config.state_dir.join("backups"), config.backups.clone(), masker.clone())?)
         };
-        let formats =
-            config.watch.iter().filter(|p| p.format.is_some()).filter_map(|p| Compiled::new(p).ok()).collect();
+        let formats = watch.iter().filter(|p| p.format.is_some()).filter_map(|p| Compiled::new(p).ok()).collect();
         let applier = Self {
             allow,
             backups,
             masker,
             limits: config.limits.clone(),
             formats,
-            files: config.files.clone(),
+            files,
+            host: host.clone(),
             fault: Fault::from_env(&config.state_dir),
             recent: VecDeque::new(),
             just_backed_up: Vec::new(),
             #[cfg(test)]
             pause: None,
         };
-        applier.remove_stale_temps(config);
+        applier.remove_stale_temps(&writable, &watch);
         if !applier.allow.is_empty() {
             tracing::info!(
                 writable = ?config.writable,
@@ -201,9 +229,9 @@ impl Applier {
     /// Remove our temp files (`.<name>.driftwatch-tmp-*`) from the directories a write
     /// could have left one in: those of writable and watched paths, and of every path
     /// in the backup index (each write is recorded there before it starts).
-    fn remove_stale_temps(&self, config: &AgentConfig) {
+    fn remove_stale_temps(&self, writable: &[String], watch: &[WatchPattern]) {
         let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
-        for w in &config.writable {
+        for w in writable {
             let p = Path::new(w);
             if allow::is_glob(w) {
                 dirs.insert(allow::split_glob(w).0);
@@ -216,7 +244,7 @@ impl Applier {
                 }
             }
         }
-        for p in &config.watch {
+        for p in watch {
             if let Ok(c) = Compiled::new(p) {
                 dirs.insert(c.root().to_path_buf());
             }
@@ -304,7 +332,28 @@ impl Applier {
         self.files.iter().find(|f| allow::entry_matches(&f.path, requested, real)).cloned()
     }
 
+    /// The edge of the apply worker: a change names a node path, applied to its local
+    /// path (`path_prefix`); the result names the node path again.
     fn run(&mut self, c: &ApplyChange) -> Done {
+        if self.host.prefix().is_none() {
+            return self.run_local(c);
+        }
+        let local = match self.host.to_local(&c.path) {
+            Ok(p) => ApplyChange { path: p.to_string_lossy().into_owned(), ..c.clone() },
+            Err(m) => {
+                let r = ChangeResult { change_id: c.change_id.clone(), path: c.path.clone(), ..Default::default() };
+                return end(r, ChangeOutcome::Refused, m);
+            }
+        };
+        let mut done = self.run_local(&local);
+        done.result.path.clone_from(&c.path);
+        done.result.diff = relabel_diff(&done.result.diff, &local.path, &c.path);
+        done.result.message = self.host.node_message(&done.result.message);
+        done.log_message = done.log_message.map(|m| self.host.node_message(&m));
+        done
+    }
+
+    fn run_local(&mut self, c: &ApplyChange) -> Done {
         let r = ChangeResult { change_id: c.change_id.clone(), path: c.path.clone(), ..Default::default() };
         // 1. The allowlist, before anything is read.
         let target = match self.allow.check(&c.path) {

@@ -104,6 +104,8 @@ pub struct RootDir {
     pub path: PathBuf,
     pub fd: OwnedFd,
     pub id: FileId,
+    /// `path_prefix`, when the node's file system is seen below it.
+    pub host: Option<PathBuf>,
 }
 
 impl RootDir {
@@ -111,7 +113,14 @@ impl RootDir {
     pub fn open(canonical: &Path) -> std::io::Result<Self> {
         let fd = rustix::fs::open(canonical, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
         let id = meta(&rustix::fs::fstat(&fd)?).id;
-        Ok(Self { path: canonical.to_path_buf(), fd, id })
+        Ok(Self { path: canonical.to_path_buf(), fd, id, host: None })
+    }
+
+    /// The node's `/` is at `prefix` (`path_prefix`): an absolute symlink target is a
+    /// node path, taken below it.
+    pub fn below(mut self, prefix: Option<&Path>) -> Self {
+        self.host = prefix.map(Path::to_path_buf);
+        self
     }
 }
 
@@ -302,8 +311,12 @@ pub fn walk(root: &Arc<RootDir>, rel: &Path, requested: &str, who: Owners) -> Re
                     .map_err(|e| Denied::Rejected(format!("cannot read the symlink {}: {e}", here.display())))?;
                 let target = PathBuf::from(OsString::from_vec(target.into_bytes()));
                 let mut next: Vec<OsString> = if target.is_absolute() {
+                    let local = match &root.host {
+                        Some(prefix) => prefix.join(target.strip_prefix("/").unwrap_or(&target)),
+                        None => target.clone(),
+                    };
                     // By its real path only: a target through another symlink is not followed out and back.
-                    let Ok(inside) = target.strip_prefix(&root.path) else {
+                    let Ok(inside) = local.strip_prefix(&root.path) else {
                         return Err(w.escape(&here, &target));
                     };
                     w.stack.clear();

@@ -453,6 +453,7 @@ fn watcher_reports_the_applied_change() {
             debounce: Duration::from_millis(5),
             rescan_interval: Duration::from_secs(60),
             limits: h.config.limits.clone(),
+            host_root: Default::default(),
         },
         h.masker.clone(),
     )

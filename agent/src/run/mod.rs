@@ -272,13 +272,14 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
             debounce: config.debounce,
             rescan_interval: config.rescan_interval,
             limits: config.limits.clone(),
+            host_root: config.host_root.clone(),
         },
         masker.clone(),
     )?;
     let sampler = if config.resource_interval.is_zero() {
         None
     } else {
-        Some(ResourceSampler::new(config.process_groups.clone())?)
+        Some(ResourceSampler::new(config.process_groups.clone())?.with_host_root(config.host_root.clone()))
     };
     // Bound before anything runs, so a taken port fails the start.
     let metrics_listener = match config.metrics_listen {

@@ -43,6 +43,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::error::{AgentError, Result};
+use crate::hostroot::HostRoot;
 
 pub use pattern::WatchPattern;
 
@@ -65,6 +66,9 @@ pub struct WatchConfig {
     /// Safety-net rescan period (default 60 s).
     pub rescan_interval: Duration,
     pub limits: Limits,
+    /// `path_prefix`: patterns are node paths, watched below the prefix; every state
+    /// sent names the node path (`hostroot`).
+    pub host_root: HostRoot,
 }
 
 /// A batch of real changes, stamped with the scan generation it was computed in.
@@ -110,10 +114,11 @@ impl FileWatcher {
     /// Set up inotify and start the watcher thread (which arms the watches). Does not
     /// read any file: call [`FileWatcher::full_scan`] for the initial state.
     pub fn start(config: WatchConfig, masker: Arc<Masker>) -> Result<(FileWatcher, mpsc::Receiver<ChangeBatch>)> {
+        let root = config.host_root.clone();
         let patterns = config
             .patterns
             .iter()
-            .map(Compiled::new)
+            .map(|p| Compiled::new(&WatchPattern { pattern: root.local_text(&p.pattern), format: p.format }))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(AgentError::Watch)?;
         let ino = Inotify::init().map_err(|e| {
@@ -123,7 +128,8 @@ impl FileWatcher {
         let (stop_rx, stop_tx) =
             std::io::pipe().map_err(|e| AgentError::Watch(format!("cannot create the watcher's pipe: {e}")))?;
         // The tracker adds and removes watches; the thread alone reads events.
-        let tracker = Arc::new(Mutex::new(Tracker::new(patterns, config.limits.clone(), masker, ino.watches())));
+        let tracker =
+            Arc::new(Mutex::new(Tracker::new(patterns, config.limits.clone(), masker, ino.watches(), root.clone())));
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let t = tracker.clone();
         let counts = Arc::new(WatchCounts::default());
@@ -146,9 +152,10 @@ impl FileWatcher {
     /// an older generation were computed before this scan and are stale.
     pub fn full_scan(&self) -> (u64, Vec<FileState>) {
         let mut t = self.tracker.lock();
-        let scan = t.full_scan();
+        let (generation, mut files) = t.full_scan();
         self.counts.publish(&t);
-        scan
+        t.to_node_paths(&mut files);
+        (generation, files)
     }
 }
 
@@ -208,6 +215,7 @@ fn event_loop(
                 files.extend(t.rescan());
             }
             counts.publish(&t);
+            t.to_node_paths(&mut files);
             (t.generation(), files)
         };
         if !files.is_empty() && tx.blocking_send(ChangeBatch { generation, files }).is_err() {

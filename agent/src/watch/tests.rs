@@ -81,6 +81,7 @@ impl Harness {
             debounce: Duration::from_millis(5),
             rescan_interval: Duration::from_secs(60),
             limits,
+            host_root: Default::default(),
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let (watcher, rx) = FileWatcher::start(config, Arc::new(Masker::new(b"test fleet key 0123456789"))).unwrap();
@@ -560,7 +561,7 @@ fn rescan_stats_only_and_rereads_only_changed_files() {
     let ino = ::inotify::Inotify::init().unwrap();
     let pats =
         vec![Compiled::new(&WatchPattern { pattern: format!("{}/*.yaml", root.display()), format: None }).unwrap()];
-    let mut t = Tracker::new(pats, Limits::default(), Arc::new(Masker::new(b"k")), ino.watches());
+    let mut t = Tracker::new(pats, Limits::default(), Arc::new(Masker::new(b"k")), ino.watches(), Default::default());
     t.racy_window = Duration::ZERO;
     let (_, all) = t.full_scan();
     assert_eq!(all.len(), 20);
@@ -586,7 +587,7 @@ fn rescan_sees_a_chmod_of_the_directory() {
     let ino = ::inotify::Inotify::init().unwrap();
     let pats =
         vec![Compiled::new(&WatchPattern { pattern: format!("{}/conf/a.env", root.display()), format: None }).unwrap()];
-    let mut t = Tracker::new(pats, Limits::default(), Arc::new(Masker::new(b"k")), ino.watches());
+    let mut t = Tracker::new(pats, Limits::default(), Arc::new(Masker::new(b"k")), ino.watches(), Default::default());
     t.racy_window = Duration::ZERO;
     t.full_scan();
     assert!(t.rescan().is_empty());
@@ -632,7 +633,7 @@ fn overflow_triggers_a_rescan() {
     let ino = ::inotify::Inotify::init().unwrap();
     let pats =
         vec![Compiled::new(&WatchPattern { pattern: format!("{}/a.env", root.display()), format: None }).unwrap()];
-    let mut t = Tracker::new(pats, Limits::default(), Arc::new(Masker::new(b"k")), ino.watches());
+    let mut t = Tracker::new(pats, Limits::default(), Arc::new(Masker::new(b"k")), ino.watches(), Default::default());
     t.full_scan();
     write(&root.join("a.env"), b"A=12\n");
     let mut p = Pending::default();
@@ -655,6 +656,7 @@ fn format_override_and_detection() {
         debounce: Duration::from_millis(5),
         rescan_interval: Duration::from_secs(60),
         limits: Limits::default(),
+        host_root: Default::default(),
     };
     let (w, _rx) = FileWatcher::start(config, Arc::new(Masker::new(b"k"))).unwrap();
     let (_, states) = w.full_scan();
@@ -750,7 +752,7 @@ fn cost_of_1000_files() {
     let ino = ::inotify::Inotify::init().unwrap();
     let pats =
         vec![Compiled::new(&WatchPattern { pattern: format!("{}/**/*.yaml", root.display()), format: None }).unwrap()];
-    let mut t = Tracker::new(pats, Limits::default(), Arc::new(Masker::new(b"k")), ino.watches());
+    let mut t = Tracker::new(pats, Limits::default(), Arc::new(Masker::new(b"k")), ino.watches(), Default::default());
     t.racy_window = Duration::ZERO;
     let start = Instant::now();
     let (_, all) = t.full_scan();

@@ -118,7 +118,16 @@ impl Tracker {
             self.add_watch(&dep);
         }
         let mut sig = None;
-        let state = match read::probe(path) {
+        // With a path prefix, the file is read where the node's symlinks lead (below the
+        // prefix), never where the kernel would follow an absolute link from here.
+        let at = match self.host.resolve(path) {
+            Ok(at) => at,
+            Err(error) => {
+                return self.settle(path, force, read::unreadable_state(path, format, error.to_string(), None), None);
+            }
+        };
+        let via_link = at != path;
+        let state = match read::probe(&at) {
             Probe::Missing if !explicit => return self.forget(path, force),
             Probe::Missing => read::missing_state(path, format),
             Probe::NotFile { .. } if !explicit => return self.forget(path, force),
@@ -132,17 +141,25 @@ impl Tracker {
                 s
             }
             Probe::File { meta, link } => {
-                let dir_mode = read::dir_mode(path, link);
+                let link = link || via_link;
+                let dir_mode = read::dir_mode(&at, link);
                 if !force && old_sig == Some(Sig::of(&meta, dir_mode)) {
                     return None;
                 }
                 self.reads += 1;
-                match read::read(path, format, dir_mode, &self.masker, &self.limits) {
-                    Read::Done { state, sig: s } => {
+                match read::read(&at, format, dir_mode, &self.masker, &self.limits) {
+                    Read::Done { mut state, sig: s } => {
                         if !read::is_racy(&s, self.racy_window) {
                             sig = Some(s);
                         }
-                        let dep = if link { self.link_dir(path) } else { None };
+                        state.path = path.to_string_lossy().into_owned();
+                        let dep = match link {
+                            false => None,
+                            true if via_link => {
+                                at.parent().filter(|d| Some(*d) != path.parent()).map(Path::to_path_buf)
+                            }
+                            true => self.link_dir(path),
+                        };
                         if let Some(d) = &dep {
                             self.add_watch(d);
                         }
@@ -161,6 +178,12 @@ impl Tracker {
                 }
             }
         };
+        self.settle(path, force, state, sig)
+    }
+
+    /// Record `state` as the file's latest; it is sent when it differs from what was
+    /// last sent (always when `force`).
+    fn settle(&mut self, path: &Path, force: bool, state: FileState, sig: Option<Sig>) -> Option<FileState> {
         let key = Sent::of(&state);
         let t = self.files.get_mut(path)?;
         t.sig = sig;

@@ -19,6 +19,7 @@ use super::inotify::GONE;
 use super::pattern::{Compiled, Kind};
 use super::pending::Pending;
 use super::read::Sig;
+use crate::hostroot::HostRoot;
 use check::{RACY_WINDOW, Sent};
 use watches::{DirWatch, same_dir};
 
@@ -58,6 +59,8 @@ pub(crate) struct Tracker {
     warned_files: bool,
     warned_watches: bool,
     warned_dirs: HashSet<PathBuf>,
+    /// `path_prefix`: symlinks followed as the node would (`HostRoot::resolve`).
+    host: HostRoot,
 }
 
 fn is_dir(path: &Path) -> bool {
@@ -80,7 +83,7 @@ fn under<'a, V>(map: &'a BTreeMap<PathBuf, V>, dir: &'a Path) -> impl Iterator<I
 }
 
 impl Tracker {
-    pub fn new(patterns: Vec<Compiled>, limits: Limits, masker: Arc<Masker>, inotify: Watches) -> Self {
+    pub fn new(patterns: Vec<Compiled>, limits: Limits, masker: Arc<Masker>, inotify: Watches, host: HostRoot) -> Self {
         let mut roots: Vec<PathBuf> = patterns.iter().map(|p| p.root().to_path_buf()).collect();
         roots.sort();
         roots.dedup();
@@ -113,6 +116,16 @@ impl Tracker {
             warned_files: false,
             warned_watches: false,
             warned_dirs: HashSet::new(),
+            host,
+        }
+    }
+
+    /// The edge of the watcher: states leave it naming node paths (`path_prefix`).
+    pub fn to_node_paths(&self, files: &mut [FileState]) {
+        if self.host.prefix().is_some() {
+            for f in files {
+                f.path = self.host.node_text(&f.path);
+            }
         }
     }
 
