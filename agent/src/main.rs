@@ -162,7 +162,12 @@ fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// The one place signals are read: SIGINT/SIGTERM cancel the shutdown token (once);
 /// SIGHUP reloads in its own task, so a slow reload never holds up a shutdown.
-async fn signals(args: Args, reloader: Arc<Reloader>, notifier: Arc<Notifier>, token: tokio_util::sync::CancellationToken) {
+async fn signals(
+    args: Args,
+    reloader: Arc<Reloader>,
+    notifier: Arc<Notifier>,
+    token: tokio_util::sync::CancellationToken,
+) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {

@@ -83,7 +83,8 @@ fn hangup(pid: u32) {
 async fn wait_log(what: &str, log: impl Fn() -> String, pred: impl Fn(&str) -> bool) -> String {
     wait_for(what, T, || {
         let text = log();
-        async move { pred(&text).then_some(text) }
+        let found = pred(&text).then_some(text);
+        async move { found }
     })
     .await
 }
@@ -121,26 +122,31 @@ async fn agent_sighup_applies_the_watch_list_on_the_same_stream() {
     let conn = wait_for("the agent's stream", T, || async { connection_id(&server, "reload-1") }).await;
 
     // A path added: watched and sent, on the same stream.
-    std::fs::write(agent_dir.join("agent.toml"), agent_toml(&AgentFile {
-        watch: vec![WatchEntry::Plain(a.display().to_string()), WatchEntry::Plain(b.display().to_string())],
-        ..file.clone()
-    }))
+    std::fs::write(
+        agent_dir.join("agent.toml"),
+        agent_toml(&AgentFile {
+            watch: vec![WatchEntry::Plain(a.display().to_string()), WatchEntry::Plain(b.display().to_string())],
+            ..file.clone()
+        }),
+    )
     .unwrap();
     hangup(pid);
     let after = notify.wait_reload(ready).await;
     wait_file(&mut fleet, "reload-1", &b, "b.env after the reload", |s| key(s, "B").is_some()).await;
     std::fs::write(&b, "B=2\n").unwrap();
-    wait_file(&mut fleet, "reload-1", &b, "an edit of b.env", |s| key(s, "B") == Some(&v1::Value::int(2)))
-        .await;
+    wait_file(&mut fleet, "reload-1", &b, "an edit of b.env", |s| key(s, "B") == Some(&v1::Value::int(2))).await;
     assert_eq!(connection_id(&server, "reload-1"), Some(conn), "the reload kept the stream");
 
     // A file that does not validate: every problem logged, nothing changes.
-    std::fs::write(agent_dir.join("agent.toml"), agent_toml(&AgentFile {
-        watch: vec![WatchEntry::Plain(b.display().to_string())],
-        resource_interval: Some("10".into()),
-        healthz_grace: Some("soon".into()),
-        ..file.clone()
-    }))
+    std::fs::write(
+        agent_dir.join("agent.toml"),
+        agent_toml(&AgentFile {
+            watch: vec![WatchEntry::Plain(b.display().to_string())],
+            resource_interval: Some("10".into()),
+            healthz_grace: Some("soon".into()),
+            ..file.clone()
+        }),
+    )
     .unwrap();
     hangup(pid);
     let after = notify.wait_reload(after).await;
@@ -149,8 +155,7 @@ async fn agent_sighup_applies_the_watch_list_on_the_same_stream() {
     assert!(refused.iter().any(|l| l.contains("resource_interval")), "{refused:#?}");
     assert!(refused.iter().any(|l| l.contains("healthz_grace")), "{refused:#?}");
     std::fs::write(&a, "A=3\n").unwrap();
-    wait_file(&mut fleet, "reload-1", &a, "a.env still watched", |s| key(s, "A") == Some(&v1::Value::int(3)))
-        .await;
+    wait_file(&mut fleet, "reload-1", &a, "a.env still watched", |s| key(s, "A") == Some(&v1::Value::int(3))).await;
     assert_eq!(connection_id(&server, "reload-1"), Some(conn), "a refused reload kept the stream");
 
     // A path removed: no longer watched, and gone from the server's view once the
@@ -158,11 +163,10 @@ async fn agent_sighup_applies_the_watch_list_on_the_same_stream() {
     // A label changed: needs a restart, and says so.
     let mut labels = file.labels.clone();
     labels.insert("tier".into(), "gold".into());
-    std::fs::write(agent_dir.join("agent.toml"), agent_toml(&AgentFile {
-        watch: vec![WatchEntry::Plain(b.display().to_string())],
-        labels,
-        ..file.clone()
-    }))
+    std::fs::write(
+        agent_dir.join("agent.toml"),
+        agent_toml(&AgentFile { watch: vec![WatchEntry::Plain(b.display().to_string())], labels, ..file.clone() }),
+    )
     .unwrap();
     hangup(pid);
     let after = notify.wait_reload(after).await;
@@ -175,8 +179,7 @@ async fn agent_sighup_applies_the_watch_list_on_the_same_stream() {
     wait_log("labels need a restart", || agent.log(), |l| l.contains("need a restart") && l.contains("labels")).await;
     assert_eq!(connection_id(&server, "reload-1"), Some(conn), "the reload kept the stream");
     std::fs::write(&b, "B=4\n").unwrap();
-    wait_file(&mut fleet, "reload-1", &b, "b.env still watched", |s| key(s, "B") == Some(&v1::Value::int(4)))
-        .await;
+    wait_file(&mut fleet, "reload-1", &b, "b.env still watched", |s| key(s, "B") == Some(&v1::Value::int(4))).await;
 
     agent.stop().await;
     notify.wait_line(after, "STOPPING=1").await;
@@ -226,17 +229,14 @@ async fn server_sighup_reloads_rules_and_keeps_serving_on_a_bad_config() {
     std::fs::write(&config, format!("{good}keepalive_interval = \"45s\"\n")).unwrap();
     hangup(server.pid());
     let after = notify.wait_reload(ready).await;
-    let text = wait_log("the SIGHUP rules reload", read_log, |l| l.contains("rules reloaded") && l.contains("SIGHUP")).await;
+    let text =
+        wait_log("the SIGHUP rules reload", read_log, |l| l.contains("rules reloaded") && l.contains("SIGHUP")).await;
     assert!(text.contains("need a restart") && text.contains("keepalive"), "{text}");
     let listed = names(rules_api.list_rules(v1::ListRulesRequest {}).await.unwrap().into_inner());
     assert!(listed.contains(&"second".to_string()), "{listed:?}");
 
     // A bad file: every problem logged, counted, still serving the same rules.
-    std::fs::write(
-        &config,
-        format!("{good}keepalive_interval = \"soon\"\n[retention]\nalerts = \"10\"\n"),
-    )
-    .unwrap();
+    std::fs::write(&config, format!("{good}keepalive_interval = \"soon\"\n[retention]\nalerts = \"10\"\n")).unwrap();
     hangup(server.pid());
     let after = notify.wait_reload(after).await;
     let text = wait_log("the refused reload", read_log, |l| l.contains("config reload refused")).await;

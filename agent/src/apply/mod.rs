@@ -205,8 +205,11 @@ impl Applier {
     pub fn reconfigure(&mut self, config: &AgentConfig) -> Result<()> {
         let allow = Allowlist::new(config.writable.clone());
         if self.backups.is_none() && !allow.is_empty() {
-            self.backups =
-                Some(BackupStore::open(&config.state_dir.join("backups"), config.backups.clone(), self.masker.clone())?);
+            self.backups = Some(BackupStore::open(
+                &config.state_dir.join("backups"),
+                config.backups.clone(),
+                self.masker.clone(),
+            )?);
         }
         self.allow = allow;
         self.formats =

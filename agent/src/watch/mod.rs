@@ -160,8 +160,11 @@ impl FileWatcher {
     /// full listing ([`FileWatcher::full_scan`]). A pattern that does not compile
     /// changes nothing.
     pub fn set_patterns(&self, patterns: &[WatchPattern]) -> Result<()> {
-        let compiled =
-            patterns.iter().map(Compiled::new).collect::<std::result::Result<Vec<_>, _>>().map_err(AgentError::Watch)?;
+        let compiled = patterns
+            .iter()
+            .map(Compiled::new)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(AgentError::Watch)?;
         let mut t = self.tracker.lock();
         t.set_patterns(compiled);
         self.counts.publish(&t);

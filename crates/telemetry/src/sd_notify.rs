@@ -31,7 +31,9 @@ pub enum Target {
 pub enum State<'a> {
     Ready,
     /// Begins a reload; systemd wants `MONOTONIC_USEC` (the clock when it began) with it.
-    Reloading { monotonic_usec: u64 },
+    Reloading {
+        monotonic_usec: u64,
+    },
     Stopping,
     Watchdog,
     /// Free text shown by `systemctl status` (newlines become spaces).
@@ -246,8 +248,14 @@ mod tests {
         assert_eq!(socket_target(None), None);
         assert_eq!(socket_target(Some(OsStr::new(""))), None);
         assert_eq!(socket_target(Some(OsStr::new("relative/sock"))), None);
-        assert_eq!(socket_target(Some(OsStr::new("/run/systemd/notify"))), Some(Target::Path("/run/systemd/notify".into())));
-        assert_eq!(socket_target(Some(OsStr::new("@/org/x/notify"))), Some(Target::Abstract(b"/org/x/notify".to_vec())));
+        assert_eq!(
+            socket_target(Some(OsStr::new("/run/systemd/notify"))),
+            Some(Target::Path("/run/systemd/notify".into()))
+        );
+        assert_eq!(
+            socket_target(Some(OsStr::new("@/org/x/notify"))),
+            Some(Target::Abstract(b"/org/x/notify".to_vec()))
+        );
     }
 
     #[test]
