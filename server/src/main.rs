@@ -121,9 +121,12 @@ async fn signals(
         }
     };
     let reloading = Arc::new(tokio::sync::Mutex::new(()));
+    // Made once, not per turn of the loop: a SIGTERM between two turns is not missed.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = shutdown_signal() => break,
+            _ = &mut shutdown => break,
             _ = token.cancelled() => return,
             Some(()) = async { hup.as_mut()?.recv().await } => {
                 let (args, reloader, notifier, serving, one) =
