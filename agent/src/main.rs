@@ -1,18 +1,25 @@
-//! `driftwatch-agent`: parse flags, set up logging, run until SIGINT/SIGTERM.
+//! `driftwatch-agent`: parse flags, set up logging, run until SIGINT/SIGTERM; SIGHUP
+//! reads the config file again (`driftwatch_agent::run::reload`). Under a service
+//! manager (`NOTIFY_SOCKET`) it reports readiness, reloads and shutdown, and feeds the
+//! watchdog.
 
 use std::path::PathBuf;
+
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use driftwatch_agent::config::WatchEntry;
+use driftwatch_agent::run::reload::Reloader;
 use driftwatch_agent::{AgentConfig, AgentFile};
+use driftwatch_telemetry::sd_notify::{self, Notifier};
 
 /// driftwatch agent: watch this host's config files and resources and stream
 /// parsed, secret-masked snapshots to the driftwatch server.
 ///
 /// Settings come from flags, then DRIFTWATCH_* environment variables, then the
 /// config file, then defaults.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "driftwatch-agent", version)]
 struct Args {
     /// TOML config file whose keys mirror these flags.
@@ -81,7 +88,7 @@ fn main() -> anyhow::Result<()> {
         return man_pages(dir);
     }
     driftwatch_telemetry::logging::init(&args.log, args.log_format).map_err(|e| anyhow::anyhow!("--log: {e}"))?;
-    let config = resolve(args)?;
+    let config = resolve(args.clone())?;
     driftwatch_agent::memory::single_arena();
     // One thread is plenty for a watcher and a stream; blocking work (file reads,
     // hashing, sysinfo, spool fsync) goes to the small blocking pool, whose threads
@@ -92,14 +99,26 @@ fn main() -> anyhow::Result<()> {
         .thread_keep_alive(driftwatch_agent::memory::BLOCKING_KEEP_ALIVE)
         .build()?;
     rt.block_on(async move {
+        let notifier = Arc::new(Notifier::from_env());
         let agent = driftwatch_agent::start(config).await?;
         let token = agent.shutdown_token();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            tracing::info!("shutdown requested");
-            token.cancel();
-        });
+        let reloader = agent.reloader.clone();
+        let signals = tokio::spawn(signals(args, reloader, notifier.clone(), token.clone()));
+        // Ready once the watches are armed: from then on every change is seen and
+        // spooled. Not later: the first listing waits for the server, and a server
+        // that is down must not fail the agent's start (the spool holds the changes).
+        tokio::select! {
+            _ = agent.watching() => {
+                let (files, watches) = agent.watch_counts();
+                notifier.ready(&format!("watching {files} files ({watches} directories)"));
+            }
+            _ = token.cancelled() => {}
+        }
+        // On the agent's one runtime thread, like the producer and the stream: a
+        // blocked runtime stops the pings by itself.
+        tokio::spawn(sd_notify::feed_watchdog(notifier, agent.liveness(), token.clone().cancelled_owned()));
         agent.wait().await?;
+        signals.abort();
         Ok(())
     })
 }
@@ -144,6 +163,69 @@ fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     clap_mangen::generate_to(<Args as clap::CommandFactory>::command(), dir)
         .with_context(|| format!("cannot write the man pages into {}", dir.display()))
+}
+
+/// The one place signals are read: SIGINT/SIGTERM cancel the shutdown token (once);
+/// SIGHUP reloads in its own task, so a slow reload never holds up a shutdown.
+async fn signals(
+    args: Args,
+    reloader: Arc<Reloader>,
+    notifier: Arc<Notifier>,
+    token: tokio_util::sync::CancellationToken,
+) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; reload by restarting");
+            None
+        }
+    };
+    let reloading = Arc::new(tokio::sync::Mutex::new(()));
+    // Made once, not per turn of the loop: a SIGTERM between two turns is not missed.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = token.cancelled() => return,
+            Some(()) = async { hup.as_mut()?.recv().await } => {
+                let (args, reloader, notifier, one) = (args.clone(), reloader.clone(), notifier.clone(), reloading.clone());
+                tokio::spawn(async move {
+                    let _one = one.lock().await;
+                    notifier.reloading();
+                    tracing::info!("SIGHUP: reading the config file again");
+                    let resolved = tokio::task::spawn_blocking(move || resolve(args)).await;
+                    let status = match resolved {
+                        Ok(Ok(config)) => match reloader.apply(config).await {
+                            Ok(report) => {
+                                tracing::info!(summary = %report.summary(), "reload done");
+                                report.summary()
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "reload refused; the running config stays");
+                                "reload refused, see the log".to_string()
+                            }
+                        },
+                        Ok(Err(e)) => {
+                            // `validate()` reports every problem, each as `file: field: message`.
+                            for problem in format!("{e:#}").lines().map(str::trim).filter(|l| !l.is_empty()) {
+                                tracing::error!(problem, "config reload refused; the running config stays");
+                            }
+                            "config reload refused, see the log".to_string()
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "reload task failed; the running config stays");
+                            "reload failed, see the log".to_string()
+                        }
+                    };
+                    notifier.ready(&status);
+                });
+            }
+        }
+    }
+    tracing::info!("shutdown requested");
+    notifier.stopping();
+    token.cancel();
 }
 
 async fn shutdown_signal() {

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod notify;
 pub mod operators;
 pub mod principal;
+pub mod reload;
 pub mod retention;
 pub mod rpc_metrics;
 pub mod rule_input;
@@ -72,6 +73,8 @@ pub struct RunningServer {
     pub audit: audit::AuditLog,
     /// Corrections and rollouts (tests send raw changes through its dispatcher).
     pub changes: Arc<changes::ChangesCore>,
+    /// SIGHUP: the config file applied as far as it can be live.
+    pub reloader: Arc<reload::Reloader>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -87,11 +90,17 @@ impl RunningServer {
         self.shutdown.clone()
     }
 
+    /// The service manager's watchdog check: the store writer is not stalled.
+    pub fn liveness(&self) -> impl FnMut() -> std::result::Result<(), String> + Send + 'static {
+        reload::liveness(self.metrics.clone())
+    }
+
     /// Wait until the server has stopped (after `shutdown`, or on a fatal error).
     pub async fn wait(self) -> Result<()> {
         // Our engine handle would keep the engine (and so the writer) running.
-        let Self { task, engine, audit, changes, .. } = self;
-        drop((engine, audit, changes));
+        // The reloader's rules handle holds one too.
+        let Self { task, engine, audit, changes, reloader, .. } = self;
+        drop((engine, audit, changes, reloader));
         match task.await {
             Ok(r) => r,
             Err(e) => Err(ServerError::Unavailable(format!("server task failed: {e}"))),
@@ -343,6 +352,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
     }
     .spawn(config.retention.interval, shutdown.clone());
     let rules_watcher = rules_handle.watch(shutdown.clone());
+    let reloader = Arc::new(reload::Reloader::new(config.clone(), rules_handle.clone(), metrics.clone()));
     let rules_grpc = rules_service::RulesService { rules: rules_handle, state: state.clone() };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -477,6 +487,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer> {
         notifiers,
         audit,
         changes: changes_core,
+        reloader,
         shutdown,
         task,
     })

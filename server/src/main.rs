@@ -1,16 +1,21 @@
-//! `driftwatch-server`: parse flags, set up logging, run until SIGINT/SIGTERM.
+//! `driftwatch-server`: parse flags, set up logging, run until SIGINT/SIGTERM; SIGHUP
+//! reads the config file again (`driftwatch_server::reload`). Under a service manager
+//! (`NOTIFY_SOCKET`) it reports readiness, reloads and shutdown, and feeds the watchdog.
 
 use std::path::PathBuf;
+
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use driftwatch_server::{ServerConfig, ServerFile};
+use driftwatch_telemetry::sd_notify::{self, Notifier};
 
 /// driftwatch server: ingest agent streams, keep the fleet's state, answer queries.
 ///
 /// Settings come from flags, then DRIFTWATCH_* environment variables, then the
 /// config file, then defaults.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "driftwatch-server", version)]
 struct Args {
     /// TOML config file whose keys mirror these flags.
@@ -53,7 +58,7 @@ struct Args {
     command: Option<Command>,
 }
 
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 enum Command {
     /// Rotate the built-in fleet CA with an overlap (the running server picks each step up).
     RotateCa {
@@ -62,7 +67,7 @@ enum Command {
     },
 }
 
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 enum RotateStep {
     /// Make the next CA: trusted at once, it signs new agent certificates; writes tls/ca-bundle.pem.
     Prepare,
@@ -77,10 +82,99 @@ async fn main() -> anyhow::Result<()> {
         return man_pages(dir);
     }
     driftwatch_telemetry::logging::init(&args.log, args.log_format).map_err(|e| anyhow::anyhow!("--log: {e}"))?;
+    let config = resolve(&args)?;
+    if let Some(Command::RotateCa { step }) = args.command.clone() {
+        return rotate_ca(&config, step);
+    }
+    let notifier = Arc::new(Notifier::from_env());
+    let server = driftwatch_server::start(config).await?;
+    tracing::info!(grpc = %server.grpc_addr, metrics = ?server.metrics_addr, "driftwatch-server listening");
+    // `start` returns with the store open, the state loaded and both listeners bound:
+    // from here a connection is served.
+    let serving = format!("serving gRPC on {}", server.grpc_addr);
+    notifier.ready(&serving);
+    let token = server.shutdown_token();
+    // On this runtime, like the work: a starved runtime stops the pings too.
+    tokio::spawn(sd_notify::feed_watchdog(notifier.clone(), server.liveness(), token.clone().cancelled_owned()));
+    let reloader = server.reloader.clone();
+    tokio::spawn(async move {
+        signals(args, reloader, notifier, serving, token).await;
+    });
+    server.wait().await?;
+    Ok(())
+}
+
+/// The one place signals are read: SIGINT/SIGTERM cancel the shutdown token (once);
+/// SIGHUP reloads in its own task, so a slow reload never holds up a shutdown.
+async fn signals(
+    args: Args,
+    reloader: Arc<driftwatch_server::reload::Reloader>,
+    notifier: Arc<Notifier>,
+    serving: String,
+    token: tokio_util::sync::CancellationToken,
+) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the SIGHUP handler; reload by restarting");
+            None
+        }
+    };
+    let reloading = Arc::new(tokio::sync::Mutex::new(()));
+    // Made once, not per turn of the loop: a SIGTERM between two turns is not missed.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = token.cancelled() => return,
+            Some(()) = async { hup.as_mut()?.recv().await } => {
+                let (args, reloader, notifier, serving, one) =
+                    (args.clone(), reloader.clone(), notifier.clone(), serving.clone(), reloading.clone());
+                tokio::spawn(async move {
+                    let _one = one.lock().await;
+                    notifier.reloading();
+                    tracing::info!("SIGHUP: reading the config file again");
+                    match tokio::task::spawn_blocking(move || resolve_errors(&args)).await {
+                        Ok(Ok(config)) => {
+                            let report = reloader.apply(config).await;
+                            tracing::info!(summary = %report.summary(), "reload done");
+                            notifier.ready(&format!("{serving}; {}", report.summary()));
+                        }
+                        Ok(Err(errors)) => {
+                            reloader.refused(&errors);
+                            notifier.ready(&format!("{serving}; config reload refused, see the log"));
+                        }
+                        Err(e) => {
+                            reloader.refused(&[format!("reload task failed: {e}")]);
+                            notifier.ready(&serving);
+                        }
+                    }
+                });
+            }
+        }
+    }
+    tracing::info!("shutdown requested; draining");
+    notifier.stopping();
+    token.cancel();
+}
+
+/// Flags over the config file, resolved and validated.
+fn resolve(args: &Args) -> anyhow::Result<ServerConfig> {
+    resolve_errors(args).map_err(|errors| driftwatch_server::ServerError::Config(errors).into())
+}
+
+/// [`resolve`] with every problem kept apart (a refused reload logs each one).
+fn resolve_errors(args: &Args) -> Result<ServerConfig, Vec<String>> {
+    let flatten = |e: driftwatch_server::ServerError| match e {
+        driftwatch_server::ServerError::Config(v) => v,
+        other => vec![other.to_string()],
+    };
     let (mut file, source) = match &args.config {
-        Some(p) => (ServerConfig::load_file(p)?, p.display().to_string()),
+        Some(p) => (ServerConfig::load_file(p).map_err(flatten)?, p.display().to_string()),
         None => (ServerFile::default(), "flags".to_string()),
     };
+    let args = args.clone();
     file.listen = args.listen.or(file.listen);
     if args.data.is_some() || args.database.is_some() {
         file.data = args.data;
@@ -94,20 +188,7 @@ async fn main() -> anyhow::Result<()> {
     if !args.tls_san.is_empty() {
         file.tls_san = Some(args.tls_san);
     }
-    let config = ServerConfig::resolve(file, &source)?;
-    if let Some(Command::RotateCa { step }) = args.command {
-        return rotate_ca(&config, step);
-    }
-    let server = driftwatch_server::start(config).await?;
-    tracing::info!(grpc = %server.grpc_addr, metrics = ?server.metrics_addr, "driftwatch-server listening");
-    let token = server.shutdown_token();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested; draining");
-        token.cancel();
-    });
-    server.wait().await?;
-    Ok(())
+    ServerConfig::resolve(file, &source).map_err(flatten)
 }
 
 fn rotate_ca(config: &ServerConfig, step: RotateStep) -> anyhow::Result<()> {

@@ -65,6 +65,12 @@ pub struct Metrics {
     pub rules_last_reload_success: Gauge,
     pub rules_reloads: Counter,
     pub rules_reload_failures: Counter,
+    /// SIGHUP reloads of the config file, those refused, and whether the last one parsed.
+    pub config_reloads: Counter,
+    pub config_reload_failures: Counter,
+    pub config_last_reload_success: Gauge,
+    /// Commit attempts the store writer finished (either way): the watchdog's sign of progress.
+    pub writer_attempts: std::sync::atomic::AtomicU64,
     pub subscribers: Gauge,
     pub retention_passes: Counter,
     /// Requests refused (or cut, or pruned) by a configured limit, by the limit's
@@ -226,6 +232,21 @@ impl Metrics {
             "Rules directory reloads refused (errors)",
             rules_reload_failures.clone(),
         );
+        let config_reloads = Counter::default();
+        registry.register("config_reloads", "Config file reloads (SIGHUP)", config_reloads.clone());
+        let config_reload_failures = Counter::default();
+        registry.register(
+            "config_reload_failures",
+            "Config file reloads refused (the file did not parse or validate; the running config stays)",
+            config_reload_failures.clone(),
+        );
+        let config_last_reload_success = Gauge::default();
+        config_last_reload_success.set(1);
+        registry.register(
+            "config_last_reload_success",
+            "1 when the last config file reload (or the start) succeeded, 0 when it was refused",
+            config_last_reload_success.clone(),
+        );
         let retention_passes = Counter::default();
         registry.register(
             "retention_passes",
@@ -295,6 +316,10 @@ impl Metrics {
             rules_last_reload_success,
             rules_reloads,
             rules_reload_failures,
+            config_reloads,
+            config_reload_failures,
+            config_last_reload_success,
+            writer_attempts: Default::default(),
             connected_agents,
             snapshots_ingested,
             snapshots_duplicate,
@@ -319,6 +344,7 @@ impl Metrics {
     /// A store transaction failed with an error of `kind`.
     pub fn store_commit_failed(&self, kind: driftwatch_store::FailureKind) {
         self.store_errors.inc();
+        self.writer_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.store_commit_failures.get_or_create(&[("kind", kind.label())]).inc();
     }
 
@@ -330,6 +356,7 @@ impl Metrics {
 
     /// A commit succeeded.
     pub fn store_committing(&self) {
+        self.writer_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.store_commits_failing.get() != 0 {
             self.store_commits_failing.set(0);
             *self.store_problem.lock() = None;

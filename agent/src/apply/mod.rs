@@ -226,6 +226,27 @@ impl Applier {
         Ok(applier)
     }
 
+    /// A reload: the writable allowlist, the per-file commands and the watch list's
+    /// format overrides from `config`. Run on the applier thread between two changes,
+    /// so no change sees half of it. The backup store opens when the first path becomes
+    /// writable; a store that cannot open refuses the new allowlist.
+    pub fn reconfigure(&mut self, config: &AgentConfig) -> Result<()> {
+        let allow = Allowlist::new(config.writable.clone());
+        if self.backups.is_none() && !allow.is_empty() {
+            self.backups = Some(BackupStore::open(
+                &config.state_dir.join("backups"),
+                config.backups.clone(),
+                self.masker.clone(),
+            )?);
+        }
+        self.allow = allow;
+        self.formats =
+            config.watch.iter().filter(|p| p.format.is_some()).filter_map(|p| Compiled::new(p).ok()).collect();
+        self.files = config.files.clone();
+        tracing::info!(writable = ?config.writable, command_files = config.files.len(), "writable paths and commands reloaded");
+        Ok(())
+    }
+
     /// Remove our temp files (`.<name>.driftwatch-tmp-*`) from the directories a write
     /// could have left one in: those of writable and watched paths, and of every path
     /// in the backup index (each write is recorded there before it starts).

@@ -57,12 +57,16 @@ impl ResultQueue {
 }
 
 /// The applier's thread: changes one at a time, in arrival order, off the async workers.
+/// A reloaded config waiting for the applier thread (see [`spawn_applier`]).
+pub(super) type Reconfigure = parking_lot::Mutex<Option<crate::config::AgentConfig>>;
+
 pub(super) fn spawn_applier(
     mut applier: Applier,
     changes: std::sync::mpsc::Receiver<v1::ApplyChange>,
     results: Arc<ResultQueue>,
     (status, metrics): (Arc<AgentStatus>, Arc<AgentMetrics>),
     token: CancellationToken,
+    reconfigure: Arc<Reconfigure>,
 ) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("driftwatch-apply".into())
@@ -75,6 +79,12 @@ pub(super) fn spawn_applier(
                         "agent stopping: change not applied"
                     );
                     continue;
+                }
+                // A reload's allowlist takes effect between two changes.
+                if let Some(config) = reconfigure.lock().take()
+                    && let Err(e) = applier.reconfigure(&config)
+                {
+                    tracing::error!(error = %e, "cannot apply the reloaded writable paths; the previous ones stay");
                 }
                 let result = applier.apply(&change);
                 status.changes_handled.fetch_add(1, Ordering::Relaxed);

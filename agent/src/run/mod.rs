@@ -23,6 +23,7 @@ mod changes;
 mod hello;
 mod metrics;
 mod producer;
+pub mod reload;
 mod renew;
 mod stream;
 mod unspooled;
@@ -113,6 +114,9 @@ pub struct RunningAgent {
     pub status: Arc<AgentStatus>,
     /// Where `/metrics` and `/healthz` are served (`metrics_listen`, its port bound).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// SIGHUP: the config file applied as far as it can be on the open stream.
+    pub reloader: Arc<reload::Reloader>,
+    watch_counts: Arc<WatchCounts>,
     token: CancellationToken,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -124,7 +128,33 @@ impl RunningAgent {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.token.clone()
     }
+    /// Once the watcher has armed its first watches: from then on a change is seen
+    /// (and spooled, connected or not).
+    pub async fn watching(&self) {
+        let _ = self.watch_counts.armed.subscribe().wait_for(|armed| *armed).await;
+    }
+
+    /// Files tracked and inotify watches held, as the watcher last published them.
+    pub fn watch_counts(&self) -> (u64, u64) {
+        (self.watch_counts.files.load(Ordering::Relaxed), self.watch_counts.watches.load(Ordering::Relaxed))
+    }
+
+    /// The service manager's watchdog check: the watcher thread still runs (the stream
+    /// and the producer run on the runtime that runs the check itself).
+    pub fn liveness(&self) -> impl FnMut() -> std::result::Result<(), String> + Send + 'static {
+        let (counts, token) = (self.watch_counts.clone(), self.token.clone());
+        move || {
+            if counts.stopped.load(Ordering::Relaxed) && !token.is_cancelled() {
+                Err("the file watcher thread stopped".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
     pub async fn wait(self) -> Result<()> {
+        // The reloader holds the watcher, whose drop stops its thread.
+        drop(self.reloader);
         self.task.await.map_err(|e| AgentError::Watch(format!("agent task failed: {e}")))?
     }
     pub async fn stop(self) -> Result<()> {
@@ -293,8 +323,16 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
     let metrics = Arc::new(AgentMetrics::new(held.as_ref().map_or(config.host_id.as_str(), |h| h.host_id.as_str())));
     let results = Arc::new(ResultQueue::default());
     let (change_tx, change_rx) = std::sync::mpsc::channel();
-    let applier_thread =
-        changes::spawn_applier(applier, change_rx, results.clone(), (status.clone(), metrics.clone()), token.clone())?;
+    let reconfigure = reload::reconfigure_slot();
+    let applier_thread = changes::spawn_applier(
+        applier,
+        change_rx,
+        results.clone(),
+        (status.clone(), metrics.clone()),
+        token.clone(),
+        reconfigure.clone(),
+    )?;
+    let running_config = config.clone();
     let shared = Arc::new(Shared {
         key_id: masker.key_id(),
         config,
@@ -331,9 +369,17 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
             Some(addr)
         }
     };
+    let watcher = Arc::new(watcher);
+    let watch_counts = watcher.counts();
+    let reloader = Arc::new(reload::Reloader {
+        running: tokio::sync::Mutex::new(running_config),
+        watcher: watcher.clone(),
+        shared: shared.clone(),
+        applier: reconfigure,
+    });
     let t = token.clone();
     let task = tokio::spawn(async move {
-        let producer = tokio::spawn(producer::produce(shared.clone(), Arc::new(watcher), changes, sampler, t.clone()));
+        let producer = tokio::spawn(producer::produce(shared.clone(), watcher, changes, sampler, t.clone()));
         let streamer = tokio::spawn(stream::stream_loop(shared.clone(), t.clone()));
         let (p, s) = tokio::join!(producer, streamer);
         changes::drain_applier(&shared, &applier_thread).await;
@@ -343,7 +389,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         tracing::info!("agent stopped");
         p
     });
-    Ok(RunningAgent { status, metrics_addr, token, task })
+    Ok(RunningAgent { status, metrics_addr, reloader, watch_counts, token, task })
 }
 
 /// What the agent tells the server about its spool (Hello, Heartbeat).

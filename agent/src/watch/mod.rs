@@ -81,12 +81,27 @@ pub struct ChangeBatch {
 
 /// How much the watcher tracks, published whenever it changes so that a metrics
 /// scrape never waits for the tracker (held across file reads).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WatchCounts {
     /// Files tracked (matching a pattern, or named explicitly).
     pub files: AtomicU64,
     /// inotify watches held (directories).
     pub watches: AtomicU64,
+    /// True once the first watches are armed: from then on a change is seen.
+    pub armed: tokio::sync::watch::Sender<bool>,
+    /// The watcher thread has stopped.
+    pub stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Default for WatchCounts {
+    fn default() -> Self {
+        Self {
+            files: AtomicU64::new(0),
+            watches: AtomicU64::new(0),
+            armed: tokio::sync::watch::Sender::new(false),
+            stopped: Default::default(),
+        }
+    }
 }
 
 impl WatchCounts {
@@ -147,6 +162,22 @@ impl FileWatcher {
         self.counts.clone()
     }
 
+    /// Blocking. Watch `patterns` instead of the current list (a reload); follow with a
+    /// full listing ([`FileWatcher::full_scan`]). A pattern that does not compile
+    /// changes nothing.
+    pub fn set_patterns(&self, patterns: &[WatchPattern]) -> Result<()> {
+        let compiled = patterns
+            .iter()
+            .map(Compiled::new)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(AgentError::Watch)?;
+        let mut t = self.tracker.lock();
+        t.set_patterns(compiled);
+        self.counts.publish(&t);
+        tracing::info!(watches = t.watch_count(), files = t.file_count(), "watch list replaced");
+        Ok(())
+    }
+
     /// Blocking. Re-read every matching file (and report every explicit path, present
     /// or not), record them as sent, and start a new generation: batches stamped with
     /// an older generation were computed before this scan and are stale.
@@ -176,6 +207,7 @@ fn event_loop(
         counts.publish(&t);
         tracing::info!(watches = t.watch_count(), files = t.file_count(), "file watcher started");
     }
+    counts.armed.send_replace(true);
     let mut burst = Debounce::new(debounce);
     let mut pending = Pending::default();
     let mut next_rescan = Instant::now() + rescan_every;
@@ -222,5 +254,6 @@ fn event_loop(
             break;
         }
     }
+    counts.stopped.store(true, Ordering::Relaxed);
     tracing::debug!("file watcher stopped");
 }

@@ -2,11 +2,13 @@
 //! `driftwatch up`: how logs are written (`logging`: text or JSON, colours only on a
 //! terminal), the `/metrics` + `/healthz` HTTP endpoint (`endpoint`: serving, the
 //! scrape token, which listen addresses need one) and the standard `process_*`
-//! metrics (`process`).
+//! metrics (`process`), and the service manager's readiness and watchdog
+//! notifications (`sd_notify`).
 
 pub mod endpoint;
 pub mod logging;
 pub mod process;
+pub mod sd_notify;
 
 pub use endpoint::{Endpoint, serve};
 pub use logging::LogFormat;

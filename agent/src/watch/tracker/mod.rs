@@ -141,6 +141,23 @@ impl Tracker {
         self.files.len()
     }
 
+    /// Replace what is watched (a reload): tracked files and what was sent for them are
+    /// forgotten, every root of the new patterns is armed and listed, and watches no
+    /// pattern needs go at the next scan. The caller asks for a full listing, which
+    /// reads every file of the new list (and tells the server what left it).
+    pub fn set_patterns(&mut self, patterns: Vec<Compiled>) {
+        let fresh = Tracker::new(patterns, self.limits.clone(), self.masker.clone(), self.inotify.clone());
+        self.patterns = fresh.patterns;
+        self.roots = fresh.roots;
+        self.files = fresh.files;
+        self.deps.clear();
+        self.warned_files = false;
+        self.warned_watches = false;
+        self.warned_dirs.clear();
+        // Stale watches of the old list are dropped by this scan's mark (`scan_all`).
+        self.rescan();
+    }
+
     /// Arm every watch and find every matching file, without reading any.
     pub fn discover(&mut self) {
         self.arm_roots(&mut BTreeSet::new());
