@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod backoff;
 pub mod config;
+pub mod dropin;
 pub mod error;
 pub mod hostroot;
 pub mod identity;

@@ -80,6 +80,11 @@ struct Args {
     /// Log format: text (coloured only on a terminal) or json (one object per line).
     #[arg(long, env = "DRIFTWATCH_LOG_FORMAT", value_name = "text|json", default_value = "text")]
     log_format: driftwatch_telemetry::LogFormat,
+    /// Print the systemd drop-in that makes the `writable` paths of this config writable
+    /// in the unit's sandbox (for /etc/systemd/system/driftwatch-agent.service.d/writable.conf)
+    /// and exit.
+    #[arg(long)]
+    print_systemd_dropin: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,7 +93,14 @@ fn main() -> anyhow::Result<()> {
         return man_pages(dir);
     }
     driftwatch_telemetry::logging::init(&args.log, args.log_format).map_err(|e| anyhow::anyhow!("--log: {e}"))?;
+    let print_dropin = args.print_systemd_dropin;
     let config = resolve(args.clone())?;
+    if print_dropin {
+        let text = driftwatch_agent::dropin::render(&config.writable, driftwatch_agent::dropin::Kind::of)
+            .map_err(|e| anyhow::anyhow!("writable: {e}"))?;
+        print!("{text}");
+        return Ok(());
+    }
     driftwatch_agent::memory::single_arena();
     // One thread is plenty for a watcher and a stream; blocking work (file reads,
     // hashing, sysinfo, spool fsync) goes to the small blocking pool, whose threads

@@ -66,6 +66,16 @@ pub fn server_binary() -> &'static Path {
     BIN.get_or_init(|| fresh("driftwatch-server", "driftwatch-server", SERVER_SOURCES))
 }
 
+/// What the operator CLI is built from: both libraries it embeds (`driftwatch up`) too.
+const CLI_SOURCES: &[&str] = &["crates/cli", "agent/src", "agent/Cargo.toml", "server", "crates"];
+
+/// The `driftwatch` CLI binary of this build, built first when missing or stale (as
+/// [`agent_binary`]).
+pub fn cli_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| fresh("driftwatch-cli", "driftwatch", CLI_SOURCES))
+}
+
 fn fresh(package: &str, name: &str, sources: &[&str]) -> PathBuf {
     let bin = sibling_binary(name);
     if let Some(why) = stale(&bin, sources) {

@@ -13,6 +13,7 @@
 //! - [`webhook`]: a webhook receiver for notifiers;
 //! - [`proxy`]: a TCP proxy that can stop forwarding without closing (dead peers);
 //! - [`debroot`]: a cached minimal Debian root (debootstrap) for image and package checks;
+//! - [`deploy`]: the systemd units' directives, their sandbox rebuilt with bubblewrap, a Debian root;
 //! - [`privilege`], [`netns`]: root, capabilities, tmpfs mounts, network namespaces, and
 //!   whether a test without them skips or (in CI) fails.
 
@@ -21,6 +22,7 @@ pub mod agent_process;
 pub mod binaries;
 pub mod corrections;
 pub mod debroot;
+pub mod deploy;
 pub mod files;
 pub mod gateway;
 pub mod model_agent;
@@ -37,7 +39,7 @@ pub mod webhook;
 
 pub use agent::{agent_config, agent_config_url, agent_file, start_agent};
 pub use agent_process::{AgentProcess, agent_toml};
-pub use binaries::{agent_binary, outside_program, server_binary, sibling_binary};
+pub use binaries::{agent_binary, cli_binary, outside_program, server_binary, sibling_binary};
 pub use corrections::{restore_version, server_file, set_keys};
 pub use files::{TEST_FLEET_KEY, copy_fixtures, example_configs, fixtures_dir, fleet_key, replace_file};
 pub use model_agent::ChangeAgent;
