@@ -180,20 +180,36 @@ fn read_current(t: &Target, max: u64) -> std::result::Result<Option<Current>, (C
     Ok(Some((buf, meta)))
 }
 
+/// The configured paths are node paths; below the applier everything is local
+/// (`hostroot`): the writable list, the watch list (format overrides, stale temps) and
+/// the per-file commands, mapped below the prefix.
+struct Local {
+    writable: Vec<String>,
+    watch: Vec<WatchPattern>,
+    files: Vec<FileCommands>,
+}
+
+impl Local {
+    fn of(config: &AgentConfig, host: &HostRoot) -> Self {
+        Self {
+            writable: config.writable.iter().map(|w| host.local_text(w)).collect(),
+            watch: config
+                .watch
+                .iter()
+                .map(|p| WatchPattern { pattern: host.local_text(&p.pattern), format: p.format })
+                .collect(),
+            files: config.files.iter().map(|f| FileCommands { path: host.local_text(&f.path), ..f.clone() }).collect(),
+        }
+    }
+}
+
 impl Applier {
     /// Open the backup store (when anything is writable), read the fault injection
     /// setting, and remove temp files an interrupted write left next to writable and
     /// watched files. Blocking.
     pub fn open(config: &AgentConfig, masker: Arc<Masker>) -> Result<Self> {
-        // The configured paths are node paths; below here everything is local (`hostroot`).
         let host = &config.host_root;
-        let writable: Vec<String> = config.writable.iter().map(|w| host.local_text(w)).collect();
-        let watch: Vec<WatchPattern> = config
-            .watch
-            .iter()
-            .map(|p| WatchPattern { pattern: host.local_text(&p.pattern), format: p.format })
-            .collect();
-        let files = config.files.iter().map(|f| FileCommands { path: host.local_text(&f.path), ..f.clone() }).collect();
+        let Local { writable, watch, files } = Local::of(config, host);
         let allow = Allowlist::new(writable.clone(), host.clone());
         let backups = if allow.is_empty() {
             None
@@ -231,7 +247,9 @@ impl Applier {
     /// so no change sees half of it. The backup store opens when the first path becomes
     /// writable; a store that cannot open refuses the new allowlist.
     pub fn reconfigure(&mut self, config: &AgentConfig) -> Result<()> {
-        let allow = Allowlist::new(config.writable.clone());
+        // The prefix itself needs a restart (`run::reload`): the running one stays.
+        let Local { writable, watch, files } = Local::of(config, &self.host);
+        let allow = Allowlist::new(writable, self.host.clone());
         if self.backups.is_none() && !allow.is_empty() {
             self.backups = Some(BackupStore::open(
                 &config.state_dir.join("backups"),
@@ -240,9 +258,8 @@ impl Applier {
             )?);
         }
         self.allow = allow;
-        self.formats =
-            config.watch.iter().filter(|p| p.format.is_some()).filter_map(|p| Compiled::new(p).ok()).collect();
-        self.files = config.files.clone();
+        self.formats = watch.iter().filter(|p| p.format.is_some()).filter_map(|p| Compiled::new(p).ok()).collect();
+        self.files = files;
         tracing::info!(writable = ?config.writable, command_files = config.files.len(), "writable paths and commands reloaded");
         Ok(())
     }

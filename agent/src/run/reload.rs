@@ -16,7 +16,7 @@
 //! Everything else is bound to the connection or to start-up (server URL, TLS and
 //! identity, host id, labels — the Hello carries them and the protocol has no update
 //! on a live stream —, state dir, spool size, metrics listener, resource sampling and
-//! process groups, limits, debounce, rescan, keepalive, backups) and is logged as
+//! process groups, limits, debounce, rescan, keepalive, backups, `path_prefix`) and is logged as
 //! needing a restart, by field name; the running value stays.
 
 use std::sync::Arc;
@@ -73,6 +73,7 @@ pub fn plan(running: &AgentConfig, new: &AgentConfig) -> ReloadPlan {
         metrics_listen,
         metrics_token,
         healthz_grace,
+        host_root,
     );
     let watch = differs(&running.watch, &new.watch);
     let applier = watch || differs(&running.writable, &new.writable) || differs(&running.files, &new.files);

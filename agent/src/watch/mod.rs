@@ -125,17 +125,21 @@ impl std::fmt::Debug for FileWatcher {
     }
 }
 
+/// The watch list's node paths compiled as local ones (`path_prefix`).
+fn compile_local(patterns: &[WatchPattern], root: &HostRoot) -> Result<Vec<Compiled>> {
+    patterns
+        .iter()
+        .map(|p| Compiled::new(&WatchPattern { pattern: root.local_text(&p.pattern), format: p.format }))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(AgentError::Watch)
+}
+
 impl FileWatcher {
     /// Set up inotify and start the watcher thread (which arms the watches). Does not
     /// read any file: call [`FileWatcher::full_scan`] for the initial state.
     pub fn start(config: WatchConfig, masker: Arc<Masker>) -> Result<(FileWatcher, mpsc::Receiver<ChangeBatch>)> {
         let root = config.host_root.clone();
-        let patterns = config
-            .patterns
-            .iter()
-            .map(|p| Compiled::new(&WatchPattern { pattern: root.local_text(&p.pattern), format: p.format }))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(AgentError::Watch)?;
+        let patterns = compile_local(&config.patterns, &root)?;
         let ino = Inotify::init().map_err(|e| {
             AgentError::Watch(format!("cannot start inotify: {e} (is fs.inotify.max_user_instances exhausted?)"))
         })?;
@@ -166,12 +170,8 @@ impl FileWatcher {
     /// full listing ([`FileWatcher::full_scan`]). A pattern that does not compile
     /// changes nothing.
     pub fn set_patterns(&self, patterns: &[WatchPattern]) -> Result<()> {
-        let compiled = patterns
-            .iter()
-            .map(Compiled::new)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(AgentError::Watch)?;
         let mut t = self.tracker.lock();
+        let compiled = compile_local(patterns, t.host_root())?;
         t.set_patterns(compiled);
         self.counts.publish(&t);
         tracing::info!(watches = t.watch_count(), files = t.file_count(), "watch list replaced");

@@ -120,6 +120,11 @@ impl Tracker {
         }
     }
 
+    /// `path_prefix`: how node paths map to local ones here.
+    pub fn host_root(&self) -> &HostRoot {
+        &self.host
+    }
+
     /// The edge of the watcher: states leave it naming node paths (`path_prefix`).
     pub fn to_node_paths(&self, files: &mut [FileState]) {
         if self.host.prefix().is_some() {
@@ -146,7 +151,8 @@ impl Tracker {
     /// pattern needs go at the next scan. The caller asks for a full listing, which
     /// reads every file of the new list (and tells the server what left it).
     pub fn set_patterns(&mut self, patterns: Vec<Compiled>) {
-        let fresh = Tracker::new(patterns, self.limits.clone(), self.masker.clone(), self.inotify.clone());
+        let fresh =
+            Tracker::new(patterns, self.limits.clone(), self.masker.clone(), self.inotify.clone(), self.host.clone());
         self.patterns = fresh.patterns;
         self.roots = fresh.roots;
         self.files = fresh.files;
