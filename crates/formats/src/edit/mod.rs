@@ -23,6 +23,7 @@ mod diff;
 mod env;
 mod ini;
 mod json;
+mod sysctl;
 mod toml;
 mod yaml;
 
@@ -90,6 +91,9 @@ pub fn edit(format: Format, content: &str, ops: &[EditOp]) -> Result<String, Edi
     if matches!(format, Format::Text | Format::Unspecified) {
         return Err(unsupported(format, "text files have no keys"));
     }
+    if matches!(format, Format::Keyword | Format::Nginx | Format::Systemd) {
+        return Err(unsupported(format, "no in-place editor for this format yet"));
+    }
     let (bom, body) = match content.strip_prefix('\u{feff}') {
         Some(rest) => ("\u{feff}", rest),
         None => ("", content),
@@ -122,7 +126,10 @@ pub fn edit(format: Format, content: &str, ops: &[EditOp]) -> Result<String, Edi
             Format::Toml => toml::apply(&text, op),
             Format::Json => json::apply(&text, op),
             Format::Yaml => yaml::apply(&text, op),
-            Format::Text | Format::Unspecified => unreachable!("rejected above"),
+            Format::Sysctl => sysctl::apply(&text, op),
+            Format::Text | Format::Unspecified | Format::Keyword | Format::Nginx | Format::Systemd => {
+                unreachable!("rejected above")
+            }
         };
         let applied = applied.map_err(|e| match e {
             // The input parsed, so a later op failing to parse is our own doing.
