@@ -111,7 +111,7 @@ pub struct KeywordFile {
 }
 
 /// How a keyword repeats.
-enum Repeat {
+pub(crate) enum Repeat {
     Single,
     /// Each line adds one item (its arguments joined).
     PerLine,
@@ -121,7 +121,7 @@ enum Repeat {
     Named,
 }
 
-fn repeat_rule(dialect: KeywordDialect, keyword: &str) -> Repeat {
+pub(crate) fn repeat_rule(dialect: KeywordDialect, keyword: &str) -> Repeat {
     match dialect {
         KeywordDialect::Sshd => match keyword {
             "port" | "listenaddress" | "hostkey" | "hostcertificate" | "identityfile" | "certificatefile"
@@ -158,12 +158,35 @@ pub fn parse_keyword(text: &str, dialect: KeywordDialect) -> Result<KeywordFile,
 }
 
 pub(crate) fn parse(text: &str, dialect: KeywordDialect) -> Result<KeywordFile, SyntaxError> {
+    scan(text, dialect).map(|(file, _)| file)
+}
+
+/// Where one significant line sits in the text (byte offsets), for in-place edits.
+#[derive(Debug, Clone)]
+pub(crate) struct LineSpan {
+    /// The whole line, terminator included.
+    pub line: std::ops::Range<usize>,
+    /// From the first argument to the end of the last (empty where a value would go).
+    pub value: std::ops::Range<usize>,
+    /// The leading blanks of the line.
+    pub indent: String,
+    /// The index of its directive in the file, None for a `Match`/`Host` line.
+    pub directive: Option<usize>,
+}
+
+/// [`parse`], also returning where each directive and block header sits.
+pub(crate) fn scan(text: &str, dialect: KeywordDialect) -> Result<(KeywordFile, Vec<LineSpan>), SyntaxError> {
     let mut directives = Vec::new();
+    let mut spans = Vec::new();
     let mut block: Option<String> = None;
+    let mut offset = 0;
     for (index, raw_line) in text.split('\n').enumerate() {
+        let line_start = offset;
+        offset += raw_line.len() + 1;
         let line_no = index + 1;
         let line = raw_line.strip_suffix('\r').unwrap_or(raw_line);
         let chars: Vec<char> = line.chars().collect();
+        let byte_at = |pos: usize| line_start + line.char_indices().nth(pos).map(|(b, _)| b).unwrap_or(line.len());
         let mut pos = skip_blank(&chars, 0);
         if pos == chars.len() || chars[pos] == '#' {
             continue;
@@ -176,15 +199,26 @@ pub(crate) fn parse(text: &str, dialect: KeywordDialect) -> Result<KeywordFile, 
             return Err(SyntaxError::new("missing keyword before '='", line_no, start + 1));
         }
         let keyword: String = chars[start..pos].iter().collect::<String>().to_lowercase();
+        let keyword_end = pos;
         pos = skip_blank(&chars, pos);
         if chars.get(pos) == Some(&'=') {
             pos = skip_blank(&chars, pos + 1);
         }
-        let args = split_args(&chars, pos, line_no)?;
+        let (args, args_end) = split_args(&chars, pos, line_no)?;
+        let value_start = if args.is_empty() { keyword_end } else { pos };
+        let mut span = LineSpan {
+            line: line_start..offset.min(text.len()),
+            value: byte_at(value_start)..byte_at(args_end.max(value_start)),
+            indent: chars[..start].iter().collect(),
+            directive: None,
+        };
         if dialect == KeywordDialect::Sshd && matches!(keyword.as_str(), "match" | "host") {
             block = Some(block_prefix(&keyword, &args, line_no, start + 1)?);
+            spans.push(span);
             continue;
         }
+        span.directive = Some(directives.len());
+        spans.push(span);
         let quoted = args.len() == 1 && args[0].1;
         directives.push(KeywordDirective {
             block: block.clone(),
@@ -193,7 +227,7 @@ pub(crate) fn parse(text: &str, dialect: KeywordDialect) -> Result<KeywordFile, 
             quoted,
         });
     }
-    Ok(KeywordFile { dialect, directives })
+    Ok((KeywordFile { dialect, directives }, spans))
 }
 
 fn skip_blank(chars: &[char], mut pos: usize) -> usize {
@@ -204,9 +238,10 @@ fn skip_blank(chars: &[char], mut pos: usize) -> usize {
 }
 
 /// Blank-separated arguments from `pos`, each with whether it was quoted; a `#` starting
-/// an argument ends the line.
-fn split_args(chars: &[char], mut pos: usize, line_no: usize) -> Result<Vec<(String, bool)>, SyntaxError> {
+/// an argument ends the line. Also returns where the last argument ends.
+fn split_args(chars: &[char], mut pos: usize, line_no: usize) -> Result<(Vec<(String, bool)>, usize), SyntaxError> {
     let mut args = Vec::new();
+    let mut end = pos;
     loop {
         pos = skip_blank(chars, pos);
         let Some(&c) = chars.get(pos) else { break };
@@ -244,8 +279,9 @@ fn split_args(chars: &[char], mut pos: usize, line_no: usize) -> Result<Vec<(Str
             pos += 1;
         }
         args.push((arg, quoted));
+        end = pos;
     }
-    Ok(args)
+    Ok((args, end))
 }
 
 /// `match[user=alice address=10.0.0.0/8]` or `host[*.example.com !bastion]`.

@@ -23,6 +23,7 @@ mod diff;
 mod env;
 mod ini;
 mod json;
+mod keyword;
 mod sysctl;
 mod toml;
 mod yaml;
@@ -91,7 +92,7 @@ pub fn edit(format: Format, content: &str, ops: &[EditOp]) -> Result<String, Edi
     if matches!(format, Format::Text | Format::Unspecified) {
         return Err(unsupported(format, "text files have no keys"));
     }
-    if matches!(format, Format::Keyword | Format::Nginx | Format::Systemd) {
+    if matches!(format, Format::Nginx | Format::Systemd) {
         return Err(unsupported(format, "no in-place editor for this format yet"));
     }
     let (bom, body) = match content.strip_prefix('\u{feff}') {
@@ -127,7 +128,8 @@ pub fn edit(format: Format, content: &str, ops: &[EditOp]) -> Result<String, Edi
             Format::Json => json::apply(&text, op),
             Format::Yaml => yaml::apply(&text, op),
             Format::Sysctl => sysctl::apply(&text, op),
-            Format::Text | Format::Unspecified | Format::Keyword | Format::Nginx | Format::Systemd => {
+            Format::Keyword => keyword::apply(&text, op),
+            Format::Text | Format::Unspecified | Format::Nginx | Format::Systemd => {
                 unreachable!("rejected above")
             }
         };
