@@ -39,7 +39,8 @@
 //!
 //! Keyword files come in two dialects (sshd: first value wins, `Match`/`Host` blocks;
 //! generic: last value wins), chosen from the path by [`analyze_path`]; sshd's `Include`
-//! is resolved by the caller and applied by [`KeywordFile::with_includes`].
+//! is resolved by the caller and applied by [`KeywordFile::with_includes`]. For a `.conf`
+//! of unknown kind, [`candidates`] ranks the formats its text parses as.
 
 use std::path::Path;
 
@@ -49,6 +50,7 @@ mod edit;
 mod env;
 mod errors;
 mod flatten;
+mod guess;
 mod ini;
 mod keyword;
 mod mask;
@@ -59,6 +61,7 @@ mod sysctl;
 mod systemd;
 
 pub use edit::{EditError, EditOp, NewValue, edit, text_value, unified_diff};
+pub use guess::{Candidate, candidates};
 pub use keyword::{KeywordDialect, KeywordDirective, KeywordFile, keyword_dialect, parse_keyword};
 pub use mask::{CONTENT_DOMAIN, ContentHasher, KEY_ID_HEX_LEN, Masker, VALUE_DOMAIN};
 pub use secrets::{

@@ -365,3 +365,60 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Edits: setting or removing one key of a generated file reads back as intended (the
+// editor verifies that itself; here it must never refuse a plain single-line key).
+
+fn unique_pairs(key: &'static str) -> impl Strategy<Value = Vec<(String, String)>> {
+    prop::collection::vec((key, word()), 1..8).prop_map(|pairs| {
+        let mut seen = std::collections::HashSet::new();
+        pairs.into_iter().filter(|(k, _)| seen.insert(k.to_lowercase()) && !is_secret_key_name(k)).collect()
+    })
+}
+
+fn check_edit(format: Format, text: &str, key: &str, new: &str) -> Result<(), TestCaseError> {
+    use driftwatch_formats::{EditOp, NewValue, edit};
+    let set = EditOp::Set { key: key.to_owned(), value: NewValue::Text(new.to_owned()) };
+    let edited = edit(format, text, &[set]).map_err(|e| TestCaseError::fail(format!("{format:?} set {key}: {e}")))?;
+    prop_assert!(key_texts(&edited, format).contains(&(key.to_owned(), new.to_owned())), "{:?}", edited);
+    let removed = edit(format, text, &[EditOp::Remove { key: key.to_owned() }])
+        .map_err(|e| TestCaseError::fail(format!("{format:?} remove {key}: {e}")))?;
+    prop_assert!(!key_texts(&removed, format).iter().any(|(k, _)| k == key), "{:?}", removed);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn host_edits_set_and_remove_one_key(
+        pairs in unique_pairs("[a-z][a-z]{2,8}"),
+        pick in any::<prop::sample::Index>(),
+        new in word(),
+        match_block in any::<bool>(),
+    ) {
+        let kw_reserved = |k: &str| matches!(k, "port" | "hostkey" | "identityfile" | "acceptenv" | "sendenv" | "setenv"
+            | "allowusers" | "denyusers" | "allowgroups" | "denygroups" | "include" | "subsystem" | "match" | "host"
+            | "listenaddress" | "hostcertificate" | "certificatefile" | "localforward" | "remoteforward" | "dynamicforward");
+        let pairs: Vec<_> = pairs.into_iter().filter(|(k, _)| !kw_reserved(k)).collect();
+        prop_assume!(!pairs.is_empty());
+        let (key, _) = &pairs[pick.index(pairs.len())];
+
+        let mut keyword: String = pairs.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
+        if match_block {
+            keyword.push_str("Match User alice\n  X11Forwarding no\n");
+        }
+        check_edit(Format::Keyword, &keyword, key, &new)?;
+
+        let sysctl: String = pairs.iter().map(|(k, v)| format!("kernel.{k} = {v}\n")).collect();
+        check_edit(Format::Sysctl, &sysctl, &format!("kernel.{key}"), &new)?;
+
+        let unit: String = std::iter::once("[Service]\n".to_owned())
+            .chain(pairs.iter().map(|(k, v)| format!("X{k}={v}\n")))
+            .chain(pairs.iter().map(|(k, v)| format!("Environment=E{k}={v}\n")))
+            .collect();
+        check_edit(Format::Systemd, &unit, &format!("Service.X{key}"), &new)?;
+        check_edit(Format::Systemd, &unit, &format!("Service.Environment.E{key}"), &new)?;
+    }
+}

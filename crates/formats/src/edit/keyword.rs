@@ -321,7 +321,7 @@ mod tests {
             ("Banner x\n", set("listenaddress", "::")),
             ("Subsystem sftp x\n", typed("subsystem.sftp", Value::string("1"))),
         ] {
-            assert!(matches!(ed_err(F, text, &[op.clone()]), EditError::Unsupported { .. }), "{op:?}");
+            assert!(matches!(ed_err(F, text, std::slice::from_ref(&op)), EditError::Unsupported { .. }), "{op:?}");
         }
         assert_eq!(ed_err(F, "Port 22\n", &[remove("x")]), EditError::UnknownKey("x".into()));
     }

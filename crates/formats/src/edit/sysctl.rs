@@ -161,7 +161,7 @@ mod tests {
             set("-a", "1"),
         ] {
             assert!(
-                matches!(ed_err(Format::Sysctl, "a = 1\n", &[op.clone()]), EditError::Unsupported { .. }),
+                matches!(ed_err(Format::Sysctl, "a = 1\n", std::slice::from_ref(&op)), EditError::Unsupported { .. }),
                 "{op:?}"
             );
         }
