@@ -309,7 +309,7 @@ proptest! {
         let mut want: Vec<(String, String)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (name, value) in &top {
-            if seen.insert(name.clone()) {
+            if !is_secret_key_name(name) && seen.insert(name.clone()) {
                 text.push_str(&format!("{name} \"{value}\";\n"));
                 want.push((name.clone(), value.clone()));
             }
@@ -420,5 +420,28 @@ proptest! {
             .collect();
         check_edit(Format::Systemd, &unit, &format!("Service.X{key}"), &new)?;
         check_edit(Format::Systemd, &unit, &format!("Service.Environment.E{key}"), &new)?;
+    }
+}
+
+#[test]
+fn diffs_of_host_formats_hide_secrets() {
+    let m = masker();
+    let cases = [
+        ("/etc/redis/redis.conf", "port 6379\nrequirepass CanaryOldPass1\n", "port 6380\nrequirepass CanaryNewPass2\n"),
+        (
+            "/etc/systemd/system/app.service.d/override.conf",
+            "[Service]\nEnvironment=DB_PASSWORD=CanaryDbOld3 PORT=1\n",
+            "[Service]\nEnvironment=DB_PASSWORD=CanaryDbNew4 PORT=2\n",
+        ),
+        (
+            "/etc/nginx/sites-available/default",
+            "server { proxy_set_header Authorization \"Basic CanaryHdr5\"; listen 80; }\n",
+            "server { proxy_set_header Authorization \"Basic CanaryHdr6\"; listen 81; }\n",
+        ),
+    ];
+    for (path, old, new) in cases {
+        let diff = driftwatch_formats::unified_diff(path, old, new, &m);
+        assert!(!diff.is_empty(), "{path}");
+        assert!(!diff.contains("Canary"), "{path} leaked: {diff}");
     }
 }
