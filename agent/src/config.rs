@@ -478,10 +478,11 @@ fn parse_watch(w: &WatchEntry, cwd: &Path) -> Result<WatchPattern, String> {
         WatchEntry::Table { path, format } => {
             let f = match format {
                 None => None,
-                Some(name) => Some(
-                    driftwatch_formats::parse_format_name(name)
-                        .ok_or_else(|| format!("unknown format '{name}' (env, ini, yaml, json, toml, text)"))?,
-                ),
+                Some(name) => Some(driftwatch_formats::parse_format_name(name).ok_or_else(|| {
+                    format!(
+                        "unknown format '{name}' (env, ini, yaml, json, toml, keyword, sysctl, nginx, systemd, text)"
+                    )
+                })?),
             };
             (path.clone(), f)
         }

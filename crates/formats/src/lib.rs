@@ -24,6 +24,23 @@
 //! duplicate key paths are reported once, last value wins; big integers become floats in
 //! JSON/YAML/TOML and strings in .env/INI; several YAML documents are prefixed `[i]`), and
 //! `env` / `ini` for the text dialects.
+//!
+//! # Host formats
+//!
+//! Four line-based formats of the host's own daemons, each documented in its module with
+//! its key-path grammar and how repeats are resolved; values are typed like INI:
+//!
+//! | format | files | example key |
+//! |---|---|---|
+//! | `keyword` | sshd_config, ssh_config, redis.conf, chrony.conf | `match[user=alice].permitrootlogin`, `port[0]`, `subsystem.sftp` |
+//! | `sysctl` | sysctl.conf, sysctl.d/*.conf | `net.ipv4.ip_forward` |
+//! | `nginx` | nginx.conf, conf.d, sites-available | `http.server[0].location[/api].proxy_pass` |
+//! | `systemd` | units and drop-ins | `Service.ExecStart`, `Service.Environment.DB_PASSWORD` |
+//!
+//! Keyword files come in two dialects (sshd: first value wins, `Match`/`Host` blocks;
+//! generic: last value wins), chosen from the path by [`analyze_path`]; sshd's `Include`
+//! is resolved by the caller and applied by [`KeywordFile::with_includes`]. For a `.conf`
+//! of unknown kind, [`candidates`] ranks the formats its text parses as.
 
 use std::path::Path;
 
@@ -33,12 +50,19 @@ mod edit;
 mod env;
 mod errors;
 mod flatten;
+mod guess;
 mod ini;
+mod keyword;
 mod mask;
+mod nginx;
 mod secrets;
 mod structured;
+mod sysctl;
+mod systemd;
 
 pub use edit::{EditError, EditOp, NewValue, edit, text_value, unified_diff};
+pub use guess::{Candidate, candidates};
+pub use keyword::{KeywordDialect, KeywordDirective, KeywordFile, keyword_dialect, parse_keyword};
 pub use mask::{CONTENT_DOMAIN, ContentHasher, KEY_ID_HEX_LEN, Masker, VALUE_DOMAIN};
 pub use secrets::{
     REASON_HIGH_ENTROPY, REASON_KEY_NAME, REASON_TOKEN_SHAPE, REASON_URL_CREDENTIALS, is_secret_key_name, secret_reason,
@@ -64,8 +88,20 @@ impl Default for Limits {
     }
 }
 
-/// Choose a format from a path's name: `.env`, `.env.production`, `x.env` → Env; `.ini`,
-/// `.cfg`, `.conf` → Ini; `.yaml`/`.yml` → Yaml; `.json` → Json; `.toml` → Toml; else Text.
+/// Choose a format from a path's name and place.
+///
+/// Host config files first, by name or by the directory they sit in:
+/// - `sshd_config`, `ssh_config`, `*.conf` in `sshd_config.d/` or `ssh_config.d/`,
+///   `redis.conf`, `chrony.conf` → Keyword;
+/// - `sysctl.conf`, `*.conf` in `sysctl.d/` → Sysctl;
+/// - `nginx.conf`, `*.conf` anywhere under a directory named `nginx` (`conf.d/`,
+///   `snippets/`), any file in `nginx/sites-available/` or `nginx/sites-enabled/` → Nginx;
+/// - systemd units (`.service`, `.socket`, `.timer`, `.mount`, `.automount`, `.swap`,
+///   `.path`, `.target`, `.slice`) and `*.conf` drop-ins in a `<unit>.d/` directory
+///   (`nginx.service.d/override.conf`) → Systemd.
+///
+/// Then by extension: `.env`, `.env.production`, `x.env` → Env; `.ini`, `.cfg`, `.conf` →
+/// Ini; `.yaml`/`.yml` → Yaml; `.json` → Json; `.toml` → Toml; else Text.
 ///
 /// Case-insensitive. A structured extension wins over the `.env.` prefix
 /// (`.env.yaml` is YAML); any other `.env.<suffix>` (`.env.local`, `.env.example`) is Env.
@@ -74,6 +110,9 @@ pub fn detect_format(path: &Path) -> Format {
         return Format::Text;
     };
     let name = name.to_ascii_lowercase();
+    if let Some(format) = detect_host_format(path, &name) {
+        return format;
+    }
     if let Some((_, ext)) = name.rsplit_once('.') {
         match ext {
             "yaml" | "yml" => return Format::Yaml,
@@ -89,8 +128,49 @@ pub fn detect_format(path: &Path) -> Format {
     Format::Text
 }
 
+/// systemd unit types whose files (and `<unit>.d/` drop-in directories) are units.
+const SYSTEMD_UNIT_EXTENSIONS: &[&str] =
+    &["service", "socket", "timer", "mount", "automount", "swap", "path", "target", "slice"];
+
+/// The host config formats `detect_format` recognises by name and place.
+fn detect_host_format(path: &Path, name: &str) -> Option<Format> {
+    let ancestors: Vec<String> = path
+        .ancestors()
+        .skip(1)
+        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_ascii_lowercase))
+        .collect();
+    let parent = ancestors.first().map(String::as_str).unwrap_or("");
+    let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    let conf = ext == "conf";
+    match name {
+        "sshd_config" | "ssh_config" | "redis.conf" | "chrony.conf" => return Some(Format::Keyword),
+        "sysctl.conf" => return Some(Format::Sysctl),
+        "nginx.conf" => return Some(Format::Nginx),
+        _ => {}
+    }
+    if conf && matches!(parent, "sshd_config.d" | "ssh_config.d") {
+        return Some(Format::Keyword);
+    }
+    if conf && parent == "sysctl.d" {
+        return Some(Format::Sysctl);
+    }
+    let under_nginx = ancestors.iter().any(|a| a == "nginx");
+    if under_nginx && (conf || matches!(parent, "sites-available" | "sites-enabled")) {
+        return Some(Format::Nginx);
+    }
+    if SYSTEMD_UNIT_EXTENSIONS.contains(&ext) {
+        return Some(Format::Systemd);
+    }
+    let dropin_dir = parent.strip_suffix(".d").and_then(|unit| unit.rsplit_once('.')).map(|(_, e)| e);
+    if conf && dropin_dir.is_some_and(|e| SYSTEMD_UNIT_EXTENSIONS.contains(&e)) {
+        return Some(Format::Systemd);
+    }
+    None
+}
+
 /// Parse a format name as written in config/flags: env, ini, yaml (or yml), json, toml,
-/// text. Case-insensitive, surrounding blanks ignored.
+/// keyword (or sshd), sysctl, nginx, systemd (or unit), text. Case-insensitive,
+/// surrounding blanks ignored.
 pub fn parse_format_name(name: &str) -> Option<Format> {
     match name.trim().to_ascii_lowercase().as_str() {
         "env" => Some(Format::Env),
@@ -98,6 +178,10 @@ pub fn parse_format_name(name: &str) -> Option<Format> {
         "yaml" | "yml" => Some(Format::Yaml),
         "json" => Some(Format::Json),
         "toml" => Some(Format::Toml),
+        "keyword" | "sshd" => Some(Format::Keyword),
+        "sysctl" => Some(Format::Sysctl),
+        "nginx" => Some(Format::Nginx),
+        "systemd" | "unit" => Some(Format::Systemd),
         "text" => Some(Format::Text),
         _ => None,
     }
@@ -128,8 +212,21 @@ pub struct Analysis {
 ///   (depth counts containers: in `{"a": {"b": 1}}` the key `a.b` sits at depth 2; .env and
 ///   INI have no nesting).
 ///
+/// Keyword files are read in the sshd dialect (first value wins); [`analyze_path`] picks
+/// the dialect from the file's path.
+///
 /// Never panics.
 pub fn analyze(content: &[u8], format: Format, masker: &Masker, limits: &Limits) -> Analysis {
+    analyze_with(content, format, KeywordDialect::Sshd, masker, limits)
+}
+
+/// [`analyze`], with a keyword file's dialect chosen from `path` by [`keyword_dialect`]
+/// (redis.conf keeps the last value of a repeated keyword, sshd_config the first).
+pub fn analyze_path(path: &Path, content: &[u8], format: Format, masker: &Masker, limits: &Limits) -> Analysis {
+    analyze_with(content, format, keyword_dialect(path), masker, limits)
+}
+
+fn analyze_with(content: &[u8], format: Format, dialect: KeywordDialect, masker: &Masker, limits: &Limits) -> Analysis {
     let content_hash = masker.content_hash(content);
     let only =
         |status: FileStatus| Analysis { status, error: None, keys: Vec::new(), content_hash: content_hash.clone() };
@@ -147,8 +244,11 @@ pub fn analyze(content: &[u8], format: Format, masker: &Masker, limits: &Limits)
     let mut sink = Sink::new(masker, limits.max_keys);
     let parsed = match format {
         Format::Text | Format::Unspecified => return only(FileStatus::HashOnly),
-        Format::Env => env::parse_env(text).map(|entries| push_text_entries(&mut sink, entries)),
-        Format::Ini => ini::parse_ini(text).map(|entries| push_text_entries(&mut sink, entries)),
+        Format::Env | Format::Ini | Format::Keyword | Format::Sysctl | Format::Nginx | Format::Systemd => {
+            text_entries(format, dialect, text)
+                .unwrap_or_else(|| Ok(Vec::new()))
+                .map(|entries| push_text_entries(&mut sink, entries))
+        }
         Format::Json => {
             structured::parse_json(text).map(|root| Walker::new(&mut sink, limits.max_depth, false).document(&root))
         }
@@ -192,7 +292,34 @@ pub fn analyze(content: &[u8], format: Format, masker: &Masker, limits: &Limits)
     }
 }
 
-/// .env / INI entries: quoted values stay strings, unquoted ones get their type inferred.
+/// The flat entries of a line-based format (.env, INI, keyword, sysctl, nginx, systemd);
+/// None for the others.
+pub(crate) fn text_entries(
+    format: Format,
+    dialect: KeywordDialect,
+    text: &str,
+) -> Option<Result<Vec<env::TextEntry>, errors::SyntaxError>> {
+    Some(match format {
+        Format::Env => env::parse_env(text),
+        Format::Ini => ini::parse_ini(text),
+        Format::Keyword => keyword::parse(text, dialect).map(|f| f.entries()),
+        Format::Sysctl => sysctl::parse_sysctl(text),
+        Format::Nginx => nginx::parse_nginx(text),
+        Format::Systemd => systemd::parse_systemd(text),
+        Format::Json | Format::Toml | Format::Yaml | Format::Text | Format::Unspecified => return None,
+    })
+}
+
+/// The keys of a keyword file already parsed (e.g. [`KeywordFile::with_includes`]'s
+/// effective view), masked like [`analyze`] does; the error says a limit was hit.
+pub fn keyword_keys(file: &KeywordFile, masker: &Masker, limits: &Limits) -> (Vec<KeyValue>, Option<FileError>) {
+    let mut sink = Sink::new(masker, limits.max_keys);
+    push_text_entries(&mut sink, file.entries());
+    let (keys, limit_error) = sink.finish();
+    (keys, limit_error.map(|message| FileError { message, line: 0, column: 0 }))
+}
+
+/// Text-format entries: quoted values stay strings, unquoted ones get their type inferred.
 fn push_text_entries(sink: &mut Sink<'_>, entries: Vec<env::TextEntry>) {
     for entry in entries {
         let scalar = if entry.literal { Scalar::Str(entry.value.clone()) } else { infer_text(&entry.value) };

@@ -7,8 +7,19 @@ use driftwatch_formats::{FileStatus, Format, Limits, analyze};
 use driftwatch_proto::v1::value::Kind;
 use proptest::prelude::*;
 
-const FORMATS: [Format; 7] =
-    [Format::Env, Format::Ini, Format::Yaml, Format::Json, Format::Toml, Format::Text, Format::Unspecified];
+const FORMATS: [Format; 11] = [
+    Format::Env,
+    Format::Ini,
+    Format::Yaml,
+    Format::Json,
+    Format::Toml,
+    Format::Keyword,
+    Format::Sysctl,
+    Format::Nginx,
+    Format::Systemd,
+    Format::Text,
+    Format::Unspecified,
+];
 
 fn any_format() -> impl Strategy<Value = Format> {
     prop::sample::select(FORMATS.to_vec())
@@ -135,6 +146,12 @@ fn documents(key: &str, secret: &str) -> Vec<(String, Format)> {
         (format!("[{{\"{key}\": \"{secret}\"}}]"), Format::Json),
         (format!("[a]\n{key} = \"{secret}\"\n"), Format::Toml),
         (format!("a = {{ {key} = '{secret}' }}\n"), Format::Toml),
+        (format!("Port 22\n{key} {secret}\n"), Format::Keyword),
+        (format!("Match User a\n  {key}=\"{secret}\"\n"), Format::Keyword),
+        (format!("kernel.x = 1\napp.{key} = {secret}\n"), Format::Sysctl),
+        (format!("http {{ server {{ {key} \"{secret}\"; }} }}\n"), Format::Nginx),
+        (format!("[Service]\nUser=x\n{key}={secret}\n"), Format::Systemd),
+        (format!("[Service]\nEnvironment=A=1 \"{key}={secret}\"\n"), Format::Systemd),
     ]
 }
 
@@ -155,6 +172,12 @@ fn broken_documents(key: &str, secret: &str) -> Vec<(String, Format)> {
         (format!("{key} = {secret}\n"), Format::Toml),
         (format!("{key} = \"{secret}\n"), Format::Toml),
         (format!("{key} = \"{secret}\" {secret}\n"), Format::Toml),
+        (format!("{key} \"{secret}\n"), Format::Keyword),
+        (format!("a = 1\n{secret}\n"), Format::Sysctl),
+        (format!("http {{ {key} {secret} }}\n"), Format::Nginx),
+        (format!("http {{ {key} \"{secret}\"{secret}; }}\n"), Format::Nginx),
+        (format!("{key}={secret}\n"), Format::Systemd),
+        (format!("[Service]\nEnvironment=\"{key}={secret}\n"), Format::Systemd),
     ]
 }
 

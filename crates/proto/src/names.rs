@@ -5,7 +5,8 @@
 use crate::v1;
 
 /// A `Format` value's short name, as rules (`meta.format`) and the CLI show it: env, ini,
-/// yaml, json, toml, text (unknown values are tracked as text).
+/// yaml, json, toml, keyword, sysctl, nginx, systemd, text (unknown values are tracked as
+/// text).
 pub fn format_name(f: i32) -> &'static str {
     match v1::Format::try_from(f) {
         Ok(v1::Format::Env) => "env",
@@ -13,6 +14,10 @@ pub fn format_name(f: i32) -> &'static str {
         Ok(v1::Format::Yaml) => "yaml",
         Ok(v1::Format::Json) => "json",
         Ok(v1::Format::Toml) => "toml",
+        Ok(v1::Format::Keyword) => "keyword",
+        Ok(v1::Format::Sysctl) => "sysctl",
+        Ok(v1::Format::Nginx) => "nginx",
+        Ok(v1::Format::Systemd) => "systemd",
         _ => "text",
     }
 }

@@ -24,7 +24,7 @@ pub struct FileMeta {
     pub uid: u32,
     pub gid: u32,
     pub size: u64,
-    /// env, ini, yaml, json, toml, text.
+    /// env, ini, yaml, json, toml, keyword, sysctl, nginx, systemd, text.
     pub format: String,
     pub exists: bool,
     pub parse_error: Option<String>,

@@ -295,11 +295,14 @@ fn collect_secrets(format: Format, text: &str, masker: &Masker, out: &mut Vec<St
     let secret = |key: &str, scalar: Scalar, raw: Option<&str>| {
         matches!(mask_scalar(masker, key, scalar, raw).kind, Some(driftwatch_proto::v1::value::Kind::Masked(_)))
     };
-    let entries = match format {
-        Format::Env => crate::env::parse_env(text).ok(),
-        Format::Ini => crate::ini::parse_ini(text).ok(),
-        _ => None,
-    };
+    // Both dialects' values are collected: the path alone does not say which one the
+    // file is read in, and a masked value must be hidden either way.
+    let mut entries = crate::text_entries(format, crate::KeywordDialect::Sshd, text).and_then(Result::ok);
+    if format == Format::Keyword
+        && let Some(Ok(generic)) = crate::text_entries(format, crate::KeywordDialect::Generic, text)
+    {
+        entries.get_or_insert_with(Vec::new).extend(generic);
+    }
     if let Some(entries) = entries {
         for e in entries {
             let scalar = if e.literal { Scalar::Str(e.value.clone()) } else { infer_text(&e.value) };

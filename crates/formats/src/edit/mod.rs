@@ -1,6 +1,9 @@
 //! Format-preserving edits: set or remove keys of a config file in place, keeping comments,
 //! order, spacing and quoting; and unified diffs of such edits with secrets masked.
 //!
+//! Editors: .env, INI, TOML, JSON, YAML (scalars), keyword files (sshd_config), sysctl and
+//! systemd units, each documented in its module; nginx files are refused (no editor yet).
+//!
 //! Keys are the flattened paths [`analyze`](crate::analyze) reports (`a.b`, `list[0]`, INI
 //! `section.key`, global INI keys bare, `[i]`-prefixed keys in multi-document YAML), matched
 //! as written in the file (a key segment that `analyze` masks cannot be named).
@@ -23,6 +26,9 @@ mod diff;
 mod env;
 mod ini;
 mod json;
+mod keyword;
+mod sysctl;
+mod systemd;
 mod toml;
 mod yaml;
 
@@ -90,6 +96,9 @@ pub fn edit(format: Format, content: &str, ops: &[EditOp]) -> Result<String, Edi
     if matches!(format, Format::Text | Format::Unspecified) {
         return Err(unsupported(format, "text files have no keys"));
     }
+    if format == Format::Nginx {
+        return Err(unsupported(format, "no in-place editor for nginx files"));
+    }
     let (bom, body) = match content.strip_prefix('\u{feff}') {
         Some(rest) => ("\u{feff}", rest),
         None => ("", content),
@@ -122,7 +131,12 @@ pub fn edit(format: Format, content: &str, ops: &[EditOp]) -> Result<String, Edi
             Format::Toml => toml::apply(&text, op),
             Format::Json => json::apply(&text, op),
             Format::Yaml => yaml::apply(&text, op),
-            Format::Text | Format::Unspecified => unreachable!("rejected above"),
+            Format::Sysctl => sysctl::apply(&text, op),
+            Format::Keyword => keyword::apply(&text, op),
+            Format::Systemd => systemd::apply(&text, op),
+            Format::Text | Format::Unspecified | Format::Nginx => {
+                unreachable!("rejected above")
+            }
         };
         let applied = applied.map_err(|e| match e {
             // The input parsed, so a later op failing to parse is our own doing.

@@ -78,6 +78,9 @@ const SECRET_WORDS: &[&str] = &[
     "signingkey",
     "encryptionkey",
     "masterkey",
+    // redis.conf: the server's password and the one it uses towards its primary.
+    "requirepass",
+    "masterauth",
 ];
 
 /// Words that, followed by `key`, name key material: what it is for (`api_key`,

@@ -175,9 +175,11 @@ pub(super) struct FormatName(pub(super) Format);
 impl<'de> Deserialize<'de> for FormatName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_format_name(&s)
-            .map(FormatName)
-            .ok_or_else(|| de::Error::custom(format!("unknown format {s:?} (env, ini, yaml, json, toml, text)")))
+        parse_format_name(&s).map(FormatName).ok_or_else(|| {
+            de::Error::custom(format!(
+                "unknown format {s:?} (env, ini, yaml, json, toml, keyword, sysctl, nginx, systemd, text)"
+            ))
+        })
     }
 }
 
