@@ -39,32 +39,43 @@ pub fn plan(running: &ServerConfig, new: &ServerConfig) -> ReloadPlan {
     // Types without `PartialEq` (TLS clients, durations tables) compare by their Debug
     // form; secrets print as `Secret(..)`, so a changed notifier secret alone is not seen.
     macro_rules! differs {
-        ($($field:ident),* $(,)?) => {$(
-            if format!("{:?}", running.$field) != format!("{:?}", new.$field) {
-                restart.push(stringify!($field));
-            }
-        )*};
+        (live: [$($live:ident),*], restart: [$($field:ident),* $(,)?]) => {
+            // Every field is named (no `..`): a new one must be sorted into one list.
+            let ServerConfig { $($live: _,)* $($field: _,)* } = new;
+            $(
+                if format!("{:?}", running.$field) != format!("{:?}", new.$field) {
+                    restart.push(stringify!($field));
+                }
+            )*
+        };
     }
     differs!(
-        listen,
-        storage,
-        rules,
-        metrics_listen,
-        metrics_token,
-        insecure,
-        access,
-        limits,
-        heartbeat_interval,
-        max_batch,
-        retention,
-        audit_retention,
-        notifiers,
-        subscriber_ring,
-        subscriber_stall,
-        remediation,
-        tls,
-        keepalive,
+        live: [rules],
+        restart: [
+            listen,
+            storage,
+            metrics_listen,
+            metrics_token,
+            metrics_per_host,
+            external_url,
+            insecure,
+            access,
+            limits,
+            heartbeat_interval,
+            max_batch,
+            retention,
+            audit_retention,
+            notifiers,
+            subscriber_ring,
+            subscriber_stall,
+            remediation,
+            tls,
+            keepalive,
+        ]
     );
+    if running.rules != new.rules {
+        restart.push("rules");
+    }
     // A new directory is a restart; the same one is read again.
     let rules = running.rules.is_some() && running.rules == new.rules;
     ReloadPlan { rules, restart }
@@ -210,9 +221,14 @@ mod tests {
         new.max_batch = 7;
         new.limits.max_message_bytes += 1;
         new.retention.alerts = Duration::from_secs(1);
+        new.external_url = Some("https://grafana.example.com".parse().unwrap());
+        new.metrics_per_host = false;
         let p = plan(&base(), &new);
         assert!(p.rules);
-        assert_eq!(p.restart, vec!["listen", "metrics_listen", "limits", "max_batch", "retention"]);
+        assert_eq!(
+            p.restart,
+            vec!["listen", "metrics_listen", "metrics_per_host", "external_url", "limits", "max_batch", "retention"]
+        );
     }
 
     #[test]

@@ -46,34 +46,42 @@ pub fn plan(running: &AgentConfig, new: &AgentConfig) -> ReloadPlan {
     let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
     let mut restart = Vec::new();
     macro_rules! needs_restart {
-        ($($field:ident),* $(,)?) => {$(
-            if differs(&running.$field, &new.$field) {
-                restart.push(stringify!($field));
-            }
-        )*};
+        (live: [$($live:ident),*], restart: [$($field:ident),* $(,)?]) => {
+            // Every field is named (no `..`): a new one must be sorted into one list.
+            let AgentConfig { $($live: _,)* $($field: _,)* } = new;
+            $(
+                if differs(&running.$field, &new.$field) {
+                    restart.push(stringify!($field));
+                }
+            )*
+        };
     }
     needs_restart!(
-        server,
-        tls,
-        ca_file,
-        enroll_token_file,
-        host_id,
-        labels,
-        resource_interval,
-        state_dir,
-        insecure,
-        fleet_key_file,
-        limits,
-        spool_max_bytes,
-        debounce,
-        rescan_interval,
-        process_groups,
-        backups,
-        keepalive,
-        metrics_listen,
-        metrics_token,
-        healthz_grace,
-        host_root,
+        live: [watch, writable, files],
+        restart: [
+            server,
+            server_host,
+            tls,
+            ca_file,
+            enroll_token_file,
+            host_id,
+            labels,
+            resource_interval,
+            state_dir,
+            insecure,
+            fleet_key_file,
+            limits,
+            spool_max_bytes,
+            debounce,
+            rescan_interval,
+            process_groups,
+            backups,
+            keepalive,
+            metrics_listen,
+            metrics_token,
+            healthz_grace,
+            host_root,
+        ]
     );
     let watch = differs(&running.watch, &new.watch);
     let applier = watch || differs(&running.writable, &new.writable) || differs(&running.files, &new.files);
@@ -190,9 +198,10 @@ mod tests {
         new.server = "http://127.0.0.1:6000".into();
         new.state_dir = "/elsewhere".into();
         new.metrics_token = Some("secret".into());
+        new.host_root = crate::hostroot::HostRoot::new(std::path::Path::new("/tmp")).unwrap();
         let p = plan(&old, &new);
         assert!(p.watch);
-        assert_eq!(p.restart, vec!["server", "labels", "state_dir", "metrics_token"]);
+        assert_eq!(p.restart, vec!["server", "labels", "state_dir", "metrics_token", "host_root"]);
         let report = ReloadReport { plan: p }.summary();
         assert!(report.contains("needs a restart: server, labels, state_dir, metrics_token"), "{report}");
         assert!(!report.contains("secret"), "values are never shown: {report}");
