@@ -115,7 +115,9 @@ fn main() -> anyhow::Result<()> {
         let agent = driftwatch_agent::start(config).await?;
         let token = agent.shutdown_token();
         let reloader = agent.reloader.clone();
-        let signals = tokio::spawn(signals(args, reloader, notifier.clone(), token.clone()));
+        let signals = tokio::spawn(driftwatch_telemetry::signals::run(notifier.clone(), token.clone(), move || {
+            reload(args.clone(), reloader.clone())
+        }));
         // Ready once the watches are armed: from then on every change is seen and
         // spooled. Not later: the first listing waits for the server, and a server
         // that is down must not fail the agent's start (the spool holds the changes).
@@ -177,75 +179,31 @@ fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write the man pages into {}", dir.display()))
 }
 
-/// The one place signals are read: SIGINT/SIGTERM cancel the shutdown token (once);
-/// SIGHUP reloads in its own task, so a slow reload never holds up a shutdown.
-async fn signals(
-    args: Args,
-    reloader: Arc<Reloader>,
-    notifier: Arc<Notifier>,
-    token: tokio_util::sync::CancellationToken,
-) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install the SIGHUP handler; reload by restarting");
-            None
-        }
-    };
-    let reloading = Arc::new(tokio::sync::Mutex::new(()));
-    // Made once, not per turn of the loop: a SIGTERM between two turns is not missed.
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = token.cancelled() => return,
-            Some(()) = async { hup.as_mut()?.recv().await } => {
-                let (args, reloader, notifier, one) = (args.clone(), reloader.clone(), notifier.clone(), reloading.clone());
-                tokio::spawn(async move {
-                    let _one = one.lock().await;
-                    notifier.reloading();
-                    tracing::info!("SIGHUP: reading the config file again");
-                    let resolved = tokio::task::spawn_blocking(move || resolve(args)).await;
-                    let status = match resolved {
-                        Ok(Ok(config)) => match reloader.apply(config).await {
-                            Ok(report) => {
-                                tracing::info!(summary = %report.summary(), "reload done");
-                                report.summary()
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "reload refused; the running config stays");
-                                "reload refused, see the log".to_string()
-                            }
-                        },
-                        Ok(Err(e)) => {
-                            // `validate()` reports every problem, each as `file: field: message`.
-                            for problem in format!("{e:#}").lines().map(str::trim).filter(|l| !l.is_empty()) {
-                                tracing::error!(problem, "config reload refused; the running config stays");
-                            }
-                            "config reload refused, see the log".to_string()
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "reload task failed; the running config stays");
-                            "reload failed, see the log".to_string()
-                        }
-                    };
-                    notifier.ready(&status);
-                });
+/// What SIGHUP does (`driftwatch_telemetry::signals`): the config file read again with
+/// the same flags, applied as far as it can be live; the status line it returns.
+async fn reload(args: Args, reloader: Arc<Reloader>) -> String {
+    match tokio::task::spawn_blocking(move || resolve(args)).await {
+        Ok(Ok(config)) => match reloader.apply(config).await {
+            Ok(report) => {
+                tracing::info!(summary = %report.summary(), "reload done");
+                report.summary()
             }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the running config stays");
+                "reload refused, see the log".to_string()
+            }
+        },
+        Ok(Err(e)) => {
+            // `validate()` reports every problem, each as `file: field: message`.
+            for problem in format!("{e:#}").lines().map(str::trim).filter(|l| !l.is_empty()) {
+                tracing::error!(problem, "config reload refused; the running config stays");
+            }
+            "config reload refused, see the log".to_string()
         }
-    }
-    tracing::info!("shutdown requested");
-    notifier.stopping();
-    token.cancel();
-}
-
-async fn shutdown_signal() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        Err(e) => {
+            tracing::error!(error = %e, "reload task failed; the running config stays");
+            "reload failed, see the log".to_string()
+        }
     }
 }
 

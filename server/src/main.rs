@@ -97,66 +97,31 @@ async fn main() -> anyhow::Result<()> {
     // On this runtime, like the work: a starved runtime stops the pings too.
     tokio::spawn(sd_notify::feed_watchdog(notifier.clone(), server.liveness(), token.clone().cancelled_owned()));
     let reloader = server.reloader.clone();
-    tokio::spawn(async move {
-        signals(args, reloader, notifier, serving, token).await;
-    });
+    tokio::spawn(driftwatch_telemetry::signals::run(notifier, token, move || {
+        reload(args.clone(), reloader.clone(), serving.clone())
+    }));
     server.wait().await?;
     Ok(())
 }
 
-/// The one place signals are read: SIGINT/SIGTERM cancel the shutdown token (once);
-/// SIGHUP reloads in its own task, so a slow reload never holds up a shutdown.
-async fn signals(
-    args: Args,
-    reloader: Arc<driftwatch_server::reload::Reloader>,
-    notifier: Arc<Notifier>,
-    serving: String,
-    token: tokio_util::sync::CancellationToken,
-) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install the SIGHUP handler; reload by restarting");
-            None
+/// What SIGHUP does (`driftwatch_telemetry::signals`): the config file read again with
+/// the same flags, applied as far as it can be live; the status line it returns.
+async fn reload(args: Args, reloader: Arc<driftwatch_server::reload::Reloader>, serving: String) -> String {
+    match tokio::task::spawn_blocking(move || resolve_errors(&args)).await {
+        Ok(Ok(config)) => {
+            let report = reloader.apply(config).await;
+            tracing::info!(summary = %report.summary(), "reload done");
+            format!("{serving}; {}", report.summary())
         }
-    };
-    let reloading = Arc::new(tokio::sync::Mutex::new(()));
-    // Made once, not per turn of the loop: a SIGTERM between two turns is not missed.
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = token.cancelled() => return,
-            Some(()) = async { hup.as_mut()?.recv().await } => {
-                let (args, reloader, notifier, serving, one) =
-                    (args.clone(), reloader.clone(), notifier.clone(), serving.clone(), reloading.clone());
-                tokio::spawn(async move {
-                    let _one = one.lock().await;
-                    notifier.reloading();
-                    tracing::info!("SIGHUP: reading the config file again");
-                    match tokio::task::spawn_blocking(move || resolve_errors(&args)).await {
-                        Ok(Ok(config)) => {
-                            let report = reloader.apply(config).await;
-                            tracing::info!(summary = %report.summary(), "reload done");
-                            notifier.ready(&format!("{serving}; {}", report.summary()));
-                        }
-                        Ok(Err(errors)) => {
-                            reloader.refused(&errors);
-                            notifier.ready(&format!("{serving}; config reload refused, see the log"));
-                        }
-                        Err(e) => {
-                            reloader.refused(&[format!("reload task failed: {e}")]);
-                            notifier.ready(&serving);
-                        }
-                    }
-                });
-            }
+        Ok(Err(errors)) => {
+            reloader.refused(&errors);
+            format!("{serving}; config reload refused, see the log")
+        }
+        Err(e) => {
+            reloader.refused(&[format!("reload task failed: {e}")]);
+            serving
         }
     }
-    tracing::info!("shutdown requested; draining");
-    notifier.stopping();
-    token.cancel();
 }
 
 /// Flags over the config file, resolved and validated.
@@ -225,19 +190,4 @@ fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     clap_mangen::generate_to(<Args as clap::CommandFactory>::command(), dir)
         .with_context(|| format!("cannot write the man pages into {}", dir.display()))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
