@@ -29,24 +29,26 @@ pub(crate) struct TextEntry {
     pub literal: bool,
 }
 
-struct Cursor {
+/// A position in the text, counting 1-based lines and columns (characters); the text
+/// dialects' lexers (`.env` here, `nginx`) read through it.
+pub(crate) struct Cursor {
     chars: Vec<char>,
     pos: usize,
-    line: usize,
-    col: usize,
+    pub(crate) line: usize,
+    pub(crate) col: usize,
 }
 
 impl Cursor {
-    fn new(text: &str) -> Self {
+    pub(crate) fn new(text: &str) -> Self {
         Self { chars: text.chars().collect(), pos: 0, line: 1, col: 1 }
     }
-    fn peek(&self) -> Option<char> {
+    pub(crate) fn peek(&self) -> Option<char> {
         self.chars.get(self.pos).copied()
     }
     fn peek_at(&self, n: usize) -> Option<char> {
         self.chars.get(self.pos + n).copied()
     }
-    fn bump(&mut self) -> Option<char> {
+    pub(crate) fn bump(&mut self) -> Option<char> {
         let c = self.peek()?;
         self.pos += 1;
         if c == '\n' {

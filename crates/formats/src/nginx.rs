@@ -76,7 +76,7 @@ const KEYED_DIRECTIVES: &[&str] = &[
 ];
 
 pub(crate) fn parse_nginx(text: &str) -> Result<Vec<TextEntry>, SyntaxError> {
-    let mut lexer = Lexer { chars: text.chars().collect(), pos: 0, line: 1, col: 1 };
+    let mut lexer = Lexer::new(text);
     let root = parse_block(&mut lexer, None)?;
     let mut out = Vec::new();
     flatten(&root, "", &mut out);
@@ -91,31 +91,12 @@ enum Token {
     Eof,
 }
 
-struct Lexer {
-    chars: Vec<char>,
-    pos: usize,
-    line: usize,
-    col: usize,
-}
+/// nginx's tokens, read through the text dialects' cursor.
+type Lexer = crate::env::Cursor;
 
 impl Lexer {
-    fn peek(&self) -> Option<char> {
-        self.chars.get(self.pos).copied()
-    }
-    fn bump(&mut self) -> Option<char> {
-        let c = self.peek()?;
-        self.pos += 1;
-        if c == '\n' {
-            self.line += 1;
-            self.col = 1;
-        } else {
-            self.col += 1;
-        }
-        Some(c)
-    }
-
-    /// The next token and where it starts.
-    fn next(&mut self) -> Result<(Token, usize, usize), SyntaxError> {
+    /// The next nginx token and where it starts.
+    fn next_nginx_token(&mut self) -> Result<(Token, usize, usize), SyntaxError> {
         loop {
             while self.peek().is_some_and(char::is_whitespace) {
                 self.bump();
@@ -206,7 +187,7 @@ fn parse_block(lexer: &mut Lexer, open: Option<(usize, usize)>) -> Result<Vec<Di
     let mut words: Vec<(String, bool)> = Vec::new();
     let mut start = (0, 0);
     loop {
-        let (token, line, col) = lexer.next()?;
+        let (token, line, col) = lexer.next_nginx_token()?;
         match token {
             Token::Word(w, quoted) => {
                 if words.is_empty() {

@@ -20,8 +20,8 @@
 
 use std::ops::Range;
 
-use super::unsupported;
-use super::{Applied, EditError, EditOp, Expect, NewValue, float_text, line_ending, new_scalar, remove_ranges, splice};
+use super::{Applied, EditError, EditOp, Expect, NewValue, line_ending, remove_ranges, splice};
+use super::{line_text, unsupported};
 use crate::Format;
 use crate::flatten::{Scalar, infer_text};
 use crate::keyword::{KeywordDialect, KeywordFile, LineSpan, Repeat, repeat_rule, scan};
@@ -231,16 +231,7 @@ fn bare_ok(text: &str) -> bool {
 
 /// The arguments to write (after `name ` for a named key) and what they read back as.
 fn render(key: &str, value: &NewValue, name: Option<&str>) -> Result<(String, Expect), EditError> {
-    let (text, must_quote) = match new_scalar(F, key, value, None)? {
-        Scalar::Null => return Err(unsupported(F, format!("`{key}`: null has no keyword-file form"))),
-        Scalar::Bool(b) => (b.to_string(), false),
-        Scalar::Int(i) => (i.to_string(), false),
-        Scalar::Float(f) => (float_text(f), false),
-        Scalar::Str(s) => {
-            let typed = matches!(value, NewValue::Typed(_)) && infer_text(&s) != Scalar::Str(s.clone());
-            (s, typed)
-        }
-    };
+    let (text, must_quote) = line_text(F, key, value, "keyword-file")?;
     if text.contains(['\n', '\r']) {
         return Err(unsupported(F, format!("`{key}`: a value cannot hold line breaks")));
     }

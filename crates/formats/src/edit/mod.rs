@@ -248,6 +248,23 @@ pub(crate) fn new_scalar(
     }
 }
 
+/// A new value as the text of one line, for the formats without typed syntax (keyword
+/// files, sysctl, systemd units; `form` names theirs in the null refusal), and whether
+/// it is a string that would read back as another type (`"8"` given as a string): the
+/// caller quotes it where the format can, and refuses it where not.
+pub(crate) fn line_text(format: Format, key: &str, value: &NewValue, form: &str) -> Result<(String, bool), EditError> {
+    Ok(match new_scalar(format, key, value, None)? {
+        Scalar::Null => return Err(unsupported(format, format!("`{key}`: null has no {form} form"))),
+        Scalar::Bool(b) => (b.to_string(), false),
+        Scalar::Int(i) => (i.to_string(), false),
+        Scalar::Float(f) => (float_text(f), false),
+        Scalar::Str(s) => {
+            let other_type = infer_text(&s) != Scalar::Str(s.clone());
+            (s, other_type)
+        }
+    })
+}
+
 fn text_scalar(existing: Option<Existing>, text: &str) -> Scalar {
     match (existing, infer_text(text)) {
         (Some(Existing::Str), _) => Scalar::Str(text.to_owned()),

@@ -10,11 +10,9 @@
 
 use std::ops::Range;
 
-use super::{
-    Applied, EditError, EditOp, Expect, float_text, line_ending, new_scalar, remove_ranges, splice, unsupported,
-};
+use super::{Applied, EditError, EditOp, Expect, line_ending, line_text, remove_ranges, splice, unsupported};
 use crate::Format;
-use crate::flatten::{Scalar, infer_text};
+use crate::flatten::infer_text;
 use crate::sysctl::{normalise_key, parse_sysctl};
 
 /// One `key = value` line as written.
@@ -94,21 +92,13 @@ pub(super) fn apply(text: &str, op: &EditOp) -> Result<Applied, EditError> {
 
 /// The text to write and what it reads back as.
 fn render(key: &str, value: &super::NewValue) -> Result<(String, Expect), EditError> {
-    let text = match new_scalar(Format::Sysctl, key, value, None)? {
-        Scalar::Null => return Err(unsupported(Format::Sysctl, format!("`{key}`: null has no sysctl form"))),
-        Scalar::Bool(b) => b.to_string(),
-        Scalar::Int(i) => i.to_string(),
-        Scalar::Float(f) => float_text(f),
-        Scalar::Str(s) => {
-            if infer_text(&s) != Scalar::Str(s.clone()) {
-                return Err(unsupported(
-                    Format::Sysctl,
-                    format!("`{key}`: sysctl values have no quotes, so this string would read as another type"),
-                ));
-            }
-            s
-        }
-    };
+    let (text, other_type) = line_text(Format::Sysctl, key, value, "sysctl")?;
+    if other_type {
+        return Err(unsupported(
+            Format::Sysctl,
+            format!("`{key}`: sysctl values have no quotes, so this string would read as another type"),
+        ));
+    }
     if text.contains(['\n', '\r']) || text.trim() != text {
         return Err(unsupported(
             Format::Sysctl,

@@ -19,8 +19,8 @@
 
 use std::ops::Range;
 
-use super::unsupported;
-use super::{Applied, EditError, EditOp, Expect, NewValue, float_text, line_ending, new_scalar, remove_ranges, splice};
+use super::{Applied, EditError, EditOp, Expect, NewValue, line_ending, remove_ranges, splice};
+use super::{line_text, unsupported};
 use crate::Format;
 use crate::flatten::{Scalar, infer_text};
 use crate::systemd::parse_systemd;
@@ -196,19 +196,13 @@ fn insert_line(text: &str, after: Option<usize>, section: &str, line: &str) -> R
 }
 
 fn render(key: &str, value: &NewValue) -> Result<(String, Expect), EditError> {
-    let text = match new_scalar(F, key, value, None)? {
-        Scalar::Null => return Err(unsupported(F, format!("`{key}`: null has no unit-file form"))),
-        Scalar::Bool(b) => b.to_string(),
-        Scalar::Int(i) => i.to_string(),
-        Scalar::Float(f) => float_text(f),
-        Scalar::Str(s) if infer_text(&s) != Scalar::Str(s.clone()) => {
-            return Err(unsupported(
-                F,
-                format!("`{key}`: unit values have no quotes; this string would read as another type"),
-            ));
-        }
-        Scalar::Str(s) => s,
-    };
+    let (text, other_type) = line_text(F, key, value, "unit-file")?;
+    if other_type {
+        return Err(unsupported(
+            F,
+            format!("`{key}`: unit values have no quotes; this string would read as another type"),
+        ));
+    }
     if text.is_empty() || text.trim() != text || text.contains(['\n', '\r']) || text.ends_with('\\') {
         return Err(unsupported(
             F,
@@ -336,16 +330,7 @@ fn environment(text: &str, scan: &Scan, op: &EditOp, section: &str, name: &str) 
 }
 
 fn render_env(key: &str, name: &str, value: &NewValue) -> Result<(String, Expect), EditError> {
-    let (text, typed_str) = match new_scalar(F, key, value, None)? {
-        Scalar::Null => return Err(unsupported(F, format!("`{key}`: null has no unit-file form"))),
-        Scalar::Bool(b) => (b.to_string(), false),
-        Scalar::Int(i) => (i.to_string(), false),
-        Scalar::Float(f) => (float_text(f), false),
-        Scalar::Str(s) => {
-            let typed = matches!(value, NewValue::Typed(_)) && infer_text(&s) != Scalar::Str(s.clone());
-            (s, typed)
-        }
-    };
+    let (text, typed_str) = line_text(F, key, value, "unit-file")?;
     if text.contains(['\n', '\r']) {
         return Err(unsupported(F, format!("`{key}`: a unit value cannot hold line breaks")));
     }
