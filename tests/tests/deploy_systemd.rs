@@ -230,8 +230,12 @@ async fn agent_sandbox_from_its_unit_writes_its_allowlist_and_nothing_else() {
     if !privilege::require("the agent's sandbox", privilege::root()) || !has("bwrap", "apt-get install bubblewrap") {
         return;
     }
-    // Not under /tmp: the unit's PrivateTmp= gives the agent a /tmp of its own.
-    let dir = tempfile::tempdir_in(profile_dir()).unwrap();
+    // Not under /tmp or /var/tmp (the unit's PrivateTmp= gives the agent its own) nor the
+    // build's target dir, which may be there: the test's files and the agent binary it
+    // runs sit below /var/lib, which the sandbox shows read-only like the rest.
+    let dir = tempfile::Builder::new().prefix("driftwatch-sandbox-test-").tempdir_in("/var/lib").unwrap();
+    let agent_bin = dir.path().join("driftwatch-agent");
+    std::fs::copy(agent_binary(), &agent_bin).unwrap();
     let server_dir = tempfile::tempdir().unwrap();
     let server = start_server(server_dir.path()).await;
     let (allowed, grown) = (dir.path().join("allowed"), dir.path().join("grown"));
@@ -252,7 +256,7 @@ async fn agent_sandbox_from_its_unit_writes_its_allowlist_and_nothing_else() {
     file.writable = vec![allowed.display().to_string()];
     let then = dir.path().join("agent-then.toml");
     std::fs::write(&then, agent_toml(&file)).unwrap();
-    let dropin = deploy::run(Command::new(agent_binary()).arg("--config").arg(&then).arg("--print-systemd-dropin"))
+    let dropin = deploy::run(Command::new(&agent_bin).arg("--config").arg(&then).arg("--print-systemd-dropin"))
         .unwrap_or_else(|e| panic!("{e}"));
     println!("{dropin}");
     // ... and the config since: `grown` added, the drop-in not regenerated.
@@ -278,7 +282,7 @@ async fn agent_sandbox_from_its_unit_writes_its_allowlist_and_nothing_else() {
     // ExecStart with this build's binary and the test's config; Environment= as set.
     let exec: Vec<String> = unit.get("ExecStart").unwrap().split_whitespace().map(str::to_string).collect();
     let mut cmd = Command::new("bwrap");
-    cmd.args(&bwrap).arg("--").arg(agent_binary());
+    cmd.args(&bwrap).arg("--").arg(&agent_bin);
     let mut rest = exec[1..].iter();
     while let Some(a) = rest.next() {
         cmd.arg(a);
