@@ -152,7 +152,7 @@ async fn json_logs_are_one_object_per_line_with_structured_fields() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}\n{text}"));
         assert!(v["timestamp"].is_string(), "{line}");
         assert!(["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&v["level"].as_str().unwrap_or("")), "{line}");
-        assert!(v["target"].as_str().is_some_and(|t| t.starts_with("driftwatch_agent")), "{line}");
+        assert!(v["target"].as_str().is_some_and(|t| t.starts_with("driftwatch_")), "{line}");
         assert!(v["fields"]["message"].is_string(), "{line}");
         if v["fields"]["message"] == "agent starting" {
             starting = Some(v.clone());
