@@ -414,6 +414,15 @@ mod tests {
         assert_eq!(ed("7\n", &[typed("", Value::int(8))]), "8\n");
     }
 
+    /// Found by fuzzing (`formats_yaml`, `odd-key-missing-after-set-2`): a key holding dots
+    /// with a token-like dot-separated part is shown unmasked; the verification masked the
+    /// parts one by one and did not find the key again after a correct edit.
+    #[test]
+    fn keys_with_dots_and_token_like_parts_are_edited() {
+        let doc = "a.sMMMMMMMMMMMMMMMMMMMMMMMMMcope@-npmoxa-B-umd: b\n";
+        assert_eq!(ed(doc, &[set("a.sMMMMMMMMMMMMMMMMMMMMMMMMMcope@-npmoxa-B-umd", "x")]), doc.replace(": b", ": x"));
+    }
+
     /// Found by fuzzing (`formats_yaml`): U+FFFE and U+FFFF are not printable in YAML and
     /// were written as they are; the edited text did not parse.
     #[test]
