@@ -86,11 +86,31 @@ pub(super) fn apply(text: &str, op: &EditOp) -> Result<Applied, EditError> {
                 unsupported(Format::Yaml, format!("`{key}`: the new value has no safe YAML form here"))
             })?;
             let (range, written) = if leaf.span.is_empty() {
+                if after_comment(text, leaf.span.start) {
+                    // The parser places such an empty value past the comment (`- # note`).
+                    return Err(unsupported(
+                        Format::Yaml,
+                        format!(
+                            "`{key}` is an empty value followed by a comment on its line; it cannot be filled in place"
+                        ),
+                    ));
+                }
                 empty_insert(text, leaf.span.start, written)
             } else {
                 (leaf.span.clone(), written)
             };
-            Ok(Applied { text: splice(text, range, &written), expect: Expect::Set { scalar, raw: None } })
+            let out = splice(text, range, &written);
+            // Next to a tab, a comment or an explicit `?` key some written forms no longer
+            // parse (or not in the editor's own reading, which a later edit needs): refuse.
+            if scan(&out).is_err() {
+                return Err(unsupported(
+                    Format::Yaml,
+                    format!(
+                        "`{key}`: the new value written here would not parse as YAML (a tab, a comment or an explicit `?` key next to it)"
+                    ),
+                ));
+            }
+            Ok(Applied { text: out, expect: Expect::Set { scalar, raw: None } })
         }
         EditOp::Remove { .. } => match leaf {
             Some(_) => Err(unsupported(Format::Yaml, "removing a key is not supported in place")),
@@ -100,6 +120,12 @@ pub(super) fn apply(text: &str, op: &EditOp) -> Result<Applied, EditError> {
             None => Err(EditError::UnknownKey(key.to_owned())),
         },
     }
+}
+
+/// Does a comment stand between the start of the line and `at`?
+fn after_comment(text: &str, at: usize) -> bool {
+    let line = &text[text[..at].rfind(['\n', '\r']).map_or(0, |i| i + 1)..at];
+    line.trim_start().starts_with('#') || line.contains(" #") || line.contains("\t#")
 }
 
 /// Where a value goes for an empty (null) scalar: the parser puts it at the `:` of `key:` or
@@ -421,6 +447,31 @@ mod tests {
     fn keys_with_dots_and_token_like_parts_are_edited() {
         let doc = "a.sMMMMMMMMMMMMMMMMMMMMMMMMMcope@-npmoxa-B-umd: b\n";
         assert_eq!(ed(doc, &[set("a.sMMMMMMMMMMMMMMMMMMMMMMMMMcope@-npmoxa-B-umd", "x")]), doc.replace(": b", ": x"));
+    }
+
+    /// Found by fuzzing (`formats_yaml`, `edited-text-does-not-parse-3`, `-7`,
+    /// `-mapping-key`, `reads-back-null-float`): a quoted value before a line holding only
+    /// a tab, or a value next to an explicit `?` key, no longer parsed; refused instead.
+    #[test]
+    fn a_value_that_would_not_parse_next_to_a_tab_is_refused() {
+        assert!(unsupported(ed_err(" ;\n\t", &[set("", "")])).contains("would not parse"));
+    }
+
+    /// Found by fuzzing (`formats_yaml`, `list-item-reads-back-null-4`): the parser places
+    /// the empty value of `- # note` past the comment, so the value went into the comment
+    /// and read back as null.
+    #[test]
+    fn an_empty_value_before_a_comment_is_refused() {
+        let e = ed_err("list:\n  - #xkeef: ew.key", &[set("list[0]", "v")]);
+        assert!(unsupported(e).contains("followed by a comment"));
+        assert_eq!(ed("a:   # c\n", &[set("a", "1")]), "a: 1   # c\n");
+    }
+
+    /// Found by fuzzing (`formats_yaml`, `same-edit-twice-differs`): `v:\t:xe` set to 0
+    /// gave `v:\t0`, which the editor's own reading refuses, so the same edit again failed.
+    #[test]
+    fn an_output_the_editor_cannot_read_again_is_refused() {
+        assert!(unsupported(ed_err("v:\t:xe", &[typed("v", Value::int(0))])).contains("would not parse"));
     }
 
     /// Found by fuzzing (`formats_yaml`): U+FFFE and U+FFFF are not printable in YAML and
