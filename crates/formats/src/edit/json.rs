@@ -341,6 +341,23 @@ mod tests {
 
     const DOC: &str = "{\n  \"name\": \"svc\",\n  \"port\": 8080,\n  \"ratio\": 0.5,\n  \"on\": true,\n  \"nested\": {\"a\": 1, \"b\": [1, 2]},\n  \"none\": null\n}\n";
 
+    /// Found by fuzzing (`formats_json`): a member name holding dots, one dot-separated part
+    /// of which looks like a token, is shown unmasked (the flattener judges the whole name);
+    /// the verification masked its parts one by one, looked for a key that does not exist
+    /// and failed its own check on a correct edit.
+    #[test]
+    fn member_names_with_dots_and_token_like_parts_are_edited() {
+        let doc = "{\"server\": {\"pohooks.slack.com/so[1]pi/webhooks[0]/tls\": {\"enable;\": true}}}\n";
+        let key = "server.pohooks.slack.com/so[1]pi/webhooks[0]/tls.enable;";
+        assert_eq!(ed(doc, &[set(key, "false")]), doc.replace("true", "false"));
+        let doc = "[{\"a.sMMMMMMMMMMMMMMMMMMMMMMMMMcope@-npmoxa-B-umd\": \"b\", \"c\": 1}]";
+        assert_eq!(
+            ed(doc, &[set("[0].a.sMMMMMMMMMMMMMMMMMMMMMMMMMcope@-npmoxa-B-umd", "x")]),
+            doc.replace("\"b\"", "\"x\"")
+        );
+        assert_eq!(ed(doc, &[remove("[0].a.sMMMMMMMMMMMMMMMMMMMMMMMMMcope@-npmoxa-B-umd")]), "[{\"c\": 1}]");
+    }
+
     #[test]
     fn scalars_keep_or_infer_type() {
         assert_eq!(

@@ -422,9 +422,13 @@ fn verify(
     let after = read_keys(text, format, masker).map_err(|m| fail(format!("the edited text does not parse: {m}")))?;
     let after: HashMap<&str, &Value> = after.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let before_map: HashMap<&str, &Value> = before.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    // Keys as `analyze` shows them (a secret-looking segment is masked).
+    // Keys as `analyze` shows them (a secret-looking segment is masked). A key the file
+    // already has is named as shown: a structured format's member name may hold dots, and
+    // masking its dot-separated parts one by one would name a key that does not exist.
+    let shown_as =
+        |k: &str| if before_map.contains_key(k) { k.to_owned() } else { safe_key_path(masker, k.to_owned()) };
     let touched: HashMap<String, (&str, &Expect)> =
-        expected.iter().map(|(k, e)| (safe_key_path(masker, k.clone()), (k.as_str(), e))).collect();
+        expected.iter().map(|(k, e)| (shown_as(k), (k.as_str(), e))).collect();
     for (shown, (key, expect)) in &touched {
         match expect {
             Expect::Set { scalar, raw } => {

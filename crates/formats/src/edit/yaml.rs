@@ -8,7 +8,9 @@
 //!
 //! Not supported in place: adding or removing keys, scalars inside flow collections
 //! (`[a, b]`, `{a: 1}`), anchored or aliased values (other places would change too), values
-//! that come from a merge key, tagged scalars, and block scalars (`|`, `>`).
+//! that come from a merge key, tagged scalars, block scalars (`|`, `>`), values of explicit
+//! `? key`s, an empty value followed by a comment on its line, and any value whose written
+//! form would not parse where it stands (next to a tab, for one).
 
 use std::ops::Range;
 
@@ -24,10 +26,25 @@ use crate::structured::parse_yaml;
 /// A parsed node with what editing needs. Spans are byte offsets.
 #[derive(Debug)]
 enum YNode {
-    Scalar { value: String, style: ScalarStyle, span: Range<usize>, anchored: bool, tagged: bool },
+    Scalar {
+        value: String,
+        style: ScalarStyle,
+        span: Range<usize>,
+        anchored: bool,
+        tagged: bool,
+    },
     Alias,
-    Seq { flow: bool, anchored: bool, items: Vec<YNode> },
-    Map { flow: bool, anchored: bool, entries: Vec<(YNode, YNode)> },
+    Seq {
+        flow: bool,
+        anchored: bool,
+        items: Vec<YNode>,
+    },
+    /// Entries with whether the key is an explicit `? key`.
+    Map {
+        flow: bool,
+        anchored: bool,
+        entries: Vec<(YNode, YNode, bool)>,
+    },
 }
 
 #[derive(Debug)]
@@ -86,11 +103,31 @@ pub(super) fn apply(text: &str, op: &EditOp) -> Result<Applied, EditError> {
                 unsupported(Format::Yaml, format!("`{key}`: the new value has no safe YAML form here"))
             })?;
             let (range, written) = if leaf.span.is_empty() {
+                if after_comment(text, leaf.span.start) {
+                    // The parser places such an empty value past the comment (`- # note`).
+                    return Err(unsupported(
+                        Format::Yaml,
+                        format!(
+                            "`{key}` is an empty value followed by a comment on its line; it cannot be filled in place"
+                        ),
+                    ));
+                }
                 empty_insert(text, leaf.span.start, written)
             } else {
                 (leaf.span.clone(), written)
             };
-            Ok(Applied { text: splice(text, range, &written), expect: Expect::Set { scalar, raw: None } })
+            let out = splice(text, range, &written);
+            // Next to a tab, a comment or an explicit `?` key some written forms no longer
+            // parse (or not in the editor's own reading, which a later edit needs): refuse.
+            if scan(&out).is_err() {
+                return Err(unsupported(
+                    Format::Yaml,
+                    format!(
+                        "`{key}`: the new value written here would not parse as YAML (a tab, a comment or an explicit `?` key next to it)"
+                    ),
+                ));
+            }
+            Ok(Applied { text: out, expect: Expect::Set { scalar, raw: None } })
         }
         EditOp::Remove { .. } => match leaf {
             Some(_) => Err(unsupported(Format::Yaml, "removing a key is not supported in place")),
@@ -100,6 +137,12 @@ pub(super) fn apply(text: &str, op: &EditOp) -> Result<Applied, EditError> {
             None => Err(EditError::UnknownKey(key.to_owned())),
         },
     }
+}
+
+/// Does a comment stand between the start of the line and `at`?
+fn after_comment(text: &str, at: usize) -> bool {
+    let line = &text[text[..at].rfind(['\n', '\r']).map_or(0, |i| i + 1)..at];
+    line.trim_start().starts_with('#') || line.contains(" #") || line.contains("\t#")
 }
 
 /// Where a value goes for an empty (null) scalar: the parser puts it at the `:` of `key:` or
@@ -272,13 +315,21 @@ fn node(text: &str, events: &[(Event<'_>, Range<usize>)], i: &mut usize) -> Opti
                     *i += 1;
                     return Some(YNode::Map { flow, anchored: *anchor != 0, entries });
                 }
+                let explicit = explicit_key(text, &events.get(*i)?.1);
                 let k = node(text, events, i)?;
                 let v = node(text, events, i)?;
-                entries.push((k, v));
+                entries.push((k, v, explicit));
             }
         }
         _ => None,
     }
+}
+
+/// Is the mapping key starting at `span` written as an explicit `? key` (the `?` indicator,
+/// at a line start or after a blank, is the last thing before it)?
+fn explicit_key(text: &str, span: &Range<usize>) -> bool {
+    let before = text[..span.start.min(text.len())].trim_end_matches([' ', '\t', '\r', '\n']);
+    before.strip_suffix('?').is_some_and(|b| b.is_empty() || b.ends_with([' ', '\t', '\r', '\n']))
 }
 
 /// Just past the closing quote of the quoted scalar opening at `start`.
@@ -301,6 +352,8 @@ fn quoted_end(text: &str, start: usize) -> Option<usize> {
 struct Ctx {
     flow: Option<&'static str>,
     anchored: bool,
+    /// The value of an explicit `? key` (this node only, not its children).
+    explicit: bool,
 }
 
 fn walk_node(n: &YNode, path: String, ctx: Ctx, walk: &mut Walk) {
@@ -309,6 +362,8 @@ fn walk_node(n: &YNode, path: String, ctx: Ctx, walk: &mut Walk) {
             let multi_line_plain = *style == ScalarStyle::Plain && value.contains('\n');
             let problem = if let Some(flow) = ctx.flow {
                 Some(flow)
+            } else if ctx.explicit {
+                Some("is the value of an explicit `?` key, which the in-place editor does not follow")
             } else if *anchored || ctx.anchored {
                 Some("is anchored: the aliases of it would change too")
             } else if *tagged {
@@ -339,6 +394,7 @@ fn walk_node(n: &YNode, path: String, ctx: Ctx, walk: &mut Walk) {
             let ctx = Ctx {
                 flow: ctx.flow.or(flow.then_some("is inside a YAML flow sequence")),
                 anchored: ctx.anchored || *anchored,
+                explicit: false,
             };
             for (i, item) in items.iter().enumerate() {
                 walk_node(item, child_path(&path, &Seg::Index(i)), ctx, walk);
@@ -349,12 +405,14 @@ fn walk_node(n: &YNode, path: String, ctx: Ctx, walk: &mut Walk) {
             let ctx = Ctx {
                 flow: ctx.flow.or(flow.then_some("is inside a YAML flow mapping")),
                 anchored: ctx.anchored || *anchored,
+                explicit: false,
             };
-            for (k, v) in entries {
+            for (k, v, explicit) in entries {
                 let Some(name) = key_text(k) else { continue };
                 if name == "<<" {
                     walk.borrowed.push(path.clone());
                 }
+                let ctx = Ctx { explicit: *explicit, ..ctx };
                 walk_node(v, child_path(&path, &Seg::Key(name)), ctx, walk);
             }
             walk.containers.push(path);
@@ -412,6 +470,52 @@ mod tests {
             assert!(matches!(e, EditError::Unsupported { .. }), "{doc:?}: {e}");
         }
         assert_eq!(ed("7\n", &[typed("", Value::int(8))]), "8\n");
+    }
+
+    /// Found by fuzzing (`formats_yaml`, `odd-key-missing-after-set-2`): a key holding dots
+    /// with a token-like dot-separated part is shown unmasked; the verification masked the
+    /// parts one by one and did not find the key again after a correct edit.
+    #[test]
+    fn keys_with_dots_and_token_like_parts_are_edited() {
+        let doc = "a.sMMMMMMMMMMMMMMMMMMMMMMMMMcope@-npmoxa-B-umd: b\n";
+        assert_eq!(ed(doc, &[set("a.sMMMMMMMMMMMMMMMMMMMMMMMMMcope@-npmoxa-B-umd", "x")]), doc.replace(": b", ": x"));
+    }
+
+    /// Found by fuzzing (`formats_yaml`, `edited-text-does-not-parse-3`, `-7`,
+    /// `-mapping-key`, `reads-back-null-float`): a quoted value before a line holding only
+    /// a tab, or a value next to an explicit `?` key, no longer parsed; refused instead.
+    #[test]
+    fn a_value_that_would_not_parse_next_to_a_tab_is_refused() {
+        assert!(unsupported(ed_err(" ;\n\t", &[set("", "")])).contains("would not parse"));
+    }
+
+    /// Found by fuzzing (`formats_yaml`, `list-item-reads-back-null-4`): the parser places
+    /// the empty value of `- # note` past the comment, so the value went into the comment
+    /// and read back as null.
+    #[test]
+    fn an_empty_value_before_a_comment_is_refused() {
+        let e = ed_err("list:\n  - #xkeef: ew.key", &[set("list[0]", "v")]);
+        assert!(unsupported(e).contains("followed by a comment"));
+        assert_eq!(ed("a:   # c\n", &[set("a", "1")]), "a: 1   # c\n");
+    }
+
+    /// Found by fuzzing (`formats_yaml`, `same-edit-twice-differs`): `v:\t:xe` set to 0
+    /// gave `v:\t0`, which the editor's own reading refuses, so the same edit again failed.
+    #[test]
+    fn an_output_the_editor_cannot_read_again_is_refused() {
+        assert!(unsupported(ed_err("v:\t:xe", &[typed("v", Value::int(0))])).contains("would not parse"));
+    }
+
+    /// Found by fuzzing (`formats_yaml`, `odd-key-missing-after-set-5`, `-8`, `-9`,
+    /// `reads-back-null-bool`): the value of an explicit `? key` (often empty, its position
+    /// past the key) was written where it became part of the key or of another entry.
+    #[test]
+    fn values_of_explicit_keys_are_refused() {
+        let e =
+            ed_err("? at line 6 column?eaevAa?ea?e-d", &[typed("at line 6 column?eaevAa?ea?e-d", Value::bool(true))]);
+        assert!(unsupported(e).contains("explicit `?` key"));
+        assert!(unsupported(ed_err("\r?\r?  :::::::::", &[typed("null", Value::bool(true))])).contains("explicit"));
+        assert_eq!(ed("a: x?\nb: 1\n", &[set("b", "2")]), "a: x?\nb: 2\n");
     }
 
     /// Found by fuzzing (`formats_yaml`): U+FFFE and U+FFFF are not printable in YAML and
