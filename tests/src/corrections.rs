@@ -27,3 +27,14 @@ pub async fn server_file(server: &RunningServer, host: &str, path: &Path) -> v1:
     let mut fleet = fleet_client(server).await;
     wait_file(&mut fleet, host, path, "parsed", |s| !s.keys.is_empty()).await.state.unwrap()
 }
+
+/// `Changes.Correct`, answered: the change's result (a transport error or a missing
+/// result fails the test).
+pub async fn correct(
+    changes: &mut v1::changes_client::ChangesClient<tonic::transport::Channel>,
+    request: v1::CorrectRequest,
+) -> v1::ChangeResult {
+    let response = changes.correct(request).await.unwrap_or_else(|e| panic!("Correct: {e}")).into_inner();
+    let (change_id, host_id) = (response.change_id, response.host_id);
+    response.result.unwrap_or_else(|| panic!("Correct {change_id} on {host_id} answered without a result"))
+}

@@ -40,7 +40,7 @@ pub mod webhook;
 pub use agent::{agent_config, agent_config_url, agent_file, start_agent};
 pub use agent_process::{AgentProcess, agent_toml};
 pub use binaries::{agent_binary, cli_binary, outside_program, server_binary, sibling_binary};
-pub use corrections::{restore_version, server_file, set_keys};
+pub use corrections::{correct, restore_version, server_file, set_keys};
 pub use files::{TEST_FLEET_KEY, copy_fixtures, example_configs, fixtures_dir, fleet_key, replace_file};
 pub use model_agent::ChangeAgent;
 pub use process::{ChildProcess, free_port};

@@ -64,19 +64,17 @@ async fn an_agent_below_a_path_prefix_speaks_node_paths() {
 
     // A correction names the node path and lands below the root.
     let mut changes = ChangesClient::new(connect(&server_url(&server)).await);
-    let r = changes
-        .correct(v1::CorrectRequest {
+    let r = correct(
+        &mut changes,
+        v1::CorrectRequest {
             host_id: "node-1".into(),
             path: ENV.into(),
             action: set_keys(&[("WORKERS", "8")]),
             timeout: Some(prost_types::Duration { seconds: 20, nanos: 0 }),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap();
+        },
+    )
+    .await;
     assert_eq!(r.outcome, v1::ChangeOutcome::Applied as i32, "{r:?}");
     assert_eq!(r.path, ENV);
     assert!(!r.message.contains(&root_text), "{}", r.message);
@@ -87,18 +85,16 @@ async fn an_agent_below_a_path_prefix_speaks_node_paths() {
 
     // A node path outside `writable` is refused; nothing written.
     let before = std::fs::read(local(OTHER)).unwrap();
-    let r = changes
-        .correct(v1::CorrectRequest {
+    let r = correct(
+        &mut changes,
+        v1::CorrectRequest {
             host_id: "node-1".into(),
             path: OTHER.into(),
             action: set_keys(&[("WORKERS", "9")]),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .result
-        .unwrap();
+        },
+    )
+    .await;
     assert_eq!(r.outcome, v1::ChangeOutcome::Refused as i32, "{r:?}");
     assert!(r.message.contains(OTHER) && !r.message.contains(&root_text), "{}", r.message);
     assert_eq!(std::fs::read(local(OTHER)).unwrap(), before);
